@@ -1,0 +1,3 @@
+"""Cancer-imaging interoperability gateway."""
+
+__version__ = "0.1.0"

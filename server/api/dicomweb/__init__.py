@@ -1,0 +1,1 @@
+"""DICOMweb routers (PS3.18): STOW-RS, QIDO-RS, WADO-RS, DELETE."""

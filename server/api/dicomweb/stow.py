@@ -1,0 +1,73 @@
+"""STOW-RS router (PS3.18 10.5): stream, spool, store, answer per instance."""
+
+from __future__ import annotations
+
+import shutil
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from server.api.deps import dicomweb_root, gateway
+from server.core.mediatypes import DICOM, DICOM_JSON, parse_media_type
+from server.core.multipart import MultipartSpooler
+from server.core.stow import stow_response, stow_status
+from server.core.uids import check_uid
+from server.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+from server.services.ingest import IngestItem
+
+router = APIRouter(tags=["STOW-RS"])
+
+
+@router.post("/studies", summary="Store instances (PS3.18 10.5)")
+async def store_instances(request: Request) -> Response:
+    """PS3.18 10.5.1: store instances in any study."""
+    return await _store(request, None)
+
+
+@router.post("/studies/{study}", summary="Store instances into one study (PS3.18 10.5)")
+async def store_study_instances(request: Request, study: str) -> Response:
+    """PS3.18 10.5.1: store instances; those of another study fail with 0xA900."""
+    return await _store(request, check_uid(study, "StudyInstanceUID"))
+
+
+def _boundary(content_type: str | None) -> str:
+    if not content_type:
+        raise UnsupportedMediaType('Content-Type must be multipart/related; type="application/dicom"')
+    media = parse_media_type(content_type)
+    if media.type != "multipart/related":
+        raise UnsupportedMediaType(
+            f'Content-Type {media.type} is not supported; use multipart/related; type="application/dicom"'
+        )
+    if media.related_type not in (None, DICOM):
+        raise UnsupportedMediaType(
+            f"multipart/related type {media.related_type} is not supported; only application/dicom"
+        )
+    boundary = media.params.get("boundary")
+    if not boundary:
+        raise MalformedMultipart("Content-Type has no boundary parameter")
+    return boundary
+
+
+async def _store(request: Request, study_uid: str | None) -> Response:
+    gw = gateway(request)
+    boundary = _boundary(request.headers.get("content-type"))
+    limit = gw.settings.stow.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body ({declared} bytes) exceeds the limit of {limit} bytes")
+    spool = gw.store.spool_dir()
+    spooler = MultipartSpooler(boundary, spool, limit)
+    try:
+        async for chunk in request.stream():
+            spooler.feed(chunk)
+        parts = spooler.finish()
+        items = [IngestItem(p.path, p.sha256, p.content_type) for p in parts]
+        outcomes = await run_in_threadpool(gw.ingest.store_instances, items, study_uid)
+    finally:
+        spooler.close()
+        shutil.rmtree(spool, ignore_errors=True)
+    root = dicomweb_root(request)
+    body = stow_response(outcomes, root, study_uid)
+    return Response(orjson.dumps(body), stow_status(outcomes), media_type=DICOM_JSON)

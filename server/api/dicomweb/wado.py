@@ -1,0 +1,218 @@
+"""WADO-RS router (PS3.18 10.4) and DELETE of studies/series/instances."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response, StreamingResponse
+
+from server.api.deps import dicomweb_root, gateway
+from server.core import pixels, rendering
+from server.core.mediatypes import (
+    DICOM_JSON,
+    OCTET,
+    negotiate_bulkdata,
+    negotiate_frames,
+    negotiate_instances,
+    negotiate_json,
+    negotiate_rendered,
+)
+from server.core.multipart import close_delimiter, write_part_header
+from server.core.uids import check_uid
+from server.errors import BadRequest, NotFound
+from server.index.base import Scope
+from server.services.retrieve import FramePart
+
+router = APIRouter(tags=["WADO-RS"])
+
+
+def _scope(study: str, series: str | None = None, sop: str | None = None) -> Scope:
+    return Scope(
+        check_uid(study, "StudyInstanceUID"),
+        check_uid(series, "SeriesInstanceUID") if series else None,
+        check_uid(sop, "SOPInstanceUID") if sop else None,
+    )
+
+
+def _retrieve(request: Request, scope: Scope) -> Response:
+    gw = gateway(request)
+    transfer_syntax = negotiate_instances(request.headers.get("accept"))
+    found = gw.retrieve.instances(scope)
+    boundary = uuid.uuid4().hex
+    body = gw.retrieve.stream_instances(found, boundary, transfer_syntax)
+    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return StreamingResponse(body, media_type=media)
+
+
+@router.get("/studies/{study}", summary="Retrieve a study (PS3.18 10.4.1.1.1)")
+def retrieve_study(request: Request, study: str) -> Response:
+    """PS3.18 10.4.1.1.1: all instances of a study."""
+    return _retrieve(request, _scope(study))
+
+
+@router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+def retrieve_series(request: Request, study: str, series: str) -> Response:
+    """PS3.18 10.4.1.1.1: all instances of a series."""
+    return _retrieve(request, _scope(study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}", summary="Retrieve an instance")
+def retrieve_instance(request: Request, study: str, series: str, sop: str) -> Response:
+    """PS3.18 10.4.1.1.1: one instance."""
+    return _retrieve(request, _scope(study, series, sop))
+
+
+def _metadata(request: Request, scope: Scope) -> Response:
+    negotiate_json(request.headers.get("accept"))
+    body = gateway(request).retrieve.metadata(scope, dicomweb_root(request))
+    return StreamingResponse(body, media_type=DICOM_JSON)
+
+
+@router.get("/studies/{study}/metadata", summary="Retrieve study metadata (PS3.18 10.4.1.1.2)")
+def retrieve_study_metadata(request: Request, study: str) -> Response:
+    """PS3.18 10.4.1.1.2: metadata of every instance of a study."""
+    return _metadata(request, _scope(study))
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
+def retrieve_series_metadata(request: Request, study: str, series: str) -> Response:
+    """PS3.18 10.4.1.1.2: metadata of every instance of a series (precomputed at ingest)."""
+    return _metadata(request, _scope(study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", summary="Retrieve instance metadata")
+def retrieve_instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
+    """PS3.18 10.4.1.1.2: metadata of one instance."""
+    return _metadata(request, _scope(study, series, sop))
+
+
+def _multipart(parts: list[FramePart], related_type: str) -> Response:
+    boundary = uuid.uuid4().hex
+
+    def body() -> Iterator[bytes]:
+        for part in parts:
+            yield write_part_header(boundary, part.content_type, len(part.data))
+            yield part.data
+            yield b"\r\n"
+        yield close_delimiter(boundary)
+
+    media = f'multipart/related; type="{related_type}"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=media)
+
+
+def _frame_numbers(text: str) -> list[int]:
+    try:
+        numbers = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise BadRequest(f"frame list {text[:40]!r} must be comma-separated positive integers") from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise BadRequest("frame numbers start at 1")
+    return numbers
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", summary="Retrieve frames (PS3.18 10.4.1.1.3)")
+def retrieve_instance_frames(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
+    """PS3.18 10.4.1.1.3: frames, stored bytes with transfer-syntax=* or decoded otherwise."""
+    gw = gateway(request)
+    scope = _scope(study, series, sop)
+    numbers = _frame_numbers(frames)
+    inst = gw.retrieve.one_instance(scope)
+    stored_type = pixels.frame_media_type(inst.transfer_syntax)
+    media_type, want_stored = negotiate_frames(request.headers.get("accept"), stored_type)
+    parts = gw.retrieve.frames(scope, numbers, want_stored, media_type)
+    related = media_type or (stored_type if want_stored else OCTET)
+    return _multipart(parts, related)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}", summary="Retrieve bulk data")
+def retrieve_bulkdata(request: Request, study: str, series: str, sop: str, path: str) -> Response:
+    """PS3.18 10.4.1.1.5: bulk data named by a BulkDataURI from the metadata."""
+    negotiate_bulkdata(request.headers.get("accept"))
+    gw = gateway(request)
+    scope = _scope(study, series, sop)
+    if path.upper() == "7FE00010":
+        return _multipart(gw.retrieve.bulk_pixel_data(scope), OCTET)
+    part = gw.retrieve.bulk_element(scope, path)
+    return _multipart([part], OCTET)
+
+
+def _rendered(request: Request, scope: Scope, frame: int) -> Response:
+    media_type = negotiate_rendered(request.headers.get("accept"), request.query_params.get("accept"))
+    params = rendering.parse_render_params(request.query_params, media_type)
+    data = gateway(request).retrieve.render(scope, frame, params)
+    return Response(data, media_type=media_type)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/rendered", summary="Rendered instance (PS3.18 10.4.1.1.4)")
+def retrieve_rendered_instance(request: Request, study: str, series: str, sop: str) -> Response:
+    """PS3.18 10.4.1.1.4: the first frame rendered as JPEG or PNG."""
+    return _rendered(request, _scope(study, series, sop), 1)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered", summary="Rendered frame")
+def retrieve_rendered_frame(request: Request, study: str, series: str, sop: str, frame: str) -> Response:
+    """PS3.18 10.4.1.1.4: one frame rendered as JPEG or PNG."""
+    numbers = _frame_numbers(frame)
+    if len(numbers) != 1:
+        raise BadRequest("a rendered frame request names exactly one frame")
+    return _rendered(request, _scope(study, series, sop), numbers[0])
+
+
+def _thumbnail(request: Request, scope: Scope) -> Response:
+    media_type = negotiate_rendered(request.headers.get("accept"), request.query_params.get("accept"))
+    size = 128
+    viewport = request.query_params.get("viewport")
+    if viewport:
+        params = rendering.parse_render_params({"viewport": viewport}, media_type)
+        size = max(params.viewport) if params.viewport else size
+    data = gateway(request).retrieve.thumbnail(scope, size, media_type)
+    return Response(data, media_type=media_type)
+
+
+@router.get("/studies/{study}/thumbnail", summary="Study thumbnail (PS3.18 10.4.1.1.5)")
+def retrieve_study_thumbnail(request: Request, study: str) -> Response:
+    """PS3.18 10.4.1.1.5: a representative image of the study."""
+    return _thumbnail(request, _scope(study))
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail", summary="Series thumbnail")
+def retrieve_series_thumbnail(request: Request, study: str, series: str) -> Response:
+    """PS3.18 10.4.1.1.5: the middle image of the series."""
+    return _thumbnail(request, _scope(study, series))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail", summary="Instance thumbnail")
+def retrieve_instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
+    """PS3.18 10.4.1.1.5: the instance's first frame, small."""
+    return _thumbnail(request, _scope(study, series, sop))
+
+
+async def _delete(request: Request, scope: Scope) -> Response:
+    removed = await run_in_threadpool(gateway(request).deleter.delete, scope)
+    body = {"deleted": len(removed)}
+    return Response(orjson.dumps(body), 200, media_type="application/json")
+
+
+@router.delete("/studies/{study}", summary="Delete a study", tags=["DELETE"])
+async def delete_study(request: Request, study: str) -> Response:
+    """Delete every instance of a study from store and index."""
+    return await _delete(request, _scope(study))
+
+
+@router.delete("/studies/{study}/series/{series}", summary="Delete a series", tags=["DELETE"])
+async def delete_series(request: Request, study: str, series: str) -> Response:
+    """Delete every instance of a series."""
+    return await _delete(request, _scope(study, series))
+
+
+@router.delete("/studies/{study}/series/{series}/instances/{sop}", summary="Delete an instance", tags=["DELETE"])
+async def delete_instance(request: Request, study: str, series: str, sop: str) -> Response:
+    """Delete one instance."""
+    return await _delete(request, _scope(study, series, sop))
+
+
+__all__ = ["NotFound", "router"]

@@ -1,0 +1,102 @@
+"""The one composition root: ``create_app(settings)`` builds every component."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server import __version__
+from server.api import errors as api_errors
+from server.api.dicomweb import router as dicomweb_router
+from server.index.base import Index
+from server.index.sqlite import SqliteIndex
+from server.services.ingest import IngestService
+from server.services.maintenance import CheckService, DeleteService
+from server.services.retrieve import RetrieveService
+from server.settings import Settings
+from server.storage.base import BlobStore
+from server.storage.filesystem import FilesystemBlobStore
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class Gateway:
+    """Every component of one running gateway, built from one Settings."""
+
+    settings: Settings
+    store: BlobStore
+    index: Index
+    ingest: IngestService
+    retrieve: RetrieveService
+    deleter: DeleteService
+    checker: CheckService
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
+    index = SqliteIndex(settings.data_dir / "index.sqlite")
+    return Gateway(
+        settings=settings,
+        store=store,
+        index=index,
+        ingest=IngestService(store, index, settings),
+        retrieve=RetrieveService(store, index),
+        deleter=DeleteService(store, index),
+        checker=CheckService(store, index, settings),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    gateway = build_gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        cleaned = gateway.store.clean_spool(older_than_seconds=0)
+        if cleaned:
+            log.info("removed %d abandoned upload spool(s)", cleaned)
+        yield
+        gateway.close()
+
+    app = FastAPI(
+        title="Cancer-imaging interoperability gateway",
+        version=__version__,
+        description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) node for a cancer-imaging federation.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    api_errors.install(app)
+    app.include_router(dicomweb_router.router, prefix="/dicom-web")
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors.allow_origins,
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["*"],
+        expose_headers=["Content-Type", "Content-Length", "Warning", "Location", "ETag"],
+        max_age=settings.cors.max_age,
+    )
+
+    @app.middleware("http")
+    async def cross_origin_resource_policy(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response: Response = await call_next(request)
+        # Viewers served cross-origin-isolated (OHIF with SharedArrayBuffer) need this.
+        response.headers.setdefault("Cross-Origin-Resource-Policy", "cross-origin")
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", "version": __version__, **gateway.index.counts()}
+
+    return app

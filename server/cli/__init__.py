@@ -1,0 +1,1 @@
+"""The ``imaging-gateway`` command line."""

@@ -1,0 +1,119 @@
+"""``imaging-gateway``: serve, import, check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from server.settings import Settings
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    if data_dir is not None:
+        os.environ["GATEWAY_DATA_DIR"] = str(data_dir)
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(package_name="cancer-imaging-gateway")
+def main() -> None:
+    """Cancer-imaging interoperability gateway."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (GATEWAY_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (GATEWAY_PORT, default 8080).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="GATEWAY_DATA_DIR (default ./var).")
+@click.option("--demo", is_flag=True, help="Load a small generated cohort first if the store is empty.")
+def serve(host: str | None, port: int | None, data_dir: Path | None, demo: bool) -> None:
+    """Serve DICOMweb on http://HOST:PORT/dicom-web."""
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = _settings(data_dir)
+    settings.host = host or settings.host
+    settings.port = settings.port if port is None else port
+    _logging(settings.log_level)
+    log = logging.getLogger("gateway")
+    app = create_app(settings)
+    if demo:
+        from server.cli.loader import load_demo
+
+        stored = load_demo(app.state.gateway)
+        log.info("demo cohort: %d instance(s) stored", stored)
+    log.info("data dir %s; DICOMweb at http://%s:%d/dicom-web", settings.data_dir.resolve(), settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def import_(paths: tuple[Path, ...], data_dir: Path | None, quiet: bool) -> None:
+    """Import DICOM files and folders (recursively) through the STOW ingest pipeline."""
+    from server.app import build_gateway
+    from server.cli.loader import import_paths
+
+    settings = _settings(data_dir)
+    _logging("warning")
+    gateway = build_gateway(settings)
+    try:
+        summary = import_paths(gateway, list(paths), progress=not quiet)
+    finally:
+        gateway.close()
+    click.echo(f"stored {summary.stored}, failed {summary.failed}")
+    for reason, count in summary.reasons.most_common():
+        click.echo(f"  {count:6d} x {reason}")
+    for path, message in summary.failures[:20]:
+        click.echo(f"  failed: {path}: {message}")
+    if summary.failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--repair", is_flag=True, help="Make index and blob store agree.")
+def check(data_dir: Path | None, repair: bool) -> None:
+    """Verify that index and blob store agree; with --repair, fix them."""
+    from server.app import build_gateway
+
+    settings = _settings(data_dir)
+    _logging("warning")
+    gateway = build_gateway(settings)
+    try:
+        report = gateway.checker.check(repair=repair)
+    finally:
+        gateway.close()
+    click.echo(f"indexed instances: {report.indexed}, blobs: {report.blobs}")
+    click.echo(f"index rows without blob: {len(report.missing_blobs)}")
+    click.echo(f"blobs without index row: {len(report.unindexed_blobs)}")
+    if repair:
+        click.echo(
+            f"repaired: re-indexed {report.reindexed}, removed rows {report.removed_rows}, "
+            f"removed blobs {report.removed_blobs}, spools cleaned {report.spool_cleaned}"
+        )
+    elif not report.consistent:
+        click.echo("inconsistent: run 'imaging-gateway check --repair'")
+        sys.exit(1)
+    else:
+        click.echo("consistent")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure logic: no web framework, database or HTTP client imports."""

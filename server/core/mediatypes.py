@@ -1,0 +1,148 @@
+"""Media types and Accept negotiation for DICOMweb (PS3.18 8.7).
+
+Accepts what real clients send: quoted or unquoted ``type`` and
+``transfer-syntax`` parameters, several media ranges, q-values, ``*/*``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from server.errors import NotAcceptable
+
+_TOKEN_PARAM = re.compile(r';\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,]*)')
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    type: str                       # e.g. "multipart/related", "application/dicom", "*/*"
+    params: dict[str, str] = field(default_factory=dict)
+    q: float = 1.0
+
+    @property
+    def related_type(self) -> str | None:
+        value = self.params.get("type")
+        return value.lower() if value else None
+
+    @property
+    def transfer_syntax(self) -> str | None:
+        return self.params.get("transfer-syntax")
+
+    def matches(self, media_type: str) -> bool:
+        if self.type in ("*/*", media_type):
+            return True
+        major = media_type.split("/", 1)[0]
+        return self.type == f"{major}/*"
+
+
+def parse_media_type(text: str) -> MediaRange:
+    """RFC 9110 8.3.1: ``type/subtype *( ; name=value )``; names lower-cased, quotes removed."""
+    main, _, rest = text.partition(";")
+    params: dict[str, str] = {}
+    q = 1.0
+    for name, raw in _TOKEN_PARAM.findall(";" + rest):
+        value = raw.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = value[1:-1].replace('\\"', '"')
+        name = name.lower()
+        if name == "q":
+            try:
+                q = max(0.0, min(1.0, float(value)))
+            except ValueError:
+                q = 0.0
+        else:
+            params[name] = value
+    return MediaRange(main.strip().lower(), params, q)
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """RFC 9110 12.5.1: media ranges of an Accept header, best q first (stable)."""
+    if not header or not header.strip():
+        return [MediaRange("*/*")]
+    ranges = [parse_media_type(part) for part in _split_accept(header) if part.strip()]
+    ranges = [r for r in ranges if r.q > 0]
+    return sorted(ranges, key=lambda r: -r.q)
+
+
+def _split_accept(header: str) -> list[str]:
+    """Split on commas that are not inside quotes (transfer-syntax lists are quoted)."""
+    parts, current, quoted = [], [], False
+    for ch in header:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET = "application/octet-stream"
+RENDERED_TYPES = ("image/jpeg", "image/png")
+
+
+def negotiate_json(header: str | None) -> str:
+    """PS3.18 8.7.3.1: QIDO/metadata answer ``application/dicom+json``; raise if not accepted."""
+    for r in parse_accept(header):
+        if r.matches(DICOM_JSON) or r.matches("application/json"):
+            return DICOM_JSON
+        if r.type == "multipart/related" and r.related_type in (None, DICOM_JSON):
+            return DICOM_JSON
+    raise _not_acceptable(header, "application/dicom+json")
+
+
+def negotiate_instances(header: str | None) -> str | None:
+    """PS3.18 8.7.3.5: the transfer syntax wanted for instances ("*", a UID, or None=default)."""
+    for r in parse_accept(header):
+        if r.type == "multipart/related" and r.related_type in (None, DICOM):
+            return r.transfer_syntax
+        if r.type in ("*/*", "multipart/*"):
+            return None
+    raise _not_acceptable(header, 'multipart/related; type="application/dicom"')
+
+
+def negotiate_frames(header: str | None, stored_type: str) -> tuple[str | None, bool]:
+    """PS3.18 8.7.3.5.3: (media type wanted, whether the stored bytes may be sent).
+
+    ``transfer-syntax=*`` or the stored media type means the frame goes out as
+    stored; ``application/octet-stream`` without it means native (decoded) bytes.
+    """
+    for r in parse_accept(header):
+        if r.type in ("*/*", "multipart/*") or (r.type == "multipart/related" and r.related_type is None):
+            return None, True
+        if r.type != "multipart/related":
+            continue
+        related = r.related_type
+        if related == OCTET:
+            return OCTET, r.transfer_syntax == "*"
+        if related == stored_type or (related and related.endswith("/*")):
+            return stored_type, True
+    raise _not_acceptable(header, 'multipart/related; type="application/octet-stream" or ' + stored_type)
+
+
+def negotiate_bulkdata(header: str | None) -> None:
+    for r in parse_accept(header):
+        if r.type in ("*/*", "multipart/*") or (
+            r.type == "multipart/related" and r.related_type in (None, OCTET, "*/*")
+        ) or r.type == OCTET:
+            return
+    raise _not_acceptable(header, 'multipart/related; type="application/octet-stream"')
+
+
+def negotiate_rendered(header: str | None, accept_param: str | None) -> str:
+    """PS3.18 8.7.3.4 / 8.3.3.1: ``image/jpeg`` (default) or ``image/png``."""
+    source = accept_param if accept_param else header
+    for r in parse_accept(source):
+        for media in RENDERED_TYPES:
+            if r.matches(media):
+                return media
+    raise _not_acceptable(source, "image/jpeg or image/png")
+
+
+def _not_acceptable(header: str | None, supported: str) -> NotAcceptable:
+    return NotAcceptable(f"cannot produce any of Accept: {header!r}; this resource offers {supported}")

@@ -1,0 +1,146 @@
+"""Streaming ``multipart/related`` reader and writer (RFC 2387, PS3.18 8.6.1.2).
+
+The reader spools each part to its own file while hashing it, so a request of
+any size costs constant memory. The request is accepted only if the whole body
+is well formed: a body cut short or missing its close delimiter raises
+:class:`MalformedMultipart` and the caller discards every spooled part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
+
+from server.errors import MalformedMultipart, PayloadTooLarge
+
+
+@dataclass
+class SpooledPart:
+    path: Path
+    content_type: str
+    size: int
+    sha256: str
+
+
+class MultipartSpooler:
+    """Feed body chunks; parts land as files in ``directory``."""
+
+    def __init__(self, boundary: str, directory: Path, max_bytes: int) -> None:
+        if not boundary or len(boundary) > 70:
+            raise MalformedMultipart("the multipart boundary is missing or longer than 70 characters")
+        self.directory = directory
+        self.parts: list[SpooledPart] = []
+        self._max = max_bytes
+        self._received = 0
+        self._file: BinaryIO | None = None
+        self._hash: Any = None
+        self._size = 0
+        self._headers: dict[str, str] = {}
+        self._field = b""
+        self._value = b""
+        self._ended = False
+        callbacks: Any = {
+            "on_part_begin": self._part_begin,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_end": self._end,
+        }
+        self._parser = MultipartParser(boundary.encode("latin-1"), callbacks, max_header_count=32, max_header_size=16384)
+
+    def feed(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self._max:
+            raise PayloadTooLarge(f"the request body exceeds the limit of {self._max} bytes")
+        try:
+            self._parser.write(chunk)
+        except MultipartParseError as exc:
+            raise MalformedMultipart(f"malformed multipart body: {exc}") from exc
+
+    def finish(self) -> list[SpooledPart]:
+        try:
+            self._parser.finalize()
+        except MultipartParseError as exc:
+            raise MalformedMultipart(f"malformed multipart body: {exc}") from exc
+        if not self._ended:
+            raise MalformedMultipart(
+                "the multipart body ended before its close delimiter (truncated request?)"
+            )
+        if not self.parts:
+            raise MalformedMultipart("the multipart body contains no parts")
+        return self.parts
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # -- parser callbacks ------------------------------------------------
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._size = 0
+        self._hash = hashlib.sha256()
+        path = self.directory / f"part-{len(self.parts):06d}"
+        self._file = path.open("wb")
+        self._path = path
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        assert self._file is not None
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self._size += len(chunk)
+
+    def _part_end(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        content_type = self._headers.get("content-type", "application/dicom")
+        self.parts.append(SpooledPart(self._path, content_type, self._size, self._hash.hexdigest()))
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        name = self._field.decode("latin-1").strip().lower()
+        self._headers[name] = self._value.decode("latin-1").strip()
+        self._field = b""
+        self._value = b""
+
+    def _end(self) -> None:
+        self._ended = True
+
+
+def write_part_header(boundary: str, content_type: str, length: int | None = None) -> bytes:
+    """PS3.18 8.6.1.2: the delimiter and headers that open one part."""
+    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+    if length is not None:
+        head += f"Content-Length: {length}\r\n"
+    return (head + "\r\n").encode("latin-1")
+
+
+def close_delimiter(boundary: str) -> bytes:
+    return f"--{boundary}--\r\n".encode("latin-1")
+
+
+def iter_file(f: BinaryIO, chunk_size: int = 1 << 20, length: int | None = None) -> Iterator[bytes]:
+    remaining = length
+    while remaining is None or remaining > 0:
+        size = chunk_size if remaining is None else min(chunk_size, remaining)
+        chunk = f.read(size)
+        if not chunk:
+            return
+        if remaining is not None:
+            remaining -= len(chunk)
+        yield chunk

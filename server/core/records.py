@@ -1,0 +1,234 @@
+"""A parsed instance as the index stores it (PS3.18 10.6.3 level attributes, 10.4 metadata).
+
+``read_instance`` parses a Part-10 file once at ingest and precomputes
+everything later requests need: matching columns per level, each level's
+QIDO JSON, the full metadata JSON with BulkDataURIs, and the frame index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pydicom
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
+
+from server.core import pixels
+from server.core.attributes import LEVEL_TAGS, MATCHING, Level
+from server.core.uids import check_uid
+from server.core.values import fuzzy_name_column, normalize_da, normalize_is, normalize_tm
+from server.errors import BadRequest, NotFound
+
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+BULK_THRESHOLD = 1024
+PIXEL_DATA = 0x7FE00010
+
+
+class UnreadableInstance(BadRequest):
+    """The bytes are not a DICOM Part-10 instance this gateway can understand (0xC000)."""
+
+
+@dataclass
+class InstanceRecord:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    columns: dict[Level, dict[str, Any]]
+    level_json: dict[Level, bytes]
+    metadata: bytes
+    size: int = 0
+    sha256: str = ""
+    blob_key: str = ""
+    pixel_index: bytes | None = None
+    warnings: list[int] = field(default_factory=list)
+
+    @property
+    def modality(self) -> str | None:
+        value = self.columns[Level.SERIES].get("modality")
+        return str(value) if value else None
+
+
+def blob_key_for(sop_uid: str, sha256: str) -> str:
+    """Content-addressed key: one SOP Instance UID, one file per distinct content."""
+    uid_hash = hashlib.sha256(sop_uid.encode()).hexdigest()
+    return f"{uid_hash}.{sha256[:16]}.dcm"
+
+
+def read_instance(path: Path, sha256: str) -> InstanceRecord:
+    """PS3.10 7.1: parse a Part-10 file and build its index record (UnreadableInstance if not)."""
+    ds = _parse(path)
+    size = path.stat().st_size
+    uids = _uids(ds)
+    study, series, sop, sop_class = uids
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    try:
+        pixel_index = pixels.index_pixel_data(path)
+    except Exception as exc:  # a pixel layout we cannot index is unreadable for frame access
+        raise UnreadableInstance(f"pixel data cannot be read: {exc}") from exc
+    if pixel_index is not None:
+        _check_pixels_fit(pixel_index, size)
+    prefix = f"/studies/{study}/series/{series}/instances/{sop}"
+    metadata = _metadata_json(ds, prefix, pixel_index)
+    record = InstanceRecord(
+        study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid=sop_class,
+        transfer_syntax=ts,
+        columns={level: _columns(ds, level) for level in Level},
+        level_json={level: orjson.dumps(_level_json(ds, level)) for level in Level},
+        metadata=metadata, size=size, sha256=sha256,
+        blob_key=blob_key_for(sop, sha256),
+        pixel_index=pixel_index.to_json() if pixel_index is not None else None,
+    )
+    media_class = ds.file_meta.get("MediaStorageSOPClassUID")
+    if media_class and str(media_class) != sop_class:
+        record.warnings.append(0xB007)  # PS3.4 B.2.3: data set does not match SOP class
+    return record
+
+
+def _parse(path: Path) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
+    except InvalidDicomError as exc:
+        raise UnreadableInstance(f"not a DICOM Part-10 file: {exc}") from exc
+    except Exception as exc:
+        raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
+    if not ds.preamble and not getattr(ds, "file_meta", None):
+        raise UnreadableInstance("not a DICOM Part-10 file: no preamble and no File Meta")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise UnreadableInstance("File Meta Information has no Transfer Syntax UID")
+    return ds
+
+
+def _uids(ds: Dataset) -> tuple[str, str, str, str]:
+    out = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
+        if not value:
+            raise UnreadableInstance(f"required attribute {keyword} is missing or empty")
+        try:
+            out.append(check_uid(value, keyword))
+        except BadRequest as exc:
+            raise UnreadableInstance(exc.message) from exc
+    return out[0], out[1], out[2], out[3]
+
+
+def _check_pixels_fit(index: pixels.PixelIndex, size: int) -> None:
+    for frame in index.frames:
+        for offset, length in frame:
+            if offset + length > size:
+                raise UnreadableInstance("the file is truncated: pixel data runs past its end")
+
+
+def _columns(ds: Dataset, level: Level) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for spec in MATCHING.values():
+        if spec.level is not level:
+            continue
+        elem = ds.get(spec.tag)
+        value = elem.value if elem is not None else None
+        if value is None or value == "":
+            out[spec.column] = None
+            continue
+        text = "\\".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
+        if spec.vr == "DA":
+            out[spec.column] = normalize_da(text)
+        elif spec.vr == "TM":
+            out[spec.column] = normalize_tm(text)
+        elif spec.vr in ("IS", "US"):
+            out[spec.column] = normalize_is(text)
+        elif spec.vr == "PN":
+            out[spec.column] = text.lower()
+            out[spec.column + "_fuzzy"] = fuzzy_name_column(text)
+        else:
+            out[spec.column] = text
+    return out
+
+
+def _level_json(ds: Dataset, level: Level) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag in LEVEL_TAGS[level]:
+        if tag in ds:
+            out[f"{tag:08X}"] = _element_json(ds[tag])
+    return out
+
+
+def _element_json(elem: DataElement) -> dict[str, Any]:
+    try:
+        return elem.to_json_dict(None, 2**62)  # type: ignore[arg-type]
+    except Exception:
+        return {"vr": elem.VR}
+
+
+def _metadata_json(ds: Dataset, prefix: str, index: pixels.PixelIndex | None) -> bytes:
+    body = _dataset_json(ds, prefix + "/bulkdata/", "")
+    if index is not None:
+        vr = "OB" if index.encapsulated or index.bits_allocated <= 8 else "OW"
+        body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{prefix}/bulkdata/7FE00010"}
+    return orjson.dumps(body)
+
+
+def _dataset_json(ds: Dataset, bulk_prefix: str, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag in ds.keys():
+        key = f"{int(tag):08X}"
+        raw = ds.get_item(tag)
+        vr = _vr_of(raw, int(tag))
+        if vr in BULK_VRS and _is_large(raw):
+            out[key] = {"vr": vr, "BulkDataURI": f"{bulk_prefix}{path}{key}"}
+            continue
+        try:
+            elem = ds[tag]
+        except Exception:
+            continue  # an element pydicom cannot decode is left out of the metadata
+        if elem.VR == "SQ":
+            items = [
+                _dataset_json(item, bulk_prefix, f"{path}{key}/{i + 1}/")
+                for i, item in enumerate(elem.value)
+            ]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        else:
+            out[key] = _element_json(elem)
+    return out
+
+
+def _vr_of(raw: DataElement | RawDataElement | None, tag: int) -> str:
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(Tag(tag)))
+    except KeyError:
+        return "UN"
+
+
+def _is_large(raw: DataElement | RawDataElement | None) -> bool:
+    if isinstance(raw, RawDataElement):
+        return raw.value is None or (raw.length != 0xFFFFFFFF and raw.length > BULK_THRESHOLD)
+    value = getattr(raw, "value", None)
+    return isinstance(value, bytes | bytearray) and len(value) > BULK_THRESHOLD
+
+
+def read_bulk_value(path: Path, bulk_path: str) -> bytes:
+    """Follow a BulkDataURI path (``TAG`` or ``SEQ/item/TAG...``, items 1-based) to a binary value."""
+    parts = [p for p in bulk_path.strip("/").split("/") if p]
+    if not parts or len(parts) % 2 == 0:
+        raise NotFound(f"bulk data path {bulk_path!r} is not a tag path")
+    ds = pydicom.dcmread(path)
+    current: Dataset = ds
+    try:
+        for i in range(0, len(parts) - 1, 2):
+            current = current[int(parts[i], 16)].value[int(parts[i + 1]) - 1]
+        elem = current[int(parts[-1], 16)]
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise NotFound(f"no bulk data at {bulk_path!r}") from exc
+    if elem.VR not in BULK_VRS or not isinstance(elem.value, bytes | bytearray):
+        raise NotFound(f"{bulk_path!r} is not a binary element")
+    return bytes(elem.value)

@@ -1,0 +1,1 @@
+"""Metadata indexes: ``sqlite`` (embedded default); Elasticsearch comes later."""

@@ -1,0 +1,84 @@
+"""The index protocol every backend implements, and the values it trades in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from server.core.qido import QidoQuery
+from server.core.records import InstanceRecord
+
+
+class AddOutcome(str, Enum):
+    STORED = "stored"                 # new instance
+    IDENTICAL = "identical"           # same SOP Instance UID, same content: nothing changed
+    REPLACED = "replaced"             # same SOP Instance UID, other content, policy overwrite
+    CONFLICT = "conflict"             # same SOP Instance UID, other content, policy reject
+    HIERARCHY = "hierarchy"           # series already belongs to another study
+
+
+@dataclass(frozen=True)
+class AddResult:
+    outcome: AddOutcome
+    replaced_blob_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """What retrieval needs to find and serve one instance's bytes."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    blob_key: str
+    size: int
+    pixel_index: bytes | None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A study, series or instance addressed by a URL."""
+
+    study_uid: str
+    series_uid: str | None = None
+    sop_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    rows: list[dict[str, Any]]
+    has_more: bool
+
+
+class Index(Protocol):
+    def add_instances(
+        self, records: Sequence[InstanceRecord], *, overwrite: bool
+    ) -> list[AddResult]:
+        """Add records in one durable transaction; one result per record, in order."""
+
+    def find_by_sop(self, sop_uid: str) -> StoredInstance | None: ...
+
+    def search(self, query: QidoQuery) -> SearchPage:
+        """PS3.18 10.6: DICOM JSON objects (level JSON merged with computed attributes)."""
+
+    def instances(self, scope: Scope) -> list[StoredInstance]:
+        """Instances in the scope, ordered by series then instance number; [] if none."""
+
+    def metadata(self, scope: Scope) -> Iterator[bytes]:
+        """Precomputed metadata JSON objects of the scope's instances (relative BulkDataURIs)."""
+
+    def delete(self, scope: Scope) -> list[StoredInstance]:
+        """Remove the scope's instances and now-empty series/studies; returns what was removed."""
+
+    def blob_keys(self) -> dict[str, str]:
+        """Every indexed instance as blob key -> SOP Instance UID (for consistency checks)."""
+
+    def remove_by_blob_keys(self, keys: Sequence[str]) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...

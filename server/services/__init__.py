@@ -1,0 +1,1 @@
+"""Services: authorise → core → index/storage. Writes clean up after themselves on failure."""

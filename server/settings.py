@@ -1,0 +1,81 @@
+"""Typed settings, read from the environment (prefix ``GATEWAY_``).
+
+Nested groups use ``__`` as delimiter, e.g. ``GATEWAY_STOW__MAX_BODY_BYTES``.
+Every component gets its settings from :func:`server.app.create_app`; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(str, Enum):
+    development = "development"
+    test = "test"
+    production = "production"
+
+
+class DuplicatePolicy(str, Enum):
+    """What STOW does with a SOP Instance UID that is already stored with other content."""
+
+    reject = "reject"
+    overwrite = "overwrite"
+
+
+class StowSettings(BaseModel):
+    max_body_bytes: int = Field(default=4 * 1024**3, ge=1)
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.reject
+    fsync: bool = True
+
+
+class QidoSettings(BaseModel):
+    default_limit: int = Field(default=1000, ge=1)
+    max_limit: int = Field(default=10000, ge=1)
+
+
+class CorsSettings(BaseModel):
+    allow_origins: list[str] = ["*"]
+    max_age: int = 600
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    environment: Environment = Environment.production
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_base_url: str | None = None
+    log_level: str = "info"
+    index: str = "sqlite"
+    storage: str = "filesystem"
+    stow: StowSettings = StowSettings()
+    qido: QidoSettings = QidoSettings()
+    cors: CorsSettings = CorsSettings()
+    # Fault injection for crash-safety tests; refused outside development/test.
+    failpoint: str | None = None
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        if value not in {"sqlite"}:
+            raise ValueError(f"unknown index backend {value!r} (supported: sqlite)")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if value not in {"filesystem"}:
+            raise ValueError(f"unknown storage backend {value!r} (supported: filesystem)")
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        if self.failpoint and self.environment is Environment.production:
+            raise ValueError("GATEWAY_FAILPOINT is only allowed in development or test")

@@ -1,0 +1,1 @@
+"""Blob stores: where instance bytes live. ``filesystem`` is the default."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -352,9 +353,7 @@ def _series_template(
     ds.ReferringPhysicianName = study["referrer"]
     ds.StudyDescription = study["description"]
     ds.SeriesDescription = _series_description(cancer, modality, series_index)
-    ds.ManufacturerModelName = {"CT": "PhantomCT", "MR": "PhantomMR", "PT": "PhantomPET"}[
-        modality
-    ]
+    ds.ManufacturerModelName = {"CT": "PhantomCT", "MR": "PhantomMR", "PT": "PhantomPET"}[modality]
     ds.PatientName = patient["name"]
     ds.PatientID = patient["id"]
     ds.IssuerOfPatientID = "SYNTHETIC"
@@ -591,13 +590,26 @@ def _put(ds: Dataset, tag: int, vr: str, value: bytes, pad: bytes = b" ") -> Non
     """Add an already-encoded (Explicit VR Little Endian) element."""
     if len(value) % 2:
         value += pad
-    ds[tag] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)  # type: ignore[assignment]
+    ds[tag] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
 
 
 _EXPLICIT_LE = (False, True)
 _LONG_LENGTH_VRS = frozenset(
     {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 )
+
+
+def _character_set(ds: Dataset) -> str | list[str]:
+    """Python codecs for the dataset's Specific Character Set, without decoding it in place."""
+    elem = ds.get_item(0x00080005)
+    if elem is None:
+        return ds._character_set
+    if isinstance(elem, RawDataElement):
+        terms = (elem.value or b"").decode("ascii").strip(" \0").split("\\")
+        value: str | list[str] = terms[0] if len(terms) == 1 else terms
+    else:
+        value = elem.value
+    return convert_encodings(value) if value else ds._character_set
 
 
 def _encode_body(ds: Dataset) -> bytes:
@@ -608,13 +620,13 @@ def _encode_body(ds: Dataset) -> bytes:
     else is encoded by pydicom. Falls back to pydicom entirely when the dataset's
     original encoding or character set differ.
     """
-    if ds.original_encoding != _EXPLICIT_LE or ds.original_character_set != ds._character_set:
+    encodings = _character_set(ds)
+    if ds.original_encoding != _EXPLICIT_LE or ds.original_character_set != encodings:
         fp = DicomBytesIO()
         fp.is_little_endian = True
         fp.is_implicit_VR = False
         write_dataset(fp, ds)
         return fp.getvalue()
-    encodings = ds._character_set
     out: list[bytes] = []
     pack_short = struct.Struct("<HH2sH").pack
     pack_long = struct.Struct("<HH2s2xI").pack

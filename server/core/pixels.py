@@ -346,8 +346,9 @@ def _check_number(index: PixelIndex, number: int) -> None:
 def read_frame(f: BinaryIO, index: PixelIndex, number: int) -> bytes:
     """PS3.18 10.4.1.1.3: the stored bytes of 1-based frame ``number`` (fragments joined).
 
-    Native 1-bit frames are shifted to start at bit 0. Raises NotFound for a frame
-    number out of range and NotAcceptable for frames of a video bitstream.
+    Native 1-bit frames are shifted to start at bit 0; Explicit VR Big Endian frames
+    are returned as stored (see :func:`decode_frame_native` for little endian).
+    Raises NotFound for a frame out of range, NotAcceptable for a video bitstream.
     """
     _check_number(index, number)
     if not index.frames:

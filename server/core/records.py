@@ -34,6 +34,11 @@ PIXEL_DATA = 0x7FE00010
 class UnreadableInstance(BadRequest):
     """The bytes are not a DICOM Part-10 instance this gateway can understand (0xC000)."""
 
+    def __init__(self, message: str, sop_class_uid: str = "", sop_uid: str = "") -> None:
+        super().__init__(message)
+        self.sop_class_uid = sop_class_uid
+        self.sop_uid = sop_uid
+
 
 @dataclass
 class InstanceRecord:
@@ -73,9 +78,9 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
     try:
         pixel_index = pixels.index_pixel_data(path)
     except Exception as exc:  # a pixel layout we cannot index is unreadable for frame access
-        raise UnreadableInstance(f"pixel data cannot be read: {exc}") from exc
+        raise UnreadableInstance(f"pixel data cannot be read: {exc}", sop_class, sop) from exc
     if pixel_index is not None:
-        _check_pixels_fit(pixel_index, size)
+        _check_pixels_fit(pixel_index, size, sop_class, sop)
     prefix = f"/studies/{study}/series/{series}/instances/{sop}"
     metadata = _metadata_json(ds, prefix, pixel_index)
     record = InstanceRecord(
@@ -120,11 +125,13 @@ def _uids(ds: Dataset) -> tuple[str, str, str, str]:
     return out[0], out[1], out[2], out[3]
 
 
-def _check_pixels_fit(index: pixels.PixelIndex, size: int) -> None:
+def _check_pixels_fit(index: pixels.PixelIndex, size: int, sop_class: str, sop: str) -> None:
     for frame in index.frames:
         for offset, length in frame:
             if offset + length > size:
-                raise UnreadableInstance("the file is truncated: pixel data runs past its end")
+                raise UnreadableInstance(
+                    "the file is truncated: pixel data runs past its end", sop_class, sop
+                )
 
 
 def _columns(ds: Dataset, level: Level) -> dict[str, Any]:

@@ -168,7 +168,8 @@ def _to_display(
     """PS3.4 N.2: 8-bit grayscale (rows, columns) or RGB (rows, columns, 3) pixels."""
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
-        return _colour_to_8bit(apply_color_lut(arr, ds), 16 if arr.dtype.itemsize > 1 else 8)
+        rgb = apply_color_lut(arr, ds)
+        return _colour_to_8bit(rgb, 8 * rgb.dtype.itemsize)
     if arr.ndim == 3:
         return _colour_to_8bit(arr, int(ds.get("BitsStored") or 8 * arr.dtype.itemsize))
     values = _modality(arr, ds, frame)

@@ -73,6 +73,7 @@ class IngestService:
         try:
             record = read_instance(item.path, item.sha256)
         except UnreadableInstance as exc:
+            outcome.sop_class_uid, outcome.sop_uid = exc.sop_class_uid, exc.sop_uid
             outcome.failure = stow.CANNOT_UNDERSTAND
             outcome.message = exc.message
             log.info("refused part: %s", exc.message)

@@ -1,0 +1,43 @@
+# Two commands: `make run` (serve on http://127.0.0.1:8080, DEMO=1 loads a sample cohort)
+# and `make test` (install test dependencies, lint, type-check, run the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint typecheck unit e2e-setup openapi bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+e2e-setup:
+	bash tests/e2e/setup.sh
+
+openapi: $(STAMP)
+	$(PY) -m server.openapi_export openapi/openapi.json
+
+test: $(STAMP) e2e-setup lint typecheck
+	$(PY) -m server.openapi_export --check openapi/openapi.json
+	$(PY) -m pytest -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e"
+
+bench: $(STAMP)
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

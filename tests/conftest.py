@@ -1,0 +1,51 @@
+"""Shared fixtures: live gateway processes and real DICOMweb clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dicomweb_client.api import DICOMwebClient
+
+from tests.live import LiveServer
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One gateway shared by tests that only add data of their own (unique UIDs)."""
+    live = LiveServer(tmp_path_factory.mktemp("shared") / "data").start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """A gateway with an empty store, for tests that count or break things."""
+    live = LiveServer(tmp_path / "data").start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def live_server_factory(tmp_path: Path) -> Iterator[type[LiveServer]]:
+    started: list[LiveServer] = []
+
+    class _Factory(LiveServer):
+        def start(self, timeout: float = 60) -> LiveServer:
+            started.append(self)
+            return super().start(timeout)
+
+    yield _Factory
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture
+def client(server: LiveServer) -> DICOMwebClient:
+    return DICOMwebClient(server.dicomweb)
+
+
+@pytest.fixture
+def fresh_client(fresh_server: LiveServer) -> DICOMwebClient:
+    return DICOMwebClient(fresh_server.dicomweb)

@@ -22,7 +22,7 @@ def current_document() -> bytes:
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
-    target = Path([a for a in argv if not a.startswith("--")][0])
+    target = Path(next(a for a in argv if not a.startswith("--")))
     document = current_document()
     if check:
         if not target.exists() or target.read_bytes() != document:

@@ -7,20 +7,20 @@ reads the environment at import time.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Environment(str, Enum):
+class Environment(StrEnum):
     development = "development"
     test = "test"
     production = "production"
 
 
-class DuplicatePolicy(str, Enum):
+class DuplicatePolicy(StrEnum):
     """What STOW does with a SOP Instance UID that is already stored with other content."""
 
     reject = "reject"

@@ -19,14 +19,25 @@ _seed = [1000]
 def cohort(**kwargs: Any) -> list[pydicom.Dataset]:
     """A small synthetic cohort with UIDs no other test uses."""
     _seed[0] += 1
-    args = {"patients": 1, "series_per_study": 1, "instances_per_series": 2, "rows": 16, "columns": 16}
+    args = {
+        "patients": 1,
+        "series_per_study": 1,
+        "instances_per_series": 2,
+        "rows": 16,
+        "columns": 16,
+    }
     args.update(kwargs)
     seed = args.pop("seed", _seed[0] * 7919)
     # Round-trip through Part-10 bytes so each dataset carries its File Meta, as a client's would.
-    return [pydicom.dcmread(io.BytesIO(to_part10_bytes(ds))) for ds in generate_cohort(seed=seed, **args)]
+    return [
+        pydicom.dcmread(io.BytesIO(to_part10_bytes(ds)))
+        for ds in generate_cohort(seed=seed, **args)
+    ]
 
 
-def multipart_body(parts: list[bytes], boundary: str, part_type: str = "application/dicom") -> bytes:
+def multipart_body(
+    parts: list[bytes], boundary: str, part_type: str = "application/dicom"
+) -> bytes:
     body = bytearray()
     for data in parts:
         body += f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + data + b"\r\n"
@@ -34,9 +45,13 @@ def multipart_body(parts: list[bytes], boundary: str, part_type: str = "applicat
     return bytes(body)
 
 
-def stow(server: LiveServer, parts: list[bytes], study: str | None = None, **kw: Any) -> httpx.Response:
+def stow(
+    server: LiveServer, parts: list[bytes], study: str | None = None, **kw: Any
+) -> httpx.Response:
     boundary = kw.pop("boundary", uuid.uuid4().hex)
-    ctype = kw.pop("content_type", f'multipart/related; type="application/dicom"; boundary={boundary}')
+    ctype = kw.pop(
+        "content_type", f'multipart/related; type="application/dicom"; boundary={boundary}'
+    )
     body = kw.pop("body", None) or multipart_body(parts, boundary)
     url = f"{server.dicomweb}/studies" + (f"/{study}" if study else "")
     return httpx.post(url, content=body, headers={"Content-Type": ctype}, timeout=120, **kw)
@@ -52,7 +67,11 @@ def store_state(server: LiveServer) -> dict[str, Any]:
     blobs = sorted(p.name for p in (data / "blobs").rglob("*") if p.is_file())
     spool = sorted(str(p) for p in (data / "spool").rglob("*"))
     counts = httpx.get(f"{server.url}/healthz").json()
-    return {"blobs": blobs, "spool": spool, "counts": {k: counts[k] for k in ("study", "series", "instance")}}
+    return {
+        "blobs": blobs,
+        "spool": spool,
+        "counts": {k: counts[k] for k in ("study", "series", "instance")},
+    }
 
 
 def seq(body: dict[str, Any], tag: str) -> list[dict[str, Any]]:

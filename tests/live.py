@@ -81,5 +81,8 @@ class LiveServer:
         """Run ``imaging-gateway ARGS`` against this server's data dir."""
         return subprocess.run(
             [sys.executable, "-m", "server.cli.main", *args],
-            env=self.env(), capture_output=True, text=True, timeout=600,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def gateway(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    return request.app.state.gateway
 
 
 def dicomweb_root(request: Request) -> str:

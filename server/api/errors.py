@@ -41,7 +41,13 @@ def error_response(status: int, message: str, extra: dict[str, str] | None = Non
 
 
 def _header_safe(text: str) -> str:
-    return text.encode("ascii", "replace").decode().replace('"', "'").replace("\r", " ").replace("\n", " ")[:300]
+    return (
+        text.encode("ascii", "replace")
+        .decode()
+        .replace('"', "'")
+        .replace("\r", " ")
+        .replace("\n", " ")[:300]
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -83,8 +83,14 @@ def load_demo(gateway: Gateway, *, patients: int = 6) -> int:
         return 0
     stored = 0
     datasets = list(
-        generate_cohort(patients=patients, series_per_study=2, instances_per_series=24,
-                        rows=128, columns=128, seed=2026)
+        generate_cohort(
+            patients=patients,
+            series_per_study=2,
+            instances_per_series=24,
+            rows=128,
+            columns=128,
+            seed=2026,
+        )
     )
     for start in range(0, len(datasets), BATCH):
         spool = gateway.store.spool_dir()

@@ -38,8 +38,15 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Bind address (GATEWAY_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (GATEWAY_PORT, default 8080).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="GATEWAY_DATA_DIR (default ./var).")
-@click.option("--demo", is_flag=True, help="Load a small generated cohort first if the store is empty.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="GATEWAY_DATA_DIR (default ./var).",
+)
+@click.option(
+    "--demo", is_flag=True, help="Load a small generated cohort first if the store is empty."
+)
 def serve(host: str | None, port: int | None, data_dir: Path | None, demo: bool) -> None:
     """Serve DICOMweb on http://HOST:PORT/dicom-web."""
     import uvicorn
@@ -57,8 +64,15 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, demo: bool)
 
         stored = load_demo(app.state.gateway)
         log.info("demo cohort: %d instance(s) stored", stored)
-    log.info("data dir %s; DICOMweb at http://%s:%d/dicom-web", settings.data_dir.resolve(), settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    log.info(
+        "data dir %s; DICOMweb at http://%s:%d/dicom-web",
+        settings.data_dir.resolve(),
+        settings.host,
+        settings.port,
+    )
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+    )
 
 
 @main.command("import")

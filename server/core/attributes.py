@@ -8,12 +8,12 @@ dictionary, never typed by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 
-class Level(str, Enum):
+class Level(StrEnum):
     STUDY = "study"
     SERIES = "series"
     INSTANCE = "instance"
@@ -42,18 +42,42 @@ def _spec(keyword: str, level: Level) -> AttributeSpec:
 
 
 _STUDY_MATCHING = (
-    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName",
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-    "StudyID", "StudyDescription", "InstitutionName",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDescription",
+    "InstitutionName",
 )
 _SERIES_MATCHING = (
-    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
-    "SeriesTime", "BodyPartExamined", "Laterality", "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime", "Manufacturer",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesDate",
+    "SeriesTime",
+    "BodyPartExamined",
+    "Laterality",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "Manufacturer",
 )
 _INSTANCE_MATCHING = (
-    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ContentDate", "ContentTime",
-    "NumberOfFrames", "Rows", "Columns",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "InstanceNumber",
+    "ContentDate",
+    "ContentTime",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
 )
 
 MATCHING: dict[str, AttributeSpec] = {
@@ -69,9 +93,19 @@ MATCHING_BY_TAG: dict[int, AttributeSpec] = {spec.tag: spec for spec in MATCHING
 
 # Extra attributes kept in each level's stored JSON (returned by QIDO, not matchable).
 _STUDY_RETURN_ONLY = ("SpecificCharacterSet", "TimezoneOffsetFromUTC", "OtherPatientIDs")
-_SERIES_RETURN_ONLY = ("StudyInstanceUID", "SpecificCharacterSet", "TimezoneOffsetFromUTC", "FrameOfReferenceUID")
+_SERIES_RETURN_ONLY = (
+    "StudyInstanceUID",
+    "SpecificCharacterSet",
+    "TimezoneOffsetFromUTC",
+    "FrameOfReferenceUID",
+)
 _INSTANCE_RETURN_ONLY = (
-    "StudyInstanceUID", "SeriesInstanceUID", "SpecificCharacterSet", "TimezoneOffsetFromUTC", "BitsAllocated", "ImageType",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SpecificCharacterSet",
+    "TimezoneOffsetFromUTC",
+    "BitsAllocated",
+    "ImageType",
     "AcquisitionNumber",
 )
 

@@ -16,7 +16,7 @@ _TOKEN_PARAM = re.compile(r';\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,]*)')
 
 @dataclass(frozen=True)
 class MediaRange:
-    type: str                       # e.g. "multipart/related", "application/dicom", "*/*"
+    type: str  # e.g. "multipart/related", "application/dicom", "*/*"
     params: dict[str, str] = field(default_factory=dict)
     q: float = 1.0
 
@@ -67,7 +67,9 @@ def parse_accept(header: str | None) -> list[MediaRange]:
 
 def _split_accept(header: str) -> list[str]:
     """Split on commas that are not inside quotes (transfer-syntax lists are quoted)."""
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for ch in header:
         if ch == '"':
             quoted = not quoted
@@ -113,7 +115,9 @@ def negotiate_frames(header: str | None, stored_type: str) -> tuple[str | None, 
     stored; ``application/octet-stream`` without it means native (decoded) bytes.
     """
     for r in parse_accept(header):
-        if r.type in ("*/*", "multipart/*") or (r.type == "multipart/related" and r.related_type is None):
+        if r.type in ("*/*", "multipart/*") or (
+            r.type == "multipart/related" and r.related_type is None
+        ):
             return None, True
         if r.type != "multipart/related":
             continue
@@ -122,14 +126,18 @@ def negotiate_frames(header: str | None, stored_type: str) -> tuple[str | None, 
             return OCTET, r.transfer_syntax == "*"
         if related == stored_type or (related and related.endswith("/*")):
             return stored_type, True
-    raise _not_acceptable(header, 'multipart/related; type="application/octet-stream" or ' + stored_type)
+    raise _not_acceptable(
+        header, 'multipart/related; type="application/octet-stream" or ' + stored_type
+    )
 
 
 def negotiate_bulkdata(header: str | None) -> None:
     for r in parse_accept(header):
-        if r.type in ("*/*", "multipart/*") or (
-            r.type == "multipart/related" and r.related_type in (None, OCTET, "*/*")
-        ) or r.type == OCTET:
+        if (
+            r.type in ("*/*", "multipart/*")
+            or (r.type == "multipart/related" and r.related_type in (None, OCTET, "*/*"))
+            or r.type == OCTET
+        ):
             return
     raise _not_acceptable(header, 'multipart/related; type="application/octet-stream"')
 
@@ -145,4 +153,6 @@ def negotiate_rendered(header: str | None, accept_param: str | None) -> str:
 
 
 def _not_acceptable(header: str | None, supported: str) -> NotAcceptable:
-    return NotAcceptable(f"cannot produce any of Accept: {header!r}; this resource offers {supported}")
+    return NotAcceptable(
+        f"cannot produce any of Accept: {header!r}; this resource offers {supported}"
+    )

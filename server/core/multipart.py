@@ -33,7 +33,9 @@ class MultipartSpooler:
 
     def __init__(self, boundary: str, directory: Path, max_bytes: int) -> None:
         if not boundary or len(boundary) > 70:
-            raise MalformedMultipart("the multipart boundary is missing or longer than 70 characters")
+            raise MalformedMultipart(
+                "the multipart boundary is missing or longer than 70 characters"
+            )
         self.directory = directory
         self.parts: list[SpooledPart] = []
         self._max = max_bytes
@@ -54,7 +56,9 @@ class MultipartSpooler:
             "on_header_end": self._header_end,
             "on_end": self._end,
         }
-        self._parser = MultipartParser(boundary.encode("latin-1"), callbacks, max_header_count=32, max_header_size=16384)
+        self._parser = MultipartParser(
+            boundary.encode("latin-1"), callbacks, max_header_count=32, max_header_size=16384
+        )
 
     def feed(self, chunk: bytes) -> None:
         self._received += len(chunk)

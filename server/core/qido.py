@@ -21,7 +21,7 @@ from server.core.attributes import (
     parse_tag,
 )
 from server.core.uids import check_uid
-from server.core.values import fold, name_tokens, normalize_da, normalize_is, normalize_tm
+from server.core.values import name_tokens, normalize_da, normalize_is, normalize_tm
 from server.errors import InvalidQuery
 
 
@@ -103,10 +103,10 @@ def parse_query(
     """PS3.18 8.3.4: parse query parameters for a search at ``level``."""
     pairs = list(pairs)
     controls = _parse_controls(pairs, default_limit, max_limit)
-    fuzzy = controls["fuzzy"]
+    fuzzy = controls.fuzzy
     conditions: list[Condition] = []
     modalities: tuple[str, ...] = ()
-    includes: set[int] = set(controls["includes"])
+    includes: set[int] = set(controls.includes)
     for key, value in pairs:
         if key in _CONTROL:
             continue
@@ -140,46 +140,58 @@ def parse_query(
         modalities_in_study=modalities,
         study_uid=check_uid(study_uid, "StudyInstanceUID") if study_uid else None,
         series_uid=check_uid(series_uid, "SeriesInstanceUID") if series_uid else None,
-        include_all=controls["all"],
+        include_all=controls.include_all,
         include_tags=frozenset(includes),
-        limit=controls["limit"],
-        offset=controls["offset"],
-        limit_clamped=controls["clamped"],
+        limit=controls.limit,
+        offset=controls.offset,
+        limit_clamped=controls.clamped,
         fuzzy=fuzzy,
     )
 
 
-def _parse_controls(
-    pairs: list[tuple[str, str]], default_limit: int, max_limit: int
-) -> dict[str, object]:
-    out: dict[str, object] = {
-        "limit": default_limit, "offset": 0, "fuzzy": False, "all": False,
-        "includes": set(), "clamped": False,
-    }
-    includes: set[int] = set()
+@dataclass
+class _Controls:
+    limit: int
+    offset: int = 0
+    fuzzy: bool = False
+    include_all: bool = False
+    includes: set[int] = field(default_factory=set)
+    clamped: bool = False
+
+
+def _parse_controls(pairs: list[tuple[str, str]], default_limit: int, max_limit: int) -> _Controls:
+    out = _Controls(limit=default_limit)
     for key, value in pairs:
         if key in ("limit", "offset"):
             number = normalize_is(value)
             if number is None or number < 0 or (key == "limit" and number == 0):
-                raise InvalidQuery(f"{key} must be a {'positive' if key == 'limit' else 'non-negative'} integer, got {value!r}", key)
-            if key == "limit" and number > max_limit:
-                number, out["clamped"] = max_limit, True
-            out[key] = number
+                kind = "positive" if key == "limit" else "non-negative"
+                raise InvalidQuery(f"{key} must be a {kind} integer, got {value!r}", key)
+            if key == "limit":
+                out.clamped = number > max_limit
+                out.limit = min(number, max_limit)
+            else:
+                out.offset = number
         elif key == "fuzzymatching":
             if value.lower() not in ("true", "false"):
                 raise InvalidQuery(f"fuzzymatching must be true or false, got {value!r}", key)
-            out["fuzzy"] = value.lower() == "true"
+            out.fuzzy = value.lower() == "true"
         elif key == "includefield":
-            for item in (v.strip() for v in value.split(",")):
-                if item == "all":
-                    out["all"] = True
-                elif item:
-                    tag = parse_tag(item)
-                    if tag is None:
-                        raise InvalidQuery(f"includefield names an unknown attribute {item!r}", key)
-                    includes.add(tag)
-    out["includes"] = includes
+            _parse_includes(value, out)
     return out
+
+
+def _parse_includes(value: str, out: _Controls) -> None:
+    for item in (v.strip() for v in value.split(",")):
+        if item == "all":
+            out.include_all = True
+        elif item:
+            tag = parse_tag(item)
+            if tag is None:
+                raise InvalidQuery(
+                    f"includefield names an unknown attribute {item!r}", "includefield"
+                )
+            out.includes.add(tag)
 
 
 def _check_level(level: Level, spec: AttributeSpec, key: str) -> None:
@@ -244,5 +256,3 @@ def _date_matcher(spec: AttributeSpec, value: str, key: str) -> Matcher:
     if spec.vr == "TM":
         return Range(norm(value, False), norm(value, True))
     return Exact(norm(value, False))
-
-

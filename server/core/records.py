@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
@@ -84,11 +84,16 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
     prefix = f"/studies/{study}/series/{series}/instances/{sop}"
     metadata = _metadata_json(ds, prefix, pixel_index)
     record = InstanceRecord(
-        study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid=sop_class,
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid=sop_class,
         transfer_syntax=ts,
         columns={level: _columns(ds, level) for level in Level},
         level_json={level: orjson.dumps(_level_json(ds, level)) for level in Level},
-        metadata=metadata, size=size, sha256=sha256,
+        metadata=metadata,
+        size=size,
+        sha256=sha256,
         blob_key=blob_key_for(sop, sha256),
         pixel_index=pixel_index.to_json() if pixel_index is not None else None,
     )
@@ -169,7 +174,7 @@ def _level_json(ds: Dataset, level: Level) -> dict[str, Any]:
 
 def _element_json(elem: DataElement) -> dict[str, Any]:
     try:
-        return elem.to_json_dict(None, 2**62)  # type: ignore[arg-type]
+        return elem.to_json_dict(None, 2**62)
     except Exception:
         return {"vr": elem.VR}
 
@@ -184,7 +189,7 @@ def _metadata_json(ds: Dataset, prefix: str, index: pixels.PixelIndex | None) ->
 
 def _dataset_json(ds: Dataset, bulk_prefix: str, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - a Dataset iterates elements, not tags
         key = f"{int(tag):08X}"
         raw = ds.get_item(tag)
         vr = _vr_of(raw, int(tag))

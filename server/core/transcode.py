@@ -8,9 +8,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-NATIVE_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
-)
+NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
 
 def transcode_to_explicit_le(path: Path) -> bytes | None:

@@ -29,7 +29,11 @@ def normalize_tm(value: str, *, upper: bool = False) -> str | None:
         return None
     fill = "595959" if upper else "000000"
     main = main + fill[len(main) :]
-    frac = (frac + ("9" if upper and not frac else "0") * 6)[:6] if frac else ("999999" if upper else "000000")
+    frac = (
+        (frac + ("9" if upper and not frac else "0") * 6)[:6]
+        if frac
+        else ("999999" if upper else "000000")
+    )
     return f"{main}.{frac}"
 
 

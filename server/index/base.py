@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol
 
 from server.core.qido import QidoQuery
 from server.core.records import InstanceRecord
 
 
-class AddOutcome(str, Enum):
-    STORED = "stored"                 # new instance
-    IDENTICAL = "identical"           # same SOP Instance UID, same content: nothing changed
-    REPLACED = "replaced"             # same SOP Instance UID, other content, policy overwrite
-    CONFLICT = "conflict"             # same SOP Instance UID, other content, policy reject
-    HIERARCHY = "hierarchy"           # series already belongs to another study
+class AddOutcome(StrEnum):
+    STORED = "stored"  # new instance
+    IDENTICAL = "identical"  # same SOP Instance UID, same content: nothing changed
+    REPLACED = "replaced"  # same SOP Instance UID, other content, policy overwrite
+    CONFLICT = "conflict"  # same SOP Instance UID, other content, policy reject
+    HIERARCHY = "hierarchy"  # series already belongs to another study
 
 
 @dataclass(frozen=True)

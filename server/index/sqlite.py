@@ -156,8 +156,15 @@ class SqliteIndex:
             f" blob_key, size, sha256, pixel_index, updated, json) "
             f"VALUES (?, ?, {', '.join('?' for _ in cols)}, ?, ?, ?, ?, ?, ?, ?)",
             [
-                series_pk, study_pk, *(values.get(c) for c in cols), rec.transfer_syntax,
-                rec.blob_key, rec.size, rec.sha256, rec.pixel_index, time.time(),
+                series_pk,
+                study_pk,
+                *(values.get(c) for c in cols),
+                rec.transfer_syntax,
+                rec.blob_key,
+                rec.size,
+                rec.sha256,
+                rec.pixel_index,
+                time.time(),
                 rec.level_json[Level.INSTANCE],
             ],
         )
@@ -226,7 +233,9 @@ class SqliteIndex:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for key in keys:
-                    row = conn.execute("SELECT pk FROM instance WHERE blob_key = ?", (key,)).fetchone()
+                    row = conn.execute(
+                        "SELECT pk FROM instance WHERE blob_key = ?", (key,)
+                    ).fetchone()
                     if row is not None:
                         self._delete_instance_pks(conn, [row[0]])
                         removed += 1
@@ -238,16 +247,23 @@ class SqliteIndex:
 
     # -- reads -------------------------------------------------------------
     def find_by_sop(self, sop_uid: str) -> StoredInstance | None:
-        row = self._reader().execute(
-            f"SELECT {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE i.sopinstanceuid = ?", (sop_uid,)
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE i.sopinstanceuid = ?",
+                (sop_uid,),
+            )
+            .fetchone()
+        )
         return StoredInstance(*row) if row else None
 
     def instances(self, scope: Scope) -> list[StoredInstance]:
         where, params = _scope_where(scope)
-        rows = self._reader().execute(
-            f"SELECT {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE {where} {_ORDER}", params
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(f"SELECT {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE {where} {_ORDER}", params)
+            .fetchall()
+        )
         return [StoredInstance(*r) for r in rows]
 
     def metadata(self, scope: Scope) -> Iterator[bytes]:

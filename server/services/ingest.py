@@ -94,7 +94,9 @@ class IngestService:
         self.store.put_file(record.blob_key, source)
         return True
 
-    def _index(self, pending: list[tuple[int, InstanceRecord, bool]], outcomes: list[PartOutcome]) -> None:
+    def _index(
+        self, pending: list[tuple[int, InstanceRecord, bool]], outcomes: list[PartOutcome]
+    ) -> None:
         overwrite = self.settings.stow.duplicate_policy is DuplicatePolicy.overwrite
         try:
             results = self.index.add_instances([r for _, r, _ in pending], overwrite=overwrite)

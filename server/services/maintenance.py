@@ -28,7 +28,11 @@ class DeleteService:
         """
         found = self.index.instances(scope)
         if not found:
-            raise NotFound(f"nothing stored at {scope.study_uid}/{scope.series_uid or ''}/{scope.sop_uid or ''}".rstrip("/"))
+            raise NotFound(
+                f"nothing stored at {scope.study_uid}/{scope.series_uid or ''}/{scope.sop_uid or ''}".rstrip(
+                    "/"
+                )
+            )
         for inst in found:
             self.store.trash(inst.blob_key)
         removed = self.index.delete(scope)
@@ -41,7 +45,7 @@ class DeleteService:
 class CheckReport:
     indexed: int = 0
     blobs: int = 0
-    missing_blobs: list[str] = field(default_factory=list)    # index rows whose blob is gone
+    missing_blobs: list[str] = field(default_factory=list)  # index rows whose blob is gone
     unindexed_blobs: list[str] = field(default_factory=list)  # blobs no index row points at
     reindexed: int = 0
     removed_rows: int = 0

@@ -60,7 +60,8 @@ class RetrieveService:
                 if data is not None:
                     ts = EXPLICIT_LE
             yield write_part_header(
-                boundary, f'application/dicom; transfer-syntax={ts}',
+                boundary,
+                f"application/dicom; transfer-syntax={ts}",
                 len(data) if data is not None else inst.size,
             )
             if data is not None:
@@ -104,10 +105,14 @@ class RetrieveService:
         parts: list[FramePart] = []
         for number in numbers:
             if number < 1 or number > index.number_of_frames:
-                raise NotFound(f"frame {number} does not exist (the instance has {index.number_of_frames})")
-        native = not index.encapsulated and inst.transfer_syntax != "1.2.840.10008.1.2.2"
+                raise NotFound(
+                    f"frame {number} does not exist (the instance has {index.number_of_frames})"
+                )
+        native = not index.encapsulated and index.transfer_syntax != pixels.EXPLICIT_VR_BE
         if media_type not in (None, stored_type, "application/octet-stream"):
-            raise NotAcceptable(f"frames of this instance are stored as {stored_type}; {media_type} cannot be produced")
+            raise NotAcceptable(
+                f"frames of this instance are stored as {stored_type}; {media_type} cannot be produced"
+            )
         for number in numbers:
             if native or want_stored:
                 data = self._read_frame(inst, index, number)
@@ -135,10 +140,12 @@ class RetrieveService:
         inst = self.one_instance(scope)
         index = self._pixel_index(inst)
         numbers = list(range(1, index.number_of_frames + 1))
-        if index.encapsulated:
+        if index.encapsulated and not pixels.is_video(index.transfer_syntax):
             return self.frames(scope, numbers, want_stored=True, media_type=None)
-        data = b"".join(self._read_frame(inst, index, n) for n in numbers)
-        return [FramePart(f"application/octet-stream; transfer-syntax={inst.transfer_syntax}", data)]
+        with self.store.open(inst.blob_key) as f:
+            data = pixels.read_pixel_data(f, index)
+        media = pixels.frame_media_type(index.transfer_syntax)
+        return [FramePart(f"{media}; transfer-syntax={index.transfer_syntax}", data)]
 
     def bulk_element(self, scope: Scope, path: str) -> FramePart:
         """PS3.18 10.4.1.1.5: the value of a (possibly nested) binary element."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -63,10 +64,8 @@ class FilesystemBlobStore:
 
     def trash(self, key: str) -> None:
         source = self.path(key)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.replace(source, self._trash / f"{key}.{uuid.uuid4().hex}")
-        except FileNotFoundError:
-            pass
 
     def purge_trash(self) -> int:
         count = 0

@@ -23,7 +23,9 @@ REASON, SOP_UID, RETRIEVE_URL = "00081197", "00081155", "00081190"
 def test_store_instances_with_dicomweb_client_answers_retrieve_urls(client: DICOMwebClient) -> None:
     datasets = cohort(instances_per_series=3)
     response = client.store_instances(datasets)
-    stored = {item.ReferencedSOPInstanceUID: item.RetrieveURL for item in response.ReferencedSOPSequence}
+    stored = {
+        item.ReferencedSOPInstanceUID: item.RetrieveURL for item in response.ReferencedSOPSequence
+    }
     assert set(stored) == {ds.SOPInstanceUID for ds in datasets}
     for ds in datasets:
         assert stored[ds.SOPInstanceUID].endswith(
@@ -36,7 +38,10 @@ def _identify(path: str) -> tuple[str, str] | None:
     """Independently of the gateway: (SOP UID, study UID) if pydicom reads a Part-10 header."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        uids = [str(ds.get(k, "")).strip() for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")]
+        uids = [
+            str(ds.get(k, "")).strip()
+            for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+        ]
         if not all(uids) or "TransferSyntaxUID" not in ds.file_meta:
             return None
         return uids[0], uids[1]
@@ -75,14 +80,21 @@ def test_every_pydicom_test_file_in_one_request(fresh_server: LiveServer) -> Non
     client = DICOMwebClient(fresh_server.dicomweb)
     stored_sops = {value(i, SOP_UID): value(i, RETRIEVE_URL) for i in stored}
     for sop, url in stored_sops.items():
-        study, series = url.split("/studies/")[1].split("/")[0], url.split("/series/")[1].split("/")[0]
-        got = client.retrieve_instance(study, series, sop, media_types=(("application/dicom", "*"),))
+        study, series = (
+            url.split("/studies/")[1].split("/")[0],
+            url.split("/series/")[1].split("/")[0],
+        )
+        got = client.retrieve_instance(
+            study, series, sop, media_types=(("application/dicom", "*"),)
+        )
         raw = _raw_instance(fresh_server, study, series, sop)
         candidates = [contents[n] for n in by_sop[sop]]
         assert raw in candidates, f"{sop} did not come back byte-for-byte"
         assert got.SOPInstanceUID == sop
         # the duplicate policy (reject): the first decodable file with this UID wins
-        first_ok = next(contents[n] for n in by_sop[sop] if _pixels_decode(files[n]) or len(by_sop[sop]) == 1)
+        first_ok = next(
+            contents[n] for n in by_sop[sop] if _pixels_decode(files[n]) or len(by_sop[sop]) == 1
+        )
         if len(set(candidates)) > 1:
             assert raw == first_ok or raw == candidates[0]
 
@@ -92,19 +104,25 @@ def test_every_pydicom_test_file_in_one_request(fresh_server: LiveServer) -> Non
             continue
         reason = value(item, REASON)
         if reason == 0x0111:
-            assert sop in stored_sops, "a duplicate was refused but no instance with its UID is stored"
+            assert sop in stored_sops, (
+                "a duplicate was refused but no instance with its UID is stored"
+            )
         else:
             assert reason == 0xC000
             broken = [files[n] for n in by_sop[sop] if not _pixels_decode(files[n])]
             assert broken, f"{sop} refused as unreadable although pydicom decodes it"
     assert len(stored_sops) == len(by_sop) - sum(
-        1 for sop, ns in by_sop.items() if all(not _pixels_decode(files[n]) for n in ns) and sop not in stored_sops
+        1
+        for sop, ns in by_sop.items()
+        if all(not _pixels_decode(files[n]) for n in ns) and sop not in stored_sops
     )
 
 
 def _raw_instance(server: LiveServer, study: str, series: str, sop: str) -> bytes:
     url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}"
-    r = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    r = httpx.get(
+        url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    )
     assert r.status_code == 200
     boundary = r.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
     part = r.content.split(f"--{boundary}".encode())[1]
@@ -151,8 +169,16 @@ def test_quoted_unquoted_and_absent_type_parameter_are_accepted(server: LiveServ
 @pytest.mark.parametrize(
     ("body", "ctype", "status"),
     [
-        (b"this is not multipart at all", 'multipart/related; type="application/dicom"; boundary=abc', 400),
-        (b"--abc\r\nContent-Type: application/dicom\r\n\r\nDICM", 'multipart/related; type="application/dicom"', 400),
+        (
+            b"this is not multipart at all",
+            'multipart/related; type="application/dicom"; boundary=abc',
+            400,
+        ),
+        (
+            b"--abc\r\nContent-Type: application/dicom\r\n\r\nDICM",
+            'multipart/related; type="application/dicom"',
+            400,
+        ),
         (b"--abc--\r\n", 'multipart/related; type="application/dicom"; boundary=abc', 400),
         (b"{}", "application/json", 415),
         (b"--abc--\r\n", 'multipart/related; type="application/dicom+json"; boundary=abc', 415),
@@ -164,7 +190,11 @@ def test_malformed_requests_get_clear_errors_and_store_nothing(
     fresh_server: LiveServer, body: bytes, ctype: str, status: int
 ) -> None:
     before = store_state(fresh_server)
-    r = httpx.post(f"{fresh_server.dicomweb}/studies", content=body, headers={"Content-Type": ctype} if ctype else {})
+    r = httpx.post(
+        f"{fresh_server.dicomweb}/studies",
+        content=body,
+        headers={"Content-Type": ctype} if ctype else {},
+    )
     assert r.status_code == status, r.text
     assert r.json()["message"]
     assert store_state(fresh_server) == before
@@ -228,8 +258,12 @@ def test_invalid_study_uid_in_url_is_400(server: LiveServer) -> None:
     assert "not a valid DICOM UID" in r.json()["message"]
 
 
-def test_oversize_body_is_413_declared_or_streamed(live_server_factory: type[LiveServer], tmp_path: Path) -> None:
-    small = live_server_factory(tmp_path / "small", extra_env={"GATEWAY_STOW__MAX_BODY_BYTES": "20000"}).start()
+def test_oversize_body_is_413_declared_or_streamed(
+    live_server_factory: type[LiveServer], tmp_path: Path
+) -> None:
+    small = live_server_factory(
+        tmp_path / "small", extra_env={"GATEWAY_STOW__MAX_BODY_BYTES": "20000"}
+    ).start()
     data = [part10(ds) for ds in cohort(instances_per_series=4, rows=64, columns=64)]
     before = store_state(small)
     r = stow(small, data)
@@ -240,7 +274,8 @@ def test_oversize_body_is_413_declared_or_streamed(live_server_factory: type[Liv
         yield multipart_body(data, "streamed")
 
     r = httpx.post(
-        f"{small.dicomweb}/studies", content=chunks(),
+        f"{small.dicomweb}/studies",
+        content=chunks(),
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=streamed'},
     )
     assert r.status_code == 413

@@ -69,7 +69,9 @@ def search_for_study_instances(request: Request, study: str) -> Response:
     return _search(request, Level.INSTANCE, study)
 
 
-@router.get("/studies/{study}/series/{series}/instances", summary="Search for instances of a series")
+@router.get(
+    "/studies/{study}/series/{series}/instances", summary="Search for instances of a series"
+)
 def search_for_series_instances(request: Request, study: str, series: str) -> Response:
     """PS3.18 10.6.1: instances of one series."""
     return _search(request, Level.INSTANCE, study, series)

@@ -34,7 +34,9 @@ async def store_study_instances(request: Request, study: str) -> Response:
 
 def _boundary(content_type: str | None) -> str:
     if not content_type:
-        raise UnsupportedMediaType('Content-Type must be multipart/related; type="application/dicom"')
+        raise UnsupportedMediaType(
+            'Content-Type must be multipart/related; type="application/dicom"'
+        )
     media = parse_media_type(content_type)
     if media.type != "multipart/related":
         raise UnsupportedMediaType(
@@ -56,7 +58,9 @@ async def _store(request: Request, study_uid: str | None) -> Response:
     limit = gw.settings.stow.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body ({declared} bytes) exceeds the limit of {limit} bytes")
+        raise PayloadTooLarge(
+            f"the request body ({declared} bytes) exceeds the limit of {limit} bytes"
+        )
     spool = gw.store.spool_dir()
     spooler = MultipartSpooler(boundary, spool, limit)
     try:

@@ -84,7 +84,10 @@ def retrieve_series_metadata(request: Request, study: str, series: str) -> Respo
     return _metadata(request, _scope(study, series))
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/metadata", summary="Retrieve instance metadata")
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/metadata",
+    summary="Retrieve instance metadata",
+)
 def retrieve_instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
     """PS3.18 10.4.1.1.2: metadata of one instance."""
     return _metadata(request, _scope(study, series, sop))
@@ -108,14 +111,21 @@ def _frame_numbers(text: str) -> list[int]:
     try:
         numbers = [int(n) for n in text.split(",") if n.strip()]
     except ValueError:
-        raise BadRequest(f"frame list {text[:40]!r} must be comma-separated positive integers") from None
+        raise BadRequest(
+            f"frame list {text[:40]!r} must be comma-separated positive integers"
+        ) from None
     if not numbers or any(n < 1 for n in numbers):
         raise BadRequest("frame numbers start at 1")
     return numbers
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", summary="Retrieve frames (PS3.18 10.4.1.1.3)")
-def retrieve_instance_frames(request: Request, study: str, series: str, sop: str, frames: str) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/frames/{frames}",
+    summary="Retrieve frames (PS3.18 10.4.1.1.3)",
+)
+def retrieve_instance_frames(
+    request: Request, study: str, series: str, sop: str, frames: str
+) -> Response:
     """PS3.18 10.4.1.1.3: frames, stored bytes with transfer-syntax=* or decoded otherwise."""
     gw = gateway(request)
     scope = _scope(study, series, sop)
@@ -128,7 +138,10 @@ def retrieve_instance_frames(request: Request, study: str, series: str, sop: str
     return _multipart(parts, related)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}", summary="Retrieve bulk data")
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path:path}",
+    summary="Retrieve bulk data",
+)
 def retrieve_bulkdata(request: Request, study: str, series: str, sop: str, path: str) -> Response:
     """PS3.18 10.4.1.1.5: bulk data named by a BulkDataURI from the metadata."""
     negotiate_bulkdata(request.headers.get("accept"))
@@ -141,20 +154,30 @@ def retrieve_bulkdata(request: Request, study: str, series: str, sop: str, path:
 
 
 def _rendered(request: Request, scope: Scope, frame: int) -> Response:
-    media_type = negotiate_rendered(request.headers.get("accept"), request.query_params.get("accept"))
+    media_type = negotiate_rendered(
+        request.headers.get("accept"), request.query_params.get("accept")
+    )
     params = rendering.parse_render_params(request.query_params, media_type)
     data = gateway(request).retrieve.render(scope, frame, params)
     return Response(data, media_type=media_type)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/rendered", summary="Rendered instance (PS3.18 10.4.1.1.4)")
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/rendered",
+    summary="Rendered instance (PS3.18 10.4.1.1.4)",
+)
 def retrieve_rendered_instance(request: Request, study: str, series: str, sop: str) -> Response:
     """PS3.18 10.4.1.1.4: the first frame rendered as JPEG or PNG."""
     return _rendered(request, _scope(study, series, sop), 1)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered", summary="Rendered frame")
-def retrieve_rendered_frame(request: Request, study: str, series: str, sop: str, frame: str) -> Response:
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/frames/{frame}/rendered",
+    summary="Rendered frame",
+)
+def retrieve_rendered_frame(
+    request: Request, study: str, series: str, sop: str, frame: str
+) -> Response:
     """PS3.18 10.4.1.1.4: one frame rendered as JPEG or PNG."""
     numbers = _frame_numbers(frame)
     if len(numbers) != 1:
@@ -163,7 +186,9 @@ def retrieve_rendered_frame(request: Request, study: str, series: str, sop: str,
 
 
 def _thumbnail(request: Request, scope: Scope) -> Response:
-    media_type = negotiate_rendered(request.headers.get("accept"), request.query_params.get("accept"))
+    media_type = negotiate_rendered(
+        request.headers.get("accept"), request.query_params.get("accept")
+    )
     size = 128
     viewport = request.query_params.get("viewport")
     if viewport:
@@ -185,7 +210,9 @@ def retrieve_series_thumbnail(request: Request, study: str, series: str) -> Resp
     return _thumbnail(request, _scope(study, series))
 
 
-@router.get("/studies/{study}/series/{series}/instances/{sop}/thumbnail", summary="Instance thumbnail")
+@router.get(
+    "/studies/{study}/series/{series}/instances/{sop}/thumbnail", summary="Instance thumbnail"
+)
 def retrieve_instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
     """PS3.18 10.4.1.1.5: the instance's first frame, small."""
     return _thumbnail(request, _scope(study, series, sop))
@@ -209,7 +236,11 @@ async def delete_series(request: Request, study: str, series: str) -> Response:
     return await _delete(request, _scope(study, series))
 
 
-@router.delete("/studies/{study}/series/{series}/instances/{sop}", summary="Delete an instance", tags=["DELETE"])
+@router.delete(
+    "/studies/{study}/series/{series}/instances/{sop}",
+    summary="Delete an instance",
+    tags=["DELETE"],
+)
 async def delete_instance(request: Request, study: str, series: str, sop: str) -> Response:
     """Delete one instance."""
     return await _delete(request, _scope(study, series, sop))

@@ -40,9 +40,11 @@ const step = (name, extra = {}) => {
   process.stderr.write(`[e2e ${((Date.now() - t0) / 1000).toFixed(1)}s] ${name}\n`);
 };
 
-// Compare texts loosely: upper case, runs of non-alphanumerics become one space
-// (so "DOE^JANE" matches the displayed "DOE, JANE").
-const normalize = s => ` ${String(s).toUpperCase().replace(/[^A-Z0-9]+/g, ' ').trim()} `;
+// Compare texts loosely: NFC, upper case, runs of anything but letters and
+// digits become one space (so "DOE^JANE" matches the displayed "DOE, JANE").
+// test_ohif.py normalizes the same way.
+const normalize = s =>
+  ` ${String(s).normalize('NFC').toUpperCase().replace(/[^\p{L}\p{N}]+/gu, ' ').trim()} `;
 
 const isDicomweb = url => spec.dicomwebRoot && url.startsWith(spec.dicomwebRoot);
 

@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,45 +26,22 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from servers import (  # noqa: E402
+from e2e_harness import (  # noqa: E402
+    CACHE_DIR,
+    CHROMIUM,
+    NODE_MODULES,
+    OHIF_DIST,
+    BrowserTools,
+    DicomwebTarget,
+    skip_or_fail,
+)
+from e2e_servers import (  # noqa: E402
     CorsShim,
     GatewayProcess,
     OrthancProcess,
     gateway_executable,
     stow_datasets,
 )
-
-CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-NODE_MODULES = HERE / "node_modules"
-OHIF_DIST = NODE_MODULES / "@ohif" / "app" / "dist"
-CACHE_DIR = HERE / ".cache"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip locally, but fail in CI where a skipped e2e test would hide a gap."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI=true, so this is an error; run tests/e2e/setup.sh)")
-    pytest.skip(f"{reason}; run tests/e2e/setup.sh to install the browser test tools")
-
-
-@dataclass
-class BrowserTools:
-    node: str
-    chromium: str
-    script: Path
-    ohif_dist: Path
-
-
-@dataclass
-class DicomwebTarget:
-    name: str
-    root: str
-    # requests seen by a proxy in front of the server, when there is one
-    proxy_log: list[dict] = field(default_factory=list)
 
 
 @pytest.fixture(scope="session")
@@ -79,11 +55,13 @@ def browser_tools() -> BrowserTools:
         skip_or_fail("playwright-core is not installed in tests/e2e/node_modules")
     if not (OHIF_DIST / "index.html").is_file():
         skip_or_fail("the OHIF viewer build (@ohif/app/dist) is not installed")
-    return BrowserTools(node=node, chromium=CHROMIUM, script=HERE / "browser.mjs", ohif_dist=OHIF_DIST)
+    return BrowserTools(
+        node=node, chromium=CHROMIUM, script=HERE / "browser.mjs", ohif_dist=OHIF_DIST
+    )
 
 
 def _root_from_live_server(server: object) -> str:
-    for attr in ("dicomweb_root", "dicomweb_url"):
+    for attr in ("dicomweb_root", "dicomweb_url", "dicomweb"):
         value = getattr(server, attr, None)
         if isinstance(value, str):
             return value.rstrip("/")
@@ -92,7 +70,9 @@ def _root_from_live_server(server: object) -> str:
         if isinstance(value, str):
             return value.rstrip("/") + "/dicom-web"
     if isinstance(server, str):
-        return server.rstrip("/") + ("" if server.rstrip("/").endswith("/dicom-web") else "/dicom-web")
+        return server.rstrip("/") + (
+            "" if server.rstrip("/").endswith("/dicom-web") else "/dicom-web"
+        )
     raise TypeError(f"cannot find the DICOMweb root of live_server {server!r}")
 
 
@@ -107,34 +87,45 @@ def _gateway_target(
     if live is not None:
         yield DicomwebTarget("gateway", _root_from_live_server(live))
         return
+    work = tmp_path_factory.mktemp("gateway")
+    try:
+        from tests.live import LiveServer as _LiveServer
+    except ImportError:
+        _LiveServer = None  # type: ignore[assignment,misc]
+    if _LiveServer is not None:
+        gw = _LiveServer(
+            work / "data", demo=True, extra_env={"GATEWAY_ENVIRONMENT": "development"}
+        ).start(timeout=180)
+        try:
+            yield DicomwebTarget("gateway", gw.dicomweb)
+        finally:
+            gw.stop()
+        return
     try:
         executable = gateway_executable()
     except FileNotFoundError:
         skip_or_fail("the imaging-gateway executable is not installed")
-    work = tmp_path_factory.mktemp("gateway")
     CACHE_DIR.mkdir(exist_ok=True)
-    gw = GatewayProcess(work / "data", CACHE_DIR / "gateway.log", executable)
-    gw.start()
+    proc = GatewayProcess(work / "data", CACHE_DIR / "gateway.log", executable).start()
     try:
-        yield DicomwebTarget("gateway", gw.dicomweb_root)
+        yield DicomwebTarget("gateway", proc.dicomweb_root)
     finally:
-        gw.stop()
+        proc.stop()
 
 
 @pytest.fixture(scope="session")
 def _orthanc_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DicomwebTarget]:
     if not OrthancProcess.available():
         skip_or_fail("Orthanc with its DICOMweb plugin is not installed")
+    from e2e_sample_ct import iter_datasets
     from pydicom import dcmread
     from pydicom.data import get_testdata_file
-
-    from sample_ct import iter_datasets
 
     orthanc = OrthancProcess(tmp_path_factory.mktemp("orthanc")).start()
     shim = None
     try:
         datasets = list(iter_datasets())
-        datasets.append(dcmread(get_testdata_file("CT_small.dcm")))
+        datasets.append(dcmread(str(get_testdata_file("CT_small.dcm"))))
         stow_datasets(orthanc.dicomweb_root, datasets)
         shim = CorsShim(f"http://127.0.0.1:{orthanc.http_port}").start()
         yield DicomwebTarget("orthanc", shim.base_url + "/dicom-web", shim.log)

@@ -18,6 +18,7 @@ Run standalone::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import mimetypes
 import posixpath
 import threading
@@ -26,6 +27,7 @@ from functools import partial
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 try:  # imported as a module of the test package or run as a script
     from .ohif_config import app_config_js
@@ -72,7 +74,7 @@ class OhifHandler(SimpleHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         return posixpath.normpath(urllib.parse.unquote(path))
 
-    def send_head(self):  # type: ignore[override]
+    def send_head(self) -> Any:
         path = self._url_path()
         if path == "/app-config.js":
             body = self.app_config
@@ -135,8 +137,7 @@ class OhifServer:
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def start(self) -> OhifServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -163,12 +164,12 @@ def main() -> None:
     ap.add_argument("--dicomweb-root", required=True)
     ap.add_argument("--dist", type=Path, default=DEFAULT_DIST)
     args = ap.parse_args()
-    srv = OhifServer(args.dicomweb_root, dist=args.dist, host=args.host, port=args.port, quiet=False)
+    srv = OhifServer(
+        args.dicomweb_root, dist=args.dist, host=args.host, port=args.port, quiet=False
+    )
     print(f"OHIF viewer on {srv.url} -> {args.dicomweb_root}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         srv.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def _split_includefield(path: str) -> str:
     parts = urllib.parse.urlsplit(path)
     if "includefield" not in parts.query.lower():
         return path
-    query = []
+    query: list[tuple[str, str]] = []
     for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         if key.lower() == "includefield":
             query.extend((key, v) for v in value.split(",") if v)
@@ -219,8 +219,16 @@ class CorsShim:
     """
 
     HOP_BY_HOP = {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-        "te", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
     }
 
     def __init__(self, upstream: str) -> None:
@@ -272,7 +280,10 @@ class CorsShim:
                     k: v for k, v in self.headers.items() if k.lower() not in shim.HOP_BY_HOP
                 }
                 req = urllib.request.Request(
-                    shim.upstream + _split_includefield(self.path), data=data, method=self.command, headers=headers
+                    shim.upstream + _split_includefield(self.path),
+                    data=data,
+                    method=self.command,
+                    headers=headers,
                 )
                 try:
                     resp = urllib.request.urlopen(req, timeout=120)
@@ -297,8 +308,7 @@ class CorsShim:
 
     @property
     def base_url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def start(self) -> CorsShim:
         self._thread.start()

@@ -118,7 +118,7 @@ def test_fuzzy_matching_is_accent_and_case_insensitive(qido: DICOMwebClient, arc
 
 
 def test_limit_offset_pages_through_everything(qido: DICOMwebClient, archive) -> None:
-    _, datasets = archive
+    _ = archive
     seen: list[str] = []
     for offset in range(0, 6, 2):
         page = qido.search_for_studies(limit=2, offset=offset)
@@ -184,7 +184,7 @@ def test_unknown_or_invalid_parameters_are_400_naming_them(
 
 
 def test_injection_text_is_only_data(archive) -> None:
-    live, datasets = archive
+    live, _ = archive
     r = httpx.get(f"{live.dicomweb}/studies", params={"PatientID": "x' OR '1'='1"})
     assert r.status_code == 200 and r.json() == []
     r = httpx.get(f"{live.dicomweb}/studies", params={"PatientName": "*' OR 1=1 --"})

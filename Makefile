@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server tests bench
-	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/ruff check server tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check server tests $(wildcard bench)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -1,7 +1,7 @@
 """Ingest pipeline shared by STOW-RS and ``imaging-gateway import`` (PS3.18 10.5).
 
 Order of writes, so that a crash never leaves a half instance visible:
-parse → blob (temp file, fsync, rename) → index commit → acknowledge.
+parse → blob (spooled file renamed into place) → sync → index commit → acknowledge.
 A blob written but not indexed when the process dies is indexed again by
 ``imaging-gateway check --repair``; an index entry never exists without its blob.
 """
@@ -57,6 +57,8 @@ class IngestService:
                 outcomes[n].message = "storage write failed"
                 continue
             pending.append((n, record, written))
+        if pending:
+            self.store.sync()
         self._failpoint("after_blob_write")
         if pending:
             self._index(pending, outcomes)

@@ -11,7 +11,7 @@ from server.core import pixels, rendering
 from server.core.multipart import close_delimiter, iter_file, write_part_header
 from server.core.qido import QidoQuery
 from server.core.records import read_bulk_value
-from server.core.transcode import transcode_to_explicit_le
+from server.core.transcode import is_lossy, transcode_to_explicit_le
 from server.errors import NotAcceptable, NotFound
 from server.index.base import Index, Scope, SearchPage, StoredInstance
 from server.storage.base import BlobStore
@@ -55,7 +55,10 @@ class RetrieveService:
         for inst in instances:
             data: bytes | None = None
             ts = inst.transfer_syntax
-            if transfer_syntax not in (None, "*", inst.transfer_syntax):
+            wanted = EXPLICIT_LE if transfer_syntax is None else transfer_syntax
+            if transfer_syntax is None and is_lossy(ts):
+                wanted = ts  # PS3.18 8.7.3.5.2: lossy data may be sent as received
+            if wanted not in ("*", ts):
                 data = transcode_to_explicit_le(self.store.path(inst.blob_key))
                 if data is not None:
                     ts = EXPLICIT_LE
@@ -116,9 +119,8 @@ class RetrieveService:
         for number in numbers:
             if native or want_stored:
                 data = self._read_frame(inst, index, number)
-                ctype = f"{stored_type}; transfer-syntax={inst.transfer_syntax}"
-                if native and not want_stored:
-                    ctype = "application/octet-stream; transfer-syntax=" + EXPLICIT_LE
+                label = EXPLICIT_LE if native else inst.transfer_syntax
+                ctype = f"{stored_type}; transfer-syntax={label}"
             else:
                 data = pixels.decode_frame_native(self.store.path(inst.blob_key), index, number)
                 ctype = "application/octet-stream; transfer-syntax=" + EXPLICIT_LE

@@ -9,7 +9,10 @@ from typing import BinaryIO, Protocol
 
 class BlobStore(Protocol):
     def put_file(self, key: str, source: Path) -> None:
-        """Move ``source`` (a spooled file on the same volume) to ``key`` atomically and durably."""
+        """Move ``source`` (a spooled file on the same volume) to ``key`` atomically."""
+
+    def sync(self) -> None:
+        """Make every blob put so far durable; called before the index commit."""
 
     def exists(self, key: str) -> bool: ...
 

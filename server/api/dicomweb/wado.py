@@ -108,8 +108,11 @@ def _multipart(parts: list[FramePart], related_type: str) -> Response:
 
 
 def _frame_numbers(text: str) -> list[int]:
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise BadRequest(f"frame list {text[:40]!r} has an empty item")
     try:
-        numbers = [int(n) for n in text.split(",") if n.strip()]
+        numbers = [int(n) for n in items]
     except ValueError:
         raise BadRequest(
             f"frame list {text[:40]!r} must be comma-separated positive integers"
@@ -134,7 +137,7 @@ def retrieve_instance_frames(
     stored_type = pixels.frame_media_type(inst.transfer_syntax)
     media_type, want_stored = negotiate_frames(request.headers.get("accept"), stored_type)
     parts = gw.retrieve.frames(scope, numbers, want_stored, media_type)
-    related = media_type or (stored_type if want_stored else OCTET)
+    related = stored_type if want_stored else (media_type or OCTET)
     return _multipart(parts, related)
 
 

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 from server.api import errors as api_errors
@@ -58,13 +58,39 @@ def build_gateway(settings: Settings) -> Gateway:
     )
 
 
+class CrossOriginResourcePolicy:
+    """Add ``Cross-Origin-Resource-Policy: cross-origin`` to every response.
+
+    Viewers served cross-origin-isolated (OHIF with SharedArrayBuffer) may only
+    load resources that carry it. Plain ASGI, so streamed bodies pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Cross-Origin-Resource-Policy", "cross-origin")
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     gateway = build_gateway(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        cleaned = gateway.store.clean_spool(older_than_seconds=0)
+        # Other worker processes may be receiving uploads right now: only spools
+        # untouched for an hour are abandoned ones. `serve` cleans all before start.
+        cleaned = gateway.store.clean_spool(older_than_seconds=3600)
         if cleaned:
             log.info("removed %d abandoned upload spool(s)", cleaned)
         yield
@@ -88,15 +114,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=settings.cors.max_age,
     )
 
-    @app.middleware("http")
-    async def cross_origin_resource_policy(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response: Response = await call_next(request)
-        # Viewers served cross-origin-isolated (OHIF with SharedArrayBuffer) need this.
-        response.headers.setdefault("Cross-Origin-Resource-Policy", "cross-origin")
-        return response
+    app.add_middleware(CrossOriginResourcePolicy)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, object]:
         return {"status": "ok", "version": __version__, **gateway.index.counts()}
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for uvicorn worker processes: settings from the environment."""
+    return create_app(Settings())

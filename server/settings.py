@@ -7,6 +7,7 @@ reads the environment at import time.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -54,6 +55,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     public_base_url: str | None = None
     log_level: str = "info"
+    # Server processes; 0 = one per CPU, at most 4. Each process is a full gateway
+    # sharing the data directory (SQLite serialises writers across processes).
+    workers: int = Field(default=0, ge=0, le=64)
     index: str = "sqlite"
     storage: str = "filesystem"
     stow: StowSettings = StowSettings()
@@ -75,6 +79,9 @@ class Settings(BaseSettings):
         if value not in {"filesystem"}:
             raise ValueError(f"unknown storage backend {value!r} (supported: filesystem)")
         return value
+
+    def effective_workers(self) -> int:
+        return self.workers or min(os.cpu_count() or 1, 4)
 
     def model_post_init(self, __context: object) -> None:
         if self.failpoint and self.environment is Environment.production:

@@ -46,6 +46,7 @@ class LiveServer:
             "GATEWAY_ENVIRONMENT": "test",
             "GATEWAY_PUBLIC_BASE_URL": self.url,
             "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_WORKERS": "1",
             **self.extra_env,
         }
 

@@ -47,32 +47,55 @@ def main() -> None:
 @click.option(
     "--demo", is_flag=True, help="Load a small generated cohort first if the store is empty."
 )
-def serve(host: str | None, port: int | None, data_dir: Path | None, demo: bool) -> None:
+@click.option(
+    "--workers",
+    "workers_opt",
+    type=int,
+    default=None,
+    help="Server processes (GATEWAY_WORKERS; 0 = one per CPU, at most 4).",
+)
+def serve(
+    host: str | None, port: int | None, data_dir: Path | None, demo: bool, workers_opt: int | None
+) -> None:
     """Serve DICOMweb on http://HOST:PORT/dicom-web."""
     import uvicorn
 
-    from server.app import create_app
+    from server.app import build_gateway, create_app
+    from server.cli.loader import load_demo
 
     settings = _settings(data_dir)
     settings.host = host or settings.host
     settings.port = settings.port if port is None else port
+    workers = settings.workers if workers_opt is None else workers_opt
+    workers = workers or settings.effective_workers()
     _logging(settings.log_level)
     log = logging.getLogger("gateway")
-    app = create_app(settings)
-    if demo:
-        from server.cli.loader import load_demo
-
-        stored = load_demo(app.state.gateway)
-        log.info("demo cohort: %d instance(s) stored", stored)
+    gateway = build_gateway(settings)
+    try:
+        gateway.store.clean_spool(older_than_seconds=0)  # nothing is in flight yet
+        if demo:
+            log.info("demo cohort: %d instance(s) stored", load_demo(gateway))
+    finally:
+        gateway.close()
     log.info(
-        "data dir %s; DICOMweb at http://%s:%d/dicom-web",
+        "data dir %s; DICOMweb at http://%s:%d/dicom-web (%d worker process%s)",
         settings.data_dir.resolve(),
         settings.host,
         settings.port,
+        workers,
+        "" if workers == 1 else "es",
     )
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
-    )
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+    else:
+        os.environ["GATEWAY_DATA_DIR"] = str(settings.data_dir)
+        uvicorn.run("server.app:app_from_environment", factory=True, workers=workers, **options)  # type: ignore[arg-type]
 
 
 @main.command("import")

@@ -133,24 +133,33 @@ def index_pixel_data(path: Path) -> PixelIndex | None:
     """
     with path.open("rb") as f:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
-        syntax = _effective_syntax(ds)
-        if syntax == DEFLATED_LE:
-            return _index_deflated(path)
-        element = _pixel_element(f, ds)
-        if element is None:
-            return None
-        value_start, length = element
-        file_size = os.fstat(f.fileno()).st_size
-        geometry = _geometry(ds)
-        if length != _UNDEFINED and value_start + length > file_size:
-            raise PixelIndexError("Pixel Data is truncated: the file ends inside its value")
-        if length == _UNDEFINED or syntax not in _NATIVE:
-            # Some writers give encapsulated Pixel Data a defined length: walk it too.
-            end = file_size if length == _UNDEFINED else value_start + length
-            frames = _encapsulated_frames(f, ds, syntax, value_start, end)
-            return PixelIndex(syntax, True, *geometry, frames)
-        base = PixelIndex(syntax, False, *geometry, ())
-        return replace(base, frames=_native_frames(base, value_start, length))
+        return index_parsed(f, ds, path)
+
+
+def index_parsed(f: BinaryIO, ds: Dataset, path: Path) -> PixelIndex | None:
+    """PS3.5 A.4 / 8.2: as :func:`index_pixel_data`, continuing a header parse.
+
+    ``ds`` was read from ``f`` by ``dcmread(f, stop_before_pixels=True)`` and ``f``
+    is still where pydicom stopped, so the header is parsed only once at ingest.
+    """
+    syntax = _effective_syntax(ds)
+    if syntax == DEFLATED_LE:
+        return _index_deflated(path)
+    element = _pixel_element(f, ds)
+    if element is None:
+        return None
+    value_start, length = element
+    file_size = os.fstat(f.fileno()).st_size
+    geometry = _geometry(ds)
+    if length != _UNDEFINED and value_start + length > file_size:
+        raise PixelIndexError("Pixel Data is truncated: the file ends inside its value")
+    if length == _UNDEFINED or syntax not in _NATIVE:
+        # Some writers give encapsulated Pixel Data a defined length: walk it too.
+        end = file_size if length == _UNDEFINED else value_start + length
+        frames = _encapsulated_frames(f, ds, syntax, value_start, end)
+        return PixelIndex(syntax, True, *geometry, frames)
+    base = PixelIndex(syntax, False, *geometry, ())
+    return replace(base, frames=_native_frames(base, value_start, length))
 
 
 def _effective_syntax(ds: Dataset) -> str:

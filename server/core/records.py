@@ -8,9 +8,10 @@ QIDO JSON, the full metadata JSON with BulkDataURIs, and the frame index.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import pydicom
@@ -70,28 +71,26 @@ def blob_key_for(sop_uid: str, sha256: str) -> str:
 
 def read_instance(path: Path, sha256: str) -> InstanceRecord:
     """PS3.10 7.1: parse a Part-10 file and build its index record (UnreadableInstance if not)."""
-    ds = _parse(path)
-    size = path.stat().st_size
-    uids = _uids(ds)
-    study, series, sop, sop_class = uids
-    ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-    try:
-        pixel_index = pixels.index_pixel_data(path)
-    except Exception as exc:  # a pixel layout we cannot index is unreadable for frame access
-        raise UnreadableInstance(f"pixel data cannot be read: {exc}", sop_class, sop) from exc
+    with path.open("rb") as f:
+        ds = _parse(f)
+        size = os.fstat(f.fileno()).st_size
+        study, series, sop, sop_class = _uids(ds)
+        try:
+            pixel_index = pixels.index_parsed(f, ds, path)
+        except Exception as exc:  # a pixel layout we cannot index is unreadable for frame access
+            raise UnreadableInstance(f"pixel data cannot be read: {exc}", sop_class, sop) from exc
     if pixel_index is not None:
         _check_pixels_fit(pixel_index, size, sop_class, sop)
     prefix = f"/studies/{study}/series/{series}/instances/{sop}"
-    metadata = _metadata_json(ds, prefix, pixel_index)
     record = InstanceRecord(
         study_uid=study,
         series_uid=series,
         sop_uid=sop,
         sop_class_uid=sop_class,
-        transfer_syntax=ts,
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "") or ""),
         columns={level: _columns(ds, level) for level in Level},
         level_json={level: orjson.dumps(_level_json(ds, level)) for level in Level},
-        metadata=metadata,
+        metadata=_metadata_json(ds, prefix, pixel_index),
         size=size,
         sha256=sha256,
         blob_key=blob_key_for(sop, sha256),
@@ -103,9 +102,9 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
     return record
 
 
-def _parse(path: Path) -> Dataset:
+def _parse(f: BinaryIO) -> Dataset:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
+        ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
     except InvalidDicomError as exc:
         raise UnreadableInstance(f"not a DICOM Part-10 file: {exc}") from exc
     except Exception as exc:

@@ -90,9 +90,11 @@ class IngestService:
         return record
 
     def _write_blob(self, record: InstanceRecord, source: Path) -> bool:
-        """Move the spooled file into the store; False if that exact content is already there."""
-        if self.store.exists(record.blob_key):
-            return False
+        """Move the spooled file into the store.
+
+        Keys are content-addressed, so renaming over an existing blob with the same
+        key replaces it with identical bytes; no existence check is needed.
+        """
         self.store.put_file(record.blob_key, source)
         return True
 
@@ -103,12 +105,12 @@ class IngestService:
         try:
             results = self.index.add_instances([r for _, r, _ in pending], overwrite=overwrite)
         except Exception:
+            # Blobs stay: one may be the (identical) blob of an already indexed
+            # instance. Those not indexed are reconciled by ``check --repair``.
             log.exception("index write failed; %d instance(s) not stored", len(pending))
-            for n, record, written in pending:
+            for n, _, _ in pending:
                 outcomes[n].failure = stow.PROCESSING_FAILURE
                 outcomes[n].message = "index write failed"
-                if written:
-                    self.store.delete(record.blob_key)
             return
         for (n, record, written), result in zip(pending, results, strict=True):
             if result.outcome in (AddOutcome.CONFLICT, AddOutcome.HIERARCHY):

@@ -18,6 +18,7 @@ from server.storage.base import BlobStore
 
 log = logging.getLogger("gateway.retrieve")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -51,32 +52,44 @@ class RetrieveService:
     def stream_instances(
         self, instances: list[StoredInstance], boundary: str, transfer_syntax: str | None
     ) -> Iterator[bytes]:
-        """PS3.18 10.4.1.1.1: instances as multipart/related parts, streamed from storage."""
+        """PS3.18 10.4.1.1.1: instances as multipart/related parts, streamed from storage.
+
+        Each yielded chunk is one whole part when the instance is small (fewer
+        hand-offs between the server's event loop and the reading thread), or
+        pieces of at most ``CHUNK`` bytes for big ones.
+        """
         for inst in instances:
-            data: bytes | None = None
-            ts = inst.transfer_syntax
-            wanted = EXPLICIT_LE if transfer_syntax is None else transfer_syntax
-            if transfer_syntax is None and is_lossy(ts):
-                wanted = ts  # PS3.18 8.7.3.5.2: lossy data may be sent as received
-            if wanted not in ("*", ts):
-                data = transcode_to_explicit_le(self.store.path(inst.blob_key))
-                if data is not None:
-                    ts = EXPLICIT_LE
-            yield write_part_header(
-                boundary,
-                f"application/dicom; transfer-syntax={ts}",
-                len(data) if data is not None else inst.size,
-            )
+            data, ts = self._converted(inst, transfer_syntax)
+            size = len(data) if data is not None else inst.size
+            head = write_part_header(boundary, f"application/dicom; transfer-syntax={ts}", size)
             if data is not None:
-                yield data
-            else:
-                try:
-                    with self.store.open(inst.blob_key) as f:
-                        yield from iter_file(f)
-                except NotFound:
-                    log.error("blob %s of %s is missing; run 'check'", inst.blob_key, inst.sop_uid)
+                yield head + data + b"\r\n"
+                continue
+            try:
+                with self.store.open(inst.blob_key) as f:
+                    if inst.size <= CHUNK:
+                        yield head + f.read() + b"\r\n"
+                        continue
+                    yield head
+                    yield from iter_file(f, CHUNK)
+            except NotFound:  # raised by open(), before any byte of this part was sent
+                log.error("blob %s of %s is missing; run 'check'", inst.blob_key, inst.sop_uid)
+                continue
             yield b"\r\n"
         yield close_delimiter(boundary)
+
+    def _converted(
+        self, inst: StoredInstance, transfer_syntax: str | None
+    ) -> tuple[bytes | None, str]:
+        """Bytes re-encoded for the wanted syntax, or None to send the stored bytes."""
+        ts = inst.transfer_syntax
+        wanted = EXPLICIT_LE if transfer_syntax is None else transfer_syntax
+        if transfer_syntax is None and is_lossy(ts):
+            wanted = ts  # PS3.18 8.7.3.5.2: lossy data may be sent as received
+        if wanted in ("*", ts):
+            return None, ts
+        data = transcode_to_explicit_le(self.store.path(inst.blob_key))
+        return (data, EXPLICIT_LE) if data is not None else (None, ts)
 
     def metadata(self, scope: Scope, dicomweb_root: str) -> Iterator[bytes]:
         """PS3.18 10.4.1.1.2: precomputed metadata, BulkDataURIs made absolute."""

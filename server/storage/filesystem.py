@@ -59,6 +59,7 @@ class FilesystemBlobStore:
         self._fsync = fsync
         self._lock = threading.Lock()
         self._unsynced: list[Path] = []
+        self._made_dirs: set[Path] = set()
         for d in (self.blobs, self._trash, self._spool):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -69,8 +70,14 @@ class FilesystemBlobStore:
 
     def put_file(self, key: str, source: Path) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
+        if target.parent not in self._made_dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(target.parent)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:  # the directory vanished (removed by hand): make it again
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
         with self._lock:
             self._unsynced.append(target)
 

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
-from server.core import pixels
+from server.core import dicom_json, pixels
 from server.core.attributes import LEVEL_TAGS, MATCHING, Level
 from server.core.uids import check_uid
 from server.core.values import fuzzy_name_column, normalize_da, normalize_is, normalize_tm
@@ -30,6 +30,7 @@ from server.errors import BadRequest, NotFound
 BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 BULK_THRESHOLD = 1024
 PIXEL_DATA = 0x7FE00010
+LEVEL_KEYS = {level: tuple(f"{tag:08X}" for tag in tags) for level, tags in LEVEL_TAGS.items()}
 
 
 class UnreadableInstance(BadRequest):
@@ -82,15 +83,16 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
     if pixel_index is not None:
         _check_pixels_fit(pixel_index, size, sop_class, sop)
     prefix = f"/studies/{study}/series/{series}/instances/{sop}"
+    meta = _metadata(ds, prefix, pixel_index)  # converted once; levels and columns pick from it
     record = InstanceRecord(
         study_uid=study,
         series_uid=series,
         sop_uid=sop,
         sop_class_uid=sop_class,
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "") or ""),
-        columns={level: _columns(ds, level) for level in Level},
-        level_json={level: orjson.dumps(_level_json(ds, level)) for level in Level},
-        metadata=_metadata_json(ds, prefix, pixel_index),
+        columns={level: _columns(meta, level) for level in Level},
+        level_json={level: orjson.dumps(_level_json(meta, level)) for level in Level},
+        metadata=orjson.dumps(meta),
         size=size,
         sha256=sha256,
         blob_key=blob_key_for(sop, sha256),
@@ -138,18 +140,31 @@ def _check_pixels_fit(index: pixels.PixelIndex, size: int, sop_class: str, sop: 
                 )
 
 
-def _columns(ds: Dataset, level: Level) -> dict[str, Any]:
+def _json_text(element: dict[str, Any] | None) -> str | None:
+    """The value of a DICOM JSON element as DICOM text (multi-values joined by backslash)."""
+    values = element.get("Value") if element else None
+    if not values:
+        return None
+    parts = []
+    for v in values:
+        if isinstance(v, dict):  # PN: component groups (PS3.18 F.2.2)
+            groups = [v.get(g, "") for g in ("Alphabetic", "Ideographic", "Phonetic")]
+            parts.append("=".join(groups).rstrip("="))
+        else:
+            parts.append(str(v))
+    text = "\\".join(parts)
+    return text or None
+
+
+def _columns(meta: dict[str, Any], level: Level) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in MATCHING.values():
         if spec.level is not level:
             continue
-        elem = ds.get(spec.tag)
-        value = elem.value if elem is not None else None
-        if value is None or value == "":
+        text = _json_text(meta.get(spec.tag_hex))
+        if text is None:
             out[spec.column] = None
-            continue
-        text = "\\".join(str(v) for v in value) if isinstance(value, list | tuple) else str(value)
-        if spec.vr == "DA":
+        elif spec.vr == "DA":
             out[spec.column] = normalize_da(text)
         elif spec.vr == "TM":
             out[spec.column] = normalize_tm(text)
@@ -163,12 +178,8 @@ def _columns(ds: Dataset, level: Level) -> dict[str, Any]:
     return out
 
 
-def _level_json(ds: Dataset, level: Level) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for tag in LEVEL_TAGS[level]:
-        if tag in ds:
-            out[f"{tag:08X}"] = _element_json(ds[tag])
-    return out
+def _level_json(meta: dict[str, Any], level: Level) -> dict[str, Any]:
+    return {key: meta[key] for key in LEVEL_KEYS[level] if key in meta}
 
 
 def _element_json(elem: DataElement) -> dict[str, Any]:
@@ -178,15 +189,20 @@ def _element_json(elem: DataElement) -> dict[str, Any]:
         return {"vr": elem.VR}
 
 
-def _metadata_json(ds: Dataset, prefix: str, index: pixels.PixelIndex | None) -> bytes:
+def _metadata(ds: Dataset, prefix: str, index: pixels.PixelIndex | None) -> dict[str, Any]:
     body = _dataset_json(ds, prefix + "/bulkdata/", "")
     if index is not None:
         vr = "OB" if index.encapsulated or index.bits_allocated <= 8 else "OW"
         body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{prefix}/bulkdata/7FE00010"}
-    return orjson.dumps(body)
+    return body
 
 
-def _dataset_json(ds: Dataset, bulk_prefix: str, path: str) -> dict[str, Any]:
+def _dataset_json(
+    ds: Dataset, bulk_prefix: str, path: str, codec: str | None = None
+) -> dict[str, Any]:
+    """PS3.18 F.2: a dataset as DICOM JSON, large binary values as BulkDataURIs."""
+    if not path or 0x00080005 in ds:  # top level, or an item with its own character set
+        codec = dicom_json.codec_for(_charset(ds))
     out: dict[str, Any] = {}
     for tag in ds.keys():  # noqa: SIM118 - a Dataset iterates elements, not tags
         key = f"{int(tag):08X}"
@@ -195,19 +211,31 @@ def _dataset_json(ds: Dataset, bulk_prefix: str, path: str) -> dict[str, Any]:
         if vr in BULK_VRS and _is_large(raw):
             out[key] = {"vr": vr, "BulkDataURI": f"{bulk_prefix}{path}{key}"}
             continue
+        if isinstance(raw, RawDataElement) and vr != "SQ":
+            fast = dicom_json.raw_element_json(raw, codec)
+            if fast is not None:
+                out[key] = fast
+                continue
         try:
             elem = ds[tag]
         except Exception:
             continue  # an element pydicom cannot decode is left out of the metadata
         if elem.VR == "SQ":
             items = [
-                _dataset_json(item, bulk_prefix, f"{path}{key}/{i + 1}/")
+                _dataset_json(item, bulk_prefix, f"{path}{key}/{i + 1}/", codec)
                 for i, item in enumerate(elem.value)
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         else:
             out[key] = _element_json(elem)
     return out
+
+
+def _charset(ds: Dataset) -> Any:
+    try:
+        return ds.get("SpecificCharacterSet")
+    except Exception:
+        return ["?"]  # undecodable: forces pydicom's own conversion
 
 
 def _vr_of(raw: DataElement | RawDataElement | None, tag: int) -> str:

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # Server processes; 0 = one per CPU, at most 4. Each process is a full gateway
     # sharing the data directory (SQLite serialises writers across processes).
     workers: int = Field(default=0, ge=0, le=64)
+    # Dataset (ResearchStudy id) that instances stored without naming one belong to.
+    default_dataset: str | None = None
     index: str = "sqlite"
     storage: str = "filesystem"
     stow: StowSettings = StowSettings()

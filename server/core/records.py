@@ -23,6 +23,8 @@ from pydicom.tag import Tag
 
 from server.core import dicom_json, pixels
 from server.core.attributes import LEVEL_TAGS, MATCHING, Level
+from server.core.fhir import imaging
+from server.core.fhir.search import date_range
 from server.core.uids import check_uid
 from server.core.values import fuzzy_name_column, normalize_da, normalize_is, normalize_tm
 from server.errors import BadRequest, NotFound
@@ -57,6 +59,9 @@ class InstanceRecord:
     blob_key: str = ""
     pixel_index: bytes | None = None
     warnings: list[int] = field(default_factory=list)
+    dataset: str | None = None  # set by ingest from the STOW URL / import option / default
+    patient_key: str = ""  # pseudonymous FHIR Patient id (server.core.fhir.imaging.patient_id)
+    started: tuple[str | None, str | None] = (None, None)  # StudyDate/Time as an instant range
 
     @property
     def modality(self) -> str | None:
@@ -98,6 +103,10 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
         blob_key=blob_key_for(sop, sha256),
         pixel_index=pixel_index.to_json() if pixel_index is not None else None,
     )
+    record.patient_key = imaging.patient_id(
+        _json_text(meta.get("00100020")), _json_text(meta.get("00100021"))
+    )
+    record.started = _started(meta)
     media_class = ds.file_meta.get("MediaStorageSOPClassUID")
     if media_class and str(media_class) != sop_class:
         record.warnings.append(0xB007)  # PS3.4 B.2.3: data set does not match SOP class
@@ -138,6 +147,23 @@ def _check_pixels_fit(index: pixels.PixelIndex, size: int, sop_class: str, sop: 
                 raise UnreadableInstance(
                     "the file is truncated: pixel data runs past its end", sop_class, sop
                 )
+
+
+def _started(meta: dict[str, Any]) -> tuple[str | None, str | None]:
+    """StudyDate + StudyTime as the instant range FHIR date search compares against."""
+    date = normalize_da(_json_text(meta.get("00080020")) or "")
+    if date is None:
+        return None, None
+    day = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    main, _, frac = (_json_text(meta.get("00080030")) or "").strip().replace(":", "").partition(".")
+    if not main.isdigit() or len(main) not in (2, 4, 6):
+        return date_range(day)
+    if len(main) == 2:  # hour precision: the whole hour
+        return f"{day}T{main}:00:00.000000", f"{day}T{main}:59:59.999999"
+    text = f"{day}T{main[:2]}:{main[2:4]}"
+    if len(main) == 6:
+        text += f":{main[4:6]}" + (f".{frac}" if frac.isdigit() else "")
+    return date_range(text)
 
 
 def _json_text(element: dict[str, Any] | None) -> str | None:

@@ -17,6 +17,7 @@ class AddOutcome(StrEnum):
     REPLACED = "replaced"  # same SOP Instance UID, other content, policy overwrite
     CONFLICT = "conflict"  # same SOP Instance UID, other content, policy reject
     HIERARCHY = "hierarchy"  # series already belongs to another study
+    DATASET = "dataset"  # study already belongs to another dataset
 
 
 @dataclass(frozen=True)

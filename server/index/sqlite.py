@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from server.core.attributes import (
 from server.core.qido import QidoQuery
 from server.core.records import InstanceRecord
 from server.index.base import AddOutcome, AddResult, Scope, SearchPage, StoredInstance
+from server.index.sqlite_db import SqliteDatabase
 from server.index.sqlite_query import search_sql
 from server.index.sqlite_schema import SCHEMA_VERSION, create_statements, level_columns
 
@@ -34,59 +34,26 @@ _ORDER = "ORDER BY se.seriesnumber, se.pk, i.instancenumber, i.pk"
 
 class SqliteIndex:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._local = threading.local()
-        self._write_lock = threading.Lock()
-        self._writer = self._connect()
-        with self._writer:
-            for statement in create_statements():
-                self._writer.execute(statement)
-            if self._writer.execute("SELECT count(*) FROM schema_info").fetchone()[0] == 0:
-                self._writer.execute("INSERT INTO schema_info VALUES (?)", (SCHEMA_VERSION,))
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # an acknowledged STOW survives power loss
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute("PRAGMA cache_size=-65536")
-        return conn
+        self.db = SqliteDatabase(path, create_statements())
+        with self.db.write() as conn:
+            if conn.execute("SELECT count(*) FROM schema_info").fetchone()[0] == 0:
+                conn.execute("INSERT INTO schema_info VALUES (?)", (SCHEMA_VERSION,))
 
     def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=ON")
-            self._local.conn = conn
-        return conn
+        return self.db.reader()
 
     def close(self) -> None:
-        self._writer.close()
+        self.db.close()
 
     # -- writes ------------------------------------------------------------
     def add_instances(
         self, records: Sequence[InstanceRecord], *, overwrite: bool
     ) -> list[AddResult]:
         results: list[AddResult] = []
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for record in records:
-                    conn.execute("SAVEPOINT rec")
-                    try:
-                        results.append(self._add_one(conn, record, overwrite))
-                        conn.execute("RELEASE rec")
-                    except BaseException:
-                        conn.execute("ROLLBACK TO rec")
-                        conn.execute("RELEASE rec")
-                        raise
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.db.write() as conn:
+            for record in records:
+                results.append(self._add_one(conn, record, overwrite))
         return results
 
     def _add_one(self, conn: sqlite3.Connection, rec: InstanceRecord, overwrite: bool) -> AddResult:
@@ -102,6 +69,8 @@ class SqliteIndex:
             replaced = existing[2]
             self._delete_instance_pks(conn, [existing[0]])
         study_pk = self._ensure_study(conn, rec)
+        if study_pk is None:
+            return AddResult(AddOutcome.DATASET)
         series = conn.execute(
             "SELECT pk, study_pk FROM series WHERE seriesinstanceuid = ?", (rec.series_uid,)
         ).fetchone()
@@ -120,18 +89,26 @@ class SqliteIndex:
         )
         return AddResult(AddOutcome.REPLACED if replaced else AddOutcome.STORED, replaced)
 
-    def _ensure_study(self, conn: sqlite3.Connection, rec: InstanceRecord) -> int:
+    def _ensure_study(self, conn: sqlite3.Connection, rec: InstanceRecord) -> int | None:
+        """The study's pk, inserting it if new; None if it belongs to another dataset."""
         row = conn.execute(
-            "SELECT pk FROM study WHERE studyinstanceuid = ?", (rec.study_uid,)
+            "SELECT pk, dataset FROM study WHERE studyinstanceuid = ?", (rec.study_uid,)
         ).fetchone()
         if row is not None:
-            return int(row[0])
+            return int(row[0]) if row[1] == rec.dataset else None
         values = rec.columns[Level.STUDY]
         cols = level_columns(Level.STUDY)
         cursor = conn.execute(
-            f"INSERT INTO study ({', '.join(cols)}, updated, json) "
-            f"VALUES ({', '.join('?' for _ in cols)}, ?, ?)",
-            [*(values.get(c) for c in cols), time.time(), rec.level_json[Level.STUDY]],
+            f"INSERT INTO study ({', '.join(cols)}, dataset, patient_key, started_lo, started_hi,"
+            f" updated, json) VALUES ({', '.join('?' for _ in cols)}, ?, ?, ?, ?, ?, ?)",
+            [
+                *(values.get(c) for c in cols),
+                rec.dataset,
+                rec.patient_key,
+                *rec.started,
+                time.time(),
+                rec.level_json[Level.STUDY],
+            ],
         )
         return int(cursor.lastrowid or 0)
 
@@ -212,37 +189,21 @@ class SqliteIndex:
 
     def delete(self, scope: Scope) -> list[StoredInstance]:
         where, params = _scope_where(scope)
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                rows = conn.execute(
-                    f"SELECT i.pk, {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE {where}", params
-                ).fetchall()
-                self._delete_instance_pks(conn, [r[0] for r in rows])
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.db.write() as conn:
+            rows = conn.execute(
+                f"SELECT i.pk, {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE {where}", params
+            ).fetchall()
+            self._delete_instance_pks(conn, [r[0] for r in rows])
         return [StoredInstance(*r[1:]) for r in rows]
 
     def remove_by_blob_keys(self, keys: Sequence[str]) -> int:
         removed = 0
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for key in keys:
-                    row = conn.execute(
-                        "SELECT pk FROM instance WHERE blob_key = ?", (key,)
-                    ).fetchone()
-                    if row is not None:
-                        self._delete_instance_pks(conn, [row[0]])
-                        removed += 1
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self.db.write() as conn:
+            for key in keys:
+                row = conn.execute("SELECT pk FROM instance WHERE blob_key = ?", (key,)).fetchone()
+                if row is not None:
+                    self._delete_instance_pks(conn, [row[0]])
+                    removed += 1
         return removed
 
     # -- reads -------------------------------------------------------------

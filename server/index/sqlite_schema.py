@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server.core.attributes import MATCHING, Level
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TABLE = {Level.STUDY: "study", Level.SERIES: "series", Level.INSTANCE: "instance"}
 _PARENT_COLUMNS = {
@@ -16,7 +16,8 @@ _PARENT_COLUMNS = {
     ),
 }
 _EXTRA = {
-    Level.STUDY: "modalities TEXT, num_series INTEGER NOT NULL DEFAULT 0,"
+    Level.STUDY: "dataset TEXT, patient_key TEXT NOT NULL DEFAULT '', started_lo TEXT,"
+    " started_hi TEXT, modalities TEXT, num_series INTEGER NOT NULL DEFAULT 0,"
     " num_instances INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,",
     Level.SERIES: "num_instances INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,",
     Level.INSTANCE: "transfer_syntax TEXT NOT NULL, blob_key TEXT NOT NULL UNIQUE,"
@@ -74,6 +75,10 @@ def create_statements() -> list[str]:
                 )
     statements += [
         "CREATE INDEX IF NOT EXISTS ix_series_study ON series(study_pk, seriesnumber)",
+        "CREATE INDEX IF NOT EXISTS ix_study_dataset ON study(dataset)",
+        "CREATE INDEX IF NOT EXISTS ix_study_patient_key ON study(patient_key)",
+        "CREATE INDEX IF NOT EXISTS ix_study_started ON study(started_lo, pk)",
+        "CREATE INDEX IF NOT EXISTS ix_study_updated ON study(updated, pk)",
         "CREATE INDEX IF NOT EXISTS ix_series_modality_study ON series(modality, study_pk)",
         "CREATE INDEX IF NOT EXISTS ix_instance_series ON instance(series_pk, instancenumber)",
         "CREATE INDEX IF NOT EXISTS ix_instance_study ON instance(study_pk)",

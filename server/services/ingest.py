@@ -40,7 +40,7 @@ class IngestService:
         self.settings = settings
 
     def store_instances(
-        self, items: list[IngestItem], study_uid: str | None = None
+        self, items: list[IngestItem], study_uid: str | None = None, dataset: str | None = None
     ) -> list[PartOutcome]:
         """PS3.18 10.5.1: store each item; one failing item never stops the others."""
         outcomes = [PartOutcome() for _ in items]
@@ -49,6 +49,7 @@ class IngestService:
             record = self._parse(item, outcomes[n], study_uid)
             if record is None:
                 continue
+            record.dataset = dataset if dataset is not None else self.settings.default_dataset
             try:
                 written = self._write_blob(record, item.path)
             except OSError as exc:
@@ -113,15 +114,18 @@ class IngestService:
                 outcomes[n].message = "index write failed"
             return
         for (n, record, written), result in zip(pending, results, strict=True):
-            if result.outcome in (AddOutcome.CONFLICT, AddOutcome.HIERARCHY):
+            if result.outcome in (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET):
                 if written:
                     self.store.delete(record.blob_key)
                 if result.outcome is AddOutcome.CONFLICT:
                     outcomes[n].failure = stow.DUPLICATE_SOP_INSTANCE
                     outcomes[n].message = "SOP Instance UID already stored with other content"
-                else:
+                elif result.outcome is AddOutcome.HIERARCHY:
                     outcomes[n].failure = stow.DATA_SET_DOES_NOT_MATCH
                     outcomes[n].message = "SeriesInstanceUID belongs to another study"
+                else:
+                    outcomes[n].failure = stow.DATA_SET_DOES_NOT_MATCH
+                    outcomes[n].message = "StudyInstanceUID belongs to another dataset"
             elif result.replaced_blob_key and result.replaced_blob_key != record.blob_key:
                 self.store.delete(result.replaced_blob_key)
 

@@ -1,0 +1,82 @@
+"""SQL pieces shared by the FHIR search translators: date prefixes and keyset paging."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from server.core.fhir.search import DateValue
+from server.errors import InvalidQuery
+
+
+def date_sql(low_col: str, high_col: str, v: DateValue) -> tuple[str, list[Any]]:
+    """FHIR R4 3.1.1.5.1 prefixes over ranges: a resource value [low, high] vs the search range."""
+    contained = f"({low_col} >= ? AND {high_col} <= ?)"
+    if v.prefix == "eq":
+        return contained, [v.low, v.high]
+    if v.prefix == "ne":
+        return f"NOT {contained}", [v.low, v.high]
+    if v.prefix == "gt":
+        return f"{high_col} > ?", [v.high]
+    if v.prefix == "lt":
+        return f"{low_col} < ?", [v.low]
+    if v.prefix == "ge":
+        return f"({high_col} > ? OR {contained})", [v.high, v.low, v.high]
+    if v.prefix == "le":
+        return f"({low_col} < ? OR {contained})", [v.low, v.low, v.high]
+    if v.prefix == "sa":
+        return f"{low_col} > ?", [v.high]
+    if v.prefix == "eb":
+        return f"{high_col} < ?", [v.low]
+    low, high = _approximately(v)
+    return f"({low_col} <= ? AND {high_col} >= ?)", [high, low]
+
+
+def _approximately(v: DateValue) -> tuple[str, str]:
+    """``ap``: the search range widened by 10% of its distance from now, at least a day."""
+    fmt = "%Y-%m-%dT%H:%M:%S.%f"
+    low, high = datetime.strptime(v.low, fmt), datetime.strptime(v.high, fmt)
+    margin = max(abs(datetime.now() - low) * 0.1, timedelta(days=1))
+    return (low - margin).strftime(fmt), (high + margin).strftime(fmt)
+
+
+def encode_cursor(direction: str, values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([direction, values])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, list[Any]]:
+    try:
+        direction, values = orjson.loads(
+            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        )
+        assert direction in ("n", "p") and isinstance(values, list)
+        return direction, values
+    except Exception as exc:
+        raise InvalidQuery("_cursor is not a page link this server made", "_cursor") from exc
+
+
+def keyset(order: list[tuple[str, bool]], cursor: str | None) -> tuple[str, list[Any], str, bool]:
+    """Keyset paging: (WHERE clause, params, ORDER BY, reversed?) for a page after/before a row.
+
+    ``order`` ends with a unique key, so pages neither skip nor repeat rows while
+    other rows are added or removed.
+    """
+    backwards = False
+    where, params = "", []
+    if cursor:
+        direction, values = decode_cursor(cursor)
+        if len(values) != len(order):
+            raise InvalidQuery("_cursor does not belong to this search", "_cursor")
+        backwards = direction == "p"
+        alternatives = []
+        for n, (expr, desc) in enumerate(order):
+            after = (not desc) != backwards
+            parts = [f"{e} = ?" for e, _ in order[:n]] + [f"{expr} {'>' if after else '<'} ?"]
+            alternatives.append("(" + " AND ".join(parts) + ")")
+            params += [*values[:n], values[n]]
+        where = "(" + " OR ".join(alternatives) + ")"
+    order_sql = ", ".join(f"{e} {'DESC' if desc != backwards else 'ASC'}" for e, desc in order)
+    return where, params, order_sql, backwards

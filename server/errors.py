@@ -11,7 +11,11 @@
     ├── NotAcceptable              nothing in Accept can be produced (406)
     ├── PayloadTooLarge            the body exceeds the configured limit (413)
     ├── NotFound                   the addressed study/series/instance/frame does not exist (404)
+    │   └── Gone                   the addressed resource was deleted (410)
+    ├── MethodNotAllowed           the interaction is not offered for this resource (405)
     ├── Conflict                   the request conflicts with stored state (409)
+    │   └── PreconditionFailed     If-Match / conditional create did not hold (412)
+    ├── Unprocessable              well-formed but invalid content, e.g. a FHIR resource (422)
     └── ServiceUnavailable         a backend cannot serve now (503)
 
 Anything else escaping a service is a bug and becomes a 500.
@@ -70,3 +74,19 @@ class ServiceUnavailable(GatewayError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Gone(NotFound):
+    pass
+
+
+class MethodNotAllowed(GatewayError):
+    pass
+
+
+class PreconditionFailed(Conflict):
+    pass
+
+
+class Unprocessable(GatewayError):
+    pass

@@ -12,10 +12,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from server import errors
+from server.core.fhir.outcome import operation_outcome
 
 log = logging.getLogger("gateway.api")
 
 STATUS: list[tuple[type[errors.GatewayError], int]] = [
+    (errors.Gone, 410),
+    (errors.PreconditionFailed, 412),
+    (errors.MethodNotAllowed, 405),
+    (errors.Unprocessable, 422),
     (errors.PayloadTooLarge, 413),
     (errors.UnsupportedMediaType, 415),
     (errors.NotAcceptable, 406),
@@ -54,6 +59,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.GatewayError)
     async def _domain(request: Request, exc: errors.GatewayError) -> Response:
         status = status_for(exc)
+        if request.url.path.startswith("/fhir"):
+            return outcome_response(status, exc.message, _issue_code(status))
         extra = {}
         if isinstance(exc, errors.InvalidQuery) and exc.parameter:
             extra["parameter"] = exc.parameter
@@ -67,7 +74,10 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(400, f"invalid request {where}: {first.get('msg', 'invalid')}")
+        message = f"invalid request {where}: {first.get('msg', 'invalid')}"
+        if request.url.path.startswith("/fhir"):
+            return outcome_response(400, message, "invalid")
+        return error_response(400, message)
 
     @app.exception_handler(ClientDisconnect)
     async def _disconnect(request: Request, exc: ClientDisconnect) -> Response:
@@ -75,4 +85,21 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/fhir"):
+            return outcome_response(exc.status_code, str(exc.detail), _issue_code(exc.status_code))
         return error_response(exc.status_code, str(exc.detail))
+
+
+_ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+                406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-long",
+                415: "not-supported", 422: "processing"}  # fmt: skip
+
+
+def _issue_code(status: int) -> str:
+    return _ISSUE_CODES.get(status, "exception")
+
+
+def outcome_response(status: int, message: str, code: str = "invalid") -> Response:
+    """FHIR R4 OperationOutcome for an error (FHIR R4 3.1.0.10 / 2.36)."""
+    body = operation_outcome([("error" if status < 500 else "fatal", code, message)])
+    return Response(orjson.dumps(body), status, media_type="application/fhir+json")

@@ -18,7 +18,7 @@ from server.core.fhir.extract import Entry, entries
 from server.core.fhir.params import ParamType
 from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
 from server.core.values import fold
-from server.errors import Conflict, InvalidQuery
+from server.errors import Conflict, InvalidQuery, PreconditionFailed
 from server.index.fhir_sql import date_sql, encode_cursor, keyset
 from server.index.sqlite_db import SqliteDatabase
 
@@ -245,10 +245,6 @@ class FhirStore:
             name,
             *params,
         ]
-
-
-class PreconditionFailed(Conflict):
-    """If-Match did not match the current version (FHIR R4 3.1.0.4 → 412)."""
 
 
 def _with_meta(resource: dict[str, Any], version: int) -> dict[str, Any]:

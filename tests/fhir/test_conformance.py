@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
@@ -230,11 +231,10 @@ def _canonical_refs(expression: str) -> list[str]:
     return [part for part in parts[1::2] if part.startswith(BASE_URL)]
 
 
-def _element(profile: dict[str, object], element_id: str) -> dict[str, object]:
-    elements = profile["differential"]["element"]  # type: ignore[index]
-    for element in elements:
+def _element(profile: dict[str, Any], element_id: str) -> dict[str, Any]:
+    for element in profile["differential"]["element"]:
         if element["id"] == element_id:
-            return element  # type: ignore[no-any-return]
+            return dict(element)
     raise AssertionError(f"{element_id} not in differential")
 
 

@@ -1,0 +1,302 @@
+"""FHIR search on the DICOM index: ImagingStudy and Patient derived live from the study tables.
+
+No copy, no sync: every ImagingStudy search is SQL on the same ``study``/``series``/
+``instance`` tables QIDO uses (FHIR R4 ImagingStudy and Patient search parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
+from server.errors import InvalidQuery
+from server.index.fhir_sql import date_sql, encode_cursor, keyset
+from server.index.sqlite_db import SqliteDatabase
+
+UPDATED = "strftime('%Y-%m-%dT%H:%M:%f000', st.updated, 'unixepoch')"
+GENDER = {"male": ["M"], "female": ["F"], "other": ["O"]}
+
+
+@dataclass
+class StudyRow:
+    pk: int
+    json: dict[str, Any]
+    dataset: str | None
+    patient_key: str
+    updated: float
+
+
+@dataclass
+class StudyPage:
+    rows: list[StudyRow]
+    total: int | None
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+class DicomFhirQueries:
+    def __init__(
+        self, db: SqliteDatabase, endpoint_id: str, body_part_terms: Callable[[str], list[str]]
+    ) -> None:
+        self.db = db
+        self.endpoint_id = endpoint_id
+        self.body_part_terms = body_part_terms
+
+    # -- ImagingStudy ------------------------------------------------------
+    def search_studies(self, req: SearchRequest) -> StudyPage:
+        where, params = self.study_where(req)
+        order = [(_STUDY_SORT[name], desc) for name, desc in req.sort]
+        order.append(("st.pk", req.sort[-1][1] if req.sort else False))
+        return self._page("study st", where, params, order, req, _STUDY_COLUMNS)
+
+    def study(self, study_uid: str) -> StudyRow | None:
+        row = (
+            self.db.reader()
+            .execute(
+                f"SELECT {_STUDY_COLUMNS} FROM study st WHERE st.studyinstanceuid = ?", (study_uid,)
+            )
+            .fetchone()
+        )
+        return _study_row(row) if row else None
+
+    def series_of(
+        self, study_pks: list[int], with_instances: bool = True
+    ) -> dict[int, list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
+        """Series (with their instances) of the given studies, in series/instance order."""
+        if not study_pks:
+            return {}
+        marks = ", ".join("?" for _ in study_pks)
+        conn = self.db.reader()
+        out: dict[int, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {
+            pk: [] for pk in study_pks
+        }
+        by_series: dict[int, list[dict[str, Any]]] = {}
+        for pk, study_pk, blob, count in conn.execute(
+            f"SELECT pk, study_pk, json, num_instances FROM series WHERE study_pk IN ({marks})"
+            " ORDER BY study_pk, seriesnumber, pk",
+            study_pks,
+        ):
+            series_json = orjson.loads(blob)
+            series_json["00201209"] = {"vr": "IS", "Value": [count]}
+            by_series[pk] = []
+            out[study_pk].append((series_json, by_series[pk]))
+        if with_instances:
+            for series_pk, blob in conn.execute(
+                f"SELECT series_pk, json FROM instance WHERE study_pk IN ({marks})"
+                " ORDER BY series_pk, instancenumber, pk",
+                study_pks,
+            ):
+                by_series[series_pk].append(orjson.loads(blob))
+        return out
+
+    def study_where(self, req: SearchRequest) -> tuple[str, list[Any]]:
+        clauses, params = ["1 = 1"], []
+        for c in req.criteria:
+            sql, values = self._study_criterion(c)
+            clauses.append(f"({sql})")
+            params += values
+        return " AND ".join(clauses), params
+
+    def _study_criterion(self, c: Criterion) -> tuple[str, list[Any]]:
+        name = c.param.name
+        if (
+            c.chain is not None
+        ):  # subject:Patient.x / patient.x: Patient columns live on the study row
+            if c.chain.resource_type != "Patient":
+                raise InvalidQuery(
+                    f"chaining {name} to {c.chain.resource_type} is not supported", name
+                )
+            return self.patient_where(c.chain)
+        if c.modifier == "missing":
+            return _missing(name, bool(c.values[0]))
+        handler = _STUDY_HANDLERS.get(name)
+        if handler is None:
+            raise InvalidQuery(f"ImagingStudy search by {name} is not supported", name)
+        parts = [handler(self, v) for v in c.values]
+        sql = " OR ".join(f"({p})" for p, _ in parts)
+        params = [x for _, ps in parts for x in ps]
+        return (f"NOT ({sql})", params) if c.modifier == "not" else (sql, params)
+
+    def _uids(self, column: str, table: str, values: list[str]) -> tuple[str, list[Any]]:
+        marks = ", ".join("?" for _ in values)
+        return f"st.pk IN (SELECT study_pk FROM {table} WHERE {column} IN ({marks}))", values
+
+    # -- Patient -----------------------------------------------------------
+    def search_patients(self, req: SearchRequest) -> StudyPage:
+        where, params = self.patient_where(req)
+        desc = req.sort[-1][1] if req.sort else False
+        inner = (
+            f"(SELECT patient_key, min(pk) AS pk FROM study st WHERE {where} GROUP BY patient_key)"
+        )
+        sub = f"{inner} p JOIN study st ON st.pk = p.pk"
+        return self._page(sub, "1 = 1", params, [("st.patient_key", desc)], req, _STUDY_COLUMNS)
+
+    def patient(self, key: str) -> StudyRow | None:
+        row = (
+            self.db.reader()
+            .execute(
+                f"SELECT {_STUDY_COLUMNS} FROM study st WHERE st.patient_key = ? ORDER BY st.pk LIMIT 1",
+                (key,),
+            )
+            .fetchone()
+        )
+        return _study_row(row) if row else None
+
+    def patient_where(self, req: SearchRequest) -> tuple[str, list[Any]]:
+        clauses, params = ["1 = 1"], []
+        for c in req.criteria:
+            if c.modifier == "missing":
+                column = {
+                    "identifier": "st.patientid",
+                    "gender": "st.patientsex",
+                    "birthdate": "st.patientbirthdate",
+                }.get(c.param.name)
+                if column is None:
+                    raise InvalidQuery(
+                        f":missing is not supported on Patient {c.param.name}", c.param.name
+                    )
+                clauses.append(f"{column} IS {'' if c.values[0] else 'NOT '}NULL")
+                continue
+            handler = _PATIENT_HANDLERS.get(c.param.name)
+            if handler is None:
+                raise InvalidQuery(
+                    f"Patient search by {c.param.name} is not supported", c.param.name
+                )
+            parts = [handler(v) for v in c.values]
+            sql = " OR ".join(f"({p})" for p, _ in parts)
+            clauses.append(f"NOT ({sql})" if c.modifier == "not" else f"({sql})")
+            params += [x for _, ps in parts for x in ps]
+        return " AND ".join(clauses), params
+
+    # -- paging ------------------------------------------------------------
+    def _page(
+        self,
+        source: str,
+        where: str,
+        params: list[Any],
+        order: list[tuple[str, bool]],
+        req: SearchRequest,
+        columns: str,
+    ) -> StudyPage:
+        page_where, page_params, order_sql, backwards = keyset(order, req.cursor)
+        sort_cols = ", ".join(e for e, _ in order)
+        full = where + (f" AND {page_where}" if page_where else "")
+        conn = self.db.reader()
+        rows = conn.execute(
+            f"SELECT {columns}, {sort_cols} FROM {source} WHERE {full} ORDER BY {order_sql} LIMIT ?",
+            [*params, *page_params, req.count + 1],
+        ).fetchall()
+        more = len(rows) > req.count
+        rows = rows[: req.count]
+        if backwards:
+            rows.reverse()
+        total = None
+        if req.total == "accurate" or req.summary == "count":
+            total = conn.execute(f"SELECT count(*) FROM {source} WHERE {where}", params).fetchone()[
+                0
+            ]
+        width = len(_STUDY_COLUMNS.split(","))
+        next_c = prev_c = None
+        if rows:
+            if more or backwards:
+                next_c = encode_cursor("n", list(rows[-1][width:]))
+            if more if backwards else req.cursor is not None:
+                prev_c = encode_cursor("p", list(rows[0][width:]))
+        return StudyPage([_study_row(r) for r in rows], total, next_c, prev_c)
+
+
+_STUDY_COLUMNS = "st.pk, st.json, st.dataset, st.patient_key, st.updated, st.modalities, st.num_series, st.num_instances"
+_STUDY_SORT = {
+    "started": "coalesce(st.started_lo, '')",
+    "_lastUpdated": "st.updated",
+    "_id": "st.studyinstanceuid",
+}
+
+
+def _study_row(row: tuple[Any, ...]) -> StudyRow:
+    data = orjson.loads(row[1])
+    modalities = row[5].split("\\") if row[5] else []
+    data["00080061"] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
+    data["00201206"] = {"vr": "IS", "Value": [row[6]]}
+    data["00201208"] = {"vr": "IS", "Value": [row[7]]}
+    return StudyRow(row[0], data, row[2], row[3], row[4])
+
+
+def _oid(code: str | None) -> str:
+    return (code or "").removeprefix("urn:oid:")
+
+
+def _identifier(q: DicomFhirQueries, v: Any) -> tuple[str, list[Any]]:
+    assert isinstance(v, TokenValue)
+    if v.system == "urn:dicom:uid":
+        return "st.studyinstanceuid = ?", [_oid(v.code)]
+    if v.system:
+        return "st.accessionnumber = ?", [v.code]
+    return "st.studyinstanceuid = ? OR st.accessionnumber = ?", [_oid(v.code), v.code]
+
+
+def _reference_key(v: Any, column: str, expected: str) -> tuple[str, list[Any]]:
+    assert isinstance(v, ReferenceValue)
+    if v.type not in (None, expected):
+        return "1 = 0", []
+    return f"{column} = ?", [v.id]
+
+
+def _bodysite(q: DicomFhirQueries, v: Any) -> tuple[str, list[Any]]:
+    assert isinstance(v, TokenValue)
+    terms = sorted({*q.body_part_terms(v.code or ""), (v.code or "").upper()})
+    return q._uids("bodypartexamined", "series", terms)
+
+
+_STUDY_HANDLERS: dict[str, Callable[[DicomFhirQueries, Any], tuple[str, list[Any]]]] = {
+    "_id": lambda q, v: ("st.studyinstanceuid = ?", [v.code]),
+    "_lastUpdated": lambda q, v: date_sql(UPDATED, UPDATED, v),
+    "identifier": _identifier,
+    "patient": lambda q, v: _reference_key(v, "st.patient_key", "Patient"),
+    "subject": lambda q, v: _reference_key(v, "st.patient_key", "Patient"),
+    "dataset": lambda q, v: _reference_key(v, "st.dataset", "ResearchStudy"),
+    "started": lambda q, v: date_sql("st.started_lo", "st.started_hi", v),
+    "modality": lambda q, v: q._uids("modality", "series", [v.code]),
+    "bodysite": _bodysite,
+    "series": lambda q, v: q._uids("seriesinstanceuid", "series", [_oid(v.code)]),
+    "instance": lambda q, v: q._uids("sopinstanceuid", "instance", [_oid(v.code)]),
+    "dicom-class": lambda q, v: q._uids("sopclassuid", "instance", [_oid(v.code)]),
+    "endpoint": lambda q, v: ("1 = 1", []) if v.id == q.endpoint_id else ("1 = 0", []),
+    "status": lambda q, v: ("1 = 1", []) if v.code == "available" else ("1 = 0", []),
+}
+
+
+def _missing(name: str, missing: bool) -> tuple[str, list[Any]]:
+    column = {
+        "started": "st.started_lo",
+        "dataset": "st.dataset",
+        "identifier": "st.accessionnumber",
+    }.get(name)
+    if column is None:
+        raise InvalidQuery(f":missing is not supported on ImagingStudy {name}", name)
+    return f"{column} IS {'' if missing else 'NOT '}NULL", []
+
+
+def _gender(v: Any) -> tuple[str, list[Any]]:
+    codes = GENDER.get(v.code or "")
+    if codes is None:  # unknown: anything not M/F/O
+        return "st.patientsex IS NULL OR st.patientsex NOT IN ('M', 'F', 'O')", []
+    return "st.patientsex = ?", codes
+
+
+_BIRTH_LO = "substr(st.patientbirthdate, 1, 4) || '-01-01T00:00:00.000000'"
+_BIRTH_HI = "substr(st.patientbirthdate, 1, 4) || '-12-31T23:59:59.999999'"
+
+_PATIENT_HANDLERS: dict[str, Callable[[Any], tuple[str, list[Any]]]] = {
+    "_id": lambda v: ("st.patient_key = ?", [v.code]),
+    "identifier": lambda v: ("st.patientid = ?", [v.code]),
+    "gender": _gender,
+    "birthdate": lambda v: date_sql(_BIRTH_LO, _BIRTH_HI, v),
+}
+
+
+__all__ = ["DateValue", "DicomFhirQueries", "StudyPage", "StudyRow"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
@@ -15,8 +16,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import __version__
 from server.api import errors as api_errors
 from server.api.dicomweb import router as dicomweb_router
+from server.api.fhir import router as fhir_router
+from server.core.fhir.conformance import Conformance, default_conformance
+from server.core.fhir.outcome import operation_outcome
+from server.core.fhir.validate import validate_resource
+from server.errors import BadRequest
 from server.index.base import Index
+from server.index.fhir_dicom import DicomFhirQueries
+from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
+from server.services.fhir import ENDPOINT_ID, FhirReadService
+from server.services.fhir_write import FhirWriteService, parse_json_object
 from server.services.ingest import IngestService
 from server.services.maintenance import CheckService, DeleteService
 from server.services.retrieve import RetrieveService
@@ -38,15 +48,43 @@ class Gateway:
     retrieve: RetrieveService
     deleter: DeleteService
     checker: CheckService
+    conformance: Conformance
+    fhir_store: FhirStore
+    fhir_read: FhirReadService
+    fhir_write: FhirWriteService
+
+    def fhir_validate(self, rtype: str, body: bytes) -> dict[str, Any]:
+        """$validate: an OperationOutcome listing what does not conform to the profile."""
+        data = parse_json_object(body)
+        if data.get("resourceType") == "Parameters":
+            data = (
+                next(
+                    (
+                        p.get("resource")
+                        for p in data.get("parameter", [])
+                        if p.get("name") == "resource"
+                    ),
+                    {},
+                )
+                or {}
+            )
+        if data.get("resourceType") != rtype:
+            raise BadRequest(f"$validate on {rtype} needs a {rtype} resource")
+        return operation_outcome(validate_resource(data, self.conformance))
 
     def close(self) -> None:
         self.index.close()
+        self.fhir_store.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
     index = SqliteIndex(settings.data_dir / "index.sqlite")
+    conformance = default_conformance()
+    fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
+    queries = DicomFhirQueries(index.db, ENDPOINT_ID, body_part_terms(conformance))
+    fhir_read = FhirReadService(fhir_store, queries, conformance)
     return Gateway(
         settings=settings,
         store=store,
@@ -55,7 +93,22 @@ def build_gateway(settings: Settings) -> Gateway:
         retrieve=RetrieveService(store, index),
         deleter=DeleteService(store, index),
         checker=CheckService(store, index, settings),
+        conformance=conformance,
+        fhir_store=fhir_store,
+        fhir_read=fhir_read,
+        fhir_write=FhirWriteService(fhir_store, fhir_read),
     )
+
+
+def body_part_terms(conformance: Conformance) -> Callable[[str], list[str]]:
+    """SNOMED CT code → the BodyPartExamined terms the ConceptMap maps to it."""
+    reverse: dict[str, list[str]] = {}
+    concept_map = conformance.get("ConceptMap", "bodypart-to-snomed") or {}
+    for group in concept_map.get("group", []):
+        for element in group.get("element", []):
+            for target in element.get("target", []):
+                reverse.setdefault(target.get("code", ""), []).append(element["code"])
+    return lambda code: reverse.get(code, [])
 
 
 class CrossOriginResourcePolicy:
@@ -105,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gateway
     api_errors.install(app)
     app.include_router(dicomweb_router.router, prefix="/dicom-web")
+    app.include_router(fhir_router.router, prefix="/fhir")
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors.allow_origins,

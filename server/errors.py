@@ -90,3 +90,26 @@ class PreconditionFailed(Conflict):
 
 class Unprocessable(GatewayError):
     pass
+
+
+STATUS: list[tuple[type[GatewayError], int]] = [
+    (Gone, 410),
+    (PreconditionFailed, 412),
+    (MethodNotAllowed, 405),
+    (Unprocessable, 422),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (NotAcceptable, 406),
+    (NotFound, 404),
+    (Conflict, 409),
+    (ServiceUnavailable, 503),
+    (BadRequest, 400),
+    (GatewayError, 400),
+]
+
+
+def status_for(exc: GatewayError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500

@@ -13,30 +13,9 @@ from starlette.responses import Response
 
 from server import errors
 from server.core.fhir.outcome import operation_outcome
+from server.errors import status_for
 
 log = logging.getLogger("gateway.api")
-
-STATUS: list[tuple[type[errors.GatewayError], int]] = [
-    (errors.Gone, 410),
-    (errors.PreconditionFailed, 412),
-    (errors.MethodNotAllowed, 405),
-    (errors.Unprocessable, 422),
-    (errors.PayloadTooLarge, 413),
-    (errors.UnsupportedMediaType, 415),
-    (errors.NotAcceptable, 406),
-    (errors.NotFound, 404),
-    (errors.Conflict, 409),
-    (errors.ServiceUnavailable, 503),
-    (errors.BadRequest, 400),
-    (errors.GatewayError, 400),
-]
-
-
-def status_for(exc: errors.GatewayError) -> int:
-    for cls, status in STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
 
 
 def error_response(status: int, message: str, extra: dict[str, str] | None = None) -> Response:

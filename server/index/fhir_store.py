@@ -7,18 +7,19 @@ index of extracted entries (server.core.fhir.extract) so that searches run as SQ
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from server.core.fhir.extract import Entry, entries
+from server.core.fhir.extract import entries
 from server.core.fhir.params import ParamType
 from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
 from server.core.values import fold
-from server.errors import Conflict, InvalidQuery, PreconditionFailed
+from server.errors import InvalidQuery, PreconditionFailed
 from server.index.fhir_sql import date_sql, encode_cursor, keyset
 from server.index.sqlite_db import SqliteDatabase
 
@@ -38,6 +39,9 @@ SCHEMA = [
 ]
 
 
+T = TypeVar("T")
+
+
 def now_instant() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -53,6 +57,7 @@ class Version:
     version: int
     last_updated: str
     method: str
+    id: str = ""
 
 
 @dataclass
@@ -72,69 +77,21 @@ class FhirStore:
 
     # -- writes ------------------------------------------------------------
     def put(
-        self, resource: dict[str, Any], *, if_match: int | None = None, must_exist: bool = False
+        self, resource: dict[str, Any], *, if_match: int | None = None
     ) -> tuple[dict[str, Any], bool]:
         """Create or update ``resource`` (its ``id`` is set); returns (stored, created)."""
-        rtype, rid = resource["resourceType"], resource["id"]
         with self.db.write() as conn:
-            row = conn.execute(
-                "SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid)
-            ).fetchone()
-            current = None if row is None or row[2] else row[1]
-            if if_match is not None and current != if_match:
-                raise PreconditionFailed(f"{rtype}/{rid} is at version {current}, not {if_match}")
-            if must_exist and row is None:
-                raise Conflict(f"{rtype}/{rid} does not exist")
-            version = (row[1] if row else 0) + 1
-            stored = _with_meta(resource, version)
-            content = orjson.dumps(stored)
-            last = stored["meta"]["lastUpdated"]
-            if row is None:
-                pk = conn.execute(
-                    "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, ?, ?, ?)",
-                    (rtype, rid, version, last, content),
-                ).lastrowid
-            else:
-                pk = row[0]
-                conn.execute(
-                    "UPDATE resource SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
-                    (version, last, content, pk),
-                )
-                conn.execute("DELETE FROM search WHERE pk = ?", (pk,))
-            self._index(conn, int(pk or 0), entries(stored))
-            method = "POST" if current is None else "PUT"
-            conn.execute(
-                "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
-                (rtype, rid, version, last, method, content),
-            )
-        return stored, current is None
-
-    @staticmethod
-    def _index(conn: sqlite3.Connection, pk: int, items: list[Entry]) -> None:
-        conn.executemany(
-            "INSERT INTO search (pk, param, kind, system, code, text, low, high, ref) VALUES (?,?,?,?,?,?,?,?,?)",
-            [(pk, e.param, e.kind, e.system, e.code, e.text, e.low, e.high, e.ref) for e in items],
-        )
+            return _put(conn, resource, if_match)
 
     def delete(self, rtype: str, rid: str) -> bool:
         """Soft delete (FHIR R4 3.1.0.7); False if there was nothing to delete."""
         with self.db.write() as conn:
-            row = conn.execute(
-                "SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid)
-            ).fetchone()
-            if row is None or row[2]:
-                return False
-            last = now_instant()
-            conn.execute(
-                "UPDATE resource SET deleted = 1, version = ?, last_updated = ? WHERE pk = ?",
-                (row[1] + 1, last, row[0]),
-            )
-            conn.execute("DELETE FROM search WHERE pk = ?", (row[0],))
-            conn.execute(
-                "INSERT INTO history VALUES (?, ?, ?, ?, 'DELETE', NULL)",
-                (rtype, rid, row[1] + 1, last),
-            )
-        return True
+            return _delete(conn, rtype, rid)
+
+    def transaction(self, work: Callable[[Writer], T]) -> T:
+        """Run several writes in one SQLite transaction: all of them happen or none."""
+        with self.db.write() as conn:
+            return work(Writer(conn))
 
     # -- reads -------------------------------------------------------------
     def read(self, rtype: str, rid: str) -> tuple[dict[str, Any] | None, bool]:
@@ -154,7 +111,8 @@ class FhirStore:
         row = (
             self.db.reader()
             .execute(
-                "SELECT content, version, last_updated, method FROM history WHERE type = ? AND id = ? AND version = ?",
+                "SELECT content, version, last_updated, method, id FROM history"
+                " WHERE type = ? AND id = ? AND version = ?",
                 (rtype, rid, version),
             )
             .fetchone()
@@ -162,7 +120,7 @@ class FhirStore:
         return _version(row) if row else None
 
     def history(self, rtype: str, rid: str | None, count: int, since: str | None) -> list[Version]:
-        sql = "SELECT content, version, last_updated, method FROM history WHERE type = ?"
+        sql = "SELECT content, version, last_updated, method, id FROM history WHERE type = ?"
         params: list[Any] = [rtype]
         if rid is not None:
             sql += " AND id = ?"
@@ -247,6 +205,86 @@ class FhirStore:
         ]
 
 
+class Writer:
+    """Writes inside an open transaction (see :meth:`FhirStore.transaction`)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def put(
+        self, resource: dict[str, Any], *, if_match: int | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        return _put(self.conn, resource, if_match)
+
+    def delete(self, rtype: str, rid: str) -> bool:
+        return _delete(self.conn, rtype, rid)
+
+    def exists(self, rtype: str, rid: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM resource WHERE type = ? AND id = ? AND deleted = 0", (rtype, rid)
+        ).fetchone()
+        return row is not None
+
+
+def _put(
+    conn: sqlite3.Connection, resource: dict[str, Any], if_match: int | None
+) -> tuple[dict[str, Any], bool]:
+    rtype, rid = resource["resourceType"], resource["id"]
+    row = conn.execute(
+        "SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid)
+    ).fetchone()
+    current = None if row is None or row[2] else row[1]
+    if if_match is not None and current != if_match:
+        raise PreconditionFailed(f"{rtype}/{rid} is at version {current}, not {if_match}")
+    version = (row[1] if row else 0) + 1
+    stored = _with_meta(resource, version)
+    content = orjson.dumps(stored)
+    last = stored["meta"]["lastUpdated"]
+    if row is None:
+        pk = conn.execute(
+            "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, ?, ?, ?)",
+            (rtype, rid, version, last, content),
+        ).lastrowid
+    else:
+        pk = row[0]
+        conn.execute(
+            "UPDATE resource SET version = ?, last_updated = ?, deleted = 0, content = ? WHERE pk = ?",
+            (version, last, content, pk),
+        )
+        conn.execute("DELETE FROM search WHERE pk = ?", (pk,))
+    conn.executemany(
+        "INSERT INTO search (pk, param, kind, system, code, text, low, high, ref) VALUES (?,?,?,?,?,?,?,?,?)",
+        [
+            (pk, e.param, e.kind, e.system, e.code, e.text, e.low, e.high, e.ref)
+            for e in entries(stored)
+        ],
+    )
+    method = "POST" if current is None else "PUT"
+    conn.execute(
+        "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?)",
+        (rtype, rid, version, last, method, content),
+    )
+    return stored, current is None
+
+
+def _delete(conn: sqlite3.Connection, rtype: str, rid: str) -> bool:
+    row = conn.execute(
+        "SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid)
+    ).fetchone()
+    if row is None or row[2]:
+        return False
+    last = now_instant()
+    conn.execute(
+        "UPDATE resource SET deleted = 1, version = ?, last_updated = ? WHERE pk = ?",
+        (row[1] + 1, last, row[0]),
+    )
+    conn.execute("DELETE FROM search WHERE pk = ?", (row[0],))
+    conn.execute(
+        "INSERT INTO history VALUES (?, ?, ?, ?, 'DELETE', NULL)", (rtype, rid, row[1] + 1, last)
+    )
+    return True
+
+
 def _with_meta(resource: dict[str, Any], version: int) -> dict[str, Any]:
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version)
@@ -255,7 +293,7 @@ def _with_meta(resource: dict[str, Any], version: int) -> dict[str, Any]:
 
 
 def _version(row: tuple[Any, ...]) -> Version:
-    return Version(orjson.loads(row[0]) if row[0] else None, row[1], row[2], row[3])
+    return Version(orjson.loads(row[0]) if row[0] else None, row[1], row[2], row[3], row[4])
 
 
 def _any_of(parts: list[tuple[str, list[Any]]], modifier: str | None) -> tuple[str, list[Any]]:

@@ -1,0 +1,86 @@
+"""CapabilityStatement (FHIR R4 2.40), generated from the tables that drive the implementation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.core.fhir.params import DERIVED, INCLUDES, PARAMS, SORTS, WRITABLE, params_of
+
+PROFILES = {
+    "ImagingStudy": "https://cancer-imaging-gateway.eu/fhir/StructureDefinition/gateway-imagingstudy",
+    "ResearchStudy": "https://cancer-imaging-gateway.eu/fhir/StructureDefinition/dataset-researchstudy",
+}
+CONFORMANCE = ("StructureDefinition", "SearchParameter", "CodeSystem", "ValueSet", "ConceptMap")
+
+
+def capability_statement(base: str, version: str, published: str) -> dict[str, Any]:
+    """What this server implements, and nothing else."""
+    resources = [_resource(t) for t in (*DERIVED, *WRITABLE)]
+    resources += [_conformance_resource(t) for t in CONFORMANCE]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": published,
+        "publisher": "Cancer-imaging interoperability gateway",
+        "kind": "instance",
+        "software": {"name": "cancer-imaging-gateway", "version": version},
+        "implementation": {"description": "Cancer-imaging interoperability gateway FHIR facade", "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "ImagingStudy, Patient and Endpoint are derived live from the DICOM index "
+            "and read-only; datasets (ResearchStudy), cohorts (Group) and ResearchSubject are stored.",
+            "security": {"description": "No authorisation is enforced by this version; run it on a "
+                         "trusted network. OAuth2/SMART scopes come with data-access agreements."},
+            "resource": resources,
+            "interaction": [{"code": "batch"}, {"code": "transaction"}],
+        }],
+    }  # fmt: skip
+
+
+def _resource(rtype: str) -> dict[str, Any]:
+    writable = rtype in WRITABLE
+    interactions = ["read", "search-type"]
+    if writable:
+        interactions += ["vread", "create", "update", "delete", "history-instance", "history-type"]
+    entry: dict[str, Any] = {
+        "type": rtype,
+        "interaction": [{"code": c} for c in interactions],
+        "versioning": "versioned-update" if writable else "no-version",
+        "readHistory": writable,
+        "updateCreate": writable,
+        "conditionalCreate": writable,
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchInclude": [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype],
+        "searchRevInclude": [f"{s}:{p}" for (s, p), t in INCLUDES.items() if t == rtype],
+        "searchParam": [_param(p.name, p.type.value, p.documentation, p.definition)
+                        for p in params_of(rtype).values()],
+    }  # fmt: skip
+    if rtype in PROFILES:
+        entry["profile"] = PROFILES[rtype]
+    if rtype in ("ImagingStudy", "ResearchStudy"):
+        entry["operation"] = [
+            {
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+            }
+        ]
+    entry["searchParam"] += [_param(p, "special", f"sort key; supported: {', '.join(SORTS.get(rtype, ()))}")
+                             for p in ("_sort",)]  # fmt: skip
+    return entry
+
+
+def _conformance_resource(rtype: str) -> dict[str, Any]:
+    return {"type": rtype, "interaction": [{"code": "read"}, {"code": "search-type"}]}
+
+
+def _param(name: str, type_: str, doc: str, definition: str | None = None) -> dict[str, Any]:
+    out = {"name": name, "type": "special" if type_ == "special" else type_, "documentation": doc}
+    if definition:
+        out["definition"] = definition
+    return out
+
+
+__all__ = ["PARAMS", "capability_statement"]

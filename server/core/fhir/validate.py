@@ -1,0 +1,154 @@
+"""Profile validation for ``$validate`` (FHIR R4 Resource-validate; StructureDefinition differentials).
+
+Checks what the gateway's profiles constrain: the base FHIR R4 model (via
+fhir.resources), minimum cardinalities, fixed/pattern values, and codes bound to
+our ValueSets (``required`` → error, ``extensible``/``preferred`` → warning).
+Slices are checked by their minimum only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from server.core.fhir.conformance import Conformance
+
+Issue = tuple[str, str, str]  # severity, code, diagnostics
+PROFILES = {
+    "ImagingStudy": "https://cancer-imaging-gateway.eu/fhir/StructureDefinition/gateway-imagingstudy",
+    "ResearchStudy": "https://cancer-imaging-gateway.eu/fhir/StructureDefinition/dataset-researchstudy",
+}
+
+
+def validate_resource(resource: dict[str, Any], conformance: Conformance) -> list[Issue]:
+    """All issues found; an empty list means the resource conforms."""
+    rtype = resource.get("resourceType", "")
+    try:
+        get_fhir_model_class(rtype).model_validate(resource)
+    except KeyError:
+        return [("error", "not-supported", f"unknown resourceType {rtype!r}")]
+    except ValidationError as exc:
+        return [
+            ("error", "structure", f"{'.'.join(map(str, e['loc']))}: {e['msg']}")
+            for e in exc.errors()
+        ]
+    profile = conformance.by_url(PROFILES[rtype]) if rtype in PROFILES else None
+    if profile is None:
+        return []
+    issues: list[Issue] = []
+    for element in profile.get("differential", {}).get("element", []):
+        issues += _check_element(resource, element, conformance)
+    return issues
+
+
+def _values(node: Any, path: list[str]) -> list[Any]:
+    """Every value at a dotted path (lists flattened; ``value[x]`` matches any valueX)."""
+    items = node if isinstance(node, list) else [node]
+    if not path:
+        return [i for i in items if i is not None]
+    out: list[Any] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        key = path[0]
+        if key.endswith("[x]"):
+            stem = key[:-3]
+            matches = [
+                v for k, v in item.items() if k.startswith(stem) and k[len(stem) :][:1].isupper()
+            ]
+        else:
+            matches = [item[key]] if key in item else []
+        for value in matches:
+            out += _values(value, path[1:])
+    return out
+
+
+def _check_element(
+    resource: dict[str, Any], element: dict[str, Any], conf: Conformance
+) -> list[Issue]:
+    path = element["path"].split(".")[1:]
+    if not path:
+        return []
+    parents = _values(resource, path[:-1])
+    issues: list[Issue] = []
+    minimum = element.get("min", 0)
+    if minimum and "sliceName" not in element:
+        for parent in parents or ([resource] if len(path) == 1 else []):
+            if len(_values(parent, path[-1:])) < minimum:
+                issues.append(
+                    (
+                        "error",
+                        "required",
+                        f"{element['path']}: at least {minimum} required by the profile",
+                    )
+                )
+    values = _values(resource, path)
+    for key, expected in element.items():
+        if (key.startswith("fixed") or key.startswith("pattern")) and key[
+            5 if key.startswith("fixed") else 7 :
+        ][:1].isupper():
+            for value in values:
+                if not _matches(value, expected):
+                    issues.append(("error", "value", f"{element['path']}: must be {expected!r}"))
+    binding = element.get("binding")
+    if binding and binding.get("valueSet"):
+        issues += _check_binding(element["path"], values, binding, conf)
+    return issues
+
+
+def _matches(value: Any, pattern: Any) -> bool:
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(
+            _matches(value.get(k), v) for k, v in pattern.items()
+        )
+    if isinstance(pattern, list):
+        return isinstance(value, list) and all(any(_matches(v, p) for v in value) for p in pattern)
+    return bool(value == pattern)
+
+
+def _check_binding(
+    path: str, values: list[Any], binding: dict[str, Any], conf: Conformance
+) -> list[Issue]:
+    allowed = _value_set_codes(conf, binding["valueSet"].split("|")[0])
+    if allowed is None:
+        return []
+    severity = "error" if binding.get("strength") == "required" else "warning"
+    issues: list[Issue] = []
+    for value in values:
+        codings = _codings(value)
+        if codings and not any(c in allowed or (None, c[1]) in allowed for c in codings):
+            shown = ", ".join(f"{s or ''}|{c}" for s, c in codings)
+            issues.append(
+                (severity, "code-invalid", f"{path}: {shown} is not in {binding['valueSet']}")
+            )
+    return issues
+
+
+def _codings(value: Any) -> list[tuple[str | None, str]]:
+    if isinstance(value, str):
+        return [(None, value)]
+    if isinstance(value, dict) and "coding" in value:
+        return [(c.get("system"), c.get("code")) for c in value["coding"] if c.get("code")]
+    if isinstance(value, dict) and "code" in value:
+        return [(value.get("system"), value["code"])]
+    return []
+
+
+def _value_set_codes(conf: Conformance, url: str) -> set[tuple[str | None, str]] | None:
+    vs = conf.by_url(url)
+    if vs is None:
+        return None
+    codes: set[tuple[str | None, str]] = set()
+    for include in vs.get("compose", {}).get("include", []):
+        system = include.get("system")
+        for concept in include.get("concept", []):
+            codes.add((system, concept["code"]))
+            codes.add((None, concept["code"]))
+        if not include.get("concept") and system:
+            cs = next((r for r in conf.of_type("CodeSystem") if r.get("url") == system), None)
+            for concept in (cs or {}).get("concept", []):
+                codes.add((system, concept["code"]))
+                codes.add((None, concept["code"]))
+    return codes

@@ -1,0 +1,278 @@
+"""FHIR R4 reads: read, vread, search-type, history, for stored and derived resources.
+
+Derived resources (ImagingStudy, Patient, Endpoint) are built live from the DICOM
+index; stored ones (ResearchStudy, Group, ResearchSubject) come from the FHIR store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from server.core.fhir import bundle, imaging
+from server.core.fhir.conformance import Conformance
+from server.core.fhir.outcome import operation_outcome
+from server.core.fhir.params import DERIVED, WRITABLE
+from server.core.fhir.search import Criterion, ReferenceValue, SearchRequest, parse_search
+from server.errors import Gone, NotFound
+from server.index.fhir_dicom import DicomFhirQueries, StudyRow
+from server.index.fhir_store import FhirStore, Version
+
+ENDPOINT_ID = "dicomweb"
+CHAIN_LIMIT = 1000
+CONFORMANCE_TYPES = (
+    "StructureDefinition",
+    "SearchParameter",
+    "CodeSystem",
+    "ValueSet",
+    "ConceptMap",
+)
+
+
+class FhirReadService:
+    def __init__(
+        self, store: FhirStore, queries: DicomFhirQueries, conformance: Conformance
+    ) -> None:
+        self.store = store
+        self.queries = queries
+        self.conformance = conformance
+
+    # -- read / vread ------------------------------------------------------
+    def read(self, rtype: str, rid: str, dicomweb_root: str) -> dict[str, Any]:
+        """FHIR R4 3.1.0.1 read."""
+        if rtype in WRITABLE:
+            resource, deleted = self.store.read(rtype, rid)
+            if deleted:
+                raise Gone(f"{rtype}/{rid} was deleted")
+        elif rtype in CONFORMANCE_TYPES:
+            resource = self.conformance.get(rtype, rid)
+        else:
+            resource = self._derived(rtype, rid, dicomweb_root)
+        if resource is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        return resource
+
+    def vread(self, rtype: str, rid: str, version: str) -> dict[str, Any]:
+        """FHIR R4 3.1.0.2 vread (stored resources keep every version)."""
+        found = self.store.vread(rtype, rid, int(version)) if version.isdigit() else None
+        if found is None:
+            raise NotFound(f"{rtype}/{rid} has no version {version}")
+        if found.resource is None:
+            raise Gone(f"{rtype}/{rid} version {version} is a deletion")
+        return found.resource
+
+    def _derived(self, rtype: str, rid: str, root: str) -> dict[str, Any] | None:
+        if rtype == "Endpoint":
+            return imaging.endpoint(ENDPOINT_ID, root) if rid == ENDPOINT_ID else None
+        if rtype == "Patient":
+            row = self.queries.patient(rid)
+            return self.patient(row) if row else None
+        if rtype == "ImagingStudy":
+            study = self.queries.study(rid)
+            return self.imaging_studies([study])[0] if study else None
+        return None
+
+    # -- building derived resources ---------------------------------------
+    def imaging_studies(
+        self, rows: list[StudyRow], with_instances: bool = True
+    ) -> list[dict[str, Any]]:
+        series = self.queries.series_of([r.pk for r in rows], with_instances)
+        return [
+            imaging.imaging_study(
+                r.json,
+                series[r.pk],
+                endpoint_id=ENDPOINT_ID,
+                dataset_id=r.dataset,
+                body_site=self._body_site,
+                laterality=self._laterality,
+                last_updated=_instant(r.updated),
+            )
+            for r in rows
+        ]
+
+    def patient(self, row: StudyRow) -> dict[str, Any]:
+        return imaging.patient(row.json, last_updated=_instant(row.updated))
+
+    def _body_site(self, term: str) -> dict[str, Any] | None:
+        coding = self.conformance.body_site(term)
+        return dict(coding) if coding else None
+
+    def _laterality(self, term: str) -> dict[str, Any] | None:
+        coding = self.conformance.laterality(term)
+        return dict(coding) if coding else None
+
+    # -- search ------------------------------------------------------------
+    def search(
+        self,
+        rtype: str,
+        pairs: list[tuple[str, str]],
+        *,
+        strict: bool,
+        base: str,
+        dicomweb_root: str,
+    ) -> dict[str, Any]:
+        """FHIR R4 3.1.1 search-type, with paging links that survive concurrent changes."""
+        req = self.resolve_chains(parse_search(rtype, pairs, strict=strict))
+        matches, total, next_c, prev_c = self._matches(req, dicomweb_root)
+        included = self._includes(req, matches, dicomweb_root) if req.summary != "count" else []
+        shown = (
+            []
+            if req.summary == "count"
+            else [bundle.summarize(r, req.summary, req.elements) for r in matches]
+        )
+        kept = [(k, v) for k, v in pairs if k not in req.ignored and k != "_cursor"]
+        outcome = None
+        if req.ignored:
+            text = f"ignored unknown search parameter(s): {', '.join(req.ignored)}"
+            outcome = operation_outcome([("warning", "not-supported", text)])
+        return bundle.searchset(
+            base,
+            rtype,
+            shown,
+            included,
+            total=total,
+            params=kept,
+            next_cursor=next_c,
+            previous_cursor=prev_c,
+            outcome=outcome,
+        )
+
+    def _matches(
+        self, req: SearchRequest, root: str
+    ) -> tuple[list[dict[str, Any]], int | None, str | None, str | None]:
+        rtype = req.resource_type
+        if rtype in WRITABLE:
+            page = self.store.search(req)
+            return page.resources, page.total, page.next_cursor, page.previous_cursor
+        if rtype == "ImagingStudy":
+            spage = self.queries.search_studies(req)
+            studies = self.imaging_studies(spage.rows, with_instances=req.summary != "true")
+            return studies, spage.total, spage.next_cursor, spage.previous_cursor
+        if rtype == "Patient":
+            spage = self.queries.search_patients(req)
+            return (
+                [self.patient(r) for r in spage.rows],
+                spage.total,
+                spage.next_cursor,
+                spage.previous_cursor,
+            )
+        if rtype == "Endpoint":
+            found = [imaging.endpoint(ENDPOINT_ID, root)]
+            return found, 1, None, None
+        if rtype in CONFORMANCE_TYPES:
+            found = self.conformance.of_type(rtype)
+            return [dict(r) for r in found], len(found), None, None
+        raise NotFound(f"resource type {rtype} is not supported")
+
+    def resolve_chains(self, req: SearchRequest) -> SearchRequest:
+        """Chains the target's own store cannot answer become lists of references."""
+        out: list[Criterion] = []
+        for c in req.criteria:
+            native = (
+                req.resource_type == "ImagingStudy"
+                and c.chain is not None
+                and c.chain.resource_type == "Patient"
+            )
+            if c.chain is None or native:
+                out.append(c)
+                continue
+            inner = SearchRequest(
+                c.chain.resource_type, c.chain.criteria, count=CHAIN_LIMIT, total="none"
+            )
+            ids = self._ids(inner)
+            values = tuple(ReferenceValue(inner.resource_type, i) for i in ids) or (
+                ReferenceValue(inner.resource_type, "\x00none"),
+            )
+            out.append(Criterion(c.param, None, values))
+        return SearchRequest(**{**req.__dict__, "criteria": tuple(out)})
+
+    def _ids(self, req: SearchRequest) -> list[str]:
+        if req.resource_type in WRITABLE:
+            return [r["id"] for r in self.store.search(req).resources]
+        if req.resource_type == "Patient":
+            return [r.patient_key for r in self.queries.search_patients(req).rows]
+        if req.resource_type == "ImagingStudy":
+            return [r.json["0020000D"]["Value"][0] for r in self.queries.search_studies(req).rows]
+        return []
+
+    def _includes(
+        self, req: SearchRequest, matches: list[dict[str, Any]], root: str
+    ) -> list[dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for inc in req.include:
+            for target in self._references(matches, inc.param):
+                rtype, _, rid = target.partition("/")
+                try:
+                    out.setdefault(target, self.read(rtype, rid, root))
+                except NotFound:
+                    continue
+        for inc in req.revinclude:
+            ids = [m["id"] for m in matches]
+            if not ids:
+                continue
+            rev = parse_search(
+                inc.source,
+                [
+                    (inc.param, ",".join(f"{inc.target}/{i}" for i in ids)),
+                    ("_count", str(CHAIN_LIMIT)),
+                ],
+            )
+            found, _, _, _ = self._matches(SearchRequest(**{**rev.__dict__, "total": "none"}), root)
+            for r in found:
+                out.setdefault(f"{r['resourceType']}/{r['id']}", r)
+        return list(out.values())
+
+    @staticmethod
+    def _references(matches: list[dict[str, Any]], param: str) -> list[str]:
+        getters: dict[str, Callable[[dict[str, Any]], list[Any]]] = {
+            "subject": lambda r: [r.get("subject")], "patient": lambda r: [r.get("subject") or r.get("individual")],
+            "endpoint": lambda r: r.get("endpoint", []), "study": lambda r: [r.get("study")],
+            "individual": lambda r: [r.get("individual")], "partof": lambda r: r.get("partOf", []),
+            "member": lambda r: [m.get("entity") for m in r.get("member", [])],
+            "dataset": lambda r: [e.get("valueReference") for e in r.get("extension", []) if e.get("url") == imaging.DATASET_EXTENSION],
+        }  # fmt: skip
+        refs: list[str] = []
+        for resource in matches:
+            for ref in getters[param](resource):
+                if ref and ref.get("reference") and ref["reference"] not in refs:
+                    refs.append(ref["reference"])
+        return refs
+
+    # -- history -----------------------------------------------------------
+    def history(
+        self, rtype: str, rid: str | None, base: str, count: int, since: str | None
+    ) -> dict[str, Any]:
+        """FHIR R4 3.1.0.11 history (instance and type level)."""
+        versions = self.store.history(rtype, rid, count, since)
+        if rid is not None and not versions:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        return bundle.history_bundle(base, [_history_entry(base, rtype, rid, v) for v in versions])
+
+
+def _history_entry(base: str, rtype: str, rid: str | None, v: Version) -> dict[str, Any]:
+    resource_id = v.id or rid
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{rtype}/{resource_id}"}
+    if v.resource is not None:
+        entry["resource"] = v.resource
+    entry["request"] = {
+        "method": v.method,
+        "url": f"{rtype}/{resource_id}" if v.method != "POST" else rtype,
+    }
+    status = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}[v.method]
+    entry["response"] = {
+        "status": status,
+        "etag": f'W/"{v.version}"',
+        "lastModified": v.last_updated,
+    }
+    return entry
+
+
+def _instant(epoch: float) -> str:
+    from datetime import UTC, datetime
+
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+__all__ = ["DERIVED", "ENDPOINT_ID", "FhirReadService"]

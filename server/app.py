@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import __version__
 from server.api import errors as api_errors
 from server.api.dicomweb import router as dicomweb_router
+from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
 from server.core.fhir.conformance import Conformance, default_conformance
 from server.core.fhir.outcome import operation_outcome
@@ -159,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(dicomweb_router.router, prefix="/dicom-web")
     app.include_router(fhir_router.router, prefix="/fhir")
+    app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors.allow_origins,

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -16,6 +17,27 @@ from server.core.stow import PartOutcome
 from server.services.ingest import IngestItem
 
 BATCH = 64
+_EXT = "https://cancer-imaging-gateway.eu/fhir/StructureDefinition"
+DEMO_DATASET: dict[str, Any] = {
+    "resourceType": "ResearchStudy",
+    "id": "demo",
+    "meta": {"profile": [f"{_EXT}/dataset-researchstudy"]},
+    "title": "Demo cohort (synthetic)",
+    "status": "active",
+    "description": "A small generated cohort so that a first query returns studies. Not patient data.",
+    "condition": [
+        {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]}
+        for code, display in (
+            ("254837009", "Malignant neoplasm of breast"),
+            ("363358000", "Malignant neoplasm of lung"),
+            ("399068003", "Malignant neoplasm of prostate"),
+        )
+    ],
+    "extension": [
+        {"url": f"{_EXT}/dataset-access-rights", "valueCode": "PUBLIC"},
+        {"url": f"{_EXT}/dataset-access-condition", "valueCode": "download"},
+    ],
+}
 
 
 @dataclass
@@ -44,7 +66,9 @@ def _spool_copy(source: Path, spool: Path, n: int) -> IngestItem:
     return IngestItem(target, digest.hexdigest())
 
 
-def import_paths(gateway: Gateway, paths: list[Path], *, progress: bool = True) -> ImportSummary:
+def import_paths(
+    gateway: Gateway, paths: list[Path], *, progress: bool = True, dataset: str | None = None
+) -> ImportSummary:
     """Import every file under ``paths`` (recursively), in batches, with a progress bar."""
     files = list(iter_files(paths))
     summary = ImportSummary()
@@ -54,7 +78,7 @@ def import_paths(gateway: Gateway, paths: list[Path], *, progress: bool = True) 
         spool = gateway.store.spool_dir()
         try:
             items = [_spool_copy(f, spool, n) for n, f in enumerate(batch)]
-            outcomes = gateway.ingest.store_instances(items)
+            outcomes = gateway.ingest.store_instances(items, dataset=dataset)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
         _tally(summary, batch, outcomes)
@@ -81,6 +105,7 @@ def load_demo(gateway: Gateway, *, patients: int = 6) -> int:
 
     if gateway.index.counts()["instance"]:
         return 0
+    gateway.fhir_store.put(DEMO_DATASET)
     stored = 0
     datasets = list(
         generate_cohort(
@@ -101,7 +126,8 @@ def load_demo(gateway: Gateway, *, patients: int = 6) -> int:
                 target = spool / f"demo-{n:06d}"
                 target.write_bytes(data)
                 items.append(IngestItem(target, hashlib.sha256(data).hexdigest()))
-            stored += sum(o.stored for o in gateway.ingest.store_instances(items))
+            outcomes = gateway.ingest.store_instances(items, dataset="demo")
+            stored += sum(o.stored for o in outcomes)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
     return stored

@@ -102,7 +102,12 @@ def serve(
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def import_(paths: tuple[Path, ...], data_dir: Path | None, quiet: bool) -> None:
+@click.option(
+    "--dataset", default=None, help="ResearchStudy id the studies belong to (must exist)."
+)
+def import_(
+    paths: tuple[Path, ...], data_dir: Path | None, quiet: bool, dataset: str | None
+) -> None:
     """Import DICOM files and folders (recursively) through the STOW ingest pipeline."""
     from server.app import build_gateway
     from server.cli.loader import import_paths
@@ -110,8 +115,13 @@ def import_(paths: tuple[Path, ...], data_dir: Path | None, quiet: bool) -> None
     settings = _settings(data_dir)
     _logging("warning")
     gateway = build_gateway(settings)
+    if dataset is not None and gateway.fhir_store.read("ResearchStudy", dataset)[0] is None:
+        gateway.close()
+        raise click.ClickException(
+            f"dataset {dataset} is not known: create ResearchStudy/{dataset} first"
+        )
     try:
-        summary = import_paths(gateway, list(paths), progress=not quiet)
+        summary = import_paths(gateway, list(paths), progress=not quiet, dataset=dataset)
     finally:
         gateway.close()
     click.echo(f"stored {summary.stored}, failed {summary.failed}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import orjson
@@ -14,10 +15,18 @@ from server.core.mediatypes import DICOM, DICOM_JSON, parse_media_type
 from server.core.multipart import MultipartSpooler
 from server.core.stow import stow_response, stow_status
 from server.core.uids import check_uid
-from server.errors import MalformedMultipart, PayloadTooLarge, UnsupportedMediaType
+from server.errors import (
+    BadRequest,
+    MalformedMultipart,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from server.services.ingest import IngestItem
 
 router = APIRouter(tags=["STOW-RS"])
+dataset_router = APIRouter(tags=["STOW-RS"])
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 @router.post("/studies", summary="Store instances (PS3.18 10.5)")
@@ -30,6 +39,27 @@ async def store_instances(request: Request) -> Response:
 async def store_study_instances(request: Request, study: str) -> Response:
     """PS3.18 10.5.1: store instances; those of another study fail with 0xA900."""
     return await _store(request, check_uid(study, "StudyInstanceUID"))
+
+
+@dataset_router.post("/studies", summary="Store instances into a dataset")
+async def store_dataset_instances(request: Request, dataset: str) -> Response:
+    """PS3.18 10.5.1 with the dataset (a FHIR ResearchStudy id) named in the URL."""
+    return await _store(request, None, _dataset(request, dataset))
+
+
+@dataset_router.post("/studies/{study}", summary="Store instances into one study of a dataset")
+async def store_dataset_study_instances(request: Request, dataset: str, study: str) -> Response:
+    """PS3.18 10.5.1 into one study of the dataset named in the URL."""
+    return await _store(request, check_uid(study, "StudyInstanceUID"), _dataset(request, dataset))
+
+
+def _dataset(request: Request, dataset: str) -> str:
+    if not _FHIR_ID.match(dataset):
+        raise BadRequest(f"dataset id {dataset[:70]!r} is not a valid FHIR id")
+    resource, _ = gateway(request).fhir_store.read("ResearchStudy", dataset)
+    if resource is None:
+        raise NotFound(f"dataset {dataset} is not known (create ResearchStudy/{dataset} first)")
+    return dataset
 
 
 def _boundary(content_type: str | None) -> str:
@@ -52,7 +82,7 @@ def _boundary(content_type: str | None) -> str:
     return boundary
 
 
-async def _store(request: Request, study_uid: str | None) -> Response:
+async def _store(request: Request, study_uid: str | None, dataset: str | None = None) -> Response:
     gw = gateway(request)
     boundary = _boundary(request.headers.get("content-type"))
     limit = gw.settings.stow.max_body_bytes
@@ -68,7 +98,7 @@ async def _store(request: Request, study_uid: str | None) -> Response:
             spooler.feed(chunk)
         parts = spooler.finish()
         items = [IngestItem(p.path, p.sha256, p.content_type) for p in parts]
-        outcomes = await run_in_threadpool(gw.ingest.store_instances, items, study_uid)
+        outcomes = await run_in_threadpool(gw.ingest.store_instances, items, study_uid, dataset)
     finally:
         spooler.close()
         shutil.rmtree(spool, ignore_errors=True)

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.core.attributes import Level  # noqa: E402
+from server.core.fhir.imaging import patient_id  # noqa: E402
 from server.core.records import InstanceRecord, read_instance  # noqa: E402
 from server.index.sqlite import SqliteIndex  # noqa: E402
 from server.synthetic import generate_cohort, to_part10_bytes  # noqa: E402
@@ -96,8 +97,11 @@ def _clone(
     )
     inst_json = orjson.loads(t.level_json[Level.INSTANCE])
     inst_json.update({"00080018": {"vr": "UI", "Value": [sop]}})
+    day = f"{date[:4]}-{date[4:6]}-{date[6:]}"
     return dataclasses.replace(
         t,
+        patient_key=patient_id(f"PAT{patient:07d}", "SYNTHETIC"),
+        started=(f"{day}T10:00:00.000000", f"{day}T10:00:00.999999"),
         study_uid=study,
         series_uid=series,
         sop_uid=sop,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -17,6 +18,9 @@ from server.errors import InvalidQuery
 from server.index.fhir_sql import date_sql, encode_cursor, keyset
 from server.index.sqlite_db import SqliteDatabase
 
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SNOMED = "http://snomed.info/sct"
+BODY_PART_SYSTEM = "https://cancer-imaging-gateway.eu/fhir/CodeSystem/dicom-body-part-examined"
 UPDATED = "strftime('%Y-%m-%dT%H:%M:%f000', st.updated, 'unixepoch')"
 GENDER = {"male": ["M"], "female": ["F"], "other": ["O"]}
 
@@ -122,8 +126,17 @@ class DicomFhirQueries:
         return (f"NOT ({sql})", params) if c.modifier == "not" else (sql, params)
 
     def _uids(self, column: str, table: str, values: list[str]) -> tuple[str, list[Any]]:
+        """Selective keys (UIDs): find the rows first, then their studies."""
         marks = ", ".join("?" for _ in values)
         return f"st.pk IN (SELECT study_pk FROM {table} WHERE {column} IN ({marks}))", values
+
+    def _exists(self, column: str, values: list[str]) -> tuple[str, list[Any]]:
+        """Unselective series attributes (modality, body part): probe each candidate study."""
+        marks = ", ".join("?" for _ in values)
+        return (
+            f"EXISTS (SELECT 1 FROM series se WHERE se.{column} IN ({marks}) AND se.study_pk = st.pk)",
+            values,
+        )
 
     # -- Patient -----------------------------------------------------------
     def search_patients(self, req: SearchRequest) -> StudyPage:
@@ -248,8 +261,10 @@ def _reference_key(v: Any, column: str, expected: str) -> tuple[str, list[Any]]:
 
 def _bodysite(q: DicomFhirQueries, v: Any) -> tuple[str, list[Any]]:
     assert isinstance(v, TokenValue)
+    if v.system not in (None, SNOMED, BODY_PART_SYSTEM):
+        return "1 = 0", []
     terms = sorted({*q.body_part_terms(v.code or ""), (v.code or "").upper()})
-    return q._uids("bodypartexamined", "series", terms)
+    return q._exists("bodypartexamined", terms)
 
 
 _STUDY_HANDLERS: dict[str, Callable[[DicomFhirQueries, Any], tuple[str, list[Any]]]] = {
@@ -259,8 +274,10 @@ _STUDY_HANDLERS: dict[str, Callable[[DicomFhirQueries, Any], tuple[str, list[Any
     "patient": lambda q, v: _reference_key(v, "st.patient_key", "Patient"),
     "subject": lambda q, v: _reference_key(v, "st.patient_key", "Patient"),
     "dataset": lambda q, v: _reference_key(v, "st.dataset", "ResearchStudy"),
-    "started": lambda q, v: date_sql("st.started_lo", "st.started_hi", v),
-    "modality": lambda q, v: q._uids("modality", "series", [v.code]),
+    "started": lambda q, v: _started(v),
+    "modality": lambda q, v: (
+        q._exists("modality", [v.code]) if v.system in (None, DCM) else ("1 = 0", [])
+    ),
     "bodysite": _bodysite,
     "series": lambda q, v: q._uids("seriesinstanceuid", "series", [_oid(v.code)]),
     "instance": lambda q, v: q._uids("sopinstanceuid", "instance", [_oid(v.code)]),
@@ -268,6 +285,20 @@ _STUDY_HANDLERS: dict[str, Callable[[DicomFhirQueries, Any], tuple[str, list[Any
     "endpoint": lambda q, v: ("1 = 1", []) if v.id == q.endpoint_id else ("1 = 0", []),
     "status": lambda q, v: ("1 = 1", []) if v.code == "available" else ("1 = 0", []),
 }
+
+
+def _started(v: DateValue) -> tuple[str, list[Any]]:
+    """Date prefixes on StudyDate/Time, plus an implied lower bound on ``started_lo``.
+
+    A study's started range is at most one day wide (a date without time), so any
+    prefix that implies ``started_hi >= low`` also implies ``started_lo >= low - 1 day``.
+    With that bound every range query scans one index range.
+    """
+    sql, params = date_sql("st.started_lo", "st.started_hi", v)
+    if v.prefix in ("eq", "gt", "ge", "sa"):
+        floor = (datetime.strptime(v.low[:10], "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
+        sql, params = f"({sql}) AND st.started_lo >= ?", [*params, floor]
+    return sql, params
 
 
 def _missing(name: str, missing: bool) -> tuple[str, list[Any]]:

@@ -23,10 +23,16 @@ def date_sql(low_col: str, high_col: str, v: DateValue) -> tuple[str, list[Any]]
         return f"{high_col} > ?", [v.high]
     if v.prefix == "lt":
         return f"{low_col} < ?", [v.low]
+    # ge/le: the second conjunct is implied by the first; it gives the planner an index bound.
     if v.prefix == "ge":
-        return f"({high_col} > ? OR {contained})", [v.high, v.low, v.high]
+        return f"({high_col} > ? OR {contained}) AND {high_col} >= ?", [
+            v.high,
+            v.low,
+            v.high,
+            v.low,
+        ]
     if v.prefix == "le":
-        return f"({low_col} < ? OR {contained})", [v.low, v.low, v.high]
+        return f"({low_col} < ? OR {contained}) AND {low_col} <= ?", [v.low, v.low, v.high, v.high]
     if v.prefix == "sa":
         return f"{low_col} > ?", [v.high]
     if v.prefix == "eb":

@@ -308,10 +308,15 @@ def _last_updated(v: DateValue) -> tuple[str, list[Any]]:
     return date_sql(column, column, v)
 
 
+def _like(text: str) -> str:
+    """Escape LIKE's own wildcards: FHIR string search has none."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _entry_sql(kind: ParamType, modifier: str | None, v: Any) -> tuple[str, list[Any]]:
     if kind is ParamType.TOKEN:
         if modifier == "text":
-            return "text LIKE ?", [f"%{fold(str(v))}%"]
+            return "text LIKE ? ESCAPE '\\'", [f"%{_like(fold(str(v)))}%"]
         assert isinstance(v, TokenValue)
         if v.system is None:
             return "code = ?", [v.code]
@@ -324,8 +329,8 @@ def _entry_sql(kind: ParamType, modifier: str | None, v: Any) -> tuple[str, list
         if modifier == "exact":
             return "code = ?", [v]
         if modifier == "contains":
-            return "text LIKE ?", [f"%{fold(str(v))}%"]
-        return "text LIKE ?", [f"{fold(str(v))}%"]
+            return "text LIKE ? ESCAPE '\\'", [f"%{_like(fold(str(v)))}%"]
+        return "text LIKE ? ESCAPE '\\'", [f"{_like(fold(str(v)))}%"]
     if kind is ParamType.DATE:
         return date_sql("low", "high", v)
     if kind is ParamType.REFERENCE:

@@ -78,6 +78,8 @@ def create_statements() -> list[str]:
         "CREATE INDEX IF NOT EXISTS ix_study_dataset ON study(dataset)",
         "CREATE INDEX IF NOT EXISTS ix_study_patient_key ON study(patient_key)",
         "CREATE INDEX IF NOT EXISTS ix_study_started ON study(started_lo, pk)",
+        "CREATE INDEX IF NOT EXISTS ix_study_started_hi ON study(started_hi)",
+        "CREATE INDEX IF NOT EXISTS ix_series_bodypart_study ON series(bodypartexamined, study_pk)",
         "CREATE INDEX IF NOT EXISTS ix_study_updated ON study(updated, pk)",
         "CREATE INDEX IF NOT EXISTS ix_series_modality_study ON series(modality, study_pk)",
         "CREATE INDEX IF NOT EXISTS ix_instance_series ON instance(series_pk, instancenumber)",

@@ -14,7 +14,7 @@ from server.core.fhir.conformance import Conformance
 from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.params import DERIVED, WRITABLE
 from server.core.fhir.search import Criterion, ReferenceValue, SearchRequest, parse_search
-from server.errors import Gone, NotFound
+from server.errors import Gone, InvalidQuery, NotFound
 from server.index.fhir_dicom import DicomFhirQueries, StudyRow
 from server.index.fhir_store import FhirStore, Version
 
@@ -157,11 +157,11 @@ class FhirReadService:
                 spage.previous_cursor,
             )
         if rtype == "Endpoint":
-            found = [imaging.endpoint(ENDPOINT_ID, root)]
-            return found, 1, None, None
+            found = [r for r in [imaging.endpoint(ENDPOINT_ID, root)] if _endpoint_matches(r, req)]
+            return found, len(found), None, None
         if rtype in CONFORMANCE_TYPES:
-            found = self.conformance.of_type(rtype)
-            return [dict(r) for r in found], len(found), None, None
+            found = [dict(r) for r in self.conformance.of_type(rtype) if _id_matches(r, req)]
+            return found, len(found), None, None
         raise NotFound(f"resource type {rtype} is not supported")
 
     def resolve_chains(self, req: SearchRequest) -> SearchRequest:
@@ -247,6 +247,30 @@ class FhirReadService:
         if rid is not None and not versions:
             raise NotFound(f"{rtype}/{rid} is not known")
         return bundle.history_bundle(base, [_history_entry(base, rtype, rid, v) for v in versions])
+
+
+def _id_matches(resource: Any, req: SearchRequest) -> bool:
+    """Conformance resources are searchable by ``_id`` only (other parameters are unknown)."""
+    for c in req.criteria:
+        if c.param.name != "_id":
+            raise InvalidQuery(f"{req.resource_type} can be searched by _id only", c.param.name)
+        if not any(getattr(v, "code", None) == resource.get("id") for v in c.values):
+            return False
+    return True
+
+
+def _endpoint_matches(resource: dict[str, Any], req: SearchRequest) -> bool:
+    fields = {
+        "_id": resource["id"],
+        "status": resource["status"],
+        "connection-type": resource["connectionType"]["code"],
+    }
+    for c in req.criteria:
+        codes = {getattr(v, "code", None) for v in c.values}
+        hit = fields.get(c.param.name) in codes
+        if hit == (c.modifier == "not"):
+            return False
+    return True
 
 
 def _history_entry(base: str, rtype: str, rid: str | None, v: Version) -> dict[str, Any]:

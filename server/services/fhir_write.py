@@ -65,6 +65,27 @@ def check_model(data: dict[str, Any]) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise Unprocessable(f"invalid {data['resourceType']}: {where}: {first.get('msg')}") from exc
+    check_codes(data)
+
+
+# FHIR R4 required bindings the model classes do not enforce (status codes).
+REQUIRED_CODES = {
+    ("ResearchStudy", "status"): {"active", "administratively-completed", "approved", "closed-to-accrual",
+                                  "closed-to-accrual-and-intervention", "completed", "disapproved",
+                                  "in-review", "temporarily-closed-to-accrual",
+                                  "temporarily-closed-to-accrual-and-intervention", "withdrawn"},
+    ("ResearchSubject", "status"): {"candidate", "eligible", "follow-up", "ineligible", "not-registered",
+                                    "off-study", "on-study", "on-study-intervention", "on-study-observation",
+                                    "pending-on-study", "potential-candidate", "screening", "withdrawn"},
+    ("Group", "type"): {"person", "animal", "practitioner", "device", "medication", "substance"},
+}  # fmt: skip
+
+
+def check_codes(data: dict[str, Any]) -> None:
+    for (rtype, element), allowed in REQUIRED_CODES.items():
+        value = data.get(element)
+        if data.get("resourceType") == rtype and value is not None and value not in allowed:
+            raise Unprocessable(f"{rtype}.{element} {value!r} is not in its required value set")
 
 
 def writable(rtype: str) -> None:
@@ -139,7 +160,18 @@ class FhirWriteService:
 
     def bundle(self, body: bytes, base: str, dicomweb_root: str) -> dict[str, Any]:
         """FHIR R4 3.1.0.12 batch / transaction."""
-        data = parse_resource(body, "Bundle")
+        data = parse_json_object(body)
+        if data["resourceType"] != "Bundle":
+            raise BadRequest("POST to the base needs a Bundle")
+        # Entries are checked one by one (a batch answers per entry); the Bundle itself here.
+        check_model(
+            {
+                **data,
+                "entry": [
+                    {k: v for k, v in e.items() if k != "resource"} for e in data.get("entry", [])
+                ],
+            }
+        )
         kind = data.get("type")
         if kind not in ("batch", "transaction"):
             raise BadRequest("POST to the base accepts a Bundle of type batch or transaction")

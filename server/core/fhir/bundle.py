@@ -10,6 +10,14 @@ SUBSETTED = {
     "code": "SUBSETTED",
 }
 MANDATORY = ("resourceType", "id", "meta")
+# Elements with minimum cardinality 1 in FHIR R4, kept by _elements so results stay valid.
+REQUIRED = {
+    "ImagingStudy": ("status", "subject"),
+    "ResearchStudy": ("status",),
+    "ResearchSubject": ("status", "study", "individual"),
+    "Group": ("type", "actual"),
+    "Endpoint": ("status", "connectionType", "payloadType", "address"),
+}
 
 
 def full_url(base: str, resource: dict[str, Any]) -> str:
@@ -64,7 +72,10 @@ def summarize(
 ) -> dict[str, Any]:
     """FHIR R4 3.1.1.5.8 ``_summary`` and 3.1.1.5.9 ``_elements``; marks the result SUBSETTED."""
     if elements:
-        kept = {k: v for k, v in resource.items() if k in MANDATORY or k in elements}
+        required = REQUIRED.get(str(resource.get("resourceType")), ())
+        kept = {
+            k: v for k, v in resource.items() if k in MANDATORY or k in required or k in elements
+        }
         return _subsetted(kept)
     if summary in (None, "false"):
         return resource

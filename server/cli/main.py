@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from server.cli.datasets import dataset
 from server.settings import Settings
 
 
@@ -160,6 +161,9 @@ def check(data_dir: Path | None, repair: bool) -> None:
         sys.exit(1)
     else:
         click.echo("consistent")
+
+
+main.add_command(dataset)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,50 @@ class DicomFhirQueries:
             values,
         )
 
+    def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Catalogue figures per dataset, computed from the index (EUCAIM catalogue attributes)."""
+        if not dataset_ids:
+            return {}
+        marks = ", ".join("?" for _ in dataset_ids)
+        conn = self.db.reader()
+        out: dict[str, dict[str, Any]] = {
+            d: {
+                "subjects": 0,
+                "studies": 0,
+                "modalities": [],
+                "body_parts": [],
+                "manufacturers": [],
+            }
+            for d in dataset_ids
+        }
+        for dataset, studies, subjects in conn.execute(
+            f"SELECT dataset, count(*), count(DISTINCT patient_key) FROM study WHERE dataset IN ({marks})"
+            " GROUP BY dataset",
+            dataset_ids,
+        ):
+            out[dataset].update(studies=studies, subjects=subjects)
+        for column, key in (
+            ("modality", "modalities"),
+            ("bodypartexamined", "body_parts"),
+            ("manufacturer", "manufacturers"),
+        ):
+            for dataset, value in conn.execute(
+                f"SELECT DISTINCT st.dataset, se.{column} FROM series se JOIN study st ON se.study_pk = st.pk"
+                f" WHERE st.dataset IN ({marks}) AND se.{column} IS NOT NULL ORDER BY 1, 2",
+                dataset_ids,
+            ):
+                out[dataset][key].append(value)
+        return out
+
+    def datasets_with_modality(self, codes: list[str]) -> list[str]:
+        marks = ", ".join("?" for _ in codes)
+        rows = self.db.reader().execute(
+            f"SELECT DISTINCT st.dataset FROM series se JOIN study st ON se.study_pk = st.pk"
+            f" WHERE se.modality IN ({marks}) AND st.dataset IS NOT NULL",
+            codes,
+        )
+        return [r[0] for r in rows]
+
     # -- Patient -----------------------------------------------------------
     def search_patients(self, req: SearchRequest) -> StudyPage:
         where, params = self.patient_where(req)

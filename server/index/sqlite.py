@@ -58,9 +58,13 @@ class SqliteIndex:
 
     def _add_one(self, conn: sqlite3.Connection, rec: InstanceRecord, overwrite: bool) -> AddResult:
         existing = conn.execute(
-            "SELECT pk, sha256, blob_key FROM instance WHERE sopinstanceuid = ?", (rec.sop_uid,)
+            "SELECT i.pk, i.sha256, i.blob_key, st.dataset FROM instance i"
+            " JOIN study st ON i.study_pk = st.pk WHERE i.sopinstanceuid = ?",
+            (rec.sop_uid,),
         ).fetchone()
         replaced: str | None = None
+        if existing is not None and existing[3] != rec.dataset:
+            return AddResult(AddOutcome.DATASET)
         if existing is not None:
             if existing[1] == rec.sha256:
                 return AddResult(AddOutcome.IDENTICAL)

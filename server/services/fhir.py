@@ -12,13 +12,21 @@ from typing import Any
 from server.core.fhir import bundle, imaging
 from server.core.fhir.conformance import Conformance
 from server.core.fhir.outcome import operation_outcome
-from server.core.fhir.params import DERIVED, WRITABLE
-from server.core.fhir.search import Criterion, ReferenceValue, SearchRequest, parse_search
+from server.core.fhir.params import DERIVED, WRITABLE, params_of
+from server.core.fhir.search import (
+    Criterion,
+    ReferenceValue,
+    SearchRequest,
+    TokenValue,
+    parse_search,
+)
 from server.errors import Gone, InvalidQuery, NotFound
 from server.index.fhir_dicom import DicomFhirQueries, StudyRow
 from server.index.fhir_store import FhirStore, Version
 
 ENDPOINT_ID = "dicomweb"
+EXT = "https://cancer-imaging-gateway.eu/fhir/StructureDefinition"
+BODY_PART_SYSTEM = "https://cancer-imaging-gateway.eu/fhir/CodeSystem/dicom-body-part-examined"
 CHAIN_LIMIT = 1000
 CONFORMANCE_TYPES = (
     "StructureDefinition",
@@ -44,6 +52,8 @@ class FhirReadService:
             resource, deleted = self.store.read(rtype, rid)
             if deleted:
                 raise Gone(f"{rtype}/{rid} was deleted")
+            if resource is not None and rtype == "ResearchStudy":
+                resource = self.with_statistics([resource])[0]
         elif rtype in CONFORMANCE_TYPES:
             resource = self.conformance.get(rtype, rid)
         else:
@@ -143,7 +153,10 @@ class FhirReadService:
         rtype = req.resource_type
         if rtype in WRITABLE:
             page = self.store.search(req)
-            return page.resources, page.total, page.next_cursor, page.previous_cursor
+            found = (
+                self.with_statistics(page.resources) if rtype == "ResearchStudy" else page.resources
+            )
+            return found, page.total, page.next_cursor, page.previous_cursor
         if rtype == "ImagingStudy":
             spage = self.queries.search_studies(req)
             studies = self.imaging_studies(spage.rows, with_instances=req.summary != "true")
@@ -164,10 +177,26 @@ class FhirReadService:
             return found, len(found), None, None
         raise NotFound(f"resource type {rtype} is not supported")
 
+    def with_statistics(self, studies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Datasets with their catalogue extensions computed live from the DICOM index.
+
+        Number of subjects/studies, modalities, body parts and manufacturers always
+        reflect what is stored; values of those extensions sent by a client are replaced.
+        """
+        stats = self.queries.dataset_statistics([r["id"] for r in studies])
+        return [_add_statistics(r, stats[r["id"]]) for r in studies]
+
     def resolve_chains(self, req: SearchRequest) -> SearchRequest:
         """Chains the target's own store cannot answer become lists of references."""
         out: list[Criterion] = []
         for c in req.criteria:
+            if (
+                req.resource_type == "ResearchStudy"
+                and c.param.name == "modality"
+                and c.modifier is None
+            ):
+                out.append(self._modality_as_ids(c))  # computed from the images, not stored
+                continue
             native = (
                 req.resource_type == "ImagingStudy"
                 and c.chain is not None
@@ -185,6 +214,20 @@ class FhirReadService:
             )
             out.append(Criterion(c.param, None, values))
         return SearchRequest(**{**req.__dict__, "criteria": tuple(out)})
+
+    def _modality_as_ids(self, c: Criterion) -> Criterion:
+        codes = [
+            v.code
+            for v in c.values
+            if isinstance(v, TokenValue) and v.code and v.system in (None, imaging.DCM)
+        ]
+        ids = self.queries.datasets_with_modality(codes) if codes else []
+        id_param = params_of("ResearchStudy")["_id"]
+        return Criterion(
+            id_param,
+            None,
+            tuple(TokenValue(None, i) for i in ids) or (TokenValue(None, "\x00none"),),
+        )
 
     def _ids(self, req: SearchRequest) -> list[str]:
         if req.resource_type in WRITABLE:
@@ -247,6 +290,26 @@ class FhirReadService:
         if rid is not None and not versions:
             raise NotFound(f"{rtype}/{rid} is not known")
         return bundle.history_bundle(base, [_history_entry(base, rtype, rid, v) for v in versions])
+
+
+_COMPUTED = {f"{EXT}/{n}" for n in ("dataset-number-of-subjects", "dataset-number-of-studies",
+                                    "dataset-modality", "dataset-body-part", "dataset-manufacturer")}  # fmt: skip
+
+
+def _add_statistics(resource: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    kept = [e for e in resource.get("extension", []) if e.get("url") not in _COMPUTED]
+    computed = [
+        {"url": f"{EXT}/dataset-number-of-subjects", "valueInteger": stats["subjects"]},
+        {"url": f"{EXT}/dataset-number-of-studies", "valueInteger": stats["studies"]},
+    ]
+    computed += [{"url": f"{EXT}/dataset-modality", "valueCoding": {"system": imaging.DCM, "code": m}}
+                 for m in stats["modalities"]]  # fmt: skip
+    computed += [{"url": f"{EXT}/dataset-body-part", "valueCoding": {"system": BODY_PART_SYSTEM, "code": b}}
+                 for b in stats["body_parts"]]  # fmt: skip
+    computed += [
+        {"url": f"{EXT}/dataset-manufacturer", "valueString": m} for m in stats["manufacturers"]
+    ]
+    return {**resource, "extension": kept + computed}
 
 
 def _id_matches(resource: Any, req: SearchRequest) -> bool:

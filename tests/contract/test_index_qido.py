@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -241,3 +242,21 @@ def test_metadata_is_precomputed_in_instance_order(index: Index, record_of: Buil
 
     numbers = [orjson.loads(b)["00200013"]["Value"][0] for b in blobs]
     assert numbers == [1, 2, 3]
+
+
+def test_an_instance_stays_in_its_dataset_even_when_resent_identically(
+    index: Index, record_of: Build
+) -> None:
+    first = record_of(
+        SOPInstanceUID="1.2.6.1.1", StudyInstanceUID="1.2.6", SeriesInstanceUID="1.2.6.1"
+    )
+    first.dataset = "a"
+    assert index.add_instances([first], overwrite=False)[0].outcome is AddOutcome.STORED
+    again = dataclasses.replace(first, dataset="b")
+    assert index.add_instances([again], overwrite=True)[0].outcome is AddOutcome.DATASET
+    sibling = record_of(
+        SOPInstanceUID="1.2.6.1.2", StudyInstanceUID="1.2.6", SeriesInstanceUID="1.2.6.1"
+    )
+    sibling.dataset = "b"
+    assert index.add_instances([sibling], overwrite=False)[0].outcome is AddOutcome.DATASET
+    assert index.counts()["instance"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 from server.api import errors as api_errors
+from server.api import oauth as oauth_router
 from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
@@ -26,6 +28,13 @@ from server.index.base import Index
 from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
+from server.security.agreements import AgreementCache, load_contracts
+from server.security.authn import Authenticator
+from server.security.clients import ClientRegistry
+from server.security.external import ExternalIssuers
+from server.security.keys import SigningKeys
+from server.security.model import Principal
+from server.security.tokens import TokenSettings
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_write import FhirWriteService, parse_json_object
 from server.services.ingest import IngestService
@@ -53,6 +62,15 @@ class Gateway:
     fhir_store: FhirStore
     fhir_read: FhirReadService
     fhir_write: FhirWriteService
+    keys: SigningKeys
+    tokens: TokenSettings
+    clients: ClientRegistry
+    agreements: AgreementCache
+    authenticator: Authenticator
+    external: ExternalIssuers
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        return self.authenticator.principal(authorization)
 
     def fhir_validate(self, rtype: str, body: bytes) -> dict[str, Any]:
         """$validate: an OperationOutcome listing what does not conform to the profile."""
@@ -76,6 +94,7 @@ class Gateway:
     def close(self) -> None:
         self.index.close()
         self.fhir_store.close()
+        self.clients.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -86,6 +105,33 @@ def build_gateway(settings: Settings) -> Gateway:
     fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
     queries = DicomFhirQueries(index.db, ENDPOINT_ID, body_part_terms(conformance))
     fhir_read = FhirReadService(fhir_store, queries, conformance)
+    auth = settings.auth
+    keys = (
+        SigningKeys.from_jwk_file(auth.signing_key_file)
+        if auth.signing_key_file
+        else SigningKeys.load_or_create(settings.data_dir, auth.signing_alg)
+    )
+    issuer = (
+        auth.issuer or settings.public_base_url or f"http://{settings.host}:{settings.port}"
+    ).rstrip("/")
+    tokens = TokenSettings(issuer=issuer, audience=issuer, lifetime_seconds=auth.token_lifetime)
+    clients = ClientRegistry(settings.data_dir / "security.sqlite")
+    agreements = AgreementCache(
+        lambda: load_contracts(fhir_store), ttl=auth.agreement_cache_seconds
+    )
+    public = TtlValue(lambda: public_datasets(fhir_store), ttl=auth.agreement_cache_seconds)
+    external = ExternalIssuers(auth.external_issuers)
+    authenticator = Authenticator(
+        enabled=auth.enabled, public_read=auth.public_read, keys=keys, tokens=tokens,
+        clients=clients, agreements=agreements, public_datasets=public.get, external=external,
+    )  # fmt: skip
+    fhir_write = FhirWriteService(fhir_store, fhir_read)
+
+    def changed(rtype: str) -> None:
+        agreements.invalidate()
+        public.invalidate()
+
+    fhir_write.on_change = changed
     return Gateway(
         settings=settings,
         store=store,
@@ -97,8 +143,46 @@ def build_gateway(settings: Settings) -> Gateway:
         conformance=conformance,
         fhir_store=fhir_store,
         fhir_read=fhir_read,
-        fhir_write=FhirWriteService(fhir_store, fhir_read),
+        fhir_write=fhir_write,
+        keys=keys,
+        tokens=tokens,
+        clients=clients,
+        agreements=agreements,
+        authenticator=authenticator,
+        external=external,
     )
+
+
+def public_datasets(store: FhirStore) -> set[str]:
+    """Datasets whose access rights are PUBLIC (readable without a token when allowed)."""
+    out = set()
+    for rid in store.ids("ResearchStudy"):
+        resource, _ = store.read("ResearchStudy", rid)
+        for ext in (resource or {}).get("extension", []):
+            if (
+                ext.get("url", "").endswith("/dataset-access-rights")
+                and ext.get("valueCode") == "PUBLIC"
+            ):
+                out.add(rid)
+    return out
+
+
+class TtlValue:
+    """A value recomputed at most every ``ttl`` seconds (or at once after ``invalidate``)."""
+
+    def __init__(self, compute: Callable[[], Any], ttl: float) -> None:
+        self._compute, self._ttl = compute, ttl
+        self._value: Any = None
+        self._at = -1.0e18
+
+    def get(self) -> Any:
+        now = time.monotonic()
+        if now - self._at > self._ttl:
+            self._value, self._at = self._compute(), now
+        return self._value
+
+    def invalidate(self) -> None:
+        self._at = -1.0e18
 
 
 def body_part_terms(conformance: Conformance) -> Callable[[str], list[str]]:
@@ -159,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gateway
     api_errors.install(app)
     app.include_router(dicomweb_router.router, prefix="/dicom-web")
+    app.include_router(oauth_router.router)
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
     app.add_middleware(

@@ -7,6 +7,8 @@
     │   ├── InvalidQuery           a QIDO parameter is unknown, unsupported or malformed
     │   ├── InvalidUID             a UID in a path or parameter is not a valid UID
     │   └── MalformedMultipart     a multipart body is not well-formed
+    ├── Unauthorized               no valid bearer token (401, WWW-Authenticate)
+    ├── Forbidden                  a valid token without the scope the operation needs (403)
     ├── UnsupportedMediaType       the request's Content-Type is not accepted (415)
     ├── NotAcceptable              nothing in Accept can be produced (406)
     ├── PayloadTooLarge            the body exceeds the configured limit (413)
@@ -48,6 +50,14 @@ class InvalidUID(BadRequest):
 
 class MalformedMultipart(BadRequest):
     pass
+
+
+class Unauthorized(GatewayError):
+    """RFC 6750 3.1 invalid_token: answered 401 with a WWW-Authenticate challenge."""
+
+
+class Forbidden(GatewayError):
+    """RFC 6750 3.1 insufficient_scope: answered 403."""
 
 
 class UnsupportedMediaType(GatewayError):
@@ -93,6 +103,8 @@ class Unprocessable(GatewayError):
 
 
 STATUS: list[tuple[type[GatewayError], int]] = [
+    (Unauthorized, 401),
+    (Forbidden, 403),
     (Gone, 410),
     (PreconditionFailed, 412),
     (MethodNotAllowed, 405),

@@ -44,6 +44,33 @@ class CorsSettings(BaseModel):
     max_age: int = 600
 
 
+class ExternalIssuer(BaseModel):
+    """An OpenID provider whose tokens are accepted (OIDC discovery + JWKS)."""
+
+    issuer: str
+    audience: str | None = None
+    jwks_uri: str | None = None  # default: from {issuer}/.well-known/openid-configuration
+    organization_claim: str | None = None  # claim naming the user's Organization id
+
+
+class AuthSettings(BaseModel):
+    enabled: bool = True
+    issuer: str | None = None  # default: the public base URL
+    token_lifetime: int = Field(default=300, ge=30, le=3600)
+    signing_alg: str = "ES256"
+    signing_key_file: Path | None = None  # default: keys created in DATA_DIR/keys
+    public_read: bool = True  # anyone may read datasets whose access rights are PUBLIC
+    agreement_cache_seconds: float = Field(default=2.0, ge=0, le=60)
+    external_issuers: list[ExternalIssuer] = []
+
+    @field_validator("signing_alg")
+    @classmethod
+    def _alg(cls, value: str) -> str:
+        if value not in ("ES256", "RS256"):
+            raise ValueError("signing_alg must be ES256 or RS256")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_", env_nested_delimiter="__", extra="ignore"
@@ -65,6 +92,7 @@ class Settings(BaseSettings):
     stow: StowSettings = StowSettings()
     qido: QidoSettings = QidoSettings()
     cors: CorsSettings = CorsSettings()
+    auth: AuthSettings = AuthSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
 
@@ -88,3 +116,8 @@ class Settings(BaseSettings):
     def model_post_init(self, __context: object) -> None:
         if self.failpoint and self.environment is Environment.production:
             raise ValueError("GATEWAY_FAILPOINT is only allowed in development or test")
+        if not self.auth.enabled and self.environment is not Environment.development:
+            raise ValueError(
+                "authorisation can only be switched off (GATEWAY_AUTH__ENABLED=false) when "
+                "GATEWAY_ENVIRONMENT=development"
+            )

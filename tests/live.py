@@ -43,7 +43,10 @@ class LiveServer:
         return {
             **os.environ,
             "GATEWAY_DATA_DIR": str(self.data_dir),
-            "GATEWAY_ENVIRONMENT": "test",
+            # The DICOMweb/FHIR behaviour suites run without authorisation (development
+            # mode); tests/security runs servers with it on.
+            "GATEWAY_ENVIRONMENT": "development",
+            "GATEWAY_AUTH__ENABLED": "false",
             "GATEWAY_PUBLIC_BASE_URL": self.url,
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_WORKERS": "1",

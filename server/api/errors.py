@@ -38,6 +38,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.GatewayError)
     async def _domain(request: Request, exc: errors.GatewayError) -> Response:
         status = status_for(exc)
+        if isinstance(exc, errors.Unauthorized | errors.Forbidden):
+            return _challenge(request, exc, status)
         if request.url.path.startswith("/fhir"):
             return outcome_response(status, exc.message, _issue_code(status))
         extra = {}
@@ -82,3 +84,15 @@ def outcome_response(status: int, message: str, code: str = "invalid") -> Respon
     """FHIR R4 OperationOutcome for an error (FHIR R4 3.1.0.10 / 2.36)."""
     body = operation_outcome([("error" if status < 500 else "fatal", code, message)])
     return Response(orjson.dumps(body), status, media_type="application/fhir+json")
+
+
+def _challenge(request: Request, exc: errors.GatewayError, status: int) -> Response:
+    """RFC 6750 3: 401 invalid_token / 403 insufficient_scope with a WWW-Authenticate header."""
+    code = "invalid_token" if status == 401 else "insufficient_scope"
+    header = f'Bearer realm="imaging-gateway", error="{code}", error_description="{_header_safe(exc.message)}"'
+    if request.url.path.startswith("/fhir"):
+        response = outcome_response(status, exc.message, _issue_code(status))
+    else:
+        response = error_response(status, exc.message)
+    response.headers["WWW-Authenticate"] = header
+    return response

@@ -10,6 +10,7 @@ import click
 import orjson
 
 from server.errors import GatewayError
+from server.services.fhir_write import ADMIN
 
 EXT = "https://cancer-imaging-gateway.eu/fhir/StructureDefinition"
 PROFILE = f"{EXT}/dataset-researchstudy"
@@ -125,7 +126,7 @@ def list_(data_dir: Path | None) -> None:
     gateway = _gateway(data_dir)
     try:
         for rid in sorted(gateway.fhir_store.ids("ResearchStudy")):
-            resource = gateway.fhir_read.read("ResearchStudy", rid, "")
+            resource = gateway.fhir_read.read("ResearchStudy", rid, "", ADMIN)
             figures = {
                 e["url"].rsplit("/", 1)[1]: e.get("valueInteger")
                 for e in resource.get("extension", [])

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import click
 
+from server.cli.audit import audit
+from server.cli.clients import clients
+from server.cli.daa import daa
 from server.cli.datasets import dataset
 from server.settings import Settings
 
@@ -164,6 +167,9 @@ def check(data_dir: Path | None, repair: bool) -> None:
 
 
 main.add_command(dataset)
+main.add_command(daa)
+main.add_command(audit)
+main.add_command(clients)
 
 
 if __name__ == "__main__":

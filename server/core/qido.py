@@ -83,6 +83,8 @@ class QidoQuery:
     offset: int = 0
     limit_clamped: bool = False
     fuzzy: bool = False
+    # Datasets the caller may search (set by the service from the caller's grants); None = all.
+    datasets: frozenset[str] | None = None
 
 
 _LEVEL_RANK = {Level.STUDY: 0, Level.SERIES: 1, Level.INSTANCE: 2}

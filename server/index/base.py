@@ -63,6 +63,9 @@ class Index(Protocol):
 
     def find_by_sop(self, sop_uid: str) -> StoredInstance | None: ...
 
+    def study_dataset(self, study_uid: str) -> tuple[bool, str | None]:
+        """(study exists, its dataset) — what authorisation needs before any retrieval."""
+
     def search(self, query: QidoQuery) -> SearchPage:
         """PS3.18 10.6: DICOM JSON objects (level JSON merged with computed attributes)."""
 

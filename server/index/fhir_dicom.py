@@ -98,7 +98,7 @@ class DicomFhirQueries:
         return out
 
     def study_where(self, req: SearchRequest) -> tuple[str, list[Any]]:
-        clauses, params = ["1 = 1"], []
+        clauses, params = _restrict(req.restrict)
         for c in req.criteria:
             sql, values = self._study_criterion(c)
             clauses.append(f"({sql})")
@@ -192,19 +192,18 @@ class DicomFhirQueries:
         sub = f"{inner} p JOIN study st ON st.pk = p.pk"
         return self._page(sub, "1 = 1", params, [("st.patient_key", desc)], req, _STUDY_COLUMNS)
 
-    def patient(self, key: str) -> StudyRow | None:
-        row = (
-            self.db.reader()
-            .execute(
-                f"SELECT {_STUDY_COLUMNS} FROM study st WHERE st.patient_key = ? ORDER BY st.pk LIMIT 1",
-                (key,),
-            )
-            .fetchone()
+    def patient(self, key: str, datasets: frozenset[str] | None = None) -> StudyRow | None:
+        """One study row of the patient, within ``datasets`` when given."""
+        clauses, params = _restrict(datasets)
+        sql = (
+            f"SELECT {_STUDY_COLUMNS} FROM study st WHERE st.patient_key = ?"
+            f" AND {' AND '.join(clauses)} ORDER BY st.pk LIMIT 1"
         )
+        row = self.db.reader().execute(sql, [key, *params]).fetchone()
         return _study_row(row) if row else None
 
     def patient_where(self, req: SearchRequest) -> tuple[str, list[Any]]:
-        clauses, params = ["1 = 1"], []
+        clauses, params = _restrict(req.restrict)
         for c in req.criteria:
             if c.modifier == "missing":
                 column = {
@@ -272,6 +271,14 @@ _STUDY_SORT = {
     "_lastUpdated": "st.updated",
     "_id": "st.studyinstanceuid",
 }
+
+
+def _restrict(datasets: frozenset[str] | None) -> tuple[list[str], list[Any]]:
+    if datasets is None:
+        return ["1 = 1"], []
+    if not datasets:
+        return ["1 = 0"], []
+    return [f"st.dataset IN ({', '.join('?' for _ in datasets)})"], sorted(datasets)
 
 
 def _study_row(row: tuple[Any, ...]) -> StudyRow:

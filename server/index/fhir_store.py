@@ -170,6 +170,10 @@ class FhirStore:
 
     def where(self, req: SearchRequest) -> tuple[str, list[Any]]:
         clauses, params = ["r.type = ?", "r.deleted = 0"], [req.resource_type]
+        if req.restrict is not None:
+            sql, values = _restrict(req.resource_type, req.restrict)
+            clauses.append(sql)
+            params += values
         for criterion in req.criteria:
             sql, values = self._criterion(req.resource_type, criterion)
             clauses.append(sql)
@@ -306,6 +310,19 @@ def _any_of(parts: list[tuple[str, list[Any]]], modifier: str | None) -> tuple[s
 def _last_updated(v: DateValue) -> tuple[str, list[Any]]:
     column = "substr(replace(r.last_updated, 'Z', '') || '000000', 1, 26)"
     return date_sql(column, column, v)
+
+
+def _restrict(rtype: str, datasets: frozenset[str]) -> tuple[str, list[Any]]:
+    """Only resources of the given datasets: the dataset itself, or what refers to it."""
+    if not datasets:
+        return "1 = 0", []
+    marks = ", ".join("?" for _ in datasets)
+    if rtype == "ResearchStudy":
+        return f"r.id IN ({marks})", sorted(datasets)
+    if rtype == "ResearchSubject":
+        refs = [f"ResearchStudy/{d}" for d in sorted(datasets)]
+        return f"r.pk IN (SELECT pk FROM search WHERE param = 'study' AND ref IN ({marks}))", refs
+    return "1 = 0", []  # Group, Contract: administrators only
 
 
 def _like(text: str) -> str:

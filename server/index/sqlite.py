@@ -222,6 +222,14 @@ class SqliteIndex:
         )
         return StoredInstance(*row) if row else None
 
+    def study_dataset(self, study_uid: str) -> tuple[bool, str | None]:
+        row = (
+            self._reader()
+            .execute("SELECT dataset FROM study WHERE studyinstanceuid = ?", (study_uid,))
+            .fetchone()
+        )
+        return (True, row[0]) if row else (False, None)
+
     def instances(self, scope: Scope) -> list[StoredInstance]:
         where, params = _scope_where(scope)
         rows = (

@@ -71,6 +71,13 @@ def where_clause(query: QidoQuery) -> tuple[str, list[Any]]:
         sql, values = condition_sql(cond)
         clauses.append(f"({sql})")
         params += values
+    if query.datasets is not None:
+        if query.datasets:
+            marks = ", ".join("?" for _ in query.datasets)
+            clauses.append(f"st.dataset IN ({marks})")
+            params += sorted(query.datasets)
+        else:
+            clauses.append("1 = 0")
     if query.modalities_in_study:
         marks = ", ".join("?" for _ in query.modalities_in_study)
         clauses.append(f"st.pk IN (SELECT study_pk FROM series WHERE modality IN ({marks}))")

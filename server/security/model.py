@@ -83,7 +83,7 @@ class Principal:
         if action in (Action.ADMIN, Action.DELETE):
             return self.admin
         if action is Action.STORE:
-            return dataset is not None and dataset in self.store_datasets
+            return self.admin or (dataset is not None and dataset in self.store_datasets)
         grant = self.grants.get(dataset or "")
         return grant is not None and action in ALLOWED[grant.condition]
 

@@ -20,9 +20,11 @@ from server.core.fhir.search import (
     TokenValue,
     parse_search,
 )
-from server.errors import Gone, InvalidQuery, NotFound
+from server.errors import Forbidden, Gone, InvalidQuery, NotFound, Unauthorized
 from server.index.fhir_dicom import DicomFhirQueries, StudyRow
 from server.index.fhir_store import FhirStore, Version
+from server.security.enforce import require, require_admin
+from server.security.model import Action, Principal
 
 ENDPOINT_ID = "dicomweb"
 EXT = "https://cancer-imaging-gateway.eu/fhir/StructureDefinition"
@@ -46,9 +48,22 @@ class FhirReadService:
         self.conformance = conformance
 
     # -- read / vread ------------------------------------------------------
-    def read(self, rtype: str, rid: str, dicomweb_root: str) -> dict[str, Any]:
-        """FHIR R4 3.1.0.1 read."""
+    def read(
+        self, rtype: str, rid: str, dicomweb_root: str, principal: Principal
+    ) -> dict[str, Any]:
+        """FHIR R4 3.1.0.1 read, within what the caller may see (404 otherwise)."""
+        self._may_read(rtype, principal)
+        resource = self._read(rtype, rid, dicomweb_root, principal)
+        if resource is None:
+            raise NotFound(f"{rtype}/{rid} is not known")
+        return resource
+
+    def _read(
+        self, rtype: str, rid: str, dicomweb_root: str, principal: Principal
+    ) -> dict[str, Any] | None:
         if rtype in WRITABLE:
+            if not self._visible(rtype, rid, principal):
+                return None
             resource, deleted = self.store.read(rtype, rid)
             if deleted:
                 raise Gone(f"{rtype}/{rid} was deleted")
@@ -57,13 +72,49 @@ class FhirReadService:
         elif rtype in CONFORMANCE_TYPES:
             resource = self.conformance.get(rtype, rid)
         else:
-            resource = self._derived(rtype, rid, dicomweb_root)
-        if resource is None:
-            raise NotFound(f"{rtype}/{rid} is not known")
+            resource = self._derived(rtype, rid, dicomweb_root, principal)
         return resource
 
-    def vread(self, rtype: str, rid: str, version: str) -> dict[str, Any]:
+    def _may_read(self, rtype: str, principal: Principal) -> None:
+        if rtype in ("Group", "Contract"):
+            require_admin(principal)
+        require(principal, rtype, "r")
+
+    def _visible(self, rtype: str, rid: str, principal: Principal) -> bool:
+        """Stored resources outside the caller's datasets are treated as absent."""
+        if principal.unrestricted or principal.admin:
+            return True
+        if rtype == "ResearchStudy":
+            return principal.allows(Action.CATALOGUE, rid)
+        if rtype == "ResearchSubject":
+            resource, _ = self.store.read(rtype, rid)
+            study = ((resource or {}).get("study") or {}).get("reference", "")
+            return principal.allows(Action.SEARCH, study.rsplit("/", 1)[-1])
+        return False
+
+    def _narrow(self, req: SearchRequest, principal: Principal) -> SearchRequest:
+        """The one place searches are narrowed to the caller's datasets (before the index)."""
+        self._may_read(req.resource_type, principal)
+        require(principal, req.resource_type, "s")
+        if (
+            principal.unrestricted
+            or principal.admin
+            or req.resource_type in ("Endpoint", *CONFORMANCE_TYPES)
+        ):
+            return req
+        if req.summary == "count":
+            action = Action.COUNT
+        elif req.resource_type == "ResearchStudy":
+            action = Action.CATALOGUE
+        else:
+            action = Action.SEARCH
+        return SearchRequest(**{**req.__dict__, "restrict": principal.datasets_for(action)})
+
+    def vread(self, rtype: str, rid: str, version: str, principal: Principal) -> dict[str, Any]:
         """FHIR R4 3.1.0.2 vread (stored resources keep every version)."""
+        self._may_read(rtype, principal)
+        if not self._visible(rtype, rid, principal):
+            raise NotFound(f"{rtype}/{rid} has no version {version}")
         found = self.store.vread(rtype, rid, int(version)) if version.isdigit() else None
         if found is None:
             raise NotFound(f"{rtype}/{rid} has no version {version}")
@@ -71,15 +122,19 @@ class FhirReadService:
             raise Gone(f"{rtype}/{rid} version {version} is a deletion")
         return found.resource
 
-    def _derived(self, rtype: str, rid: str, root: str) -> dict[str, Any] | None:
+    def _derived(
+        self, rtype: str, rid: str, root: str, principal: Principal
+    ) -> dict[str, Any] | None:
         if rtype == "Endpoint":
             return imaging.endpoint(ENDPOINT_ID, root) if rid == ENDPOINT_ID else None
         if rtype == "Patient":
-            row = self.queries.patient(rid)
+            row = self.queries.patient(rid, principal.datasets_for(Action.SEARCH))
             return self.patient(row) if row else None
         if rtype == "ImagingStudy":
             study = self.queries.study(rid)
-            return self.imaging_studies([study])[0] if study else None
+            if study is None or not principal.allows(Action.METADATA, study.dataset):
+                return None
+            return self.imaging_studies([study])[0]
         return None
 
     # -- building derived resources ---------------------------------------
@@ -120,11 +175,15 @@ class FhirReadService:
         strict: bool,
         base: str,
         dicomweb_root: str,
+        principal: Principal,
     ) -> dict[str, Any]:
         """FHIR R4 3.1.1 search-type, with paging links that survive concurrent changes."""
-        req = self.resolve_chains(parse_search(rtype, pairs, strict=strict))
+        req = self._narrow(parse_search(rtype, pairs, strict=strict), principal)
+        req = self.resolve_chains(req, principal)
         matches, total, next_c, prev_c = self._matches(req, dicomweb_root)
-        included = self._includes(req, matches, dicomweb_root) if req.summary != "count" else []
+        included = (
+            self._includes(req, matches, dicomweb_root, principal) if req.summary != "count" else []
+        )
         shown = (
             []
             if req.summary == "count"
@@ -186,7 +245,7 @@ class FhirReadService:
         stats = self.queries.dataset_statistics([r["id"] for r in studies])
         return [_add_statistics(r, stats[r["id"]]) for r in studies]
 
-    def resolve_chains(self, req: SearchRequest) -> SearchRequest:
+    def resolve_chains(self, req: SearchRequest, principal: Principal) -> SearchRequest:
         """Chains the target's own store cannot answer become lists of references."""
         out: list[Criterion] = []
         for c in req.criteria:
@@ -239,16 +298,16 @@ class FhirReadService:
         return []
 
     def _includes(
-        self, req: SearchRequest, matches: list[dict[str, Any]], root: str
+        self, req: SearchRequest, matches: list[dict[str, Any]], root: str, principal: Principal
     ) -> list[dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for inc in req.include:
             for target in self._references(matches, inc.param):
                 rtype, _, rid = target.partition("/")
                 try:
-                    out.setdefault(target, self.read(rtype, rid, root))
-                except NotFound:
-                    continue
+                    out.setdefault(target, self.read(rtype, rid, root, principal))
+                except (NotFound, Forbidden, Unauthorized):
+                    continue  # what the caller may not see is simply not included
         for inc in req.revinclude:
             ids = [m["id"] for m in matches]
             if not ids:
@@ -260,7 +319,13 @@ class FhirReadService:
                     ("_count", str(CHAIN_LIMIT)),
                 ],
             )
-            found, _, _, _ = self._matches(SearchRequest(**{**rev.__dict__, "total": "none"}), root)
+            try:
+                narrowed = self._narrow(
+                    SearchRequest(**{**rev.__dict__, "total": "none"}), principal
+                )
+            except (Forbidden, Unauthorized):
+                continue
+            found, _, _, _ = self._matches(narrowed, root)
             for r in found:
                 out.setdefault(f"{r['resourceType']}/{r['id']}", r)
         return list(out.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,7 +25,12 @@ from server.errors import (
     status_for,
 )
 from server.index.fhir_store import FhirStore, Writer
+from server.security.enforce import require_admin
+from server.security.model import Principal
 from server.services.fhir import CONFORMANCE_TYPES, FhirReadService
+
+# The command line acts as the operator: full rights, like an administrator's token.
+ADMIN = Principal(anonymous=False, admin=True, unrestricted=True)
 
 
 @dataclass
@@ -112,12 +118,23 @@ class FhirWriteService:
     def __init__(self, store: FhirStore, reader: FhirReadService) -> None:
         self.store = store
         self.reader = reader
+        # Called after every write (agreements and public datasets are cached elsewhere).
+        self.on_change: Callable[[str], object] = lambda rtype: None
 
-    def create(self, rtype: str, body: bytes, if_none_exist: str | None = None) -> WriteResult:
+    def create(
+        self,
+        rtype: str,
+        body: bytes,
+        if_none_exist: str | None = None,
+        principal: Principal = ADMIN,
+    ) -> WriteResult:
         """FHIR R4 3.1.0.8 create; with If-None-Exist a conditional create (3.1.0.8.1)."""
+        require_admin(principal)
         writable(rtype)
         resource = parse_resource(body, rtype)
-        return self.store.transaction(lambda w: self._create(w, resource, if_none_exist))
+        result = self.store.transaction(lambda w: self._create(w, resource, if_none_exist))
+        self.on_change(rtype)
+        return result
 
     def _create(
         self, w: Writer, resource: dict[str, Any], if_none_exist: str | None
@@ -138,8 +155,16 @@ class FhirWriteService:
             SearchRequest(**{**req.__dict__, "count": 2, "total": "none"})
         ).resources
 
-    def update(self, rtype: str, rid: str, body: bytes, if_match: str | None = None) -> WriteResult:
+    def update(
+        self,
+        rtype: str,
+        rid: str,
+        body: bytes,
+        if_match: str | None = None,
+        principal: Principal = ADMIN,
+    ) -> WriteResult:
         """FHIR R4 3.1.0.4 update (creates when the id is new: update-as-create)."""
+        require_admin(principal)
         writable(rtype)
         resource = parse_resource(body, rtype)
         if resource.get("id") != rid:
@@ -147,19 +172,25 @@ class FhirWriteService:
                 f"the resource id {resource.get('id')!r} does not match the URL's {rid!r}"
             )
         stored, created = self.store.put(resource, if_match=etag_version(if_match))
+        self.on_change(rtype)
         return WriteResult(stored, 201 if created else 200)
 
-    def delete(self, rtype: str, rid: str) -> WriteResult:
+    def delete(self, rtype: str, rid: str, principal: Principal = ADMIN) -> WriteResult:
         """FHIR R4 3.1.0.7 delete (versions stay in history)."""
+        require_admin(principal)
         writable(rtype)
         resource, deleted = self.store.read(rtype, rid)
         if resource is None and not deleted:
             raise NotFound(f"{rtype}/{rid} is not known")
         self.store.delete(rtype, rid)
+        self.on_change(rtype)
         return WriteResult(None, 204)
 
-    def bundle(self, body: bytes, base: str, dicomweb_root: str) -> dict[str, Any]:
-        """FHIR R4 3.1.0.12 batch / transaction."""
+    def bundle(
+        self, body: bytes, base: str, dicomweb_root: str, principal: Principal = ADMIN
+    ) -> dict[str, Any]:
+        """FHIR R4 3.1.0.12 batch / transaction (administrators: they write datasets)."""
+        require_admin(principal)
         data = parse_json_object(body)
         if data["resourceType"] != "Bundle":
             raise BadRequest("POST to the base needs a Bundle")
@@ -177,9 +208,13 @@ class FhirWriteService:
             raise BadRequest("POST to the base accepts a Bundle of type batch or transaction")
         entries = data.get("entry", [])
         if kind == "transaction":
-            return self.store.transaction(lambda w: self._transaction(w, entries, base))
-        return {"resourceType": "Bundle", "type": "batch-response",
+            done = self.store.transaction(lambda w: self._transaction(w, entries, base))
+            self.on_change("Bundle")
+            return done
+        response = {"resourceType": "Bundle", "type": "batch-response",
                 "entry": [self._batch_entry(e, base, dicomweb_root) for e in entries]}  # fmt: skip
+        self.on_change("Bundle")
+        return response
 
     def _transaction(self, w: Writer, entries: list[dict[str, Any]], base: str) -> dict[str, Any]:
         ids = {e["fullUrl"]: f"{e['resource']['resourceType']}/{uuid.uuid4()}"
@@ -225,7 +260,7 @@ class FhirWriteService:
             if request.get("method") == "GET":
                 url = str(request.get("url", "")).strip("/")
                 rtype, _, rid = url.partition("/")
-                return _response(self.reader.read(rtype, rid, root), "200 OK")
+                return _response(self.reader.read(rtype, rid, root, ADMIN), "200 OK")
             return self.store.transaction(lambda w: self._apply(w, entry, None))
         except GatewayError as exc:
             status = status_for(exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from server.core import pixels, rendering
@@ -14,6 +14,8 @@ from server.core.records import read_bulk_value
 from server.core.transcode import is_lossy, transcode_to_explicit_le
 from server.errors import NotAcceptable, NotFound
 from server.index.base import Index, Scope, SearchPage, StoredInstance
+from server.security.enforce import require
+from server.security.model import Action, Principal
 from server.storage.base import BlobStore
 
 log = logging.getLogger("gateway.retrieve")
@@ -32,9 +34,23 @@ class RetrieveService:
         self.store = store
         self.index = index
 
+    # -- authorisation -----------------------------------------------------
+    def authorize(self, principal: Principal, scope: Scope, action: Action) -> None:
+        """The study must be in a dataset the caller may ``action``; else 404 (no existence hint)."""
+        require(principal, "ImagingStudy", "r")
+        if principal.unrestricted:
+            return
+        exists, dataset = self.index.study_dataset(scope.study_uid)
+        if not exists or not principal.allows(action, dataset):
+            raise NotFound(_not_found(scope))
+
     # -- QIDO --------------------------------------------------------------
-    def search(self, query: QidoQuery, dicomweb_root: str) -> tuple[list[dict[str, Any]], bool]:
-        """PS3.18 10.6.1: matching objects with their RetrieveURL."""
+    def search(
+        self, query: QidoQuery, dicomweb_root: str, principal: Principal
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """PS3.18 10.6.1: matching objects with their RetrieveURL, within the caller's datasets."""
+        require(principal, "ImagingStudy", "s")
+        query = replace(query, datasets=principal.datasets_for(Action.SEARCH))
         page: SearchPage = self.index.search(query)
         for row in page.rows:
             url = _retrieve_url(row, dicomweb_root, query)

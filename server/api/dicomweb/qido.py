@@ -6,7 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from server.api.deps import dicomweb_root, gateway
+from server.api.deps import dicomweb_root, gateway, principal
 from server.core.attributes import Level
 from server.core.mediatypes import DICOM_JSON, negotiate_json
 from server.core.qido import parse_query
@@ -27,7 +27,7 @@ def _search(
         default_limit=gw.settings.qido.default_limit,
         max_limit=gw.settings.qido.max_limit,
     )
-    rows, has_more = gw.retrieve.search(query, dicomweb_root(request))
+    rows, has_more = gw.retrieve.search(query, dicomweb_root(request), principal(request))
     headers = {}
     warnings = []
     if has_more:

@@ -10,18 +10,22 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from server.api.deps import dicomweb_root, gateway
+from server.api.deps import audit_note, dicomweb_root, gateway, principal
 from server.core.mediatypes import DICOM, DICOM_JSON, parse_media_type
 from server.core.multipart import MultipartSpooler
 from server.core.stow import stow_response, stow_status
 from server.core.uids import check_uid
 from server.errors import (
     BadRequest,
+    Forbidden,
     MalformedMultipart,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
 )
+from server.security.enforce import require
+from server.security.model import Action
 from server.services.ingest import IngestItem
 
 router = APIRouter(tags=["STOW-RS"])
@@ -44,13 +48,13 @@ async def store_study_instances(request: Request, study: str) -> Response:
 @dataset_router.post("/studies", summary="Store instances into a dataset")
 async def store_dataset_instances(request: Request, dataset: str) -> Response:
     """PS3.18 10.5.1 with the dataset (a FHIR ResearchStudy id) named in the URL."""
-    return await _store(request, None, _dataset(request, dataset))
+    return await _store(request, None, dataset)
 
 
 @dataset_router.post("/studies/{study}", summary="Store instances into one study of a dataset")
 async def store_dataset_study_instances(request: Request, dataset: str, study: str) -> Response:
     """PS3.18 10.5.1 into one study of the dataset named in the URL."""
-    return await _store(request, check_uid(study, "StudyInstanceUID"), _dataset(request, dataset))
+    return await _store(request, check_uid(study, "StudyInstanceUID"), dataset)
 
 
 def _dataset(request: Request, dataset: str) -> str:
@@ -82,7 +86,29 @@ def _boundary(content_type: str | None) -> str:
     return boundary
 
 
+def _may_store(request: Request, dataset: str | None) -> str | None:
+    """Authorise before reading the body: the token must push to this dataset.
+
+    Permission is checked before existence, so a refused client learns nothing
+    about which datasets exist.
+    """
+    gw = gateway(request)
+    caller = principal(request)
+    target = dataset or gw.settings.default_dataset
+    if not caller.unrestricted:
+        require(caller, "ImagingStudy", "c")
+        if not caller.allows(Action.STORE, target):
+            if caller.anonymous:
+                raise Unauthorized("storing needs a bearer token with a dataset:<id>:store scope")
+            raise Forbidden(f"the token may not store into dataset {target or '(none)'}")
+    if dataset is not None:
+        _dataset(request, dataset)
+    audit_note(request, datasets=(target,) if target else ())
+    return target
+
+
 async def _store(request: Request, study_uid: str | None, dataset: str | None = None) -> Response:
+    dataset = _may_store(request, dataset)
     gw = gateway(request)
     boundary = _boundary(request.headers.get("content-type"))
     limit = gw.settings.stow.max_body_bytes

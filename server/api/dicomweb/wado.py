@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from server.api.deps import dicomweb_root, gateway
+from server.api.deps import audit_note, dicomweb_root, gateway, principal
 from server.core import pixels, rendering
 from server.core.mediatypes import (
     DICOM_JSON,
@@ -25,6 +25,8 @@ from server.core.multipart import close_delimiter, write_part_header
 from server.core.uids import check_uid
 from server.errors import BadRequest, NotFound
 from server.index.base import Scope
+from server.security.enforce import require_admin
+from server.security.model import Action
 from server.services.retrieve import FramePart
 
 router = APIRouter(tags=["WADO-RS"])
@@ -36,6 +38,13 @@ def _scope(study: str, series: str | None = None, sop: str | None = None) -> Sco
         check_uid(series, "SeriesInstanceUID") if series else None,
         check_uid(sop, "SOPInstanceUID") if sop else None,
     )
+
+
+def _allowed(request: Request, scope: Scope, action: Action) -> Scope:
+    """Authorise before any read: the study's dataset must allow ``action`` (else 404)."""
+    gateway(request).retrieve.authorize(principal(request), scope, action)
+    audit_note(request, entities=(f"study:{scope.study_uid}",))
+    return scope
 
 
 def _retrieve(request: Request, scope: Scope) -> Response:
@@ -51,19 +60,19 @@ def _retrieve(request: Request, scope: Scope) -> Response:
 @router.get("/studies/{study}", summary="Retrieve a study (PS3.18 10.4.1.1.1)")
 def retrieve_study(request: Request, study: str) -> Response:
     """PS3.18 10.4.1.1.1: all instances of a study."""
-    return _retrieve(request, _scope(study))
+    return _retrieve(request, _allowed(request, _scope(study), Action.RETRIEVE))
 
 
 @router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
 def retrieve_series(request: Request, study: str, series: str) -> Response:
     """PS3.18 10.4.1.1.1: all instances of a series."""
-    return _retrieve(request, _scope(study, series))
+    return _retrieve(request, _allowed(request, _scope(study, series), Action.RETRIEVE))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}", summary="Retrieve an instance")
 def retrieve_instance(request: Request, study: str, series: str, sop: str) -> Response:
     """PS3.18 10.4.1.1.1: one instance."""
-    return _retrieve(request, _scope(study, series, sop))
+    return _retrieve(request, _allowed(request, _scope(study, series, sop), Action.RETRIEVE))
 
 
 def _metadata(request: Request, scope: Scope) -> Response:
@@ -75,13 +84,13 @@ def _metadata(request: Request, scope: Scope) -> Response:
 @router.get("/studies/{study}/metadata", summary="Retrieve study metadata (PS3.18 10.4.1.1.2)")
 def retrieve_study_metadata(request: Request, study: str) -> Response:
     """PS3.18 10.4.1.1.2: metadata of every instance of a study."""
-    return _metadata(request, _scope(study))
+    return _metadata(request, _allowed(request, _scope(study), Action.METADATA))
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
 def retrieve_series_metadata(request: Request, study: str, series: str) -> Response:
     """PS3.18 10.4.1.1.2: metadata of every instance of a series (precomputed at ingest)."""
-    return _metadata(request, _scope(study, series))
+    return _metadata(request, _allowed(request, _scope(study, series), Action.METADATA))
 
 
 @router.get(
@@ -90,7 +99,7 @@ def retrieve_series_metadata(request: Request, study: str, series: str) -> Respo
 )
 def retrieve_instance_metadata(request: Request, study: str, series: str, sop: str) -> Response:
     """PS3.18 10.4.1.1.2: metadata of one instance."""
-    return _metadata(request, _scope(study, series, sop))
+    return _metadata(request, _allowed(request, _scope(study, series, sop), Action.METADATA))
 
 
 def _multipart(parts: list[FramePart], related_type: str) -> Response:
@@ -131,7 +140,7 @@ def retrieve_instance_frames(
 ) -> Response:
     """PS3.18 10.4.1.1.3: frames, stored bytes with transfer-syntax=* or decoded otherwise."""
     gw = gateway(request)
-    scope = _scope(study, series, sop)
+    scope = _allowed(request, _scope(study, series, sop), Action.RETRIEVE)
     numbers = _frame_numbers(frames)
     inst = gw.retrieve.one_instance(scope)
     stored_type = pixels.frame_media_type(inst.transfer_syntax)
@@ -149,7 +158,7 @@ def retrieve_bulkdata(request: Request, study: str, series: str, sop: str, path:
     """PS3.18 10.4.1.1.5: bulk data named by a BulkDataURI from the metadata."""
     negotiate_bulkdata(request.headers.get("accept"))
     gw = gateway(request)
-    scope = _scope(study, series, sop)
+    scope = _allowed(request, _scope(study, series, sop), Action.RETRIEVE)
     if path.upper() == "7FE00010":
         return _multipart(gw.retrieve.bulk_pixel_data(scope), OCTET)
     part = gw.retrieve.bulk_element(scope, path)
@@ -171,7 +180,7 @@ def _rendered(request: Request, scope: Scope, frame: int) -> Response:
 )
 def retrieve_rendered_instance(request: Request, study: str, series: str, sop: str) -> Response:
     """PS3.18 10.4.1.1.4: the first frame rendered as JPEG or PNG."""
-    return _rendered(request, _scope(study, series, sop), 1)
+    return _rendered(request, _allowed(request, _scope(study, series, sop), Action.RETRIEVE), 1)
 
 
 @router.get(
@@ -185,7 +194,9 @@ def retrieve_rendered_frame(
     numbers = _frame_numbers(frame)
     if len(numbers) != 1:
         raise BadRequest("a rendered frame request names exactly one frame")
-    return _rendered(request, _scope(study, series, sop), numbers[0])
+    return _rendered(
+        request, _allowed(request, _scope(study, series, sop), Action.RETRIEVE), numbers[0]
+    )
 
 
 def _thumbnail(request: Request, scope: Scope) -> Response:
@@ -204,13 +215,13 @@ def _thumbnail(request: Request, scope: Scope) -> Response:
 @router.get("/studies/{study}/thumbnail", summary="Study thumbnail (PS3.18 10.4.1.1.5)")
 def retrieve_study_thumbnail(request: Request, study: str) -> Response:
     """PS3.18 10.4.1.1.5: a representative image of the study."""
-    return _thumbnail(request, _scope(study))
+    return _thumbnail(request, _allowed(request, _scope(study), Action.RETRIEVE))
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="Series thumbnail")
 def retrieve_series_thumbnail(request: Request, study: str, series: str) -> Response:
     """PS3.18 10.4.1.1.5: the middle image of the series."""
-    return _thumbnail(request, _scope(study, series))
+    return _thumbnail(request, _allowed(request, _scope(study, series), Action.RETRIEVE))
 
 
 @router.get(
@@ -218,10 +229,12 @@ def retrieve_series_thumbnail(request: Request, study: str, series: str) -> Resp
 )
 def retrieve_instance_thumbnail(request: Request, study: str, series: str, sop: str) -> Response:
     """PS3.18 10.4.1.1.5: the instance's first frame, small."""
-    return _thumbnail(request, _scope(study, series, sop))
+    return _thumbnail(request, _allowed(request, _scope(study, series, sop), Action.RETRIEVE))
 
 
 async def _delete(request: Request, scope: Scope) -> Response:
+    require_admin(principal(request))
+    audit_note(request, entities=(f"study:{scope.study_uid}",))
     removed = await run_in_threadpool(gateway(request).deleter.delete, scope)
     body = {"deleted": len(removed)}
     return Response(orjson.dumps(body), 200, media_type="application/json")

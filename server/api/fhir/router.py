@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from server import __version__
-from server.api.deps import dicomweb_root, gateway
+from server.api.deps import dicomweb_root, gateway, principal
 from server.core.fhir.capability import capability_statement
 from server.core.mediatypes import parse_accept, parse_media_type
 from server.errors import BadRequest, NotAcceptable, UnsupportedMediaType
@@ -101,7 +101,9 @@ async def batch(request: Request) -> Response:
     _negotiate(request)
     body = await _body(request)
     fhir = gateway(request).fhir_write
-    result = await run_in_threadpool(fhir.bundle, body, fhir_base(request), dicomweb_root(request))
+    result = await run_in_threadpool(
+        fhir.bundle, body, fhir_base(request), dicomweb_root(request), principal(request)
+    )
     return _json(result)
 
 
@@ -128,7 +130,7 @@ async def search_post(request: Request, rtype: str) -> Response:
 def _search(request: Request, rtype: str, pairs: list[tuple[str, str]]) -> Response:
     read = gateway(request).fhir_read
     result = read.search(rtype, pairs, strict=_strict(request), base=fhir_base(request),
-                         dicomweb_root=dicomweb_root(request))  # fmt: skip
+                         dicomweb_root=dicomweb_root(request), principal=principal(request))  # fmt: skip
     return _json(result)
 
 
@@ -149,7 +151,9 @@ def history_type(
 def read(request: Request, rtype: str, rid: str) -> Response:
     """FHIR R4 3.1.0.1 read."""
     _negotiate(request)
-    resource = gateway(request).fhir_read.read(rtype, rid, dicomweb_root(request))
+    resource = gateway(request).fhir_read.read(
+        rtype, rid, dicomweb_root(request), principal(request)
+    )
     return _resource_response(resource, 200, fhir_base(request))
 
 
@@ -171,7 +175,9 @@ def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
     """FHIR R4 3.1.0.2 vread."""
     _negotiate(request)
     return _resource_response(
-        gateway(request).fhir_read.vread(rtype, rid, vid), 200, fhir_base(request)
+        gateway(request).fhir_read.vread(rtype, rid, vid, principal(request)),
+        200,
+        fhir_base(request),
     )
 
 
@@ -181,7 +187,9 @@ async def create(request: Request, rtype: str) -> Response:
     _negotiate(request)
     body = await _body(request)
     fhir = gateway(request).fhir_write
-    result = await run_in_threadpool(fhir.create, rtype, body, request.headers.get("if-none-exist"))
+    result = await run_in_threadpool(
+        fhir.create, rtype, body, request.headers.get("if-none-exist"), principal(request)
+    )
     return _resource_response(result.resource, result.status, fhir_base(request))
 
 
@@ -191,14 +199,18 @@ async def update(request: Request, rtype: str, rid: str) -> Response:
     _negotiate(request)
     body = await _body(request)
     fhir = gateway(request).fhir_write
-    result = await run_in_threadpool(fhir.update, rtype, rid, body, request.headers.get("if-match"))
+    result = await run_in_threadpool(
+        fhir.update, rtype, rid, body, request.headers.get("if-match"), principal(request)
+    )
     return _resource_response(result.resource, result.status, fhir_base(request))
 
 
 @router.delete("/{rtype}/{rid}", summary="delete (FHIR R4 3.1.0.7)")
 async def delete(request: Request, rtype: str, rid: str) -> Response:
     """FHIR R4 3.1.0.7 delete."""
-    result = await run_in_threadpool(gateway(request).fhir_write.delete, rtype, rid)
+    result = await run_in_threadpool(
+        gateway(request).fhir_write.delete, rtype, rid, principal(request)
+    )
     return Response(status_code=result.status)
 
 

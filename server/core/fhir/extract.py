@@ -116,10 +116,20 @@ def _research_subject(r: dict[str, Any]) -> list[Entry]:
     return out
 
 
+def _contract(r: dict[str, Any]) -> list[Entry]:
+    out = identifiers("identifier", r.get("identifier")) + code("status", r.get("status"))
+    out += references("subject", r.get("subject"))
+    for term in r.get("term", []):
+        for party in (term.get("offer") or {}).get("party", []):
+            out += references("party", party.get("reference"))
+    return out
+
+
 EXTRACTORS: dict[str, Callable[[dict[str, Any]], list[Entry]]] = {
     "ResearchStudy": _research_study,
     "Group": _group,
     "ResearchSubject": _research_subject,
+    "Contract": _contract,
 }
 
 

@@ -89,6 +89,12 @@ PARAMS: dict[str, dict[str, SearchParam]] = {
         _p("characteristic", T, "Kind of characteristic"),
         _p("type", T, "Kind of members"),
     )},
+    "Contract": {p.name: p for p in (
+        _p("identifier", T, "Business identifier of the agreement"),
+        _p("status", T, "Agreement status (executed = active)"),
+        _p("subject", R, "The datasets the agreement covers", "ResearchStudy"),
+        _p("party", R, "Who the agreement grants access to", "Organization"),
+    )},
     "ResearchSubject": {p.name: p for p in (
         _p("identifier", T, "Business identifier"),
         _p("study", R, "The dataset the subject belongs to", "ResearchStudy"),
@@ -120,10 +126,11 @@ SORTS: dict[str, tuple[str, ...]] = {
     "Patient": ("_id", "birthdate"),
     "Group": ("_lastUpdated", "_id"),
     "ResearchSubject": ("_lastUpdated", "_id"),
+    "Contract": ("_lastUpdated", "_id"),
     "Endpoint": ("_id",),
 }
 
-WRITABLE = ("ResearchStudy", "Group", "ResearchSubject")
+WRITABLE = ("ResearchStudy", "Group", "ResearchSubject", "Contract")
 DERIVED = ("ImagingStudy", "Patient", "Endpoint")
 
 

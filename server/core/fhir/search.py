@@ -81,6 +81,8 @@ class SearchRequest:
     revinclude: tuple[Include, ...] = ()
     cursor: str | None = None
     ignored: tuple[str, ...] = field(default_factory=tuple)
+    # Datasets the caller may see (set by the service from the caller's grants); None = all.
+    restrict: frozenset[str] | None = None
 
 
 def parse_search(

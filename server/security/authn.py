@@ -1,0 +1,112 @@
+"""Bearer token → Principal (RFC 6750), with agreements looked up at request time.
+
+A revoked or expired agreement ends access at once, also for tokens already issued:
+grants come from the agreements active *now* (cached for at most a few seconds),
+intersected with the datasets the token names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from server.errors import Unauthorized
+from server.security import scopes as scope_syntax
+from server.security.agreements import AgreementCache
+from server.security.clients import ClientRegistry
+from server.security.external import ExternalIssuers, unverified_issuer
+from server.security.keys import SigningKeys
+from server.security.model import Condition, Grant, Party, Principal
+from server.security.tokens import InvalidToken, TokenSettings, verify_access_token
+
+ANONYMOUS_SCOPES = frozenset({"system/*.rs"})
+
+
+class Authenticator:
+    def __init__(
+        self, *, enabled: bool, public_read: bool, keys: SigningKeys, tokens: TokenSettings,
+        clients: ClientRegistry, agreements: AgreementCache, public_datasets: Callable[[], set[str]],
+        external: ExternalIssuers | None = None,
+    ) -> None:  # fmt: skip
+        self.enabled = enabled
+        self.public_read = public_read
+        self.keys = keys
+        self.tokens = tokens
+        self.clients = clients
+        self.agreements = agreements
+        self.public_datasets = public_datasets
+        self.external = external
+
+    def principal(self, authorization: str | None) -> Principal:
+        if not self.enabled:
+            return Principal(anonymous=False, admin=True, unrestricted=True)
+        if not authorization:
+            if self.public_read:
+                return Principal(resource_scopes=ANONYMOUS_SCOPES, grants=self._public())
+            raise Unauthorized("a bearer token is required")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        token = token.strip()
+        if self.external is not None and self.external.knows(unverified_issuer(token)):
+            return self._external(token)
+        try:
+            claims = verify_access_token(token, self.keys.key_set, self.tokens)
+        except InvalidToken as exc:
+            raise Unauthorized(exc.message) from exc
+        return self._from_claims(claims)
+
+    def _external(self, token: str) -> Principal:
+        """A configured OpenID provider's token used directly: the user's agreements apply."""
+        assert self.external is not None
+        try:
+            config, claims = self.external.verify(token)
+        except InvalidToken as exc:
+            raise Unauthorized(exc.message) from exc
+        org_claim = config.organization_claim
+        org = _str(claims.get(org_claim)) if org_claim else None
+        party = Party(issuer=config.issuer, subject=_str(claims.get("sub")), organization=org)
+        grants = self.agreements.grants(party)
+        if self.public_read:
+            grants = {**self._public(), **grants}
+        return Principal(
+            party=party, anonymous=False, resource_scopes=ANONYMOUS_SCOPES, grants=grants,
+            token_id=_str(claims.get("jti")),
+        )  # fmt: skip
+
+    def _from_claims(self, claims: dict[str, object]) -> Principal:
+        client_id = str(claims.get("client_id") or "")
+        client = self.clients.get(client_id) if client_id else None
+        user_issuer, user_subject = claims.get("ext_iss"), claims.get("ext_sub")
+        if client is None and not user_issuer:
+            raise Unauthorized("the token's client is no longer registered")
+        party = Party(
+            client_id=client_id or None,
+            organization=(client.organization if client else None) or _str(claims.get("org")),
+            issuer=_str(user_issuer), subject=_str(user_subject),
+        )  # fmt: skip
+        granted = str(claims.get("scope", "")).split()
+        named = {
+            d for s in granted if (x := scope_syntax.dataset_scope(s)) and not x[1] for d in [x[0]]
+        }
+        pushes = {
+            d for s in granted if (x := scope_syntax.dataset_scope(s)) and x[1] for d in [x[0]]
+        }
+        active = self.agreements.grants(party)  # at request time: revocation is immediate
+        grants = {d: g for d, g in active.items() if d in named}
+        if self.public_read:
+            grants = {**self._public(), **grants}
+        return Principal(
+            party=party, anonymous=False,
+            admin="admin" in granted and client is not None and client.admin,
+            resource_scopes=frozenset(s for s in granted if scope_syntax.smart_permissions(s)),
+            grants=grants,
+            store_datasets=frozenset(pushes & set(client.store_datasets if client else ())),
+            token_id=_str(claims.get("jti")),
+        )  # fmt: skip
+
+    def _public(self) -> dict[str, Grant]:
+        return {d: Grant(d, Condition.DOWNLOAD) for d in self.public_datasets()}
+
+
+def _str(value: object) -> str | None:
+    return str(value) if value else None

@@ -1,0 +1,135 @@
+"""Registered OAuth2 clients (RFC 7591 in spirit; managed with ``imaging-gateway clients``).
+
+A client authenticates with a secret (stored as a scrypt hash, shown once) or with
+its own keys (a JWKS, for ``private_key_jwt``, RFC 7523 / SMART Backend Services).
+Roles: ``admin`` (datasets, agreements, clients, audit, deletes) and the datasets it
+may push to (STOW). What it may *read* comes from data-access agreements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from server.index.sqlite_db import SqliteDatabase
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS client (client_id TEXT PRIMARY KEY, name TEXT NOT NULL,"
+    " organization TEXT, admin INTEGER NOT NULL DEFAULT 0, store TEXT NOT NULL DEFAULT '[]',"
+    " secret_hash TEXT, jwks TEXT, created REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS used_jti (jti TEXT PRIMARY KEY, expires REAL NOT NULL)",
+]
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    organization: str | None
+    admin: bool
+    store_datasets: tuple[str, ...]
+    jwks: dict[str, Any] | None
+    has_secret: bool
+
+
+def _hash_secret(secret: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def _check_secret(secret: str, stored: str) -> bool:
+    try:
+        _, salt_hex, _ = stored.split("$")
+    except ValueError:
+        return False
+    return hmac.compare_digest(_hash_secret(secret, bytes.fromhex(salt_hex)), stored)
+
+
+class ClientRegistry:
+    def __init__(self, path: Path) -> None:
+        self.db = SqliteDatabase(path, SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(
+        self,
+        name: str,
+        *,
+        organization: str | None = None,
+        admin: bool = False,
+        store: tuple[str, ...] = (),
+        jwks: dict[str, Any] | None = None,
+    ) -> tuple[Client, str | None]:
+        """Register a client; returns it and its secret (None for a key-only client)."""
+        client_id = "c-" + secrets.token_hex(8)
+        secret = None if jwks else secrets.token_urlsafe(32)
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO client VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (client_id, name, organization, int(admin), orjson.dumps(list(store)).decode(),
+                 _hash_secret(secret) if secret else None,
+                 orjson.dumps(jwks).decode() if jwks else None, time.time()),
+            )  # fmt: skip
+        client = self.get(client_id)
+        assert client is not None
+        return client, secret
+
+    def get(self, client_id: str) -> Client | None:
+        row = (
+            self.db.reader()
+            .execute(
+                "SELECT client_id, name, organization, admin, store, jwks, secret_hash FROM client WHERE client_id = ?",
+                (client_id,),
+            )
+            .fetchone()
+        )
+        return _client(row) if row else None
+
+    def list(self) -> list[Client]:
+        rows = self.db.reader().execute(
+            "SELECT client_id, name, organization, admin, store, jwks, secret_hash FROM client ORDER BY created"
+        )
+        return [_client(r) for r in rows]
+
+    def remove(self, client_id: str) -> bool:
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM client WHERE client_id = ?", (client_id,)).rowcount > 0
+
+    def check_secret(self, client_id: str, secret: str) -> Client | None:
+        row = (
+            self.db.reader()
+            .execute("SELECT secret_hash FROM client WHERE client_id = ?", (client_id,))
+            .fetchone()
+        )
+        if row is None or not row[0]:
+            _hash_secret(secret)  # same work either way: no timing hint that the id exists
+            return None
+        return self.get(client_id) if _check_secret(secret, row[0]) else None
+
+    def use_jti(self, jti: str, expires: float) -> bool:
+        """Record a client assertion's jti; False if it was seen before (replay, RFC 7523 3)."""
+        now = time.time()
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM used_jti WHERE expires < ?", (now,))
+            try:
+                conn.execute("INSERT INTO used_jti VALUES (?, ?)", (jti, expires))
+            except Exception:
+                return False
+        return True
+
+
+def _client(row: tuple[Any, ...]) -> Client:
+    return Client(
+        client_id=row[0], name=row[1], organization=row[2], admin=bool(row[3]),
+        store_datasets=tuple(orjson.loads(row[4])), jwks=orjson.loads(row[5]) if row[5] else None,
+        has_secret=bool(row[6]),
+    )  # fmt: skip

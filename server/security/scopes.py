@@ -1,0 +1,88 @@
+"""Scope syntax: SMART v2 resource scopes plus dataset scopes (SMART App Launch 2.0 3.0.2).
+
+==========================  ====================================================
+scope                       meaning
+==========================  ====================================================
+``system/ImagingStudy.rs``  SMART v2: read and search ImagingStudy (and DICOMweb
+                            reads, which show the same studies)
+``system/*.rs``             read and search every resource type
+``system/ImagingStudy.c``   create: DICOMweb STOW (with a ``dataset:<id>:store``)
+``dataset:<id>``            use dataset ``id`` under its active agreement
+``dataset:<id>:store``      push (STOW) into dataset ``id``
+``admin``                   datasets, agreements, clients, audit, deletes
+==========================  ====================================================
+
+A token's scope is requested ∩ allowed; a request naming no dataset scope gets
+every dataset the caller's agreements allow (and a pusher every dataset it may
+push to). SMART v1 forms (``system/*.read``) are accepted as ``rs``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_SMART = re.compile(r"^(system|user|patient)/(\*|[A-Z][A-Za-z]+)\.(c?r?u?d?s?|read|write|\*)$")
+_DATASET = re.compile(r"^dataset:([A-Za-z0-9\-.]{1,64})(:store)?$")
+
+
+def is_valid(scope: str) -> bool:
+    return scope == "admin" or bool(_SMART.match(scope)) or bool(_DATASET.match(scope))
+
+
+def smart_permissions(scope: str) -> tuple[str, set[str]] | None:
+    """``system/ImagingStudy.rs`` → ("ImagingStudy", {"r", "s"})."""
+    m = _SMART.match(scope)
+    if not m:
+        return None
+    ops = m.group(3)
+    if ops == "read":
+        ops = "rs"
+    elif ops in ("write", "*"):
+        ops = "cruds" if ops == "*" else "cud"
+    return m.group(2), set(ops)
+
+
+def allows_resource(scopes: Iterable[str], resource_type: str, op: str) -> bool:
+    """True if any SMART scope grants ``op`` (c/r/u/d/s) on ``resource_type``."""
+    for scope in scopes:
+        found = smart_permissions(scope)
+        if found and found[0] in ("*", resource_type) and op in found[1]:
+            return True
+    return False
+
+
+def dataset_scope(scope: str) -> tuple[str, bool] | None:
+    m = _DATASET.match(scope)
+    return (m.group(1), bool(m.group(2))) if m else None
+
+
+def grant(
+    requested: list[str], allowed_smart: set[str], datasets: set[str], store: set[str], admin: bool
+) -> list[str]:
+    """The scope to put in a token: requested ∩ allowed (RFC 6749 3.3)."""
+    out: list[str] = []
+    wants_datasets = any(dataset_scope(s) for s in requested)
+    for scope in requested:
+        named = dataset_scope(scope)
+        if (
+            (scope == "admin" and admin)
+            or (
+                named
+                and ((named[1] and named[0] in store) or (not named[1] and named[0] in datasets))
+            )
+            or (smart_permissions(scope) and scope in allowed_smart)
+            or (
+                (found := smart_permissions(scope))
+                and any(
+                    (a := smart_permissions(x)) and a[0] in ("*", found[0]) and found[1] <= a[1]
+                    for x in allowed_smart
+                )
+            )
+        ):
+            out.append(scope)
+    if not wants_datasets:
+        out += [f"dataset:{d}" for d in sorted(datasets)] + [
+            f"dataset:{d}:store" for d in sorted(store)
+        ]
+    return list(dict.fromkeys(out))

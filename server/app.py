@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import __version__
 from server.api import errors as api_errors
 from server.api import oauth as oauth_router
+from server.api.audit import AuditMiddleware
 from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
@@ -29,6 +30,7 @@ from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
 from server.security.agreements import AgreementCache, load_contracts
+from server.security.audit import AuditLog
 from server.security.authn import Authenticator
 from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
@@ -68,6 +70,7 @@ class Gateway:
     agreements: AgreementCache
     authenticator: Authenticator
     external: ExternalIssuers
+    audit: AuditLog
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -95,6 +98,7 @@ class Gateway:
         self.index.close()
         self.fhir_store.close()
         self.clients.close()
+        self.audit.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -104,7 +108,8 @@ def build_gateway(settings: Settings) -> Gateway:
     conformance = default_conformance()
     fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
     queries = DicomFhirQueries(index.db, ENDPOINT_ID, body_part_terms(conformance))
-    fhir_read = FhirReadService(fhir_store, queries, conformance)
+    audit = AuditLog(settings.data_dir / "audit.sqlite")
+    fhir_read = FhirReadService(fhir_store, queries, conformance, audit)
     auth = settings.auth
     keys = (
         SigningKeys.from_jwk_file(auth.signing_key_file)
@@ -150,6 +155,7 @@ def build_gateway(settings: Settings) -> Gateway:
         agreements=agreements,
         authenticator=authenticator,
         external=external,
+        audit=audit,
     )
 
 
@@ -255,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_age=settings.cors.max_age,
     )
 
+    app.add_middleware(AuditMiddleware, audit_log=gateway.audit)
     app.add_middleware(CrossOriginResourcePolicy)
 
     @app.get("/healthz", include_in_schema=False)

@@ -15,6 +15,7 @@ from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.params import DERIVED, WRITABLE, params_of
 from server.core.fhir.search import (
     Criterion,
+    DateValue,
     ReferenceValue,
     SearchRequest,
     TokenValue,
@@ -23,6 +24,7 @@ from server.core.fhir.search import (
 from server.errors import Forbidden, Gone, InvalidQuery, NotFound, Unauthorized
 from server.index.fhir_dicom import DicomFhirQueries, StudyRow
 from server.index.fhir_store import FhirStore, Version
+from server.security.audit import AuditLog
 from server.security.enforce import require, require_admin
 from server.security.model import Action, Principal
 
@@ -41,11 +43,16 @@ CONFORMANCE_TYPES = (
 
 class FhirReadService:
     def __init__(
-        self, store: FhirStore, queries: DicomFhirQueries, conformance: Conformance
+        self,
+        store: FhirStore,
+        queries: DicomFhirQueries,
+        conformance: Conformance,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.queries = queries
         self.conformance = conformance
+        self.audit = audit
 
     # -- read / vread ------------------------------------------------------
     def read(
@@ -76,7 +83,7 @@ class FhirReadService:
         return resource
 
     def _may_read(self, rtype: str, principal: Principal) -> None:
-        if rtype in ("Group", "Contract"):
+        if rtype in ("Group", "Contract", "AuditEvent"):
             require_admin(principal)
         require(principal, rtype, "r")
 
@@ -228,6 +235,8 @@ class FhirReadService:
                 spage.next_cursor,
                 spage.previous_cursor,
             )
+        if rtype == "AuditEvent":
+            return self._audit_events(req)
         if rtype == "Endpoint":
             found = [r for r in [imaging.endpoint(ENDPOINT_ID, root)] if _endpoint_matches(r, req)]
             return found, len(found), None, None
@@ -244,6 +253,37 @@ class FhirReadService:
         """
         stats = self.queries.dataset_statistics([r["id"] for r in studies])
         return [_add_statistics(r, stats[r["id"]]) for r in studies]
+
+    def _audit_events(
+        self, req: SearchRequest
+    ) -> tuple[list[dict[str, Any]], int | None, str | None, str | None]:
+        """AuditEvent search (administrators): the hash-chained log, oldest first, keyset paged."""
+        if self.audit is None:
+            return [], 0, None, None
+        filters: dict[str, Any] = {}
+        for c in req.criteria:
+            value = c.values[0] if c.values else None
+            if c.param.name == "date" and isinstance(value, DateValue):
+                key = "until" if value.prefix in ("lt", "le", "eb") else "since"
+                filters[key] = value.low if key == "since" else value.high
+            elif isinstance(value, TokenValue):
+                name = {
+                    "agent": "client_id",
+                    "entity": "entity",
+                    "outcome": "outcome",
+                    "subtype": "action",
+                }.get(c.param.name)
+                if name is None:
+                    raise InvalidQuery(
+                        f"AuditEvent search by {c.param.name} is not supported", c.param.name
+                    )
+                filters[name] = int(value.code or 0) if name == "outcome" else value.code
+        after = int(req.cursor) if req.cursor and req.cursor.isdigit() else None
+        rows = self.audit.search(**filters, limit=req.count + 1, after_seq=after)
+        more = len(rows) > req.count
+        rows = rows[: req.count]
+        events = [event for _, event in rows]
+        return events, None, str(rows[-1][0]) if more and rows else None, None
 
     def resolve_chains(self, req: SearchRequest, principal: Principal) -> SearchRequest:
         """Chains the target's own store cannot answer become lists of references."""

@@ -95,6 +95,8 @@ def _may_store(request: Request, dataset: str | None) -> str | None:
     gw = gateway(request)
     caller = principal(request)
     target = dataset or gw.settings.default_dataset
+    if caller.anonymous:
+        raise Unauthorized("storing needs a bearer token with a dataset:<id>:store scope")
     if not caller.unrestricted:
         require(caller, "ImagingStudy", "c")
         if not caller.allows(Action.STORE, target):

@@ -89,6 +89,13 @@ PARAMS: dict[str, dict[str, SearchParam]] = {
         _p("characteristic", T, "Kind of characteristic"),
         _p("type", T, "Kind of members"),
     )},
+    "AuditEvent": {p.name: p for p in (
+        _p("date", D, "When the access happened"),
+        _p("agent", T, "Client id of the caller"),
+        _p("entity", T, "What was accessed: a dataset id, ImagingStudy/<uid>, study:<uid>"),
+        _p("outcome", T, "0 success, 4 refused, 8 server error"),
+        _p("subtype", T, "The gateway's action: search, retrieve, metadata, store, read, ..."),
+    )},
     "Contract": {p.name: p for p in (
         _p("identifier", T, "Business identifier of the agreement"),
         _p("status", T, "Agreement status (executed = active)"),
@@ -127,11 +134,12 @@ SORTS: dict[str, tuple[str, ...]] = {
     "Group": ("_lastUpdated", "_id"),
     "ResearchSubject": ("_lastUpdated", "_id"),
     "Contract": ("_lastUpdated", "_id"),
+    "AuditEvent": ("_id",),
     "Endpoint": ("_id",),
 }
 
 WRITABLE = ("ResearchStudy", "Group", "ResearchSubject", "Contract")
-DERIVED = ("ImagingStudy", "Patient", "Endpoint")
+DERIVED = ("ImagingStudy", "Patient", "Endpoint", "AuditEvent")
 
 
 def params_of(resource_type: str) -> dict[str, SearchParam]:

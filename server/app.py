@@ -135,6 +135,7 @@ def build_gateway(settings: Settings) -> Gateway:
     def changed(rtype: str) -> None:
         agreements.invalidate()
         public.invalidate()
+        authenticator.invalidate()
 
     fhir_write.on_change = changed
     return Gateway(

@@ -7,6 +7,7 @@ intersected with the datasets the token names.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from server.errors import Unauthorized
@@ -19,6 +20,7 @@ from server.security.model import Condition, Grant, Party, Principal
 from server.security.tokens import InvalidToken, TokenSettings, verify_access_token
 
 ANONYMOUS_SCOPES = frozenset({"system/*.rs"})
+SEEN_TOKENS = 10_000
 
 
 class Authenticator:
@@ -35,6 +37,11 @@ class Authenticator:
         self.agreements = agreements
         self.public_datasets = public_datasets
         self.external = external
+        self._seen: dict[str, dict[str, object]] = {}
+        # A token's principal (its grants from agreements) is kept at most ``principal_ttl``
+        # seconds, the same bound as the agreement cache: revocation ends access within it.
+        self.principal_ttl = agreements.ttl
+        self._principals: dict[str, tuple[float, Principal]] = {}
 
     def principal(self, authorization: str | None) -> Principal:
         if not self.enabled:
@@ -49,11 +56,35 @@ class Authenticator:
         token = token.strip()
         if self.external is not None and self.external.knows(unverified_issuer(token)):
             return self._external(token)
+        cached = self._principals.get(token)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        principal = self._from_claims(self._verified(token))
+        if len(self._principals) >= SEEN_TOKENS:
+            self._principals.clear()
+        self._principals[token] = (now + self.principal_ttl, principal)
+        return principal
+
+    def invalidate(self) -> None:
+        """Agreements, clients or datasets changed here: forget every cached principal now."""
+        self._principals.clear()
+
+    def _verified(self, token: str) -> dict[str, object]:
+        """Claims of a valid token; a token's signature is checked once, its expiry every time."""
+        cached = self._seen.get(token)
+        now = time.time()
+        if cached is not None and float(cached["exp"]) > now - self.tokens.leeway_seconds:  # type: ignore[arg-type]
+            return cached
         try:
             claims = verify_access_token(token, self.keys.key_set, self.tokens)
         except InvalidToken as exc:
+            self._seen.pop(token, None)
             raise Unauthorized(exc.message) from exc
-        return self._from_claims(claims)
+        if len(self._seen) >= SEEN_TOKENS:
+            self._seen.clear()
+        self._seen[token] = claims
+        return claims
 
     def _external(self, token: str) -> Principal:
         """A configured OpenID provider's token used directly: the user's agreements apply."""

@@ -93,8 +93,12 @@ def _gateway_target(
     except ImportError:
         _LiveServer = None  # type: ignore[assignment,misc]
     if _LiveServer is not None:
+        # Authorisation on, as `make run` has it: the demo dataset is PUBLIC, so the
+        # viewer works without a login, as a newcomer's first try does.
         gw = _LiveServer(
-            work / "data", demo=True, extra_env={"GATEWAY_ENVIRONMENT": "development"}
+            work / "data",
+            demo=True,
+            extra_env={"GATEWAY_ENVIRONMENT": "production", "GATEWAY_AUTH__ENABLED": "true"},
         ).start(timeout=180)
         try:
             yield DicomwebTarget("gateway", gw.dicomweb)

@@ -15,6 +15,7 @@ from server.api.deps import dicomweb_root, gateway, principal
 from server.core.fhir.capability import capability_statement
 from server.core.mediatypes import parse_accept, parse_media_type
 from server.errors import BadRequest, NotAcceptable, UnsupportedMediaType
+from server.security.enforce import require
 
 router = APIRouter(tags=["FHIR R4"])
 FHIR_JSON = "application/fhir+json"
@@ -91,7 +92,9 @@ def _strict(request: Request) -> bool:
 def capabilities(request: Request) -> Response:
     """FHIR R4 3.1.0.9 capabilities."""
     _negotiate(request)
-    return _json(capability_statement(fhir_base(request), __version__, STARTED))
+    gw = gateway(request)
+    token = f"{gw.tokens.issuer}/oauth/token" if gw.settings.auth.enabled else None
+    return _json(capability_statement(fhir_base(request), __version__, STARTED, token))
 
 
 @router.post("", summary="batch / transaction (FHIR R4 3.1.0.12)")
@@ -219,4 +222,5 @@ async def validate(request: Request, rtype: str) -> Response:
     """FHIR R4 Resource-validate: an OperationOutcome for the resource in the body."""
     _negotiate(request)
     body = await _body(request)
+    require(principal(request), rtype, "r")
     return _json(await run_in_threadpool(gateway(request).fhir_validate, rtype, body))

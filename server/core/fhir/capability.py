@@ -13,7 +13,9 @@ PROFILES = {
 CONFORMANCE = ("StructureDefinition", "SearchParameter", "CodeSystem", "ValueSet", "ConceptMap")
 
 
-def capability_statement(base: str, version: str, published: str) -> dict[str, Any]:
+def capability_statement(
+    base: str, version: str, published: str, token_endpoint: str | None = None
+) -> dict[str, Any]:
     """What this server implements, and nothing else."""
     resources = [_resource(t) for t in (*DERIVED, *WRITABLE)]
     resources += [_conformance_resource(t) for t in CONFORMANCE]
@@ -31,11 +33,27 @@ def capability_statement(base: str, version: str, published: str) -> dict[str, A
             "mode": "server",
             "documentation": "ImagingStudy, Patient and Endpoint are derived live from the DICOM index "
             "and read-only; datasets (ResearchStudy), cohorts (Group) and ResearchSubject are stored.",
-            "security": {"description": "No authorisation is enforced by this version; run it on a "
-                         "trusted network. OAuth2/SMART scopes come with data-access agreements."},
+            "security": _security(token_endpoint),
             "resource": resources,
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
         }],
+    }  # fmt: skip
+
+
+def _security(token_endpoint: str | None) -> dict[str, Any]:
+    """SMART App Launch 2.0: the OAuth endpoints, and the SMART-on-FHIR security service."""
+    if token_endpoint is None:
+        return {"description": "Authorisation is switched off (development mode)."}
+    return {
+        "cors": True,
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR"}]}],
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                       "extension": [{"url": "token", "valueUri": token_endpoint}]}],
+        "description": "OAuth2 bearer tokens (client_credentials with client_secret_basic/post or "
+        "private_key_jwt; RFC 8693 token exchange). Scopes: SMART v2 system/<Type>.<crus> plus "
+        "dataset:<id> and dataset:<id>:store; access follows active data-access agreements "
+        "(Contract). See .well-known/smart-configuration.",
     }  # fmt: skip
 
 

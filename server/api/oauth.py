@@ -53,6 +53,7 @@ def _oauth_error(exc: OAuthError) -> Response:
 async def token(request: Request) -> Response:
     """RFC 6749 §4.4 client_credentials and RFC 8693 token exchange; signed JWT access tokens."""
     form = {k: str(v) for k, v in (await request.form()).items()}
+    _note(request, 0)
     try:
         body = await run_in_threadpool(_token, request, form)
     except OAuthError as exc:

@@ -407,6 +407,12 @@ class AgreementCache:
                 candidates[id(contract)] = contract
         return grants_for(caller, candidates.values(), now or datetime.now(UTC))
 
+    def fresh_until(self) -> float:
+        """When the agreements loaded now stop being trusted (on this cache's clock)."""
+        with self._lock:
+            loaded = self._loaded_at
+        return (loaded if loaded is not None else self._clock()) + self.ttl
+
     def invalidate(self) -> None:
         """Forget the cached agreements; the next lookup reads the store again."""
         with self._lock:

@@ -38,9 +38,6 @@ class Authenticator:
         self.public_datasets = public_datasets
         self.external = external
         self._seen: dict[str, dict[str, object]] = {}
-        # A token's principal (its grants from agreements) is kept at most ``principal_ttl``
-        # seconds, the same bound as the agreement cache: revocation ends access within it.
-        self.principal_ttl = agreements.ttl
         self._principals: dict[str, tuple[float, Principal]] = {}
 
     def principal(self, authorization: str | None) -> Principal:
@@ -63,7 +60,9 @@ class Authenticator:
         principal = self._from_claims(self._verified(token))
         if len(self._principals) >= SEEN_TOKENS:
             self._principals.clear()
-        self._principals[token] = (now + self.principal_ttl, principal)
+        # Valid only as long as the agreements it was built from: a revocation never takes
+        # longer than one agreement-cache period to bite.
+        self._principals[token] = (self.agreements.fresh_until(), principal)
         return principal
 
     def invalidate(self) -> None:

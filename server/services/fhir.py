@@ -388,10 +388,21 @@ class FhirReadService:
 
     # -- history -----------------------------------------------------------
     def history(
-        self, rtype: str, rid: str | None, base: str, count: int, since: str | None
+        self,
+        rtype: str,
+        rid: str | None,
+        base: str,
+        count: int,
+        since: str | None,
+        principal: Principal,
     ) -> dict[str, Any]:
-        """FHIR R4 3.1.0.11 history (instance and type level)."""
+        """FHIR R4 3.1.0.11 history (instance and type level), within what the caller may see."""
+        self._may_read(rtype, principal)
+        if rid is not None and not self._visible(rtype, rid, principal):
+            raise NotFound(f"{rtype}/{rid} is not known")
         versions = self.store.history(rtype, rid, count, since)
+        if rid is None:
+            versions = [v for v in versions if self._visible(rtype, v.id, principal)]
         if rid is not None and not versions:
             raise NotFound(f"{rtype}/{rid} is not known")
         return bundle.history_bundle(base, [_history_entry(base, rtype, rid, v) for v in versions])

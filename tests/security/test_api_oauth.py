@@ -350,3 +350,24 @@ def test_secret_is_stored_hashed(setup: Setup) -> None:
     stored = rows[setup.secret_client.client_id]
     assert stored.startswith("scrypt$") and secret not in stored
     assert rows[setup.keyed.client_id] is None
+
+
+def test_removed_client_loses_its_tokens(setup: Setup) -> None:
+    temporary = add_client(setup.live, "temporary", "--organization", "org-research")
+    assert temporary.secret is not None
+    with OAuth2Session(temporary.client_id, temporary.secret, timeout=30) as session:
+        session.fetch_token(setup.token_url, grant_type="client_credentials")
+        assert session.get(f"{setup.live.url}/dicom-web/studies").status_code == 200
+        cli_ok(setup.live, "clients", "remove", temporary.client_id)
+        removed = time.monotonic()
+        while time.monotonic() < removed + 5:
+            answer = session.get(f"{setup.live.url}/dicom-web/studies")
+            if answer.status_code != 200:
+                break
+            time.sleep(0.02)
+        assert answer.status_code == 401, answer.text
+        assert 'error="invalid_token"' in answer.headers["www-authenticate"]
+        assert time.monotonic() - removed < 2.0
+        with pytest.raises(OAuthError) as caught:
+            session.fetch_token(setup.token_url, grant_type="client_credentials")
+        assert caught.value.error == "invalid_client"

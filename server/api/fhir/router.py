@@ -145,7 +145,7 @@ def history_type(
     _negotiate(request)
     return _json(
         gateway(request).fhir_read.history(
-            rtype, None, fhir_base(request), min(_count, 1000), _since
+            rtype, None, fhir_base(request), min(_count, 1000), _since, principal(request)
         )
     )
 
@@ -168,7 +168,7 @@ def history_instance(
     _negotiate(request)
     return _json(
         gateway(request).fhir_read.history(
-            rtype, rid, fhir_base(request), min(_count, 1000), _since
+            rtype, rid, fhir_base(request), min(_count, 1000), _since, principal(request)
         )
     )
 

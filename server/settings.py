@@ -53,6 +53,18 @@ class ExternalIssuer(BaseModel):
     organization_claim: str | None = None  # claim naming the user's Organization id
 
 
+class ElasticsearchSettings(BaseModel):
+    hosts: list[str] = ["http://127.0.0.1:9200"]
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    index_prefix: str = "imaging"
+    shards: int = Field(default=1, ge=1)
+    replicas: int = Field(default=0, ge=0)
+    request_timeout: float = 30.0
+
+
 class AuthSettings(BaseModel):
     enabled: bool = True
     issuer: str | None = None  # default: the public base URL
@@ -93,14 +105,15 @@ class Settings(BaseSettings):
     qido: QidoSettings = QidoSettings()
     cors: CorsSettings = CorsSettings()
     auth: AuthSettings = AuthSettings()
+    elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
 
     @field_validator("index")
     @classmethod
     def _known_index(cls, value: str) -> str:
-        if value not in {"sqlite"}:
-            raise ValueError(f"unknown index backend {value!r} (supported: sqlite)")
+        if value not in {"sqlite", "elasticsearch"}:
+            raise ValueError(f"unknown index backend {value!r} (supported: sqlite, elasticsearch)")
         return value
 
     @field_validator("storage")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,24 @@ def client(server: LiveServer) -> DICOMwebClient:
 @pytest.fixture
 def fresh_client(fresh_server: LiveServer) -> DICOMwebClient:
     return DICOMwebClient(fresh_server.dicomweb)
+
+
+@pytest.fixture(scope="session")
+def elasticsearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Elasticsearch: ES_URL if given, else one started on loopback (tests/es/start.sh).
+
+    Skips only on a developer machine that cannot run one; in CI (CI=true) it fails.
+    """
+    if os.environ.get("ES_URL"):
+        yield os.environ["ES_URL"]
+        return
+    from tests.es_server import ElasticsearchUnavailable, ensure_elasticsearch, must_run
+
+    try:
+        url, stop = ensure_elasticsearch(tmp_path_factory.mktemp("elasticsearch"))
+    except ElasticsearchUnavailable as exc:
+        if must_run():
+            raise
+        pytest.skip(f"no Elasticsearch: {exc}")
+    yield url
+    stop()

@@ -17,6 +17,7 @@ from server.core import stow
 from server.core.mediatypes import parse_media_type
 from server.core.records import InstanceRecord, UnreadableInstance, read_instance
 from server.core.stow import PartOutcome
+from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, Index
 from server.settings import DuplicatePolicy, Settings
 from server.storage.base import BlobStore
@@ -105,6 +106,10 @@ class IngestService:
         overwrite = self.settings.stow.duplicate_policy is DuplicatePolicy.overwrite
         try:
             results = self.index.add_instances([r for _, r, _ in pending], overwrite=overwrite)
+        except ServiceUnavailable:
+            # The index is down: answer 503 (Retry-After) for the whole request. Nothing was
+            # acknowledged; blobs already moved are reconciled by `check --repair`.
+            raise
         except Exception:
             # Blobs stay: one may be the (identical) blob of an already indexed
             # instance. Those not indexed are reconciled by ``check --repair``.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,26 @@ from server.core.records import InstanceRecord, read_instance
 from server.index.base import Index
 from server.index.sqlite import SqliteIndex
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "elasticsearch"]
 
 
 @pytest.fixture(params=BACKENDS)
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
     if request.param == "sqlite":
-        backend = SqliteIndex(tmp_path / "index.sqlite")
-    else:  # pragma: no cover - future backends
-        raise AssertionError(request.param)
-    yield backend
-    backend.close()
+        backend: Index = SqliteIndex(tmp_path / "index.sqlite")
+        yield backend
+        backend.close()
+        return
+    url = request.getfixturevalue("elasticsearch_url")
+    from elasticsearch import Elasticsearch
+
+    from server.index.elasticsearch import ElasticsearchIndex
+
+    prefix = f"contract-{uuid.uuid4().hex[:12]}"
+    es_backend = ElasticsearchIndex(Elasticsearch(url), prefix, refresh=True)
+    yield es_backend
+    Elasticsearch(url).options(ignore_status=404).indices.delete(index=f"{prefix}-*")
+    es_backend.close()
 
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

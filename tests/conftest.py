@@ -12,6 +12,25 @@ from dicomweb_client.api import DICOMwebClient
 from tests.live import LiveServer
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--index-backend",
+        choices=("sqlite", "elasticsearch"),
+        default="sqlite",
+        help="index backend of every live gateway (the DICOMweb suites run on both)",
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def index_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """With --index-backend=elasticsearch, every LiveServer uses a real Elasticsearch."""
+    backend = str(request.config.getoption("--index-backend"))
+    if backend == "elasticsearch":
+        os.environ["GATEWAY_TEST_ES_URL"] = request.getfixturevalue("elasticsearch_url")
+    yield backend
+    os.environ.pop("GATEWAY_TEST_ES_URL", None)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One gateway shared by tests that only add data of their own (unique UIDs)."""

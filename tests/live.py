@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -40,6 +41,15 @@ class LiveServer:
         return self.data_dir.parent / f"{self.data_dir.name}-server.log"
 
     def env(self) -> dict[str, str]:
+        backend: dict[str, str] = {}
+        es_url = os.environ.get("GATEWAY_TEST_ES_URL")
+        if es_url:  # --index-backend=elasticsearch: a prefix of its own per gateway
+            prefix = "t" + hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:12]
+            backend = {
+                "GATEWAY_INDEX": "elasticsearch",
+                "GATEWAY_ELASTICSEARCH__HOSTS": f'["{es_url}"]',
+                "GATEWAY_ELASTICSEARCH__INDEX_PREFIX": prefix,
+            }
         return {
             **os.environ,
             "GATEWAY_DATA_DIR": str(self.data_dir),
@@ -50,6 +60,7 @@ class LiveServer:
             "GATEWAY_PUBLIC_BASE_URL": self.url,
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_WORKERS": "1",
+            **backend,
             **self.extra_env,
         }
 

@@ -76,7 +76,7 @@ def serve(
     log = logging.getLogger("gateway")
     gateway = build_gateway(settings)
     try:
-        gateway.store.clean_spool(older_than_seconds=0)  # nothing is in flight yet
+        gateway.store.clean_spool(older_than_seconds=3600)  # other replicas may be uploading
         if demo:
             log.info("demo cohort: %d instance(s) stored", load_demo(gateway))
     finally:

@@ -166,6 +166,33 @@ def check(data_dir: Path | None, repair: bool) -> None:
         click.echo("consistent")
 
 
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--keep-old", is_flag=True, help="Keep the replaced indices (default: delete them).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def reindex(data_dir: Path | None, keep_old: bool, quiet: bool) -> None:
+    """Rebuild the Elasticsearch index from the blob store and switch aliases atomically."""
+    from tqdm import tqdm
+
+    from server.app import build_gateway
+    from server.errors import GatewayError
+    from server.services.reindex import reindex as run_reindex
+
+    settings = _settings(data_dir)
+    _logging("warning")
+    gateway = build_gateway(settings)
+    bar = tqdm(unit="instance", disable=quiet, desc="reindex")
+    try:
+        report = run_reindex(gateway.index, gateway.store, keep_old=keep_old, progress=bar.update)
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        bar.close()
+        gateway.close()
+    click.echo(f"indexed {report.indexed}, caught up {report.caught_up}, skipped {report.skipped}")
+    click.echo(f"now serving from: {', '.join(report.new_indices)}")
+
+
 main.add_command(dataset)
 main.add_command(daa)
 main.add_command(audit)

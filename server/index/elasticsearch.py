@@ -60,19 +60,32 @@ class ElasticsearchIndex:
         shards: int = 1,
         replicas: int = 0,
         refresh: Any = "wait_for",
+        names: dict[Level, str] | None = None,
     ) -> None:
         self.es = client
         # "wait_for": a write returns once searchable (default); True forces a refresh (tests).
         self.refresh: Any = refresh
-        self.names = {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
-        try:
-            for level, name in self.names.items():
-                if not self.es.indices.exists(index=name):
-                    self.es.indices.create(
-                        index=name, mappings=mapping(level), settings=settings(shards, replicas)
-                    )
-        except (ConnectionError, TransportError) as exc:
-            raise ServiceUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+        self.shards, self.replicas = shards, replicas
+        # Per level an alias over a versioned index, so `reindex` can switch atomically.
+        self.names = names or {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
+        if names is None:
+            try:
+                for level, alias in self.names.items():
+                    if not self.es.indices.exists(index=alias):
+                        self.create_version(level, alias, with_alias=True)
+            except (ConnectionError, TransportError) as exc:
+                raise ServiceUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+
+    def create_version(self, level: Level, alias: str, *, with_alias: bool) -> str:
+        """A new concrete index ``<alias>-v<time>`` with the level's mapping."""
+        concrete = f"{alias}-v{time.time_ns()}"
+        self.es.indices.create(
+            index=concrete,
+            mappings=mapping(level),
+            settings=settings(self.shards, self.replicas),
+            aliases={alias: {}} if with_alias else None,
+        )
+        return concrete
 
     def close(self) -> None:
         self.es.close()

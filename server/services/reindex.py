@@ -1,0 +1,126 @@
+"""Rebuild the Elasticsearch index from the blob store, switching aliases atomically.
+
+The gateway keeps serving from the old indices (behind the aliases) while the new
+ones are built; the aliases then move in one ``_aliases`` call, and instances stored
+during the rebuild are copied over in a catch-up pass. Dataset membership lives only
+in the index, so it is carried over from the old documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from server.core.attributes import Level
+from server.core.records import InstanceRecord, UnreadableInstance, read_instance
+from server.errors import BadRequest
+from server.index.elasticsearch import ElasticsearchIndex
+from server.storage.base import BlobStore
+
+BATCH = 200
+
+
+@dataclass
+class ReindexReport:
+    indexed: int = 0
+    caught_up: int = 0
+    skipped: int = 0
+    new_indices: tuple[str, ...] = ()
+    old_indices: tuple[str, ...] = ()
+
+
+def reindex(
+    index: object, store: BlobStore, *, keep_old: bool = False,
+    progress: Callable[[int], object] = lambda n: None,
+) -> ReindexReport:  # fmt: skip
+    if not isinstance(index, ElasticsearchIndex):
+        raise BadRequest(
+            "reindex rebuilds the Elasticsearch index; this gateway uses the embedded one"
+        )
+    es = index.es
+    report = ReindexReport()
+    old = {
+        level: list(es.indices.get_alias(name=alias).keys()) for level, alias in index.names.items()
+    }
+    datasets = _datasets(index)
+    new_names = {
+        level: index.create_version(level, alias, with_alias=False)
+        for level, alias in index.names.items()
+    }
+    target = ElasticsearchIndex(es, names=new_names, refresh=False)
+    done = _load(target, store, store.keys(), datasets, report, progress)
+    report.indexed = done
+    es.indices.refresh(index=list(new_names.values()))
+    actions: list[dict[str, object]] = []
+    for level, alias in index.names.items():
+        actions += [{"remove": {"index": name, "alias": alias}} for name in old[level]]
+        actions.append({"add": {"index": new_names[level], "alias": alias}})
+    es.indices.update_aliases(actions=actions)
+    report.caught_up = _catch_up(index, target, store, old, report)
+    report.new_indices = tuple(new_names.values())
+    report.old_indices = tuple(name for names in old.values() for name in names)
+    if not keep_old and report.old_indices:
+        es.indices.delete(index=",".join(report.old_indices))
+    return report
+
+
+def _datasets(index: ElasticsearchIndex) -> dict[str, str | None]:
+    """blob key → dataset, from the documents being replaced."""
+    return {hit["_source"]["blob_key"]: hit["_source"].get("dataset")
+            for hit in index._scan(Level.INSTANCE, {"match_all": {}}, ["blob_key", "dataset"])}  # fmt: skip
+
+
+def _records(
+    store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None], report: ReindexReport
+) -> Iterable[InstanceRecord]:
+    for key in keys:
+        path = store.path(key)
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        try:
+            record = read_instance(path, digest.hexdigest())
+        except UnreadableInstance:
+            report.skipped += 1
+            continue
+        if record.blob_key != key:  # content no longer matches its key: not a valid blob
+            report.skipped += 1
+            continue
+        record.dataset = datasets.get(key)
+        yield record
+
+
+def _load(target: ElasticsearchIndex, store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None],
+          report: ReindexReport, progress: Callable[[int], object]) -> int:  # fmt: skip
+    batch: list[InstanceRecord] = []
+    count = 0
+    for record in _records(store, keys, datasets, report):
+        batch.append(record)
+        if len(batch) == BATCH:
+            target.add_instances(batch, overwrite=True)
+            count += len(batch)
+            progress(len(batch))
+            batch = []
+    if batch:
+        target.add_instances(batch, overwrite=True)
+        count += len(batch)
+        progress(len(batch))
+    return count
+
+
+def _catch_up(index: ElasticsearchIndex, target: ElasticsearchIndex, store: BlobStore,
+              old: dict[Level, list[str]], report: ReindexReport) -> int:  # fmt: skip
+    """Instances the old indices received while the new ones were being built."""
+    old_index = ElasticsearchIndex(
+        index.es, names={lvl: ",".join(n) for lvl, n in old.items()}, refresh=False
+    )
+    have = set(target.blob_keys())
+    missing = {k: d for k, d in _datasets(old_index).items() if k not in have and store.exists(k)}
+    if not missing:
+        return 0
+    records = list(_records(store, list(missing), missing, report))
+    if records:
+        index.add_instances(records, overwrite=True)
+    return len(records)

@@ -33,9 +33,9 @@ openapi: $(STAMP)
 test: $(STAMP) e2e-setup lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m pytest -q
-	# The DICOMweb and CLI suites again, every live gateway on a real Elasticsearch
-	# (ES_URL, or one started on loopback by tests/es/start.sh).
-	$(PY) -m pytest -q tests/api tests/cli --index-backend elasticsearch
+	# The API suites again (DICOMweb, FHIR, access control, CLI), every live gateway on a
+	# real Elasticsearch (ES_URL, or one started on loopback by tests/es/start.sh).
+	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli --index-backend elasticsearch
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"

@@ -26,7 +26,9 @@ from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
 from server.errors import BadRequest
 from server.index.base import Index
+from server.index.elasticsearch import ElasticsearchIndex
 from server.index.fhir_dicom import DicomFhirQueries
+from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
 from server.security.agreements import AgreementCache, load_contracts
@@ -108,9 +110,11 @@ def build_gateway(settings: Settings) -> Gateway:
     index: Index = sqlite_index if settings.index == "sqlite" else elasticsearch_index(settings)
     conformance = default_conformance()
     fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
-    # FHIR ImagingStudy/Patient search runs on the SQLite tables; with Elasticsearch as the
-    # index these answer from the (then empty) SQLite index: not yet translated (see README).
-    queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
+    queries: DicomFhirQueries | EsFhirQueries
+    if isinstance(index, ElasticsearchIndex):  # FHIR searches the same backend as QIDO
+        queries = EsFhirQueries(index.es, index.names, ENDPOINT_ID, body_part_terms(conformance))
+    else:
+        queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
     audit = AuditLog(settings.data_dir / "audit.sqlite")
     fhir_read = FhirReadService(fhir_store, queries, conformance, audit)
     auth = settings.auth

@@ -106,21 +106,17 @@ class ElasticsearchIndex:
             Level.INSTANCE, [r.sop_uid for r in records], ["sha256", "blob_key", "dataset"]
         )
         series = self._mget(Level.SERIES, [r.series_uid for r in records], ["studyinstanceuid"])
-        studies = self._mget(Level.STUDY, [r.study_uid for r in records], ["dataset", "modalities"])
+        studies = self._mget(Level.STUDY, [r.study_uid for r in records], ["dataset", *_STUDY_SETS])
         results: list[AddResult] = []
         actions: list[dict[str, Any]] = []
         for rec in records:
             result = self._outcome(rec, existing, series, studies, overwrite)
             results.append(result)
             if result.outcome in (AddOutcome.STORED, AddOutcome.REPLACED):
-                study = studies.setdefault(
-                    rec.study_uid, {"dataset": rec.dataset, "modalities": []}
-                )
-                modalities = sorted(
-                    {*study.get("modalities", []), *([rec.modality] if rec.modality else [])}
-                )
-                study["modalities"] = modalities
-                actions += self._actions(rec, modalities)
+                study = studies.setdefault(rec.study_uid, {"dataset": rec.dataset})
+                for name, value in _study_facts(rec).items():
+                    study[name] = sorted({*study.get(name, []), *([value] if value else [])})
+                actions += self._actions(rec, {n: study[n] for n in _STUDY_SETS})
                 existing[rec.sop_uid] = {
                     "sha256": rec.sha256,
                     "blob_key": rec.blob_key,
@@ -151,7 +147,7 @@ class ElasticsearchIndex:
             return AddResult(AddOutcome.REPLACED, old["blob_key"])
         return AddResult(AddOutcome.STORED)
 
-    def _actions(self, rec: InstanceRecord, modalities: list[str]) -> list[dict[str, Any]]:
+    def _actions(self, rec: InstanceRecord, sets: dict[str, list[str]]) -> list[dict[str, Any]]:
         now = time.time()
         base = {"study_uid": rec.study_uid, "dataset": rec.dataset, "patient_key": rec.patient_key,
                 "started_lo": rec.started[0], "started_hi": rec.started[1], "updated": now,
@@ -170,7 +166,7 @@ class ElasticsearchIndex:
         return [
             # No scripts (the minimal distribution has none): the merged list is written whole.
             {"_op_type": "update", "_index": self.names[Level.STUDY], "_id": rec.study_uid,
-             "doc": {"modalities": modalities, "updated": now}, "upsert": {**study_doc, "modalities": modalities}},
+             "doc": {**sets, "updated": now}, "upsert": {**study_doc, **sets}},
             {"_op_type": "update", "_index": self.names[Level.SERIES], "_id": rec.series_uid,
              "doc": {"updated": now}, "upsert": series_doc},
             {"_op_type": "index", "_index": self.names[Level.INSTANCE], "_id": rec.sop_uid,
@@ -222,11 +218,11 @@ class ElasticsearchIndex:
                     index=self.names[Level.STUDY], id=uid, refresh=self.refresh
                 )
             else:
-                modalities = self._terms(
-                    Level.SERIES, {"term": {"studyinstanceuid": uid}}, "modality"
+                facts = {name: sorted(self._terms(level, {"term": {"studyinstanceuid": uid}}, field))
+                         for name, (level, field) in _STUDY_SET_SOURCES.items()}  # fmt: skip
+                self.es.update(
+                    index=self.names[Level.STUDY], id=uid, doc=facts, refresh=self.refresh
                 )
-                self.es.update(index=self.names[Level.STUDY], id=uid, doc={"modalities": sorted(modalities)},
-                               refresh=self.refresh)  # fmt: skip
 
     # -- reads -------------------------------------------------------------
     def find_by_sop(self, sop_uid: str) -> StoredInstance | None:
@@ -382,6 +378,20 @@ class ElasticsearchIndex:
     def counts(self) -> dict[str, int]:
         return {name: self._count(level, {"match_all": {}}) for level, name in
                 ((Level.STUDY, "study"), (Level.SERIES, "series"), (Level.INSTANCE, "instance"))}  # fmt: skip
+
+
+_STUDY_SETS = ("modalities", "bodyparts", "sop_classes")
+_STUDY_SET_SOURCES = {
+    "modalities": (Level.SERIES, "modality"),
+    "bodyparts": (Level.SERIES, "bodypartexamined"),
+    "sop_classes": (Level.INSTANCE, "sop_class_uid"),
+}
+
+
+def _study_facts(rec: InstanceRecord) -> dict[str, str | None]:
+    body = rec.columns[Level.SERIES].get("bodypartexamined")
+    return {"modalities": rec.modality, "bodyparts": str(body) if body else None,
+            "sop_classes": rec.sop_class_uid}  # fmt: skip
 
 
 _ORDER: list[dict[str, Any]] = [{"seriesnumber": {"order": "asc", "missing": "_first"}}, {"series_uid": "asc"},

@@ -46,8 +46,10 @@ def mapping(level: Level) -> dict[str, Any]:
         "started_hi": {"type": "keyword"}, "seq": {"type": "long"}, "updated": {"type": "double"},
         "json": _STORED,
     })  # fmt: skip
-    if level is Level.STUDY:
+    if level is Level.STUDY:  # series/instance facts the study-level searches match on
         props["modalities"] = {"type": "keyword"}
+        props["bodyparts"] = {"type": "keyword"}
+        props["sop_classes"] = {"type": "keyword"}
     if level in (Level.SERIES, Level.INSTANCE):
         props["series_uid"] = {"type": "keyword"}
         props["series_json"] = _STORED

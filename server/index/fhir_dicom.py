@@ -27,7 +27,7 @@ GENDER = {"male": ["M"], "female": ["F"], "other": ["O"]}
 
 @dataclass
 class StudyRow:
-    pk: int
+    pk: int | str  # SQLite row id, or the Study Instance UID on Elasticsearch
     json: dict[str, Any]
     dataset: str | None
     patient_key: str
@@ -68,14 +68,14 @@ class DicomFhirQueries:
         return _study_row(row) if row else None
 
     def series_of(
-        self, study_pks: list[int], with_instances: bool = True
-    ) -> dict[int, list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
+        self, study_pks: list[Any], with_instances: bool = True
+    ) -> dict[Any, list[tuple[dict[str, Any], list[dict[str, Any]]]]]:
         """Series (with their instances) of the given studies, in series/instance order."""
         if not study_pks:
             return {}
         marks = ", ".join("?" for _ in study_pks)
         conn = self.db.reader()
-        out: dict[int, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {
+        out: dict[Any, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {
             pk: [] for pk in study_pks
         }
         by_series: dict[int, list[dict[str, Any]]] = {}

@@ -23,6 +23,7 @@ from server.core.fhir.search import (
 )
 from server.errors import Forbidden, Gone, InvalidQuery, NotFound, Unauthorized
 from server.index.fhir_dicom import DicomFhirQueries, StudyRow
+from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore, Version
 from server.security.audit import AuditLog
 from server.security.enforce import require, require_admin
@@ -45,7 +46,7 @@ class FhirReadService:
     def __init__(
         self,
         store: FhirStore,
-        queries: DicomFhirQueries,
+        queries: DicomFhirQueries | EsFhirQueries,
         conformance: Conformance,
         audit: AuditLog | None = None,
     ) -> None:

@@ -64,4 +64,6 @@ def mapping(level: Level) -> dict[str, Any]:
 
 
 def settings(shards: int, replicas: int) -> dict[str, Any]:
-    return {"number_of_shards": shards, "number_of_replicas": replicas, "refresh_interval": "1s"}
+    # QIDO pages with limit/offset (PS3.18 8.3.4.4): allow deep offsets instead of failing.
+    return {"number_of_shards": shards, "number_of_replicas": replicas, "refresh_interval": "1s",
+            "max_result_window": 2_000_000}  # fmt: skip

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +45,24 @@ Coding = dict[str, str]
 Resource = dict[str, Any]
 
 
+SHARE = "share/cancer-imaging-gateway"
+
+
 def _default_root() -> Path:
-    # server/core/fhir/conformance.py -> the repository root that holds profiles/ and terminology/
-    return Path(__file__).resolve().parents[3]
+    """Where profiles/ and terminology/ are: GATEWAY_CONFORMANCE_DIR, the source tree
+    (editable installs, tests), or ``<prefix>/share/cancer-imaging-gateway`` where a
+    normal ``pip install`` puts them (pyproject data-files)."""
+    configured = os.environ.get("GATEWAY_CONFORMANCE_DIR")
+    candidates = [Path(configured)] if configured else []
+    candidates += [Path(__file__).resolve().parents[3], Path(sys.prefix) / SHARE]
+    for candidate in candidates:
+        if (candidate / "profiles").is_dir() and (candidate / "terminology").is_dir():
+            return candidate
+    raise ValueError(
+        "the FHIR profiles/ and terminology/ folders were not found (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "); set GATEWAY_CONFORMANCE_DIR"
+    )
 
 
 def _coding(system: str, code: str, display: str | None) -> Coding:

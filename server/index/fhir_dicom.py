@@ -15,7 +15,7 @@ import orjson
 
 from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
 from server.errors import InvalidQuery
-from server.index.fhir_sql import date_sql, encode_cursor, keyset
+from server.index.fhir_sql import date_sql, fetch_page
 from server.index.sqlite_db import SqliteDatabase
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -144,16 +144,7 @@ class DicomFhirQueries:
             return {}
         marks = ", ".join("?" for _ in dataset_ids)
         conn = self.db.reader()
-        out: dict[str, dict[str, Any]] = {
-            d: {
-                "subjects": 0,
-                "studies": 0,
-                "modalities": [],
-                "body_parts": [],
-                "manufacturers": [],
-            }
-            for d in dataset_ids
-        }
+        out = empty_statistics(dataset_ids)
         for dataset, studies, subjects in conn.execute(
             f"SELECT dataset, count(*), count(DISTINCT patient_key) FROM study WHERE dataset IN ({marks})"
             " GROUP BY dataset",
@@ -238,31 +229,10 @@ class DicomFhirQueries:
         req: SearchRequest,
         columns: str,
     ) -> StudyPage:
-        page_where, page_params, order_sql, backwards = keyset(order, req.cursor)
-        sort_cols = ", ".join(e for e, _ in order)
-        full = where + (f" AND {page_where}" if page_where else "")
-        conn = self.db.reader()
-        rows = conn.execute(
-            f"SELECT {columns}, {sort_cols} FROM {source} WHERE {full} ORDER BY {order_sql} LIMIT ?",
-            [*params, *page_params, req.count + 1],
-        ).fetchall()
-        more = len(rows) > req.count
-        rows = rows[: req.count]
-        if backwards:
-            rows.reverse()
-        total = None
-        if req.total == "accurate" or req.summary == "count":
-            total = conn.execute(f"SELECT count(*) FROM {source} WHERE {where}", params).fetchone()[
-                0
-            ]
-        width = len(_STUDY_COLUMNS.split(","))
-        next_c = prev_c = None
-        if rows:
-            if more or backwards:
-                next_c = encode_cursor("n", list(rows[-1][width:]))
-            if more if backwards else req.cursor is not None:
-                prev_c = encode_cursor("p", list(rows[0][width:]))
-        return StudyPage([_study_row(r) for r in rows], total, next_c, prev_c)
+        page = fetch_page(self.db.reader(), columns, source, where, params, order, req)
+        return StudyPage(
+            [_study_row(r) for r in page.rows], page.total, page.next_cursor, page.previous_cursor
+        )
 
 
 _STUDY_COLUMNS = "st.pk, st.json, st.dataset, st.patient_key, st.updated, st.modalities, st.num_series, st.num_instances"
@@ -271,6 +241,12 @@ _STUDY_SORT = {
     "_lastUpdated": "st.updated",
     "_id": "st.studyinstanceuid",
 }
+
+
+def empty_statistics(dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Catalogue figures of datasets with no study yet."""
+    return {d: {"subjects": 0, "studies": 0, "modalities": [], "body_parts": [], "manufacturers": []}
+            for d in dataset_ids}  # fmt: skip
 
 
 def _restrict(datasets: frozenset[str] | None) -> tuple[list[str], list[Any]]:

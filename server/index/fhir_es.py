@@ -17,7 +17,15 @@ from elasticsearch import Elasticsearch, NotFoundError
 from server.core.attributes import Level
 from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
 from server.errors import InvalidQuery
-from server.index.fhir_dicom import BODY_PART_SYSTEM, DCM, GENDER, SNOMED, StudyPage, StudyRow
+from server.index.fhir_dicom import (
+    BODY_PART_SYSTEM,
+    DCM,
+    GENDER,
+    SNOMED,
+    StudyPage,
+    StudyRow,
+    empty_statistics,
+)
 from server.index.fhir_sql import decode_cursor, encode_cursor
 
 _SORT = {"started": "started_lo", "_lastUpdated": "updated", "_id": "studyinstanceuid"}
@@ -294,16 +302,7 @@ class EsFhirQueries:
 
     # -- catalogue ----------------------------------------------------------
     def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {
-            d: {
-                "subjects": 0,
-                "studies": 0,
-                "modalities": [],
-                "body_parts": [],
-                "manufacturers": [],
-            }
-            for d in dataset_ids
-        }
+        out = empty_statistics(dataset_ids)
         if not dataset_ids:
             return out
         aggs = {"d": {"terms": {"field": "dataset", "size": len(dataset_ids)},

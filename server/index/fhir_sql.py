@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
-from server.core.fhir.search import DateValue
+from server.core.fhir.search import DateValue, SearchRequest
 from server.errors import InvalidQuery
 
 
@@ -86,3 +88,46 @@ def keyset(order: list[tuple[str, bool]], cursor: str | None) -> tuple[str, list
         where = "(" + " OR ".join(alternatives) + ")"
     order_sql = ", ".join(f"{e} {'DESC' if desc != backwards else 'ASC'}" for e, desc in order)
     return where, params, order_sql, backwards
+
+
+@dataclass
+class SqlPage:
+    rows: list[Any]  # the selected columns only (sort keys stripped)
+    total: int | None
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+def fetch_page(
+    conn: sqlite3.Connection, columns: str, source: str, where: str, params: list[Any],
+    order: list[tuple[str, bool]], req: SearchRequest,
+) -> SqlPage:  # fmt: skip
+    """One keyset page of ``SELECT columns FROM source WHERE where`` with its paging links.
+
+    Shared by the stored-resource and DICOM-index translators: the sort keys ride
+    along after ``columns`` and become the ``next``/``previous`` cursors.
+    """
+    page_where, page_params, order_sql, backwards = keyset(order, req.cursor)
+    width = len(columns.split(","))
+    full = where + (f" AND {page_where}" if page_where else "")
+    sort_columns = ", ".join(e for e, _ in order)
+    rows = conn.execute(
+        f"SELECT {columns}, {sort_columns} FROM {source} WHERE {full} ORDER BY {order_sql} LIMIT ?",
+        [*params, *page_params, req.count + 1],
+    ).fetchall()
+    more = len(rows) > req.count
+    rows = rows[: req.count]
+    if backwards:
+        rows.reverse()
+    total = None
+    if req.total == "accurate" or req.summary == "count":
+        total = int(
+            conn.execute(f"SELECT count(*) FROM {source} WHERE {where}", params).fetchone()[0]
+        )
+    next_c = prev_c = None
+    if rows:
+        if more or backwards:
+            next_c = encode_cursor("n", list(rows[-1][width:]))
+        if more if backwards else req.cursor is not None:
+            prev_c = encode_cursor("p", list(rows[0][width:]))
+    return SqlPage([r[:width] for r in rows], total, next_c, prev_c)

@@ -20,7 +20,7 @@ from server.core.fhir.params import ParamType
 from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
 from server.core.values import fold
 from server.errors import InvalidQuery, PreconditionFailed
-from server.index.fhir_sql import date_sql, encode_cursor, keyset
+from server.index.fhir_sql import date_sql, fetch_page
 from server.index.sqlite_db import SqliteDatabase
 
 SCHEMA = [
@@ -145,28 +145,11 @@ class FhirStore:
 
     def search(self, req: SearchRequest) -> Page:
         where, params = self.where(req)
-        order = _order(req)
-        page_where, page_params, order_sql, backwards = keyset(
-            [(e, d) for e, d in order], req.cursor
+        page = fetch_page(
+            self.db.reader(), "r.content", "resource r", where, params, _order(req), req
         )
-        full_where = where + (f" AND {page_where}" if page_where else "")
-        conn = self.db.reader()
-        columns = ", ".join(e for e, _ in order)
-        rows = conn.execute(
-            f"SELECT r.content, {columns} FROM resource r WHERE {full_where} ORDER BY {order_sql} LIMIT ?",
-            [*params, *page_params, req.count + 1],
-        ).fetchall()
-        more = len(rows) > req.count
-        rows = rows[: req.count]
-        if backwards:
-            rows.reverse()
-        total = None
-        if req.total == "accurate" or req.summary == "count":
-            total = conn.execute(
-                f"SELECT count(*) FROM resource r WHERE {where}", params
-            ).fetchone()[0]
-        resources = [orjson.loads(r[0]) for r in rows]
-        return Page(resources, total, *_cursors(rows, more, backwards, req.cursor is not None))
+        resources = [orjson.loads(r[0]) for r in page.rows]
+        return Page(resources, page.total, page.next_cursor, page.previous_cursor)
 
     def where(self, req: SearchRequest) -> tuple[str, list[Any]]:
         clauses, params = ["r.type = ?", "r.deleted = 0"], [req.resource_type]
@@ -369,17 +352,3 @@ _SORT_EXPR = {
 def _order(req: SearchRequest) -> list[tuple[str, bool]]:
     order = [(_SORT_EXPR[name], desc) for name, desc in req.sort]
     return [*order, ("r.pk", req.sort[-1][1] if req.sort else False)]
-
-
-def _cursors(
-    rows: list[Any], more: bool, backwards: bool, paged: bool
-) -> tuple[str | None, str | None]:
-    if not rows:
-        return None, None
-    first, last = list(rows[0][1:]), list(rows[-1][1:])
-    has_next = more if not backwards else True
-    has_previous = more if backwards else paged
-    return (
-        encode_cursor("n", last) if has_next else None,
-        encode_cursor("p", first) if has_previous else None,
-    )

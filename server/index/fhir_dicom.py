@@ -322,21 +322,28 @@ def _started(v: DateValue) -> tuple[str, list[Any]]:
     With that bound every range query scans one index range.
     """
     sql, params = date_sql("st.started_lo", "st.started_hi", v)
-    if v.prefix in ("eq", "gt", "ge", "sa"):
-        floor = (datetime.strptime(v.low[:10], "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
+    floor = started_floor(v)
+    if floor is not None:
         sql, params = f"({sql}) AND st.started_lo >= ?", [*params, floor]
     return sql, params
 
 
+def started_floor(v: DateValue) -> str | None:
+    """The implied lower bound on started_lo (a study's range is at most one day wide), or None."""
+    if v.prefix not in ("eq", "gt", "ge", "sa"):
+        return None
+    return (datetime.strptime(v.low[:10], "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
+
+
+# FHIR :missing on ImagingStudy: the study field whose absence it tests (both backends).
+MISSING_FIELDS = {"started": "started_lo", "dataset": "dataset", "identifier": "accessionnumber"}
+
+
 def _missing(name: str, missing: bool) -> tuple[str, list[Any]]:
-    column = {
-        "started": "st.started_lo",
-        "dataset": "st.dataset",
-        "identifier": "st.accessionnumber",
-    }.get(name)
-    if column is None:
+    field = MISSING_FIELDS.get(name)
+    if field is None:
         raise InvalidQuery(f":missing is not supported on ImagingStudy {name}", name)
-    return f"{column} IS {'' if missing else 'NOT '}NULL", []
+    return f"st.{field} IS {'' if missing else 'NOT '}NULL", []
 
 
 def _gender(v: Any) -> tuple[str, list[Any]]:

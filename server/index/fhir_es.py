@@ -21,10 +21,12 @@ from server.index.fhir_dicom import (
     BODY_PART_SYSTEM,
     DCM,
     GENDER,
+    MISSING_FIELDS,
     SNOMED,
     StudyPage,
     StudyRow,
     empty_statistics,
+    started_floor,
 )
 from server.index.fhir_sql import decode_cursor, encode_cursor
 
@@ -144,11 +146,7 @@ class EsFhirQueries:
                 )
             return {"bool": {"filter": self.patient_filters(c.chain)}}
         if c.modifier == "missing":
-            field = {
-                "started": "started_lo",
-                "dataset": "dataset",
-                "identifier": "accessionnumber",
-            }.get(name)
+            field = MISSING_FIELDS.get(name)
             if field is None:
                 raise InvalidQuery(f":missing is not supported on ImagingStudy {name}", name)
             exists = {"exists": {"field": field}}
@@ -215,10 +213,8 @@ class EsFhirQueries:
     @staticmethod
     def _started(v: DateValue) -> dict[str, Any]:
         query = date_query("started_lo", "started_hi", v)
-        if v.prefix in ("eq", "gt", "ge", "sa"):  # same implied bound as on SQLite
-            floor = (datetime.strptime(v.low[:10], "%Y-%m-%d") - timedelta(days=1)).strftime(
-                "%Y-%m-%d"
-            )
+        floor = started_floor(v)  # same implied bound as on SQLite
+        if floor is not None:
             query = {"bool": {"filter": [query, {"range": {"started_lo": {"gte": floor}}}]}}
         return query
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,14 +40,18 @@ from server.security.external import ExternalIssuers
 from server.security.keys import SigningKeys
 from server.security.model import Principal
 from server.security.tokens import TokenSettings
+from server.services.check import CheckService
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_write import FhirWriteService, parse_json_object
 from server.services.ingest import IngestService
-from server.services.maintenance import CheckService, DeleteService
+from server.services.maintenance import DeleteService
+from server.services.recovery import Recovery
 from server.services.retrieve import RetrieveService
 from server.settings import Settings
 from server.storage.base import BlobStore
 from server.storage.filesystem import FilesystemBlobStore
+from server.storage.journal import WriteJournal
+from server.storage.permissions import restrict_data_dir
 
 log = logging.getLogger("gateway")
 
@@ -62,6 +67,7 @@ class Gateway:
     retrieve: RetrieveService
     deleter: DeleteService
     checker: CheckService
+    journal: WriteJournal
     conformance: Conformance
     fhir_store: FhirStore
     fhir_read: FhirReadService
@@ -96,7 +102,12 @@ class Gateway:
             raise BadRequest(f"$validate on {rtype} needs a {rtype} resource")
         return operation_outcome(validate_resource(data, self.conformance))
 
+    def recover(self) -> None:
+        """Settle writes that dead processes left in flight (every start; see recovery.py)."""
+        Recovery(self.store, self.index, self.journal).recover()
+
     def close(self) -> None:
+        self.journal.close()
         self.index.close()
         self.fhir_store.close()
         self.clients.close()
@@ -104,8 +115,9 @@ class Gateway:
 
 
 def build_gateway(settings: Settings) -> Gateway:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    restrict_data_dir(settings.data_dir)
     store = FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
+    journal = WriteJournal(settings.data_dir)
     sqlite_index = SqliteIndex(settings.data_dir / "index.sqlite")
     index: Index = sqlite_index if settings.index == "sqlite" else elasticsearch_index(settings)
     conformance = default_conformance()
@@ -149,10 +161,11 @@ def build_gateway(settings: Settings) -> Gateway:
         settings=settings,
         store=store,
         index=index,
-        ingest=IngestService(store, index, settings),
+        ingest=IngestService(store, index, settings, journal),
         retrieve=RetrieveService(store, index),
-        deleter=DeleteService(store, index),
-        checker=CheckService(store, index, settings),
+        deleter=DeleteService(store, index, journal),
+        checker=CheckService(store, index, journal),
+        journal=journal,
         conformance=conformance,
         fhir_store=fhir_store,
         fhir_read=fhir_read,
@@ -268,6 +281,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cleaned = gateway.store.clean_spool(older_than_seconds=3600)
         if cleaned:
             log.info("removed %d abandoned upload spool(s)", cleaned)
+        # Writes of dead processes only (a live worker holds its journal's lock).
+        await run_in_threadpool(gateway.recover)
         yield
         gateway.close()
 

@@ -65,7 +65,7 @@ def store_state(server: LiveServer) -> dict[str, Any]:
     """What is in the store and index right now (to prove nothing partial was left)."""
     data: Path = server.data_dir
     blobs = sorted(p.name for p in (data / "blobs").rglob("*") if p.is_file())
-    spool = sorted(str(p) for p in (data / "spool").rglob("*"))
+    spool = sorted(str(p) for p in (data / "journal").glob("*/spool/*"))
     counts = httpx.get(f"{server.url}/healthz").json()
     return {
         "blobs": blobs,

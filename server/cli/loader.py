@@ -75,7 +75,7 @@ def import_paths(
     bar = tqdm(total=len(files), unit="file", disable=not progress, desc="import")
     for start in range(0, len(files), BATCH):
         batch = files[start : start + BATCH]
-        spool = gateway.store.spool_dir()
+        spool = gateway.journal.spool_dir()
         try:
             items = [_spool_copy(f, spool, n) for n, f in enumerate(batch)]
             outcomes = gateway.ingest.store_instances(items, dataset=dataset)
@@ -118,7 +118,7 @@ def load_demo(gateway: Gateway, *, patients: int = 6) -> int:
         )
     )
     for start in range(0, len(datasets), BATCH):
-        spool = gateway.store.spool_dir()
+        spool = gateway.journal.spool_dir()
         try:
             items = []
             for n, ds in enumerate(datasets[start : start + BATCH]):

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from server.cli.clients import clients
 from server.cli.daa import daa
 from server.cli.datasets import dataset
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.services.check import CheckPlan
 
 
 def _settings(data_dir: Path | None) -> Settings:
@@ -77,6 +81,7 @@ def serve(
     gateway = build_gateway(settings)
     try:
         gateway.store.clean_spool(older_than_seconds=3600)  # other replicas may be uploading
+        gateway.recover()  # writes a killed server left in flight (no manual step)
         if demo:
             log.info("demo cohort: %d instance(s) stored", load_demo(gateway))
     finally:
@@ -139,31 +144,54 @@ def import_(
 
 @main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--repair", is_flag=True, help="Make index and blob store agree.")
-def check(data_dir: Path | None, repair: bool) -> None:
-    """Verify that index and blob store agree; with --repair, fix them."""
+@click.option("--repair", is_flag=True, help="Apply the plan (default: only print it).")
+@click.option("--force", is_flag=True, help="With --repair: allow removing many index rows.")
+@click.option("--quick", is_flag=True, help="Do not hash blob contents (faster, finds less).")
+def check(data_dir: Path | None, repair: bool, force: bool, quick: bool) -> None:
+    """Verify index and blob store agree; print the repair plan; --repair applies it.
+
+    Exit status: 0 consistent (or repaired), 1 the plan is not empty (nothing was
+    changed), 2 --repair refused a mass removal (nothing was changed).
+    """
     from server.app import build_gateway
+    from server.services.check import MassRemovalRefused
 
     settings = _settings(data_dir)
     _logging("warning")
     gateway = build_gateway(settings)
     try:
-        report = gateway.checker.check(repair=repair)
+        if repair:
+            plan, report = gateway.checker.repair(verify=not quick, force=force)
+        else:
+            plan, report = gateway.checker.plan(verify=not quick), None
+    except MassRemovalRefused as exc:
+        click.echo(f"refused: {exc}", err=True)
+        sys.exit(2)
     finally:
         gateway.close()
-    click.echo(f"indexed instances: {report.indexed}, blobs: {report.blobs}")
-    click.echo(f"index rows without blob: {len(report.missing_blobs)}")
-    click.echo(f"blobs without index row: {len(report.unindexed_blobs)}")
-    if repair:
+    _print_plan(plan)
+    if report is not None:
         click.echo(
-            f"repaired: re-indexed {report.reindexed}, removed rows {report.removed_rows}, "
-            f"removed blobs {report.removed_blobs}, spools cleaned {report.spool_cleaned}"
+            f"repaired: recovered {report.recovered} interrupted write(s), re-indexed "
+            f"{len(report.reindexed)}, removed rows {len(report.removed_rows)}, quarantined "
+            f"{len(report.quarantined)}, spools cleaned {report.spool_cleaned}"
         )
-    elif not report.consistent:
-        click.echo("inconsistent: run 'imaging-gateway check --repair'")
+    elif not plan.consistent:
+        click.echo("inconsistent: 'imaging-gateway check --repair' would apply the plan above")
         sys.exit(1)
     else:
         click.echo("consistent")
+
+
+def _print_plan(plan: CheckPlan) -> None:
+    click.echo(f"indexed instances: {plan.indexed}, blobs: {plan.blobs}, verified: {plan.verified}")
+    click.echo(f"writes in flight or awaiting start-up recovery: {plan.in_flight}")
+    click.echo(f"index rows without blob: {plan.rows_removed}")
+    click.echo(
+        f"blobs without index row: {sum(a.fix.name in ('QUARANTINE', 'REINDEX') for a in plan.actions)}"
+    )
+    for action in plan.actions:
+        click.echo(f"  plan: {action}")
 
 
 @main.command()

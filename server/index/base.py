@@ -81,6 +81,9 @@ class Index(Protocol):
     def blob_keys(self) -> dict[str, str]:
         """Every indexed instance as blob key -> SOP Instance UID (for consistency checks)."""
 
+    def referenced(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` an index row points to (blobs that must not be removed)."""
+
     def remove_by_blob_keys(self, keys: Sequence[str]) -> int: ...
 
     def counts(self) -> dict[str, int]: ...

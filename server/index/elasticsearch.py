@@ -191,6 +191,16 @@ class ElasticsearchIndex:
             )
         return found
 
+    def referenced(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        if keys:  # a write acknowledged by a process killed before its refresh counts too
+            self.es.indices.refresh(index=self.names[Level.INSTANCE])
+        for start in range(0, len(keys), PAGE):
+            chunk = list(keys[start : start + PAGE])
+            hits = self._scan(Level.INSTANCE, {"terms": {"blob_key": chunk}}, ["blob_key"])
+            found.update(h["_source"]["blob_key"] for h in hits)
+        return found
+
     def remove_by_blob_keys(self, keys: Sequence[str]) -> int:
         hits = list(
             self._scan(Level.INSTANCE, {"terms": {"blob_key": list(keys)}}, _INSTANCE_FIELDS)

@@ -30,6 +30,7 @@ _INSTANCE_FIELDS = (
 )
 _SCOPE_FROM = "instance i JOIN series se ON i.series_pk = se.pk JOIN study st ON i.study_pk = st.pk"
 _ORDER = "ORDER BY se.seriesnumber, se.pk, i.instancenumber, i.pk"
+_REFUSED = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET, AddOutcome.IDENTICAL)
 
 
 class SqliteIndex:
@@ -53,7 +54,13 @@ class SqliteIndex:
         results: list[AddResult] = []
         with self.db.write() as conn:
             for record in records:
-                results.append(self._add_one(conn, record, overwrite))
+                # A refused record leaves no trace, even after an overwrite removed a row.
+                conn.execute("SAVEPOINT record")
+                result = self._add_one(conn, record, overwrite)
+                if result.outcome in _REFUSED:
+                    conn.execute("ROLLBACK TO record")
+                conn.execute("RELEASE record")
+                results.append(result)
         return results
 
     def _add_one(self, conn: sqlite3.Connection, rec: InstanceRecord, overwrite: bool) -> AddResult:
@@ -199,6 +206,20 @@ class SqliteIndex:
             ).fetchall()
             self._delete_instance_pks(conn, [r[0] for r in rows])
         return [StoredInstance(*r[1:]) for r in rows]
+
+    def referenced(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        conn = self._reader()
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ", ".join("?" for _ in chunk)
+            found.update(
+                row[0]
+                for row in conn.execute(
+                    f"SELECT blob_key FROM instance WHERE blob_key IN ({marks})", chunk
+                )
+            )
+        return found
 
     def remove_by_blob_keys(self, keys: Sequence[str]) -> int:
         removed = 0

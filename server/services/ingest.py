@@ -1,9 +1,15 @@
 """Ingest pipeline shared by STOW-RS and ``imaging-gateway import`` (PS3.18 10.5).
 
 Order of writes, so that a crash never leaves a half instance visible:
-parse → blob (spooled file renamed into place) → sync → index commit → acknowledge.
-A blob written but not indexed when the process dies is indexed again by
-``imaging-gateway check --repair``; an index entry never exists without its blob.
+parse → journal entry → blob (spooled file renamed into place, under a key no other
+write uses) → sync → index commit → acknowledge → journal entry closed.
+An index entry never exists without its blob. A blob written but not indexed when
+the process dies is settled at the next start (``services/recovery.py``). A refused
+or failed write removes only the blob it wrote itself, so it never changes what is
+stored.
+
+Every refusal caused by UIDs already in use answers the same (see ``UID_IN_USE``), so
+a store client learns nothing about which dataset holds a UID or whether it is its own.
 """
 
 from __future__ import annotations
@@ -14,15 +20,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.core import stow
+from server.core.blobkeys import new_blob_key
 from server.core.mediatypes import parse_media_type
 from server.core.records import InstanceRecord, UnreadableInstance, read_instance
 from server.core.stow import PartOutcome
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, Index
+from server.services.recovery import Recovery
 from server.settings import DuplicatePolicy, Settings
 from server.storage.base import BlobStore
+from server.storage.journal import Entry, WriteJournal
 
 log = logging.getLogger("gateway.ingest")
+
+# One answer for every refusal that depends on what is already stored (the SOP Instance
+# UID stored with other content, or any of the instance's UIDs held by another dataset
+# or study): the client cannot tell its own dataset's instances from others'.
+UID_IN_USE = (
+    "an instance, series or study with these UIDs is already stored with other content"
+    " or in another place; nothing was stored"
+)
+_UID_REFUSALS = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET)
 
 
 @dataclass
@@ -35,30 +53,37 @@ class IngestItem:
 
 
 class IngestService:
-    def __init__(self, store: BlobStore, index: Index, settings: Settings) -> None:
+    def __init__(
+        self, store: BlobStore, index: Index, settings: Settings, journal: WriteJournal
+    ) -> None:
         self.store = store
         self.index = index
         self.settings = settings
+        self.journal = journal
+        self.recovery = Recovery(store, index, journal)
 
     def store_instances(
         self, items: list[IngestItem], study_uid: str | None = None, dataset: str | None = None
     ) -> list[PartOutcome]:
         """PS3.18 10.5.1: store each item; one failing item never stops the others."""
         outcomes = [PartOutcome() for _ in items]
-        pending: list[tuple[int, InstanceRecord, bool]] = []
+        pending: list[tuple[int, InstanceRecord, Entry]] = []
         for n, item in enumerate(items):
             record = self._parse(item, outcomes[n], study_uid)
             if record is None:
                 continue
             record.dataset = dataset if dataset is not None else self.settings.default_dataset
+            record.blob_key = new_blob_key(record.sop_uid, record.sha256, record.dataset)
+            entry = self.journal.begin(record.blob_key, "put")
             try:
-                written = self._write_blob(record, item.path)
+                self.store.put_file(record.blob_key, item.path)
             except OSError as exc:
                 log.error("blob write failed for %s: %s", record.sop_uid, exc)
+                self.recovery.settle_own([entry])
                 outcomes[n].failure = stow.OUT_OF_RESOURCES
                 outcomes[n].message = "storage write failed"
                 continue
-            pending.append((n, record, written))
+            pending.append((n, record, entry))
         if pending:
             self.store.sync()
         self._failpoint("after_blob_write")
@@ -91,48 +116,40 @@ class IngestService:
         outcome.warnings = list(record.warnings)
         return record
 
-    def _write_blob(self, record: InstanceRecord, source: Path) -> bool:
-        """Move the spooled file into the store.
-
-        Keys are content-addressed, so renaming over an existing blob with the same
-        key replaces it with identical bytes; no existence check is needed.
-        """
-        self.store.put_file(record.blob_key, source)
-        return True
-
     def _index(
-        self, pending: list[tuple[int, InstanceRecord, bool]], outcomes: list[PartOutcome]
+        self, pending: list[tuple[int, InstanceRecord, Entry]], outcomes: list[PartOutcome]
     ) -> None:
         overwrite = self.settings.stow.duplicate_policy is DuplicatePolicy.overwrite
+        entries = [entry for _, _, entry in pending]
         try:
             results = self.index.add_instances([r for _, r, _ in pending], overwrite=overwrite)
         except ServiceUnavailable:
-            # The index is down: answer 503 (Retry-After) for the whole request. Nothing was
-            # acknowledged; blobs already moved are reconciled by `check --repair`.
+            # The index is down: answer 503 (Retry-After) for the whole request. Nothing
+            # is acknowledged; blobs the index may or may not point to are settled.
+            self.recovery.settle_own(entries)
             raise
         except Exception:
-            # Blobs stay: one may be the (identical) blob of an already indexed
-            # instance. Those not indexed are reconciled by ``check --repair``.
             log.exception("index write failed; %d instance(s) not stored", len(pending))
+            self.recovery.settle_own(entries)
             for n, _, _ in pending:
                 outcomes[n].failure = stow.PROCESSING_FAILURE
                 outcomes[n].message = "index write failed"
             return
-        for (n, record, written), result in zip(pending, results, strict=True):
-            if result.outcome in (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET):
-                if written:
-                    self.store.delete(record.blob_key)
-                if result.outcome is AddOutcome.CONFLICT:
-                    outcomes[n].failure = stow.DUPLICATE_SOP_INSTANCE
-                    outcomes[n].message = "SOP Instance UID already stored with other content"
-                elif result.outcome is AddOutcome.HIERARCHY:
-                    outcomes[n].failure = stow.DATA_SET_DOES_NOT_MATCH
-                    outcomes[n].message = "SeriesInstanceUID belongs to another study"
-                else:
-                    outcomes[n].failure = stow.DATA_SET_DOES_NOT_MATCH
-                    outcomes[n].message = "StudyInstanceUID belongs to another dataset"
+        self._failpoint("after_index_commit")
+        for (n, record, entry), result in zip(pending, results, strict=True):
+            if result.outcome in _UID_REFUSALS:
+                outcomes[n].failure = stow.DATA_SET_DOES_NOT_MATCH
+                outcomes[n].message = UID_IN_USE
+            if result.outcome not in (AddOutcome.STORED, AddOutcome.REPLACED):
+                self.store.delete(record.blob_key)  # this write's own key: nothing points to it
             elif result.replaced_blob_key and result.replaced_blob_key != record.blob_key:
-                self.store.delete(result.replaced_blob_key)
+                self._drop(result.replaced_blob_key)
+            self.journal.end(entry)
+
+    def _drop(self, key: str) -> None:
+        """Remove the blob of a replaced instance (its row is gone; keys are never reused)."""
+        entry = self.journal.begin(key, "drop")
+        self.recovery.settle_own([entry])
 
     def _failpoint(self, name: str) -> None:
         if self.settings.failpoint == name:

@@ -2,20 +2,21 @@
 
 The gateway keeps serving from the old indices (behind the aliases) while the new
 ones are built; the aliases then move in one ``_aliases`` call, and instances stored
-during the rebuild are copied over in a catch-up pass. Dataset membership lives only
-in the index, so it is carried over from the old documents.
+during the rebuild are copied over in a catch-up pass. Dataset membership is named in
+each blob key; for blobs written before keys named it, it is carried over from the
+old documents.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from server.core.attributes import Level
-from server.core.records import InstanceRecord, UnreadableInstance, read_instance
+from server.core.records import InstanceRecord
 from server.errors import BadRequest
 from server.index.elasticsearch import ElasticsearchIndex
+from server.services.recovery import BadBlob, record_from_blob
 from server.storage.base import BlobStore
 
 BATCH = 200
@@ -75,20 +76,11 @@ def _records(
     store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None], report: ReindexReport
 ) -> Iterable[InstanceRecord]:
     for key in keys:
-        path = store.path(key)
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
         try:
-            record = read_instance(path, digest.hexdigest())
-        except UnreadableInstance:
+            record = record_from_blob(store, key, datasets.get(key))
+        except (BadBlob, FileNotFoundError):  # not a valid blob: `check` quarantines it
             report.skipped += 1
             continue
-        if record.blob_key != key:  # content no longer matches its key: not a valid blob
-            report.skipped += 1
-            continue
-        record.dataset = datasets.get(key)
         yield record
 
 

@@ -23,16 +23,12 @@ class BlobStore(Protocol):
 
     def size(self, key: str) -> int: ...
 
-    def trash(self, key: str) -> None:
-        """Move ``key`` out of sight (first step of a delete); :meth:`purge_trash` ends it."""
+    def quarantine(self, key: str, reason: str) -> Path | None:
+        """Move ``key`` aside with ``reason`` noted (never deleted); None if it was gone."""
 
-    def purge_trash(self) -> int: ...
-
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Remove a blob no index row references (callers make sure of that)."""
 
     def keys(self) -> Iterator[str]: ...
-
-    def spool_dir(self) -> Path:
-        """A directory on the same volume for request spooling."""
 
     def clean_spool(self, older_than_seconds: float = 0) -> int: ...

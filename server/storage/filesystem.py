@@ -6,18 +6,18 @@ whole volume where Linux offers it, else an fsync of every file and directory
 written since the last sync. Callers sync before they commit the index, so an
 acknowledged instance is on disk; a blob renamed but not yet synced when power
 fails is at worst an unindexed blob whose content no longer matches its key,
-which ``check --repair`` removes.
+which start-up recovery or ``check`` quarantines (``quarantine/``, never deleted).
+
+Every file is created 0600 and every folder 0700 (see ``server/storage/permissions.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -54,14 +54,14 @@ class FilesystemBlobStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
         self.blobs = root / "blobs"
-        self._trash = root / "trash"
+        self.quarantine_dir = root / "quarantine"
         self._spool = root / "spool"
         self._fsync = fsync
         self._lock = threading.Lock()
         self._unsynced: list[Path] = []
         self._made_dirs: set[Path] = set()
-        for d in (self.blobs, self._trash, self._spool):
-            d.mkdir(parents=True, exist_ok=True)
+        for d in (self.blobs, self.quarantine_dir, self._spool):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         if "/" in key or "\\" in key or key.startswith(".") or not key:
@@ -71,12 +71,12 @@ class FilesystemBlobStore:
     def put_file(self, key: str, source: Path) -> None:
         target = self.path(key)
         if target.parent not in self._made_dirs:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._made_dirs.add(target.parent)
         try:
             os.replace(source, target)
         except FileNotFoundError:  # the directory vanished (removed by hand): make it again
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.replace(source, target)
         with self._lock:
             self._unsynced.append(target)
@@ -111,17 +111,16 @@ class FilesystemBlobStore:
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 
-    def trash(self, key: str) -> None:
+    def quarantine(self, key: str, reason: str) -> Path | None:
+        """Move a blob to ``quarantine/`` with a ``.reason`` note beside it; never deletes."""
         source = self.path(key)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(source, self._trash / f"{key}.{uuid.uuid4().hex}")
-
-    def purge_trash(self) -> int:
-        count = 0
-        for entry in self._trash.iterdir():
-            entry.unlink(missing_ok=True)
-            count += 1
-        return count
+        target = self.quarantine_dir / f"{key}.{time.strftime('%Y%m%dT%H%M%S')}"
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            return None
+        target.with_name(target.name + ".reason").write_text(reason + "\n")
+        return target
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -135,12 +134,8 @@ class FilesystemBlobStore:
                     for blob in sorted(second.iterdir()):
                         yield blob.name
 
-    def spool_dir(self) -> Path:
-        directory = self._spool / uuid.uuid4().hex
-        directory.mkdir(parents=True)
-        return directory
-
     def clean_spool(self, older_than_seconds: float = 0) -> int:
+        """Remove upload spools of earlier versions (now spools live in the write journal)."""
         now, count = time.time(), 0
         for entry in self._spool.iterdir():
             if now - entry.stat().st_mtime >= older_than_seconds:

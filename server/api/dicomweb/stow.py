@@ -119,7 +119,7 @@ async def _store(request: Request, study_uid: str | None, dataset: str | None = 
         raise PayloadTooLarge(
             f"the request body ({declared} bytes) exceeds the limit of {limit} bytes"
         )
-    spool = gw.store.spool_dir()
+    spool = gw.journal.spool_dir()
     spooler = MultipartSpooler(boundary, spool, limit)
     try:
         async for chunk in request.stream():

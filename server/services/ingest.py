@@ -122,6 +122,8 @@ class IngestService:
         overwrite = self.settings.stow.duplicate_policy is DuplicatePolicy.overwrite
         entries = [entry for _, _, entry in pending]
         try:
+            if self.settings.failpoint == "index_write_fails":  # tests: a failing index write
+                raise RuntimeError("failpoint index_write_fails")
             results = self.index.add_instances([r for _, r, _ in pending], overwrite=overwrite)
         except ServiceUnavailable:
             # The index is down: answer 503 (Retry-After) for the whole request. Nothing

@@ -381,7 +381,9 @@ def _anchor_lock(path: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    fd = os.open(anchor_path(path).with_suffix(ANCHOR_SUFFIX + ".lock"), os.O_RDWR | os.O_CREAT)
+    fd = os.open(
+        anchor_path(path).with_suffix(ANCHOR_SUFFIX + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -36,10 +36,7 @@ log = logging.getLogger("gateway.ingest")
 # One answer for every refusal that depends on what is already stored (the SOP Instance
 # UID stored with other content, or any of the instance's UIDs held by another dataset
 # or study): the client cannot tell its own dataset's instances from others'.
-UID_IN_USE = (
-    "an instance, series or study with these UIDs is already stored with other content"
-    " or in another place; nothing was stored"
-)
+UID_IN_USE = "UIDs already in use by another instance; nothing stored"  # fits LO (64)
 _UID_REFUSALS = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET)
 
 

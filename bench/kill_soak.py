@@ -140,7 +140,8 @@ def _listed(live: LiveServer) -> list[tuple[str, str, str]]:
 
 
 def soak(args: argparse.Namespace) -> int:
-    data_dir = Path(tempfile.mkdtemp(prefix="kill-soak-")) / "data"
+    parent = getattr(args, "data_dir", None) or Path(tempfile.mkdtemp(prefix="kill-soak-"))
+    data_dir = Path(parent) / "data"
     extra = {"GATEWAY_LOG_LEVEL": "warning"}
     if args.index_backend == "elasticsearch":
         os.environ["GATEWAY_TEST_ES_URL"] = args.es_url

@@ -9,10 +9,12 @@ the backup is restored into a fresh folder and served by a new process.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -84,10 +86,17 @@ def _raw(live: LiveServer, item: Stored, access_token: str) -> bytes | None:
     return r.content.split(f"--{boundary}".encode())[1].split(b"\r\n\r\n", 1)[1][:-2]
 
 
+def _on_elasticsearch() -> bool:
+    return bool(os.environ.get("GATEWAY_TEST_ES_URL"))  # --index-backend=elasticsearch
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("backup")
-    live = LiveServer(root / "data", extra_env=auth_env(GATEWAY_AUTH__ISSUER=ISSUER))
+    env = auth_env(GATEWAY_AUTH__ISSUER=ISSUER)
+    if _on_elasticsearch():  # one prefix for the original and the restored gateway
+        env["GATEWAY_ELASTICSEARCH__INDEX_PREFIX"] = f"bkw{uuid.uuid4().hex[:10]}"
+    live = LiveServer(root / "data", extra_env=env)
     for dataset in (A, B):
         cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung")
     w = World(
@@ -159,7 +168,7 @@ def test_backup_covers_every_file_of_the_data_dir(world: World, quiet_backup: Pa
     assert any(n.startswith("keys/") for n in names)
     blobs = {PurePosixPath(n).name for n in names if n.startswith("blobs/")}
     assert blobs == {p.name for p in (data / "blobs").rglob("*.dcm")}
-    assert manifest["index_backend"] == "sqlite"
+    assert manifest["index_backend"] == ("elasticsearch" if _on_elasticsearch() else "sqlite")
     for entry in listed.values():  # sizes and hashes are those of the files
         path = quiet_backup / str(entry["path"])
         assert path.stat().st_size == entry["size"]
@@ -293,6 +302,12 @@ def test_backup_while_writing_then_restore_serves_every_acknowledged_instance(
     restored = live.cli("restore", "--quiet", "--data-dir", str(target), str(dest))
     assert restored.returncode == 0, restored.stderr
     assert _modes_are_private(target)
+    if _on_elasticsearch():  # the index is derived data: rebuilt with the recorded membership
+        membership = str(dest / "elasticsearch-datasets.jsonl")
+        assert f"reindex --datasets-from {membership}" in restored.stdout
+        rebuilt = live.cli("reindex", "--quiet", "--data-dir", str(target), "--datasets-from",
+                           membership)  # fmt: skip
+        assert rebuilt.returncode == 0, rebuilt.stderr
     verify = live.cli("audit", "verify", "--data-dir", str(target))
     assert verify.returncode == 0, verify.stdout
     assert int(verify.stdout.split("events: ")[1].split(";")[0]) > 0
@@ -324,3 +339,59 @@ def test_backup_while_writing_then_restore_serves_every_acknowledged_instance(
         assert {e["resource"]["id"] for e in agreements["entry"]} >= {"daa-a", "daa-b"}
     finally:
         again.stop()
+
+
+def _es_counts(es_url: str, prefix: str) -> dict[str | None, int]:
+    found = httpx.post(f"{es_url}/{prefix}-instances/_search", json={
+        "size": 0, "aggs": {"d": {"terms": {"field": "dataset", "missing": "-"}}}}).json()  # fmt: skip
+    return {b["key"]: b["doc_count"] for b in found["aggregations"]["d"]["buckets"]}
+
+
+def test_elasticsearch_backup_restore_and_reindex_keep_dataset_membership(
+    elasticsearch_url: str, tmp_path: Path
+) -> None:
+    """The index is derived data: the backup records each blob's dataset, and restore
+    --reindex rebuilds the index with it even when the old indices are gone."""
+    prefix = f"bkp{abs(hash(str(tmp_path))) % 10**8}"
+    env = {"GATEWAY_INDEX": "elasticsearch", "GATEWAY_ELASTICSEARCH__INDEX_PREFIX": prefix,
+           "GATEWAY_ELASTICSEARCH__HOSTS": f'["{elasticsearch_url}"]'}  # fmt: skip
+    live = LiveServer(tmp_path / "data", extra_env=env)
+    for dataset in ("lung", "colon"):
+        cli_ok(live, "dataset", "create", dataset, "--title", dataset)
+    live.start()
+    try:
+        for dataset, n in (("lung", 3), ("colon", 2)):
+            answer = stow_into(live, dataset, None, cohort(instances_per_series=n))
+            assert answer.status_code == 200, answer.text
+        httpx.post(f"{elasticsearch_url}/{prefix}-*/_refresh")
+        original = _es_counts(elasticsearch_url, prefix)
+        assert original == {"lung": 3, "colon": 2}
+        done = live.cli("backup", "--quiet", str(tmp_path / "bk"))
+        assert done.returncode == 0, done.stderr
+        assert "elasticsearch" in done.stdout
+    finally:
+        live.stop()
+    manifest = _manifest(tmp_path / "bk")
+    assert manifest["index_backend"] == "elasticsearch"
+    assert "elasticsearch-datasets.jsonl" in _paths(manifest)
+    for name in httpx.get(f"{elasticsearch_url}/_alias/{prefix}-*").json():  # the cluster is lost
+        httpx.delete(f"{elasticsearch_url}/{name}")
+
+    target = LiveServer(tmp_path / "restored", extra_env=env)
+    told = target.cli("restore", "--quiet", str(tmp_path / "bk"))
+    assert told.returncode == 0, told.stderr
+    assert "imaging-gateway reindex --datasets-from" in told.stdout
+    shutil.rmtree(target.data_dir)
+    done = target.cli("restore", "--quiet", "--reindex", str(tmp_path / "bk"))
+    assert done.returncode == 0, done.stderr
+    assert "reindexed 5 instance(s)" in done.stdout
+    httpx.post(f"{elasticsearch_url}/{prefix}-*/_refresh")
+    assert _es_counts(elasticsearch_url, prefix) == original
+    target.start()
+    try:
+        lung = httpx.get(f"{target.url}/dicom-web/studies", params={"limit": 100}).json()
+        assert len(lung) == 2
+    finally:
+        target.stop()
+        for name in httpx.get(f"{elasticsearch_url}/_alias/{prefix}-*").json():
+            httpx.delete(f"{elasticsearch_url}/{name}")

@@ -1,4 +1,4 @@
-"""``imaging-gateway``: serve, import, check."""
+"""``imaging-gateway``: serve, import, check, reindex, backup, restore."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from server.cli.audit import audit
+from server.cli.backup import backup, restore
 from server.cli.clients import clients
 from server.cli.daa import daa
 from server.cli.datasets import dataset
@@ -198,20 +199,31 @@ def _print_plan(plan: CheckPlan) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 @click.option("--keep-old", is_flag=True, help="Keep the replaced indices (default: delete them).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def reindex(data_dir: Path | None, keep_old: bool, quiet: bool) -> None:
+@click.option(
+    "--datasets-from",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Dataset of every blob: a backup's elasticsearch-datasets.jsonl or an index.sqlite.",
+)
+def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: Path | None) -> None:
     """Rebuild the Elasticsearch index from the blob store and switch aliases atomically."""
     from tqdm import tqdm
 
     from server.app import build_gateway
     from server.errors import GatewayError
     from server.services.reindex import reindex as run_reindex
+    from server.services.restore import read_membership
 
+    memberships = read_membership(datasets_from) if datasets_from else None
     settings = _settings(data_dir)
     _logging("warning")
     gateway = build_gateway(settings)
     bar = tqdm(unit="instance", disable=quiet, desc="reindex")
     try:
-        report = run_reindex(gateway.index, gateway.store, keep_old=keep_old, progress=bar.update)
+        report = run_reindex(
+            gateway.index, gateway.store, keep_old=keep_old, progress=bar.update,
+            memberships=memberships,
+        )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc
     finally:
@@ -225,6 +237,8 @@ main.add_command(dataset)
 main.add_command(daa)
 main.add_command(audit)
 main.add_command(clients)
+main.add_command(backup)
+main.add_command(restore)
 
 
 if __name__ == "__main__":

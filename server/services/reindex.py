@@ -4,12 +4,13 @@ The gateway keeps serving from the old indices (behind the aliases) while the ne
 ones are built; the aliases then move in one ``_aliases`` call, and instances stored
 during the rebuild are copied over in a catch-up pass. Dataset membership is named in
 each blob key; for blobs written before keys named it, it is carried over from the
-old documents.
+old documents, or given by the caller (``restore`` passes the membership a backup
+recorded: the old documents may be gone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from server.core.attributes import Level
@@ -34,7 +35,9 @@ class ReindexReport:
 def reindex(
     index: object, store: BlobStore, *, keep_old: bool = False,
     progress: Callable[[int], object] = lambda n: None,
+    memberships: Mapping[str, str | None] | None = None,
 ) -> ReindexReport:  # fmt: skip
+    """Rebuild; ``memberships`` (blob key -> dataset, e.g. from a backup) wins over the old index."""
     if not isinstance(index, ElasticsearchIndex):
         raise BadRequest(
             "reindex rebuilds the Elasticsearch index; this gateway uses the embedded one"
@@ -44,7 +47,7 @@ def reindex(
     old = {
         level: list(es.indices.get_alias(name=alias).keys()) for level, alias in index.names.items()
     }
-    datasets = _datasets(index)
+    datasets = {**_datasets(index), **(memberships or {})}
     new_names = {
         level: index.create_version(level, alias, with_alias=False)
         for level, alias in index.names.items()

@@ -150,7 +150,7 @@ def build_gateway(settings: Settings) -> Gateway:
         store=store,
         index=index,
         ingest=IngestService(store, index, settings),
-        retrieve=RetrieveService(store, index),
+        retrieve=RetrieveService(store, index, settings.pixel_limits()),
         deleter=DeleteService(store, index),
         checker=CheckService(store, index, settings),
         conformance=conformance,

@@ -87,9 +87,13 @@ def _dataset_json(
 
 def _element_json(elem: DataElement) -> dict[str, Any]:
     try:
-        return elem.to_json_dict(None, 2**62)
+        out: dict[str, Any] = elem.to_json_dict(None, 2**62)
     except Exception:
         return {"vr": elem.VR}
+    values = out.get("Value")
+    if isinstance(values, list) and any(dicom_json.beyond_64_bits(v) for v in values):
+        out["Value"] = [float(v) if dicom_json.beyond_64_bits(v) else v for v in values]
+    return out
 
 
 def _charset(ds: Dataset) -> Any:

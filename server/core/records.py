@@ -170,6 +170,8 @@ def _parse(f: BinaryIO) -> Dataset:
         ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=DEFER_SIZE)
     except InvalidDicomError as exc:
         raise UnreadableInstance(f"not a DICOM Part-10 file: {exc}") from exc
+    except RecursionError as exc:
+        raise UnreadableInstance("the data set is nested too deeply to be read") from exc
     except Exception as exc:
         raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
     if not ds.preamble and not getattr(ds, "file_meta", None):
@@ -247,7 +249,8 @@ def _columns(meta: dict[str, Any], level: Level) -> dict[str, Any]:
         elif spec.vr == "TM":
             out[spec.column] = normalize_tm(text)
         elif spec.vr in ("IS", "US"):
-            out[spec.column] = normalize_is(text)
+            number = normalize_is(text)  # out of 64-bit range: stored, but not matchable
+            out[spec.column] = number if number is not None and abs(number) < 2**63 else None
         elif spec.vr == "PN":
             out[spec.column] = text.lower()
             out[spec.column + "_fuzzy"] = fuzzy_name_column(text)

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from server.core.limits import PixelLimits, TooLarge, check_frame
-from server.core.pixels import DEFLATED_LE, PixelIndex
+from server.core.pixels import DEFLATED_LE, PixelIndex, is_video
 
 _STEP = 1 << 16
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # JPEG SOFn and JPEG-LS SOF55
@@ -62,8 +62,7 @@ def _inflate_counted(inflater: Any, data: bytes, done: int, cap: int) -> int:
         produced += len(out)
         if done + produced > cap:
             raise TooLarge(
-                f"the deflated data set inflates to more than {cap} bytes "
-                "(GATEWAY_STOW__MAX_INFLATED_BYTES)"
+                f"deflated data inflates past GATEWAY_STOW__MAX_INFLATED_BYTES ({cap} bytes)"
             )
         data = inflater.unconsumed_tail
     return produced
@@ -130,7 +129,7 @@ def check_frame_decodable(path: Path, index: PixelIndex, number: int, limits: Pi
         with path.open("rb") as f:
             declared = codestream_frame_bytes(_frame_head(f, index, number))
         if declared is not None:
-            check_frame(declared, limits, f"frame {number} (as its codestream header declares)")
+            check_frame(declared, limits, f"frame {number} codestream")
 
 
 def check_instance_decodable(path: Path, index: PixelIndex, limits: PixelLimits) -> bool:
@@ -159,3 +158,14 @@ def _frame_head(f: BinaryIO, index: PixelIndex, number: int) -> bytes:
         if len(out) >= 65536:
             break
     return out
+
+
+def check_codestreams(path: Path, index: PixelIndex, limits: PixelLimits) -> None:
+    """TooLarge if any compressed frame's codestream header declares more than the frame cap."""
+    if not index.encapsulated or limits.max_frame_bytes is None or is_video(index.transfer_syntax):
+        return
+    with path.open("rb") as f:
+        for number in range(1, len(index.frames) + 1):
+            declared = codestream_frame_bytes(_frame_head(f, index, number))
+            if declared is not None:
+                check_frame(declared, limits, f"frame {number} codestream")

@@ -32,6 +32,6 @@ def check_frame(decoded: int, limits: PixelLimits, what: str = "a frame") -> Non
     cap = limits.max_frame_bytes
     if cap is not None and decoded > cap:
         raise TooLarge(
-            f"{what} decodes to {decoded} bytes, above the limit of {cap} bytes "
-            "(GATEWAY_PIXELS__MAX_FRAME_BYTES)"
+            f"{what} decodes past GATEWAY_PIXELS__MAX_FRAME_BYTES: {decoded} bytes, "
+            f"the limit is {cap}"
         )

@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from server.core import pixels
 from server.core.attributes import LEVEL_TAGS, MATCHING, Level
-from server.core.decoded_size import check_inflated_size, frame_bytes
+from server.core.decoded_size import check_codestreams, check_inflated_size, frame_bytes
 from server.core.fhir import imaging
 from server.core.fhir.search import date_range
 from server.core.instance_json import TooDeep, metadata_json
@@ -107,6 +107,10 @@ def _read_instance(path: Path, sha256: str, limits: PixelLimits) -> InstanceReco
     if pixel_index is not None:
         _check_pixels_fit(pixel_index, size, sop_class, sop)
         _check_decoded_size(pixel_index, limits, sop_class, sop)
+        try:
+            check_codestreams(path, pixel_index, limits)
+        except TooLarge as exc:
+            raise UnreadableInstance(exc.message, sop_class, sop) from exc
     prefix = f"/studies/{study}/series/{series}/instances/{sop}"
     meta = _metadata(ds, prefix, pixel_index, limits.inline_binary_max_bytes)
     return _record(ds, meta, pixel_index, size, sha256, (study, series, sop, sop_class))
@@ -157,9 +161,8 @@ def _check_decoded_size(
     size = frame_bytes(index.rows, index.columns, index.samples_per_pixel, index.bits_allocated)
     if size > limits.max_frame_bytes:
         raise UnreadableInstance(
-            f"frames of {index.rows}x{index.columns}x{index.samples_per_pixel} at "
-            f"{index.bits_allocated} bits decode to {size} bytes each, above the limit of "
-            f"{limits.max_frame_bytes} bytes (GATEWAY_PIXELS__MAX_FRAME_BYTES)",
+            f"frames decode past GATEWAY_PIXELS__MAX_FRAME_BYTES: {index.rows}x{index.columns}"
+            f"x{index.samples_per_pixel} at {index.bits_allocated} bits, {size} bytes each",
             sop_class,
             sop,
         )

@@ -29,7 +29,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
 from server.core.decoded_size import check_frame_decodable
 from server.core.limits import PixelLimits
-from server.core.pixels import PixelIndexError, decode_frame_array, index_pixel_data
+from server.core.pixels import PixelIndex, PixelIndexError, decode_frame_array, index_pixel_data
 from server.errors import BadRequest, NotAcceptable
 
 MEDIA_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -129,7 +129,11 @@ def _parse_quality(value: str) -> int:
 
 
 def render_frame(
-    path: Path, frame: int, params: RenderParams, limits: PixelLimits | None = None
+    path: Path,
+    frame: int,
+    params: RenderParams,
+    limits: PixelLimits | None = None,
+    index: PixelIndex | None = None,
 ) -> bytes:
     """PS3.18 10.4.1.1.3 / 8.3.5: frame ``frame`` (1-based) of the file rendered to an image.
 
@@ -139,7 +143,7 @@ def render_frame(
     if params.media_type not in MEDIA_TYPES:
         raise NotAcceptable(f"rendered media type {params.media_type!r} is not supported")
     try:
-        index = index_pixel_data(path)
+        index = index or index_pixel_data(path)  # the stored index: no second parse
     except PixelIndexError as exc:
         raise NotAcceptable(f"the pixel data cannot be rendered: {exc}") from exc
     if index is None:
@@ -163,6 +167,7 @@ def render_thumbnail(
     size: int = 128,
     media_type: str = "image/jpeg",
     limits: PixelLimits | None = None,
+    index: PixelIndex | None = None,
 ) -> bytes:
     """PS3.18 10.4.1.1.5 / 8.3.5: a thumbnail fitting ``size x size`` of one frame."""
     if not 1 <= size <= MAX_VIEWPORT:
@@ -170,7 +175,7 @@ def render_thumbnail(
     if media_type not in MEDIA_TYPES:
         raise NotAcceptable(f"rendered media type {media_type!r} is not supported")
     params = RenderParams(media_type, viewport=(size, size), quality=80)
-    return render_frame(path, frame, params, limits)
+    return render_frame(path, frame, params, limits, index)
 
 
 def _decimated(arr: npt.NDArray[Any], params: RenderParams) -> npt.NDArray[Any]:

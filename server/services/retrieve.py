@@ -236,7 +236,9 @@ class RetrieveService:
         inst = self.one_instance(scope)
         if inst.pixel_index is None:
             raise NotAcceptable("the instance has no pixel data to render")
-        return rendering.render_frame(self.store.path(inst.blob_key), frame, params, self.limits)
+        index = self._pixel_index(inst)
+        path = self.store.path(inst.blob_key)
+        return rendering.render_frame(path, frame, params, self.limits, index)
 
     def thumbnail(self, scope: Scope, size: int, media_type: str) -> bytes:
         """PS3.18 10.4.1.1.5: a thumbnail of the middle image of the scope."""
@@ -247,7 +249,7 @@ class RetrieveService:
         index = pixels.PixelIndex.from_json(inst.pixel_index or b"")
         frame = (index.number_of_frames + 1) // 2 if scope.sop_uid is None else 1
         path = self.store.path(inst.blob_key)
-        return rendering.render_thumbnail(path, frame, size, media_type, self.limits)
+        return rendering.render_thumbnail(path, frame, size, media_type, self.limits, index)
 
 
 def _not_found(scope: Scope) -> str:

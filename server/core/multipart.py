@@ -10,6 +10,7 @@ is well formed: a body cut short or missing its close delimiter raises
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
 from server.errors import MalformedMultipart, PayloadTooLarge
+
+# RFC 2046 5.1.1: bchars, 1 to 70 of them, not ending with a space.
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 
 
 @dataclass
@@ -35,9 +39,9 @@ class MultipartSpooler:
     def __init__(
         self, boundary: str, directory: Path, max_bytes: int, max_parts: int = 10000
     ) -> None:
-        if not boundary or len(boundary) > 70:
+        if not _BOUNDARY.match(boundary):
             raise MalformedMultipart(
-                "the multipart boundary is missing or longer than 70 characters"
+                "the multipart boundary must be 1 to 70 characters of RFC 2046 bchars"
             )
         self.directory = directory
         self.parts: list[SpooledPart] = []

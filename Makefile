@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit e2e-setup openapi bench clean
+.PHONY: run test lint typecheck unit e2e-setup openapi bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ test: $(STAMP) e2e-setup lint typecheck
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
+
+# Longer byte-level fuzzing (atheris) of DICOM part parsing and multipart framing;
+# `make test` runs each target for 12 s (tests/fuzz/test_fuzz.py).
+FUZZ_SECONDS ?= 600
+fuzz: $(STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s --timeout=0 tests/fuzz
 
 bench: $(STAMP)
 	bash bench/run.sh

@@ -162,7 +162,7 @@ def build_gateway(settings: Settings) -> Gateway:
         store=store,
         index=index,
         ingest=IngestService(store, index, settings, journal),
-        retrieve=RetrieveService(store, index),
+        retrieve=RetrieveService(store, index, settings.pixel_limits()),
         deleter=DeleteService(store, index, journal),
         checker=CheckService(store, index, journal),
         journal=journal,

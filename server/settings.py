@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.core.limits import PixelLimits
+
 
 class Environment(StrEnum):
     development = "development"
@@ -30,8 +32,26 @@ class DuplicatePolicy(StrEnum):
 
 class StowSettings(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024**3, ge=1)
+    # Parts in one request; more is refused with 413 while the body is read.
+    max_parts: int = Field(default=10000, ge=1)
+    # A Deflated Explicit VR Little Endian part inflating past this is refused (0xC000).
+    max_inflated_bytes: int = Field(default=256 * 1024**2, ge=1024)
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.reject
     fsync: bool = True
+
+
+class PixelSettings(BaseModel):
+    """Caps on decoded pixel data: decompression bombs cost a 4xx, never a worker."""
+
+    # One decoded frame (rows x columns x samples x bytes). Compressed parts declaring larger
+    # frames are refused at ingest; decoding, rendering or transcoding larger ones answers 413.
+    max_frame_bytes: int = Field(default=64 * 1024**2, ge=1024)
+    # A whole instance decoded in memory to change its transfer syntax; larger ones are
+    # sent as stored.
+    max_transcode_bytes: int = Field(default=512 * 1024**2, ge=1024)
+    # Binary values (OB/OD/OF/OL/OV/OW/UN) above this many bytes are BulkDataURIs in metadata;
+    # pixel-bearing elements always are.
+    inline_binary_max_bytes: int = Field(default=256, ge=0, le=65536)
 
 
 class QidoSettings(BaseModel):
@@ -103,6 +123,7 @@ class Settings(BaseSettings):
     storage: str = "filesystem"
     stow: StowSettings = StowSettings()
     qido: QidoSettings = QidoSettings()
+    pixels: PixelSettings = PixelSettings()
     cors: CorsSettings = CorsSettings()
     auth: AuthSettings = AuthSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
@@ -122,6 +143,15 @@ class Settings(BaseSettings):
         if value not in {"filesystem"}:
             raise ValueError(f"unknown storage backend {value!r} (supported: filesystem)")
         return value
+
+    def pixel_limits(self) -> PixelLimits:
+        """The caps core functions take (see PixelSettings, StowSettings)."""
+        return PixelLimits(
+            max_frame_bytes=self.pixels.max_frame_bytes,
+            max_inflated_bytes=self.stow.max_inflated_bytes,
+            max_transcode_bytes=self.pixels.max_transcode_bytes,
+            inline_binary_max_bytes=self.pixels.inline_binary_max_bytes,
+        )
 
     def effective_workers(self) -> int:
         return self.workers or min(os.cpu_count() or 1, 4)

@@ -101,6 +101,11 @@ def _strings(vr: str, text: str) -> dict[str, Any] | None:
     return None
 
 
+def beyond_64_bits(value: Any) -> bool:
+    """An integer JSON cannot carry as one (written as a JSON number in floating point)."""
+    return isinstance(value, int) and not -(2**63) <= value < 2**64
+
+
 def _person_name(value: str) -> dict[str, str]:
     groups = value.split("=")
     out = {"Alphabetic": groups[0]}
@@ -115,7 +120,8 @@ def _decimal_strings(vr: str, text: str) -> dict[str, Any] | None:
     items = text.strip().rstrip(" \x00").split("\\")
     try:
         if vr == "IS":
-            return {"vr": vr, "Value": [int(item) for item in items]}
+            numbers = [int(item) for item in items]
+            return {"vr": vr, "Value": [float(n) if beyond_64_bits(n) else n for n in numbers]}
         return {"vr": vr, "Value": [float(item) for item in items]}
     except ValueError:
         return None

@@ -1,7 +1,8 @@
 """Streaming ``multipart/related`` reader and writer (RFC 2387, PS3.18 8.6.1.2).
 
 The reader spools each part to its own file while hashing it, so a request of
-any size costs constant memory. The request is accepted only if the whole body
+any size costs constant memory, and work linear in the body (one pass of the
+parser, one file per part, at most ``max_parts`` parts). The request is accepted only if the whole body
 is well formed: a body cut short or missing its close delimiter raises
 :class:`MalformedMultipart` and the caller discards every spooled part.
 """
@@ -9,6 +10,7 @@ is well formed: a body cut short or missing its close delimiter raises
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,9 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
 from server.errors import MalformedMultipart, PayloadTooLarge
+
+# RFC 2046 5.1.1: bchars, 1 to 70 of them, not ending with a space.
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
 
 
 @dataclass
@@ -31,14 +36,17 @@ class SpooledPart:
 class MultipartSpooler:
     """Feed body chunks; parts land as files in ``directory``."""
 
-    def __init__(self, boundary: str, directory: Path, max_bytes: int) -> None:
-        if not boundary or len(boundary) > 70:
+    def __init__(
+        self, boundary: str, directory: Path, max_bytes: int, max_parts: int = 10000
+    ) -> None:
+        if not _BOUNDARY.match(boundary):
             raise MalformedMultipart(
-                "the multipart boundary is missing or longer than 70 characters"
+                "the multipart boundary must be 1 to 70 characters of RFC 2046 bchars"
             )
         self.directory = directory
         self.parts: list[SpooledPart] = []
         self._max = max_bytes
+        self._max_parts = max_parts
         self._received = 0
         self._file: BinaryIO | None = None
         self._hash: Any = None
@@ -89,6 +97,11 @@ class MultipartSpooler:
 
     # -- parser callbacks ------------------------------------------------
     def _part_begin(self) -> None:
+        if len(self.parts) >= self._max_parts:
+            raise PayloadTooLarge(
+                f"the request has more than {self._max_parts} parts "
+                "(GATEWAY_STOW__MAX_PARTS); send the instances in several requests"
+            )
         self._headers = {}
         self._size = 0
         self._hash = hashlib.sha256()

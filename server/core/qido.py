@@ -7,6 +7,7 @@ unknown, unsupported or malformed raises :class:`InvalidQuery` naming it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from server.core.attributes import (
     parse_tag,
 )
 from server.core.uids import check_uid
-from server.core.values import name_tokens, normalize_da, normalize_is, normalize_tm
+from server.core.values import name_tokens, normalize_da, normalize_tm
 from server.errors import InvalidQuery
 
 
@@ -91,6 +92,22 @@ _LEVEL_RANK = {Level.STUDY: 0, Level.SERIES: 1, Level.INSTANCE: 2}
 _LIST_VRS = {"UI", "CS", "IS", "US", "SH"}
 _INT_VRS = {"IS", "US", "UL", "SS", "SL"}
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
+# PS3.5 Table 6.2-1 value ranges of the integer VRs; a value outside cannot match anything
+# stored and would overflow the index's 64-bit integers.
+_INT_RANGES = {
+    "IS": (-(2**31), 2**31 - 1), "US": (0, 2**16 - 1), "UL": (0, 2**32 - 1),
+    "SS": (-(2**15), 2**15 - 1), "SL": (-(2**31), 2**31 - 1),
+}  # fmt: skip
+MAX_OFFSET = 1_000_000  # deepest page: bounded work per request, and within every backend
+_INTEGER = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")
+
+
+def parse_integer(value: str, low: int, high: int) -> int | None:
+    """An ASCII decimal integer within ``low..high``; None for anything else (NaN, 1e3, 10**30)."""
+    if not _INTEGER.match(value):
+        return None
+    number = int(value)
+    return number if low <= number <= high else None
 
 
 def parse_query(
@@ -165,10 +182,13 @@ def _parse_controls(pairs: list[tuple[str, str]], default_limit: int, max_limit:
     out = _Controls(limit=default_limit)
     for key, value in pairs:
         if key in ("limit", "offset"):
-            number = normalize_is(value)
-            if number is None or number < 0 or (key == "limit" and number == 0):
+            high = MAX_OFFSET if key == "offset" else 2**63 - 1
+            number = parse_integer(value, 1 if key == "limit" else 0, high)
+            if number is None:
                 kind = "positive" if key == "limit" else "non-negative"
-                raise InvalidQuery(f"{key} must be a {kind} integer, got {value!r}", key)
+                raise InvalidQuery(
+                    f"{key} must be a {kind} integer of at most {high}, got {value[:40]!r}", key
+                )
             if key == "limit":
                 out.clamped = number > max_limit
                 out.limit = min(number, max_limit)
@@ -234,9 +254,12 @@ def _typed(spec: AttributeSpec, value: str, key: str) -> str | int:
         except Exception as exc:
             raise InvalidQuery(str(exc), key) from exc
     if spec.vr in _INT_VRS:
-        number = normalize_is(value)
+        low, high = _INT_RANGES[spec.vr]
+        number = parse_integer(value, low, high)
         if number is None:
-            raise InvalidQuery(f"{spec.keyword} must be an integer, got {value!r}", key)
+            raise InvalidQuery(
+                f"{spec.keyword} must be an integer from {low} to {high}, got {value[:40]!r}", key
+            )
         return number
     return value
 

@@ -15,22 +15,21 @@ from typing import Any, BinaryIO
 
 import orjson
 import pydicom
-from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
 
-from server.core import dicom_json, pixels
+from server.core import pixels
 from server.core.attributes import LEVEL_TAGS, MATCHING, Level
+from server.core.decoded_size import check_codestreams, check_inflated_size, frame_bytes
 from server.core.fhir import imaging
 from server.core.fhir.search import date_range
+from server.core.instance_json import TooDeep, metadata_json
+from server.core.limits import PixelLimits, TooLarge
 from server.core.uids import check_uid
 from server.core.values import fuzzy_name_column, normalize_da, normalize_is, normalize_tm
-from server.errors import BadRequest, NotFound
+from server.errors import BadRequest
 
-BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-BULK_THRESHOLD = 1024
+DEFER_SIZE = 1024  # values larger than this are not read while parsing
 PIXEL_DATA = 0x7FE00010
 LEVEL_KEYS = {level: tuple(f"{tag:08X}" for tag in tags) for level, tags in LEVEL_TAGS.items()}
 
@@ -75,9 +74,29 @@ def blob_key_for(sop_uid: str, sha256: str) -> str:
     return f"{uid_hash}.{sha256[:16]}.dcm"
 
 
-def read_instance(path: Path, sha256: str) -> InstanceRecord:
-    """PS3.10 7.1: parse a Part-10 file and build its index record (UnreadableInstance if not)."""
+def read_instance(path: Path, sha256: str, limits: PixelLimits | None = None) -> InstanceRecord:
+    """PS3.10 7.1: parse a Part-10 file and build its index record (UnreadableInstance if not).
+
+    Nothing but UnreadableInstance escapes: any failure of the parser or of a
+    conversion on hostile bytes (deep nesting, bombs, broken values) is that.
+    """
+    limits = limits or PixelLimits()
+    try:
+        return _read_instance(path, sha256, limits)
+    except UnreadableInstance:
+        raise
+    except TooLarge as exc:
+        raise UnreadableInstance(exc.message) from exc
+    except RecursionError as exc:
+        raise UnreadableInstance("the data set is nested too deeply to be read") from exc
+    except Exception as exc:
+        raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_instance(path: Path, sha256: str, limits: PixelLimits) -> InstanceRecord:
     with path.open("rb") as f:
+        if limits.max_inflated_bytes is not None:
+            check_inflated_size(f, limits.max_inflated_bytes)
         ds = _parse(f)
         size = os.fstat(f.fileno()).st_size
         study, series, sop, sop_class = _uids(ds)
@@ -87,8 +106,25 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
             raise UnreadableInstance(f"pixel data cannot be read: {exc}", sop_class, sop) from exc
     if pixel_index is not None:
         _check_pixels_fit(pixel_index, size, sop_class, sop)
+        _check_decoded_size(pixel_index, limits, sop_class, sop)
+        try:
+            check_codestreams(path, pixel_index, limits)
+        except TooLarge as exc:
+            raise UnreadableInstance(exc.message, sop_class, sop) from exc
     prefix = f"/studies/{study}/series/{series}/instances/{sop}"
-    meta = _metadata(ds, prefix, pixel_index)  # converted once; levels and columns pick from it
+    meta = _metadata(ds, prefix, pixel_index, limits.inline_binary_max_bytes)
+    return _record(ds, meta, pixel_index, size, sha256, (study, series, sop, sop_class))
+
+
+def _record(
+    ds: Dataset,
+    meta: dict[str, Any],
+    pixel_index: pixels.PixelIndex | None,
+    size: int,
+    sha256: str,
+    uids: tuple[str, str, str, str],
+) -> InstanceRecord:
+    study, series, sop, sop_class = uids
     record = InstanceRecord(
         study_uid=study,
         series_uid=series,
@@ -113,11 +149,32 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
     return record
 
 
+def _check_decoded_size(
+    index: pixels.PixelIndex, limits: PixelLimits, sop_class: str, sop: str
+) -> None:
+    """Compressed or deflated frames whose decoded size exceeds the cap are bombs: refused.
+
+    Native frames are stored as sent (their size is real); only decoding them is capped.
+    """
+    if limits.max_frame_bytes is None or not (index.encapsulated or not index.frames):
+        return
+    size = frame_bytes(index.rows, index.columns, index.samples_per_pixel, index.bits_allocated)
+    if size > limits.max_frame_bytes:
+        raise UnreadableInstance(
+            f"frames decode past GATEWAY_PIXELS__MAX_FRAME_BYTES: {index.rows}x{index.columns}"
+            f"x{index.samples_per_pixel} at {index.bits_allocated} bits, {size} bytes each",
+            sop_class,
+            sop,
+        )
+
+
 def _parse(f: BinaryIO) -> Dataset:
     try:
-        ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=BULK_THRESHOLD)
+        ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=DEFER_SIZE)
     except InvalidDicomError as exc:
         raise UnreadableInstance(f"not a DICOM Part-10 file: {exc}") from exc
+    except RecursionError as exc:
+        raise UnreadableInstance("the data set is nested too deeply to be read") from exc
     except Exception as exc:
         raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
     if not ds.preamble and not getattr(ds, "file_meta", None):
@@ -195,7 +252,8 @@ def _columns(meta: dict[str, Any], level: Level) -> dict[str, Any]:
         elif spec.vr == "TM":
             out[spec.column] = normalize_tm(text)
         elif spec.vr in ("IS", "US"):
-            out[spec.column] = normalize_is(text)
+            number = normalize_is(text)  # out of 64-bit range: stored, but not matchable
+            out[spec.column] = number if number is not None and abs(number) < 2**63 else None
         elif spec.vr == "PN":
             out[spec.column] = text.lower()
             out[spec.column + "_fuzzy"] = fuzzy_name_column(text)
@@ -208,92 +266,13 @@ def _level_json(meta: dict[str, Any], level: Level) -> dict[str, Any]:
     return {key: meta[key] for key in LEVEL_KEYS[level] if key in meta}
 
 
-def _element_json(elem: DataElement) -> dict[str, Any]:
-    try:
-        return elem.to_json_dict(None, 2**62)
-    except Exception:
-        return {"vr": elem.VR}
-
-
-def _metadata(ds: Dataset, prefix: str, index: pixels.PixelIndex | None) -> dict[str, Any]:
-    body = _dataset_json(ds, prefix + "/bulkdata/", "")
-    if index is not None:
-        vr = "OB" if index.encapsulated or index.bits_allocated <= 8 else "OW"
-        body["7FE00010"] = {"vr": vr, "BulkDataURI": f"{prefix}/bulkdata/7FE00010"}
-    return body
-
-
-def _dataset_json(
-    ds: Dataset, bulk_prefix: str, path: str, codec: str | None = None
+def _metadata(
+    ds: Dataset, prefix: str, index: pixels.PixelIndex | None, threshold: int
 ) -> dict[str, Any]:
-    """PS3.18 F.2: a dataset as DICOM JSON, large binary values as BulkDataURIs."""
-    if not path or 0x00080005 in ds:  # top level, or an item with its own character set
-        codec = dicom_json.codec_for(_charset(ds))
-    out: dict[str, Any] = {}
-    for tag in ds.keys():  # noqa: SIM118 - a Dataset iterates elements, not tags
-        key = f"{int(tag):08X}"
-        raw = ds.get_item(tag)
-        vr = _vr_of(raw, int(tag))
-        if vr in BULK_VRS and _is_large(raw):
-            out[key] = {"vr": vr, "BulkDataURI": f"{bulk_prefix}{path}{key}"}
-            continue
-        if isinstance(raw, RawDataElement) and vr != "SQ":
-            fast = dicom_json.raw_element_json(raw, codec)
-            if fast is not None:
-                out[key] = fast
-                continue
-        try:
-            elem = ds[tag]
-        except Exception:
-            continue  # an element pydicom cannot decode is left out of the metadata
-        if elem.VR == "SQ":
-            items = [
-                _dataset_json(item, bulk_prefix, f"{path}{key}/{i + 1}/", codec)
-                for i, item in enumerate(elem.value)
-            ]
-            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-        else:
-            out[key] = _element_json(elem)
-    return out
-
-
-def _charset(ds: Dataset) -> Any:
+    pixel_vr = None
+    if index is not None:
+        pixel_vr = "OB" if index.encapsulated or index.bits_allocated <= 8 else "OW"
     try:
-        return ds.get("SpecificCharacterSet")
-    except Exception:
-        return ["?"]  # undecodable: forces pydicom's own conversion
-
-
-def _vr_of(raw: DataElement | RawDataElement | None, tag: int) -> str:
-    vr = getattr(raw, "VR", None)
-    if vr:
-        return str(vr)
-    try:
-        return str(dictionary_VR(Tag(tag)))
-    except KeyError:
-        return "UN"
-
-
-def _is_large(raw: DataElement | RawDataElement | None) -> bool:
-    if isinstance(raw, RawDataElement):
-        return raw.value is None or (raw.length != 0xFFFFFFFF and raw.length > BULK_THRESHOLD)
-    value = getattr(raw, "value", None)
-    return isinstance(value, bytes | bytearray) and len(value) > BULK_THRESHOLD
-
-
-def read_bulk_value(path: Path, bulk_path: str) -> bytes:
-    """Follow a BulkDataURI path (``TAG`` or ``SEQ/item/TAG...``, items 1-based) to a binary value."""
-    parts = [p for p in bulk_path.strip("/").split("/") if p]
-    if not parts or len(parts) % 2 == 0:
-        raise NotFound(f"bulk data path {bulk_path!r} is not a tag path")
-    ds = pydicom.dcmread(path)
-    current: Dataset = ds
-    try:
-        for i in range(0, len(parts) - 1, 2):
-            current = current[int(parts[i], 16)].value[int(parts[i + 1]) - 1]
-        elem = current[int(parts[-1], 16)]
-    except (KeyError, IndexError, ValueError, TypeError) as exc:
-        raise NotFound(f"no bulk data at {bulk_path!r}") from exc
-    if elem.VR not in BULK_VRS or not isinstance(elem.value, bytes | bytearray):
-        raise NotFound(f"{bulk_path!r} is not a binary element")
-    return bytes(elem.value)
+        return metadata_json(ds, prefix, pixel_vr, threshold)
+    except TooDeep as exc:
+        raise UnreadableInstance(exc.message) from exc

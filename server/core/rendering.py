@@ -27,7 +27,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi
 
-from server.core.pixels import PixelIndexError, decode_frame_array, index_pixel_data
+from server.core.decoded_size import check_frame_decodable
+from server.core.limits import PixelLimits
+from server.core.pixels import PixelIndex, PixelIndexError, decode_frame_array, index_pixel_data
 from server.errors import BadRequest, NotAcceptable
 
 MEDIA_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
@@ -126,7 +128,13 @@ def _parse_quality(value: str) -> int:
     return _parse_int(value.strip(), "quality", 1, 100)
 
 
-def render_frame(path: Path, frame: int, params: RenderParams) -> bytes:
+def render_frame(
+    path: Path,
+    frame: int,
+    params: RenderParams,
+    limits: PixelLimits | None = None,
+    index: PixelIndex | None = None,
+) -> bytes:
     """PS3.18 10.4.1.1.3 / 8.3.5: frame ``frame`` (1-based) of the file rendered to an image.
 
     Only that frame is decoded. NotFound for a frame out of range, NotAcceptable when
@@ -135,12 +143,14 @@ def render_frame(path: Path, frame: int, params: RenderParams) -> bytes:
     if params.media_type not in MEDIA_TYPES:
         raise NotAcceptable(f"rendered media type {params.media_type!r} is not supported")
     try:
-        index = index_pixel_data(path)
+        index = index or index_pixel_data(path)  # the stored index: no second parse
     except PixelIndexError as exc:
         raise NotAcceptable(f"the pixel data cannot be rendered: {exc}") from exc
     if index is None:
         raise NotAcceptable("the instance has no pixel data to render")
-    arr = decode_frame_array(path, index, frame, rgb=True)
+    if 1 <= frame <= index.number_of_frames:
+        check_frame_decodable(path, index, frame, limits or PixelLimits())
+    arr = _decimated(decode_frame_array(path, index, frame, rgb=True), params)
     header = pydicom.dcmread(path, stop_before_pixels=True)
     pixels = _to_display(arr, header, frame, params.window)
     image = Image.fromarray(pixels)
@@ -152,14 +162,29 @@ def render_frame(path: Path, frame: int, params: RenderParams) -> bytes:
 
 
 def render_thumbnail(
-    path: Path, frame: int, size: int = 128, media_type: str = "image/jpeg"
+    path: Path,
+    frame: int,
+    size: int = 128,
+    media_type: str = "image/jpeg",
+    limits: PixelLimits | None = None,
+    index: PixelIndex | None = None,
 ) -> bytes:
     """PS3.18 10.4.1.1.5 / 8.3.5: a thumbnail fitting ``size x size`` of one frame."""
     if not 1 <= size <= MAX_VIEWPORT:
         raise BadRequest(f"thumbnail size must be between 1 and {MAX_VIEWPORT}")
     if media_type not in MEDIA_TYPES:
         raise NotAcceptable(f"rendered media type {media_type!r} is not supported")
-    return render_frame(path, frame, RenderParams(media_type, viewport=(size, size), quality=80))
+    params = RenderParams(media_type, viewport=(size, size), quality=80)
+    return render_frame(path, frame, params, limits, index)
+
+
+def _decimated(arr: npt.NDArray[Any], params: RenderParams) -> npt.NDArray[Any]:
+    """Keep every n-th pixel when the viewport is at least 4x smaller than the whole frame,
+    so the floating-point display pipeline works on about 2x the output size, not the frame."""
+    if params.viewport is None or params.region is not None:
+        return arr
+    step = min(arr.shape[0] // params.viewport[1], arr.shape[1] // params.viewport[0]) // 2
+    return arr[::step, ::step] if step >= 2 else arr
 
 
 def _to_display(

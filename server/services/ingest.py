@@ -97,7 +97,7 @@ class IngestService:
             outcome.message = f"part media type {media.type} is not application/dicom"
             return None
         try:
-            record = read_instance(item.path, item.sha256)
+            record = read_instance(item.path, item.sha256, self.settings.pixel_limits())
         except UnreadableInstance as exc:
             outcome.sop_class_uid, outcome.sop_uid = exc.sop_class_uid, exc.sop_uid
             outcome.failure = stow.CANNOT_UNDERSTAND

@@ -7,12 +7,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from server.core import pixels, rendering
+import orjson
+
+from server.core import bulkdata, pixels, rendering
+from server.core.decoded_size import check_frame_decodable, check_instance_decodable
+from server.core.instance_json import read_bulk_value
+from server.core.limits import PixelLimits
 from server.core.multipart import close_delimiter, iter_file, write_part_header
 from server.core.qido import QidoQuery
-from server.core.records import read_bulk_value
 from server.core.transcode import is_lossy, transcode_to_explicit_le
-from server.errors import NotAcceptable, NotFound
+from server.errors import Forbidden, NotAcceptable, NotFound
 from server.index.base import Index, Scope, SearchPage, StoredInstance
 from server.security.enforce import require
 from server.security.model import Action, Principal
@@ -29,20 +33,37 @@ class FramePart:
     data: bytes
 
 
+class InSituOnly(Forbidden):
+    """The caller sees the study's metadata, but its agreement releases no pixel data (403)."""
+
+
 class RetrieveService:
-    def __init__(self, store: BlobStore, index: Index) -> None:
+    def __init__(self, store: BlobStore, index: Index, limits: PixelLimits | None = None) -> None:
         self.store = store
         self.index = index
+        self.limits = limits or PixelLimits()
 
     # -- authorisation -----------------------------------------------------
     def authorize(self, principal: Principal, scope: Scope, action: Action) -> None:
-        """The study must be in a dataset the caller may ``action``; else 404 (no existence hint)."""
+        """The study must be in a dataset the caller may ``action``; else 404 (no existence hint).
+
+        A caller who may read the metadata but not retrieve (an in-situ-processing grant)
+        gets 403 for instances, frames, rendered images and bulk data: it already knows the
+        study exists, and 404 would only make viewers show black viewports.
+        """
         require(principal, "ImagingStudy", "r")
         if principal.unrestricted:
             return
         exists, dataset = self.index.study_dataset(scope.study_uid)
-        if not exists or not principal.allows(action, dataset):
-            raise NotFound(_not_found(scope))
+        if exists and principal.allows(action, dataset):
+            return
+        if exists and action is Action.RETRIEVE and principal.allows(Action.METADATA, dataset):
+            raise InSituOnly(
+                "the data-access agreement for this study's dataset allows in-situ processing "
+                "only: metadata may be read, but instances, frames, rendered images and bulk "
+                "data are not released"
+            )
+        raise NotFound(_not_found(scope))
 
     # -- QIDO --------------------------------------------------------------
     def search(
@@ -52,7 +73,11 @@ class RetrieveService:
         require(principal, "ImagingStudy", "s")
         query = replace(query, datasets=principal.datasets_for(Action.SEARCH))
         page: SearchPage = self.index.search(query)
+        threshold = self.limits.inline_binary_max_bytes
         for row in page.rows:
+            prefix = bulkdata.instance_prefix(row)
+            bulkdata.sanitize(row, dicomweb_root + prefix if prefix else None, threshold)
+            bulkdata.absolute_uris(row, dicomweb_root)
             url = _retrieve_url(row, dicomweb_root, query)
             if url:
                 row["00081190"] = {"vr": "UR", "Value": [url]}
@@ -104,7 +129,12 @@ class RetrieveService:
             wanted = ts  # PS3.18 8.7.3.5.2: lossy data may be sent as received
         if wanted in ("*", ts):
             return None, ts
-        data = transcode_to_explicit_le(self.store.path(inst.blob_key))
+        path = self.store.path(inst.blob_key)
+        if inst.pixel_index is not None:
+            index = pixels.PixelIndex.from_json(inst.pixel_index)
+            if not check_instance_decodable(path, index, self.limits):
+                return None, ts  # too large to decode in memory: sent as stored
+        data = transcode_to_explicit_le(path)
         return (data, EXPLICIT_LE) if data is not None else (None, ts)
 
     def metadata(self, scope: Scope, dicomweb_root: str) -> Iterator[bytes]:
@@ -116,12 +146,21 @@ class RetrieveService:
         needle, absolute = b'"BulkDataURI":"', b'"BulkDataURI":"' + dicomweb_root.encode()
 
         def generate() -> Iterator[bytes]:
-            yield b"[" + first.replace(needle, absolute)
+            yield b"[" + self._safe_metadata(first).replace(needle, absolute)
             for blob in blobs:
-                yield b"," + blob.replace(needle, absolute)
+                yield b"," + self._safe_metadata(blob).replace(needle, absolute)
             yield b"]"
 
         return generate()
+
+    def _safe_metadata(self, blob: bytes) -> bytes:
+        """Stored metadata with the bulk data rule applied again (records of older versions)."""
+        threshold = self.limits.inline_binary_max_bytes
+        if not bulkdata.blob_may_leak(blob, threshold):
+            return blob
+        meta = orjson.loads(blob)
+        bulkdata.sanitize(meta, bulkdata.instance_prefix(meta), threshold)
+        return orjson.dumps(meta)
 
     def one_instance(self, scope: Scope) -> StoredInstance:
         found = self.instances(scope)
@@ -151,7 +190,7 @@ class RetrieveService:
                 label = EXPLICIT_LE if native else inst.transfer_syntax
                 ctype = f"{stored_type}; transfer-syntax={label}"
             else:
-                data = pixels.decode_frame_native(self.store.path(inst.blob_key), index, number)
+                data = self._decode_frame(inst, index, number)
                 ctype = "application/octet-stream; transfer-syntax=" + EXPLICIT_LE
             parts.append(FramePart(ctype, data))
         return parts
@@ -163,9 +202,14 @@ class RetrieveService:
 
     def _read_frame(self, inst: StoredInstance, index: pixels.PixelIndex, number: int) -> bytes:
         if not index.frames:
-            return pixels.decode_frame_native(self.store.path(inst.blob_key), index, number)
+            return self._decode_frame(inst, index, number)
         with self.store.open(inst.blob_key) as f:
             return pixels.read_frame(f, index, number)
+
+    def _decode_frame(self, inst: StoredInstance, index: pixels.PixelIndex, number: int) -> bytes:
+        path = self.store.path(inst.blob_key)
+        check_frame_decodable(path, index, number, self.limits)
+        return pixels.decode_frame_native(path, index, number)
 
     def bulk_pixel_data(self, scope: Scope) -> list[FramePart]:
         inst = self.one_instance(scope)
@@ -173,6 +217,8 @@ class RetrieveService:
         numbers = list(range(1, index.number_of_frames + 1))
         if index.encapsulated and not pixels.is_video(index.transfer_syntax):
             return self.frames(scope, numbers, want_stored=True, media_type=None)
+        if not index.frames:  # deflated: every frame is inflated
+            check_frame_decodable(self.store.path(inst.blob_key), index, 1, self.limits)
         with self.store.open(inst.blob_key) as f:
             data = pixels.read_pixel_data(f, index)
         media = pixels.frame_media_type(index.transfer_syntax)
@@ -181,7 +227,8 @@ class RetrieveService:
     def bulk_element(self, scope: Scope, path: str) -> FramePart:
         """PS3.18 10.4.1.1.5: the value of a (possibly nested) binary element."""
         inst = self.one_instance(scope)
-        value = read_bulk_value(self.store.path(inst.blob_key), path)
+        cap = self.limits.max_frame_bytes
+        value = read_bulk_value(self.store.path(inst.blob_key), path, cap)
         return FramePart("application/octet-stream", value)
 
     def render(self, scope: Scope, frame: int, params: rendering.RenderParams) -> bytes:
@@ -189,7 +236,9 @@ class RetrieveService:
         inst = self.one_instance(scope)
         if inst.pixel_index is None:
             raise NotAcceptable("the instance has no pixel data to render")
-        return rendering.render_frame(self.store.path(inst.blob_key), frame, params)
+        index = self._pixel_index(inst)
+        path = self.store.path(inst.blob_key)
+        return rendering.render_frame(path, frame, params, self.limits, index)
 
     def thumbnail(self, scope: Scope, size: int, media_type: str) -> bytes:
         """PS3.18 10.4.1.1.5: a thumbnail of the middle image of the scope."""
@@ -199,7 +248,8 @@ class RetrieveService:
         inst = candidates[len(candidates) // 2]
         index = pixels.PixelIndex.from_json(inst.pixel_index or b"")
         frame = (index.number_of_frames + 1) // 2 if scope.sop_uid is None else 1
-        return rendering.render_thumbnail(self.store.path(inst.blob_key), frame, size, media_type)
+        path = self.store.path(inst.blob_key)
+        return rendering.render_thumbnail(path, frame, size, media_type, self.limits, index)
 
 
 def _not_found(scope: Scope) -> str:

@@ -170,8 +170,11 @@ def test_retrieval_needs_download(world: World, kind: str) -> None:
     w = world
     answer = expect(w.get(_retrieve_paths(w.a[0])[kind], w.x_token), 200, w.hidden)
     assert answer.content
-    for refused in (w.b, w.c, w.p):  # in situ: no pixels out; C and P: not granted
-        expect(w.get(_retrieve_paths(refused)[kind], w.x_token), 404, w.hidden)
+    # in situ: the study is visible but no pixels go out (403); C and P: not granted (404)
+    refused = expect(w.get(_retrieve_paths(w.b)[kind], w.x_token), 403, w.hidden)
+    assert "in-situ processing only" in refused.json()["message"]
+    for hidden in (w.c, w.p):
+        expect(w.get(_retrieve_paths(hidden)[kind], w.x_token), 404, w.hidden)
 
 
 @pytest.mark.parametrize("level", ["study", "series", "instance"])

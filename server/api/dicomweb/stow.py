@@ -120,7 +120,7 @@ async def _store(request: Request, study_uid: str | None, dataset: str | None = 
             f"the request body ({declared} bytes) exceeds the limit of {limit} bytes"
         )
     spool = gw.journal.spool_dir()
-    spooler = MultipartSpooler(boundary, spool, limit)
+    spooler = MultipartSpooler(boundary, spool, limit, gw.settings.stow.max_parts)
     try:
         async for chunk in request.stream():
             spooler.feed(chunk)

@@ -1,0 +1,54 @@
+"""Multipart framing: work linear in the number of parts, and a cap on parts (no timing)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from server.core.multipart import MultipartSpooler
+from server.errors import PayloadTooLarge
+
+
+def _body(parts: int, boundary: str = "b0undary") -> bytes:
+    one = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\nA\r\n".encode()
+    return one * parts + f"--{boundary}--\r\n".encode()
+
+
+def _calls_to_spool(tmp_path: Path, parts: int) -> int:
+    """Python function calls made while a body of ``parts`` one-byte parts is read."""
+    directory = tmp_path / str(parts)
+    directory.mkdir()
+    body = _body(parts)
+    count = [0]
+
+    def profile(frame: FrameType, event: str, arg: Any) -> None:
+        if event in ("call", "c_call"):
+            count[0] += 1
+
+    spooler = MultipartSpooler("b0undary", directory, 1 << 40, max_parts=10**6)
+    sys.setprofile(profile)
+    try:
+        for start in range(0, len(body), 65536):
+            spooler.feed(body[start : start + 65536])
+        found = spooler.finish()
+    finally:
+        sys.setprofile(None)
+    assert len(found) == parts
+    return count[0]
+
+
+def test_work_is_linear_in_the_number_of_parts(tmp_path: Path) -> None:
+    small, large = _calls_to_spool(tmp_path, 1000), _calls_to_spool(tmp_path, 4000)
+    assert 3.5 < large / small < 4.5, (small, large)
+
+
+def test_parts_beyond_the_cap_are_refused_while_reading(tmp_path: Path) -> None:
+    spooler = MultipartSpooler("b0undary", tmp_path, 1 << 40, max_parts=5)
+    with pytest.raises(PayloadTooLarge, match="more than 5 parts"):
+        spooler.feed(_body(100))
+    spooler.close()
+    assert len(list(tmp_path.iterdir())) == 5  # it stopped at the sixth part

@@ -36,10 +36,11 @@ from server.security.audit import AuditLog
 from server.security.authn import Authenticator
 from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
-from server.security.keys import SigningKeys
+from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
 from server.security.tokens import TokenSettings
 from server.services.fhir import ENDPOINT_ID, FhirReadService
+from server.services.fhir_paging import SearchCursors
 from server.services.fhir_write import FhirWriteService, parse_json_object
 from server.services.ingest import IngestService
 from server.services.maintenance import CheckService, DeleteService
@@ -116,7 +117,11 @@ def build_gateway(settings: Settings) -> Gateway:
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
     audit = AuditLog(settings.data_dir / "audit.sqlite")
-    fhir_read = FhirReadService(fhir_store, queries, conformance, audit)
+    secret = InstallationSecret.load_or_create(settings.data_dir)
+    cursors = SearchCursors(secret.derive("fhir-cursor"), settings.privacy.cursor_lifetime)
+    fhir_read = FhirReadService(
+        fhir_store, queries, conformance, cursors, audit, settings.privacy.min_cell_count
+    )
     auth = settings.auth
     keys = (
         SigningKeys.from_jwk_file(auth.signing_key_file)

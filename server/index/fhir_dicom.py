@@ -13,7 +13,14 @@ from typing import Any
 
 import orjson
 
-from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
+from server.core.fhir.search import (
+    Criterion,
+    DateValue,
+    PagePosition,
+    ReferenceValue,
+    SearchRequest,
+    TokenValue,
+)
 from server.errors import InvalidQuery
 from server.index.fhir_sql import date_sql, fetch_page
 from server.index.sqlite_db import SqliteDatabase
@@ -38,8 +45,8 @@ class StudyRow:
 class StudyPage:
     rows: list[StudyRow]
     total: int | None
-    next_cursor: str | None
-    previous_cursor: str | None
+    next_cursor: PagePosition | None
+    previous_cursor: PagePosition | None
 
 
 class DicomFhirQueries:

@@ -15,7 +15,14 @@ import orjson
 from elasticsearch import Elasticsearch, NotFoundError
 
 from server.core.attributes import Level
-from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
+from server.core.fhir.search import (
+    Criterion,
+    DateValue,
+    PagePosition,
+    ReferenceValue,
+    SearchRequest,
+    TokenValue,
+)
 from server.errors import InvalidQuery
 from server.index.fhir_dicom import (
     BODY_PART_SYSTEM,
@@ -28,7 +35,6 @@ from server.index.fhir_dicom import (
     empty_statistics,
     started_floor,
 )
-from server.index.fhir_sql import decode_cursor, encode_cursor
 
 _SORT = {"started": "started_lo", "_lastUpdated": "updated", "_id": "studyinstanceuid"}
 _FIELDS = ["json", "dataset", "patient_key", "updated", "modalities", "studyinstanceuid"]
@@ -248,6 +254,8 @@ class EsFhirQueries:
 
     def search_patients(self, req: SearchRequest) -> StudyPage:
         query = {"bool": {"filter": self.patient_filters(req)}}
+        if req.count == 0:  # count only: no row is read
+            return StudyPage([], self._patient_total(query, req), None, None)
         source: dict[str, Any] = {
             "size": req.count + 1,
             "sources": [
@@ -261,9 +269,10 @@ class EsFhirQueries:
                 }
             ],
         }
-        if req.cursor:
-            _, values = decode_cursor(req.cursor)
-            source["after"] = {"k": values[0]}
+        if req.position is not None:
+            if req.position.backwards or len(req.position.values) != 1:
+                raise InvalidQuery("_cursor does not belong to this search", "_cursor")
+            source["after"] = {"k": req.position.values[0]}
         aggs = {
             "p": {
                 "composite": source,
@@ -277,13 +286,15 @@ class EsFhirQueries:
         more = len(buckets) > req.count
         buckets = buckets[: req.count]
         rows = self._rows([b["one"]["hits"]["hits"][0] for b in buckets])
-        total = None
-        if req.total == "accurate" or req.summary == "count":
-            card = self.es.search(index=self.names[Level.STUDY], size=0, query=query,
-                                  aggs={"n": {"cardinality": {"field": "patient_key", "precision_threshold": 40000}}})  # fmt: skip
-            total = int(card["aggregations"]["n"]["value"])
-        next_c = encode_cursor("n", [buckets[-1]["key"]["k"]]) if more and buckets else None
-        return StudyPage(rows, total, next_c, None)
+        next_c = PagePosition(False, (buckets[-1]["key"]["k"],)) if more and buckets else None
+        return StudyPage(rows, self._patient_total(query, req), next_c, None)
+
+    def _patient_total(self, query: dict[str, Any], req: SearchRequest) -> int | None:
+        if not (req.total == "accurate" or req.summary == "count"):
+            return None
+        card = self.es.search(index=self.names[Level.STUDY], size=0, query=query,
+                              aggs={"n": {"cardinality": {"field": "patient_key", "precision_threshold": 40000}}})  # fmt: skip
+        return int(card["aggregations"]["n"]["value"])
 
     def patient(self, key: str, datasets: frozenset[str] | None = None) -> StudyRow | None:
         query = {"bool": {"filter": [{"term": {"patient_key": key}}, *_restrict(datasets)]}}
@@ -333,9 +344,10 @@ class EsFhirQueries:
     ) -> StudyPage:
         backwards = False
         after = None
-        if req.cursor:
-            direction, after = decode_cursor(req.cursor)
-            backwards = direction == "p"
+        if req.position is not None:
+            if len(req.position.values) != len(order):
+                raise InvalidQuery("_cursor does not belong to this search", "_cursor")
+            after, backwards = list(req.position.values), req.position.backwards
         sort = [
             {
                 f: {
@@ -345,7 +357,8 @@ class EsFhirQueries:
             }
             for f, d in order
         ]
-        found = self.es.search(index=self.names[Level.STUDY], query=query, sort=sort, size=req.count + 1,
+        found = self.es.search(index=self.names[Level.STUDY], query=query, sort=sort,
+                               size=req.count + 1 if req.count > 0 else 0,
                                search_after=after, source_includes=_FIELDS,
                                track_total_hits=req.total == "accurate" or req.summary == "count")  # fmt: skip
         hits = found["hits"]["hits"]
@@ -361,9 +374,9 @@ class EsFhirQueries:
         next_c = prev_c = None
         if hits:
             if more or backwards:
-                next_c = encode_cursor("n", list(hits[-1]["sort"]))
-            if more if backwards else req.cursor is not None:
-                prev_c = encode_cursor("p", list(hits[0]["sort"]))
+                next_c = PagePosition(False, tuple(hits[-1]["sort"]))
+            if more if backwards else req.position is not None:
+                prev_c = PagePosition(True, tuple(hits[0]["sort"]))
         return StudyPage(self._rows(hits), total, next_c, prev_c)
 
     def _rows(self, hits: list[dict[str, Any]]) -> list[StudyRow]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,8 +23,10 @@ from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
 from server.core.fhir.conformance import Conformance, default_conformance
+from server.core.fhir.imaging import patient_id
 from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
+from server.core.records import patient_key
 from server.errors import BadRequest
 from server.index.base import Index
 from server.index.elasticsearch import ElasticsearchIndex
@@ -118,6 +121,7 @@ def build_gateway(settings: Settings) -> Gateway:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
     audit = AuditLog(settings.data_dir / "audit.sqlite")
     secret = InstallationSecret.load_or_create(settings.data_dir)
+    _current_patient_keys(queries, secret.patient_id_key())
     cursors = SearchCursors(secret.derive("fhir-cursor"), settings.privacy.cursor_lifetime)
     fhir_read = FhirReadService(
         fhir_store, queries, conformance, cursors, audit, settings.privacy.min_cell_count
@@ -170,6 +174,21 @@ def build_gateway(settings: Settings) -> Gateway:
         external=external,
         audit=audit,
     )
+
+
+def _current_patient_keys(queries: DicomFhirQueries | EsFhirQueries, key: bytes) -> None:
+    """Pseudonymous Patient ids made with this installation's key (upgrades, restores)."""
+    key_of = partial(patient_key, key)
+    if isinstance(queries, DicomFhirQueries):
+        fingerprint = patient_id(key, "\x00fingerprint", None)
+        rekeyed = queries.rekey_patients(key_of, fingerprint)
+        if rekeyed:
+            log.warning("recomputed the keyed Patient id of %d studies", rekeyed)
+    elif queries.stale_patient_keys(key_of):
+        log.error(
+            "the Elasticsearch index holds Patient ids made with another key (or unkeyed):"
+            " run `imaging-gateway reindex` so that Patient ids are keyed hashes again"
+        )
 
 
 def public_datasets(store: FhirStore) -> set[str]:

@@ -176,6 +176,7 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool) -> None:
 
     from server.app import build_gateway
     from server.errors import GatewayError
+    from server.security.keys import patient_id_key
     from server.services.reindex import reindex as run_reindex
 
     settings = _settings(data_dir)
@@ -183,7 +184,10 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool) -> None:
     gateway = build_gateway(settings)
     bar = tqdm(unit="instance", disable=quiet, desc="reindex")
     try:
-        report = run_reindex(gateway.index, gateway.store, keep_old=keep_old, progress=bar.update)
+        report = run_reindex(
+            gateway.index, gateway.store, keep_old=keep_old, progress=bar.update,
+            patient_secret=patient_id_key(settings.data_dir),
+        )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc
     finally:

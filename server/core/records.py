@@ -75,8 +75,11 @@ def blob_key_for(sop_uid: str, sha256: str) -> str:
     return f"{uid_hash}.{sha256[:16]}.dcm"
 
 
-def read_instance(path: Path, sha256: str) -> InstanceRecord:
-    """PS3.10 7.1: parse a Part-10 file and build its index record (UnreadableInstance if not)."""
+def read_instance(path: Path, sha256: str, *, patient_secret: bytes) -> InstanceRecord:
+    """PS3.10 7.1: parse a Part-10 file and build its index record (UnreadableInstance if not).
+
+    ``patient_secret`` keys the pseudonymous Patient id (server.core.fhir.imaging.patient_id).
+    """
     with path.open("rb") as f:
         ds = _parse(f)
         size = os.fstat(f.fileno()).st_size
@@ -103,14 +106,19 @@ def read_instance(path: Path, sha256: str) -> InstanceRecord:
         blob_key=blob_key_for(sop, sha256),
         pixel_index=pixel_index.to_json() if pixel_index is not None else None,
     )
-    record.patient_key = imaging.patient_id(
-        _json_text(meta.get("00100020")), _json_text(meta.get("00100021"))
-    )
+    record.patient_key = patient_key(patient_secret, meta)
     record.started = _started(meta)
     media_class = ds.file_meta.get("MediaStorageSOPClassUID")
     if media_class and str(media_class) != sop_class:
         record.warnings.append(0xB007)  # PS3.4 B.2.3: data set does not match SOP class
     return record
+
+
+def patient_key(secret: bytes, data: dict[str, Any]) -> str:
+    """The pseudonymous Patient id of DICOM JSON holding Patient ID / Issuer of Patient ID."""
+    return imaging.patient_id(
+        secret, _json_text(data.get("00100020")), _json_text(data.get("00100021"))
+    )
 
 
 def _parse(f: BinaryIO) -> Dataset:

@@ -307,6 +307,18 @@ class EsFhirQueries:
         )["hits"]["hits"]
         return self._rows(hits)[0] if hits else None
 
+    def stale_patient_keys(self, key_of: Callable[[dict[str, Any]], str]) -> bool:
+        """Were the stored Patient ids made with another key (or unkeyed)? One study tells."""
+        try:
+            hits = self.es.search(index=self.names[Level.STUDY], size=1, source_includes=_FIELDS,
+                                  query={"match_all": {}})["hits"]["hits"]  # fmt: skip
+        except NotFoundError:
+            return False
+        if not hits:
+            return False
+        src = hits[0]["_source"]
+        return bool(src.get("patient_key", "") != key_of(orjson.loads(_unb64(src.get("json")))))
+
     # -- catalogue ----------------------------------------------------------
     def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
         out = empty_statistics(dataset_ids)

@@ -161,20 +161,30 @@ class InstallationSecret:
         self._secret = bytes(secret)
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> InstallationSecret:
-        """The secret in ``directory/keys/installation-secret``, created (0600) on first use."""
+    def load_or_create(cls, directory: Path, new: bytes | None = None) -> InstallationSecret:
+        """The secret in ``directory/keys/installation-secret``, created (0600) on first use
+        from ``new`` (default: 32 random bytes)."""
         key_dir = Path(directory) / KEY_DIR
         _ensure_private_dir(key_dir)
         path = key_dir / SECRET_FILE
         with _locked(key_dir):
             if not path.exists():
-                _write_private(path, os.urandom(SECRET_BYTES))
+                _write_private(path, new if new is not None else os.urandom(SECRET_BYTES))
         _refuse_shared(path)
         return cls(path.read_bytes())
+
+    def patient_id_key(self) -> bytes:
+        """The key of pseudonymous Patient ids (server.core.fhir.imaging.patient_id)."""
+        return self.derive("patient-id")
 
     def derive(self, purpose: str) -> bytes:
         """A 32-byte key for one purpose: HMAC-SHA256(secret, purpose); purposes never share keys."""
         return hmac.new(self._secret, b"gateway-key:" + purpose.encode(), hashlib.sha256).digest()
+
+
+def patient_id_key(data_dir: Path) -> bytes:
+    """The patient-id key of the installation whose data directory is ``data_dir``."""
+    return InstallationSecret.load_or_create(data_dir).patient_id_key()
 
 
 # ---------------------------------------------------------------------- helpers

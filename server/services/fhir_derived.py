@@ -41,6 +41,7 @@ class DerivedResources:
                 series[r.pk],
                 endpoint_id=ENDPOINT_ID,
                 dataset_id=r.dataset,
+                patient_key=r.patient_key,
                 body_site=self._body_site,
                 laterality=self._laterality,
                 last_updated=instant(r.updated),
@@ -49,7 +50,9 @@ class DerivedResources:
         ]
 
     def patient(self, row: StudyRow) -> dict[str, Any]:
-        return imaging.patient(row.json, last_updated=instant(row.updated))
+        return imaging.patient(
+            row.json, patient_key=row.patient_key, last_updated=instant(row.updated)
+        )
 
     def _body_site(self, term: str) -> dict[str, Any] | None:
         coding = self.conformance.body_site(term)

@@ -19,6 +19,7 @@ from server.core.records import InstanceRecord, UnreadableInstance, read_instanc
 from server.core.stow import PartOutcome
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, Index
+from server.security.keys import patient_id_key
 from server.settings import DuplicatePolicy, Settings
 from server.storage.base import BlobStore
 
@@ -39,6 +40,7 @@ class IngestService:
         self.store = store
         self.index = index
         self.settings = settings
+        self.patient_secret = patient_id_key(settings.data_dir)
 
     def store_instances(
         self, items: list[IngestItem], study_uid: str | None = None, dataset: str | None = None
@@ -75,7 +77,7 @@ class IngestService:
             outcome.message = f"part media type {media.type} is not application/dicom"
             return None
         try:
-            record = read_instance(item.path, item.sha256)
+            record = read_instance(item.path, item.sha256, patient_secret=self.patient_secret)
         except UnreadableInstance as exc:
             outcome.sop_class_uid, outcome.sop_uid = exc.sop_class_uid, exc.sop_uid
             outcome.failure = stow.CANNOT_UNDERSTAND

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from server.core.records import UnreadableInstance, read_instance
 from server.errors import NotFound
 from server.index.base import Index, Scope, StoredInstance
+from server.security.keys import patient_id_key
 from server.settings import Settings
 from server.storage.base import BlobStore
 
@@ -63,6 +64,7 @@ class CheckService:
         self.store = store
         self.index = index
         self.settings = settings
+        self.patient_secret = patient_id_key(settings.data_dir)
 
     def check(self, *, repair: bool) -> CheckReport:
         """Compare index and blob store; with ``repair`` make them agree.
@@ -94,7 +96,7 @@ class CheckService:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
         try:
-            record = read_instance(path, digest.hexdigest())
+            record = read_instance(path, digest.hexdigest(), patient_secret=self.patient_secret)
         except UnreadableInstance as exc:
             log.warning("removing unreadable blob %s: %s", key, exc.message)
             self.store.delete(key)

@@ -31,7 +31,7 @@ class ReindexReport:
 
 
 def reindex(
-    index: object, store: BlobStore, *, keep_old: bool = False,
+    index: object, store: BlobStore, *, patient_secret: bytes, keep_old: bool = False,
     progress: Callable[[int], object] = lambda n: None,
 ) -> ReindexReport:  # fmt: skip
     if not isinstance(index, ElasticsearchIndex):
@@ -49,7 +49,7 @@ def reindex(
         for level, alias in index.names.items()
     }
     target = ElasticsearchIndex(es, names=new_names, refresh=False)
-    done = _load(target, store, store.keys(), datasets, report, progress)
+    done = _load(target, store, store.keys(), datasets, report, progress, patient_secret)
     report.indexed = done
     es.indices.refresh(index=list(new_names.values()))
     actions: list[dict[str, object]] = []
@@ -57,7 +57,7 @@ def reindex(
         actions += [{"remove": {"index": name, "alias": alias}} for name in old[level]]
         actions.append({"add": {"index": new_names[level], "alias": alias}})
     es.indices.update_aliases(actions=actions)
-    report.caught_up = _catch_up(index, target, store, old, report)
+    report.caught_up = _catch_up(index, target, store, old, report, patient_secret)
     report.new_indices = tuple(new_names.values())
     report.old_indices = tuple(name for names in old.values() for name in names)
     if not keep_old and report.old_indices:
@@ -72,7 +72,11 @@ def _datasets(index: ElasticsearchIndex) -> dict[str, str | None]:
 
 
 def _records(
-    store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None], report: ReindexReport
+    store: BlobStore,
+    keys: Iterable[str],
+    datasets: dict[str, str | None],
+    report: ReindexReport,
+    patient_secret: bytes,
 ) -> Iterable[InstanceRecord]:
     for key in keys:
         path = store.path(key)
@@ -81,7 +85,7 @@ def _records(
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
         try:
-            record = read_instance(path, digest.hexdigest())
+            record = read_instance(path, digest.hexdigest(), patient_secret=patient_secret)
         except UnreadableInstance:
             report.skipped += 1
             continue
@@ -93,10 +97,10 @@ def _records(
 
 
 def _load(target: ElasticsearchIndex, store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None],
-          report: ReindexReport, progress: Callable[[int], object]) -> int:  # fmt: skip
+          report: ReindexReport, progress: Callable[[int], object], patient_secret: bytes) -> int:  # fmt: skip
     batch: list[InstanceRecord] = []
     count = 0
-    for record in _records(store, keys, datasets, report):
+    for record in _records(store, keys, datasets, report, patient_secret):
         batch.append(record)
         if len(batch) == BATCH:
             target.add_instances(batch, overwrite=True)
@@ -111,7 +115,7 @@ def _load(target: ElasticsearchIndex, store: BlobStore, keys: Iterable[str], dat
 
 
 def _catch_up(index: ElasticsearchIndex, target: ElasticsearchIndex, store: BlobStore,
-              old: dict[Level, list[str]], report: ReindexReport) -> int:  # fmt: skip
+              old: dict[Level, list[str]], report: ReindexReport, patient_secret: bytes) -> int:  # fmt: skip
     """Instances the old indices received while the new ones were being built."""
     old_index = ElasticsearchIndex(
         index.es, names={lvl: ",".join(n) for lvl, n in old.items()}, refresh=False
@@ -120,7 +124,7 @@ def _catch_up(index: ElasticsearchIndex, target: ElasticsearchIndex, store: Blob
     missing = {k: d for k, d in _datasets(old_index).items() if k not in have and store.exists(k)}
     if not missing:
         return 0
-    records = list(_records(store, list(missing), missing, report))
+    records = list(_records(store, list(missing), missing, report, patient_secret))
     if records:
         index.add_instances(records, overwrite=True)
     return len(records)

@@ -357,7 +357,7 @@ def _started(v: DateValue) -> tuple[str, list[Any]]:
 
 def started_floor(v: DateValue) -> str | None:
     """The implied lower bound on started_lo (a study's range is at most one day wide), or None."""
-    if v.prefix not in ("eq", "gt", "ge", "sa"):
+    if v.prefix not in ("eq", "gt", "ge", "sa") or v.low[:10] <= "0001-01-01":
         return None
     return (datetime.strptime(v.low[:10], "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
 

@@ -8,7 +8,7 @@ search_after; patients grouped with a composite aggregation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,6 +35,7 @@ from server.index.fhir_dicom import (
     empty_statistics,
     started_floor,
 )
+from server.index.fhir_sql import approximate_range
 
 _SORT = {"started": "started_lo", "_lastUpdated": "updated", "_id": "studyinstanceuid"}
 _FIELDS = ["json", "dataset", "patient_key", "updated", "modalities", "studyinstanceuid"]
@@ -66,17 +67,8 @@ def date_query(low: str, high: str, v: DateValue) -> dict[str, Any]:
     }
     if v.prefix in table:
         return table[v.prefix]
-    fmt = "%Y-%m-%dT%H:%M:%S.%f"
-    lo, hi = datetime.strptime(v.low, fmt), datetime.strptime(v.high, fmt)
-    margin = max(abs(datetime.now() - lo) * 0.1, timedelta(days=1))
-    return {
-        "bool": {
-            "filter": [
-                rng(low, "lte", (hi + margin).strftime(fmt)),
-                rng(high, "gte", (lo - margin).strftime(fmt)),
-            ]
-        }
-    }
+    wide_low, wide_high = approximate_range(v)
+    return {"bool": {"filter": [rng(low, "lte", wide_high), rng(high, "gte", wide_low)]}}
 
 
 def _epoch(text: str) -> float:

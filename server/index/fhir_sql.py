@@ -41,11 +41,23 @@ def date_sql(low_col: str, high_col: str, v: DateValue) -> tuple[str, list[Any]]
 
 
 def _approximately(v: DateValue) -> tuple[str, str]:
-    """``ap``: the search range widened by 10% of its distance from now, at least a day."""
+    return approximate_range(v)
+
+
+def approximate_range(v: DateValue) -> tuple[str, str]:
+    """``ap``: the search range widened by 10% of its distance from now, at least a day
+    (clamped to the years 0001..9999, so no date makes it overflow)."""
     fmt = "%Y-%m-%dT%H:%M:%S.%f"
     low, high = datetime.strptime(v.low, fmt), datetime.strptime(v.high, fmt)
     margin = max(abs(datetime.now() - low) * 0.1, timedelta(days=1))
-    return (low - margin).strftime(fmt), (high + margin).strftime(fmt)
+    wide_low = low - margin if low - datetime.min > margin else datetime.min
+    wide_high = high + margin if datetime.max - high > margin else datetime.max
+    return _text(wide_low), _text(wide_high)
+
+
+def _text(d: datetime) -> str:
+    """The comparable instant text (a four-digit year even before 1000)."""
+    return f"{d.year:04d}-" + d.strftime("%m-%dT%H:%M:%S.%f")
 
 
 def keyset(

@@ -155,7 +155,7 @@ class EsFhirQueries:
 
     def _value(self, name: str, v: Any) -> dict[str, Any]:
         if name == "_id":
-            return {"term": {"studyinstanceuid": v.code}}
+            return _term("studyinstanceuid", v.code)
         if name == "_lastUpdated":
             return {"range": {"updated": {"gte": _epoch(v.low), "lte": _epoch(v.high)}}}
         if name == "identifier":
@@ -163,12 +163,12 @@ class EsFhirQueries:
             if v.system == "urn:dicom:uid":
                 return {"term": {"studyinstanceuid": uid}}
             if v.system:
-                return {"term": {"accessionnumber": v.code}}
+                return _term("accessionnumber", v.code)
             return {
                 "bool": {
                     "should": [
                         {"term": {"studyinstanceuid": uid}},
-                        {"term": {"accessionnumber": v.code}},
+                        _term("accessionnumber", v.code),
                     ]
                 }
             }
@@ -181,9 +181,7 @@ class EsFhirQueries:
         if name == "started":
             return self._started(v)
         if name == "modality":
-            return (
-                {"term": {"modalities": v.code}} if v.system in (None, DCM) else {"match_none": {}}
-            )
+            return _term("modalities", v.code) if v.system in (None, DCM) else {"match_none": {}}
         if name == "bodysite":
             if v.system not in (None, SNOMED, BODY_PART_SYSTEM):
                 return {"match_none": {}}
@@ -430,6 +428,11 @@ class EsFhirQueries:
         return {b["key"]: b["doc_count"] for b in found["aggregations"]["by"]["buckets"]}
 
 
+def _term(field: str, code: str | None) -> dict[str, Any]:
+    """An exact match; a token without a code (``system|``) matches nothing, as in SQL."""
+    return {"term": {field: code}} if code is not None else {"match_none": {}}
+
+
 def _restrict(datasets: frozenset[str] | None) -> list[dict[str, Any]]:
     if datasets is None:
         return []
@@ -446,7 +449,7 @@ def _patient_value(name: str, field: str, v: Any) -> dict[str, Any]:
         assert isinstance(v, DateValue)
         return _birth_year(v)
     assert isinstance(v, TokenValue)
-    return {"term": {field: v.code}}
+    return _term(field, v.code)
 
 
 def _birth_year(v: DateValue) -> dict[str, Any]:

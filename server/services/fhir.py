@@ -154,7 +154,8 @@ class FhirReadService:
         """
         req = narrow(parse_search(rtype, pairs, strict=strict), principal)
         count_only = req.summary == "count"
-        binding = self.cursors.binding(principal, rtype, pairs)
+        kept = [(k, v) for k, v in pairs if k not in req.ignored and k != "_cursor"]
+        binding = self.cursors.binding(principal, rtype, kept)  # what the links repeat
         if count_only:
             req = replace(req, count=0, cursor=None, include=(), revinclude=())
         else:
@@ -165,7 +166,6 @@ class FhirReadService:
             total = floor_count(total, self.min_cell_count)
         included = self._includes(req, matches, dicomweb_root, principal)
         shown = [bundle.summarize(r, req.summary, req.elements) for r in matches]
-        kept = [(k, v) for k, v in pairs if k not in req.ignored and k != "_cursor"]
         outcome = None
         if req.ignored:
             text = f"ignored unknown search parameter(s): {', '.join(req.ignored)}"

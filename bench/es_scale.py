@@ -24,7 +24,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from index_scale import _clone, _template
+from index_scale import PATIENT_KEY, _clone, _template, bench_data_dir
 
 from server.core.fhir.imaging import patient_id
 from server.index.sqlite import SqliteIndex
@@ -71,7 +71,7 @@ def _queries(size: int) -> dict[str, tuple[str, dict[str, object]]]:
         "QIDO name wildcard": ("/dicom-web/studies", {"PatientName": "gar*", "limit": "100"}),
         "FHIR ImagingStudy by patient": (
             "/fhir/ImagingStudy",
-            {"subject": f"Patient/{patient_id(f'PAT{patient:07d}', 'SYNTHETIC')}"},
+            {"subject": f"Patient/{patient_id(PATIENT_KEY, f'PAT{patient:07d}', 'SYNTHETIC')}"},
         ),
         "FHIR ImagingStudy modality + started": (
             "/fhir/ImagingStudy",
@@ -95,8 +95,8 @@ def main() -> None:
 
     prefix = f"scale{int(time.time())}"
     es_index = ElasticsearchIndex(Elasticsearch(url, request_timeout=120), prefix, refresh=False)
-    (tmp / "sqlite").mkdir()
-    (tmp / "es").mkdir()
+    bench_data_dir(tmp / "sqlite")
+    bench_data_dir(tmp / "es")
     sq_index = SqliteIndex(tmp / "sqlite" / "index.sqlite")
     template = _template(tmp)
     rng = random.Random(0)

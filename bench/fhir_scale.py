@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from index_scale import _clone, _template
+from index_scale import PATIENT_KEY, _clone, _template, bench_data_dir
 
 from server.core.fhir.imaging import patient_id
 from server.index.sqlite import SqliteIndex
@@ -59,8 +59,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fhir-scale-"))
-    data = tmp / "data"
-    data.mkdir()
+    data = bench_data_dir(tmp / "data")
     template = _template(tmp)
     index = SqliteIndex(data / "index.sqlite")
     rng = random.Random(0)
@@ -74,7 +73,7 @@ def main() -> None:
     load_s = time.perf_counter() - start
     index.close()
     live = LiveServer(data, extra_env={"GATEWAY_LOG_LEVEL": "warning"}).start()
-    patient = patient_id(f"PAT{args.studies // 4:07d}", "SYNTHETIC")
+    patient = patient_id(PATIENT_KEY, f"PAT{args.studies // 4:07d}", "SYNTHETIC")
     study_uid = f"2.25.1{args.studies // 2}"
     queries = {
         "by patient": ("/ImagingStudy", {"subject": f"Patient/{patient}"}),

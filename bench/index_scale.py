@@ -30,6 +30,21 @@ sys.path.insert(0, str(ROOT))
 from server.core.attributes import Level  # noqa: E402
 from server.core.fhir.imaging import patient_id  # noqa: E402
 from server.core.records import InstanceRecord, read_instance  # noqa: E402
+from server.security.keys import InstallationSecret  # noqa: E402
+
+# The installation secret of every bench data directory (so bench and server agree on
+# the keyed Patient ids the bulk-loaded records carry).
+BENCH_SECRET = bytes(range(32))
+PATIENT_KEY = InstallationSecret(BENCH_SECRET).patient_id_key()
+
+
+def bench_data_dir(path: Path) -> Path:
+    """A data directory whose installation secret is BENCH_SECRET."""
+    path.mkdir(parents=True, exist_ok=True)
+    InstallationSecret.load_or_create(path, BENCH_SECRET)
+    return path
+
+
 from server.index.sqlite import SqliteIndex  # noqa: E402
 from server.synthetic import generate_cohort, to_part10_bytes  # noqa: E402
 from tests.live import LiveServer  # noqa: E402
@@ -59,7 +74,8 @@ def _template(tmp: Path) -> InstanceRecord:
     )
     path = tmp / "template.dcm"
     path.write_bytes(to_part10_bytes(ds))
-    return read_instance(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return read_instance(path, digest, patient_secret=PATIENT_KEY)
 
 
 def _clone(
@@ -100,7 +116,7 @@ def _clone(
     day = f"{date[:4]}-{date[4:6]}-{date[6:]}"
     return dataclasses.replace(
         t,
-        patient_key=patient_id(f"PAT{patient:07d}", "SYNTHETIC"),
+        patient_key=patient_id(PATIENT_KEY, f"PAT{patient:07d}", "SYNTHETIC"),
         started=(f"{day}T10:00:00.000000", f"{day}T10:00:00.999999"),
         study_uid=study,
         series_uid=series,
@@ -142,8 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="index-scale-"))
-    data = tmp / "data"
-    data.mkdir()
+    data = bench_data_dir(tmp / "data")
     template = _template(tmp)
     index = SqliteIndex(data / "index.sqlite")
     rng = random.Random(0)

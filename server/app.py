@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,8 +24,10 @@ from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
 from server.core.fhir.conformance import Conformance, default_conformance
+from server.core.fhir.imaging import patient_id
 from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
+from server.core.records import patient_key
 from server.errors import BadRequest
 from server.index.base import Index
 from server.index.elasticsearch import ElasticsearchIndex
@@ -37,15 +40,15 @@ from server.security.audit import AuditLog
 from server.security.authn import Authenticator
 from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
-from server.security.keys import SigningKeys
+from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
 from server.security.tokens import TokenSettings
 from server.services.check import CheckService
 from server.services.fhir import ENDPOINT_ID, FhirReadService
+from server.services.fhir_paging import SearchCursors
 from server.services.fhir_write import FhirWriteService, parse_json_object
 from server.services.ingest import IngestService
 from server.services.maintenance import DeleteService
-from server.services.recovery import Recovery
 from server.services.retrieve import RetrieveService
 from server.settings import Settings
 from server.storage.base import BlobStore
@@ -104,7 +107,7 @@ class Gateway:
 
     def recover(self) -> None:
         """Settle writes that dead processes left in flight (every start; see recovery.py)."""
-        Recovery(self.store, self.index, self.journal).recover()
+        self.ingest.recovery.recover()
 
     def close(self) -> None:
         self.journal.close()
@@ -128,7 +131,12 @@ def build_gateway(settings: Settings) -> Gateway:
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
     audit = AuditLog(settings.data_dir / "audit.sqlite")
-    fhir_read = FhirReadService(fhir_store, queries, conformance, audit)
+    secret = InstallationSecret.load_or_create(settings.data_dir)
+    _current_patient_keys(queries, secret.patient_id_key())
+    cursors = SearchCursors(secret.derive("fhir-cursor"), settings.privacy.cursor_lifetime)
+    fhir_read = FhirReadService(
+        fhir_store, queries, conformance, cursors, audit, settings.privacy.min_cell_count
+    )
     auth = settings.auth
     keys = (
         SigningKeys.from_jwk_file(auth.signing_key_file)
@@ -163,8 +171,8 @@ def build_gateway(settings: Settings) -> Gateway:
         index=index,
         ingest=IngestService(store, index, settings, journal),
         retrieve=RetrieveService(store, index, settings.pixel_limits()),
-        deleter=DeleteService(store, index, journal),
-        checker=CheckService(store, index, journal),
+        deleter=DeleteService(store, index, journal, secret.patient_id_key()),
+        checker=CheckService(store, index, journal, secret.patient_id_key()),
         journal=journal,
         conformance=conformance,
         fhir_store=fhir_store,
@@ -178,6 +186,21 @@ def build_gateway(settings: Settings) -> Gateway:
         external=external,
         audit=audit,
     )
+
+
+def _current_patient_keys(queries: DicomFhirQueries | EsFhirQueries, key: bytes) -> None:
+    """Pseudonymous Patient ids made with this installation's key (upgrades, restores)."""
+    key_of = partial(patient_key, key)
+    if isinstance(queries, DicomFhirQueries):
+        fingerprint = patient_id(key, "\x00fingerprint", None)
+        rekeyed = queries.rekey_patients(key_of, fingerprint)
+        if rekeyed:
+            log.warning("recomputed the keyed Patient id of %d studies", rekeyed)
+    elif queries.stale_patient_keys(key_of):
+        log.error(
+            "the Elasticsearch index holds Patient ids made with another key (or unkeyed):"
+            " run `imaging-gateway reindex` so that Patient ids are keyed hashes again"
+        )
 
 
 def public_datasets(store: FhirStore) -> set[str]:

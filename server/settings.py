@@ -73,6 +73,16 @@ class ExternalIssuer(BaseModel):
     organization_claim: str | None = None  # claim naming the user's Organization id
 
 
+class PrivacySettings(BaseModel):
+    """Disclosure control for callers without row-level access, and paging cursor lifetime."""
+
+    # Aggregate counts (Bundle.total of a count-only search, catalogue figures) that a
+    # caller without row-level access sees: 1..min_cell_count-1 are reported as min_cell_count.
+    min_cell_count: int = Field(default=10, ge=1, le=1000)
+    # Seconds a FHIR paging cursor (_cursor in next/previous links) stays valid.
+    cursor_lifetime: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+
+
 class ElasticsearchSettings(BaseModel):
     hosts: list[str] = ["http://127.0.0.1:9200"]
     api_key: str | None = None
@@ -126,6 +136,7 @@ class Settings(BaseSettings):
     pixels: PixelSettings = PixelSettings()
     cors: CorsSettings = CorsSettings()
     auth: AuthSettings = AuthSettings()
+    privacy: PrivacySettings = PrivacySettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None

@@ -177,6 +177,7 @@ def _after_restore(report, settings, run_reindex: bool, quiet: bool) -> None:  #
                    f"'imaging-gateway reindex --datasets-from {source}' before serving")  # fmt: skip
         return
     from server.app import build_gateway
+    from server.security.keys import patient_id_key
     from server.services.reindex import reindex
     from server.services.restore import read_membership
 
@@ -184,7 +185,10 @@ def _after_restore(report, settings, run_reindex: bool, quiet: bool) -> None:  #
     gateway = build_gateway(settings)
     bar = tqdm(unit="instance", disable=quiet, desc="reindex")
     try:
-        done = reindex(gateway.index, gateway.store, progress=bar.update, memberships=memberships)
+        done = reindex(
+            gateway.index, gateway.store, progress=bar.update, memberships=memberships,
+            patient_secret=patient_id_key(settings.data_dir),
+        )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc
     finally:

@@ -211,6 +211,7 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: P
 
     from server.app import build_gateway
     from server.errors import GatewayError
+    from server.security.keys import patient_id_key
     from server.services.reindex import reindex as run_reindex
     from server.services.restore import read_membership
 
@@ -222,7 +223,7 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: P
     try:
         report = run_reindex(
             gateway.index, gateway.store, keep_old=keep_old, progress=bar.update,
-            memberships=memberships,
+            memberships=memberships, patient_secret=patient_id_key(settings.data_dir),
         )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc

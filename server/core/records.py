@@ -74,15 +74,18 @@ def blob_key_for(sop_uid: str, sha256: str) -> str:
     return f"{uid_hash}.{sha256[:16]}.dcm"
 
 
-def read_instance(path: Path, sha256: str, limits: PixelLimits | None = None) -> InstanceRecord:
+def read_instance(
+    path: Path, sha256: str, limits: PixelLimits | None = None, *, patient_secret: bytes
+) -> InstanceRecord:
     """PS3.10 7.1: parse a Part-10 file and build its index record (UnreadableInstance if not).
 
     Nothing but UnreadableInstance escapes: any failure of the parser or of a
     conversion on hostile bytes (deep nesting, bombs, broken values) is that.
+    ``patient_secret`` keys the pseudonymous Patient id (server.core.fhir.imaging.patient_id).
     """
     limits = limits or PixelLimits()
     try:
-        return _read_instance(path, sha256, limits)
+        return _read_instance(path, sha256, limits, patient_secret)
     except UnreadableInstance:
         raise
     except TooLarge as exc:
@@ -93,7 +96,9 @@ def read_instance(path: Path, sha256: str, limits: PixelLimits | None = None) ->
         raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
 
 
-def _read_instance(path: Path, sha256: str, limits: PixelLimits) -> InstanceRecord:
+def _read_instance(
+    path: Path, sha256: str, limits: PixelLimits, patient_secret: bytes
+) -> InstanceRecord:
     with path.open("rb") as f:
         if limits.max_inflated_bytes is not None:
             check_inflated_size(f, limits.max_inflated_bytes)
@@ -113,7 +118,9 @@ def _read_instance(path: Path, sha256: str, limits: PixelLimits) -> InstanceReco
             raise UnreadableInstance(exc.message, sop_class, sop) from exc
     prefix = f"/studies/{study}/series/{series}/instances/{sop}"
     meta = _metadata(ds, prefix, pixel_index, limits.inline_binary_max_bytes)
-    return _record(ds, meta, pixel_index, size, sha256, (study, series, sop, sop_class))
+    record = _record(ds, meta, pixel_index, size, sha256, (study, series, sop, sop_class))
+    record.patient_key = patient_key(patient_secret, meta)
+    return record
 
 
 def _record(
@@ -139,9 +146,6 @@ def _record(
         blob_key=blob_key_for(sop, sha256),
         pixel_index=pixel_index.to_json() if pixel_index is not None else None,
     )
-    record.patient_key = imaging.patient_id(
-        _json_text(meta.get("00100020")), _json_text(meta.get("00100021"))
-    )
     record.started = _started(meta)
     media_class = ds.file_meta.get("MediaStorageSOPClassUID")
     if media_class and str(media_class) != sop_class:
@@ -166,6 +170,13 @@ def _check_decoded_size(
             sop_class,
             sop,
         )
+
+
+def patient_key(secret: bytes, data: dict[str, Any]) -> str:
+    """The pseudonymous Patient id of DICOM JSON holding Patient ID / Issuer of Patient ID."""
+    return imaging.patient_id(
+        secret, _json_text(data.get("00100020")), _json_text(data.get("00100021"))
+    )
 
 
 def _parse(f: BinaryIO) -> Dataset:

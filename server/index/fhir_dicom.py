@@ -13,7 +13,14 @@ from typing import Any
 
 import orjson
 
-from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
+from server.core.fhir.search import (
+    Criterion,
+    DateValue,
+    PagePosition,
+    ReferenceValue,
+    SearchRequest,
+    TokenValue,
+)
 from server.errors import InvalidQuery
 from server.index.fhir_sql import date_sql, fetch_page
 from server.index.sqlite_db import SqliteDatabase
@@ -23,6 +30,7 @@ SNOMED = "http://snomed.info/sct"
 BODY_PART_SYSTEM = "https://cancer-imaging-gateway.eu/fhir/CodeSystem/dicom-body-part-examined"
 UPDATED = "strftime('%Y-%m-%dT%H:%M:%f000', st.updated, 'unixepoch')"
 GENDER = {"male": ["M"], "female": ["F"], "other": ["O"]}
+PatientKey = Callable[[dict[str, Any]], str]  # study DICOM JSON -> pseudonymous Patient id
 
 
 @dataclass
@@ -38,8 +46,8 @@ class StudyRow:
 class StudyPage:
     rows: list[StudyRow]
     total: int | None
-    next_cursor: str | None
-    previous_cursor: str | None
+    next_cursor: PagePosition | None
+    previous_cursor: PagePosition | None
 
 
 class DicomFhirQueries:
@@ -174,6 +182,25 @@ class DicomFhirQueries:
         return [r[0] for r in rows]
 
     # -- Patient -----------------------------------------------------------
+    def rekey_patients(self, key_of: PatientKey, fingerprint: str) -> int:
+        """Recompute every study's pseudonymous Patient id when the key changed (or on upgrade
+        from unkeyed ids); ``fingerprint`` names the key. Returns the number of studies rekeyed."""
+        with self.db.write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS patient_key_state (fingerprint TEXT NOT NULL)")
+            row = conn.execute("SELECT fingerprint FROM patient_key_state").fetchone()
+            if row is not None and row[0] == fingerprint:
+                return 0
+            changed = []
+            for pk, blob, old in conn.execute("SELECT pk, json, patient_key FROM study"):
+                data = orjson.loads(blob)
+                new = key_of(data)
+                if new != old:
+                    changed.append((new, pk))
+            conn.executemany("UPDATE study SET patient_key = ? WHERE pk = ?", changed)
+            conn.execute("DELETE FROM patient_key_state")
+            conn.execute("INSERT INTO patient_key_state VALUES (?)", (fingerprint,))
+            return len(changed)
+
     def search_patients(self, req: SearchRequest) -> StudyPage:
         where, params = self.patient_where(req)
         desc = req.sort[-1][1] if req.sort else False
@@ -330,7 +357,7 @@ def _started(v: DateValue) -> tuple[str, list[Any]]:
 
 def started_floor(v: DateValue) -> str | None:
     """The implied lower bound on started_lo (a study's range is at most one day wide), or None."""
-    if v.prefix not in ("eq", "gt", "ge", "sa"):
+    if v.prefix not in ("eq", "gt", "ge", "sa") or v.low[:10] <= "0001-01-01":
         return None
     return (datetime.strptime(v.low[:10], "%Y-%m-%d") - timedelta(days=1)).strftime("%Y-%m-%d")
 

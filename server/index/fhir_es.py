@@ -8,14 +8,21 @@ search_after; patients grouped with a composite aggregation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from elasticsearch import Elasticsearch, NotFoundError
 
 from server.core.attributes import Level
-from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
+from server.core.fhir.search import (
+    Criterion,
+    DateValue,
+    PagePosition,
+    ReferenceValue,
+    SearchRequest,
+    TokenValue,
+)
 from server.errors import InvalidQuery
 from server.index.fhir_dicom import (
     BODY_PART_SYSTEM,
@@ -28,7 +35,7 @@ from server.index.fhir_dicom import (
     empty_statistics,
     started_floor,
 )
-from server.index.fhir_sql import decode_cursor, encode_cursor
+from server.index.fhir_sql import approximate_range
 
 _SORT = {"started": "started_lo", "_lastUpdated": "updated", "_id": "studyinstanceuid"}
 _FIELDS = ["json", "dataset", "patient_key", "updated", "modalities", "studyinstanceuid"]
@@ -60,17 +67,8 @@ def date_query(low: str, high: str, v: DateValue) -> dict[str, Any]:
     }
     if v.prefix in table:
         return table[v.prefix]
-    fmt = "%Y-%m-%dT%H:%M:%S.%f"
-    lo, hi = datetime.strptime(v.low, fmt), datetime.strptime(v.high, fmt)
-    margin = max(abs(datetime.now() - lo) * 0.1, timedelta(days=1))
-    return {
-        "bool": {
-            "filter": [
-                rng(low, "lte", (hi + margin).strftime(fmt)),
-                rng(high, "gte", (lo - margin).strftime(fmt)),
-            ]
-        }
-    }
+    wide_low, wide_high = approximate_range(v)
+    return {"bool": {"filter": [rng(low, "lte", wide_high), rng(high, "gte", wide_low)]}}
 
 
 def _epoch(text: str) -> float:
@@ -157,7 +155,7 @@ class EsFhirQueries:
 
     def _value(self, name: str, v: Any) -> dict[str, Any]:
         if name == "_id":
-            return {"term": {"studyinstanceuid": v.code}}
+            return _term("studyinstanceuid", v.code)
         if name == "_lastUpdated":
             return {"range": {"updated": {"gte": _epoch(v.low), "lte": _epoch(v.high)}}}
         if name == "identifier":
@@ -165,12 +163,12 @@ class EsFhirQueries:
             if v.system == "urn:dicom:uid":
                 return {"term": {"studyinstanceuid": uid}}
             if v.system:
-                return {"term": {"accessionnumber": v.code}}
+                return _term("accessionnumber", v.code)
             return {
                 "bool": {
                     "should": [
                         {"term": {"studyinstanceuid": uid}},
-                        {"term": {"accessionnumber": v.code}},
+                        _term("accessionnumber", v.code),
                     ]
                 }
             }
@@ -183,9 +181,7 @@ class EsFhirQueries:
         if name == "started":
             return self._started(v)
         if name == "modality":
-            return (
-                {"term": {"modalities": v.code}} if v.system in (None, DCM) else {"match_none": {}}
-            )
+            return _term("modalities", v.code) if v.system in (None, DCM) else {"match_none": {}}
         if name == "bodysite":
             if v.system not in (None, SNOMED, BODY_PART_SYSTEM):
                 return {"match_none": {}}
@@ -248,6 +244,8 @@ class EsFhirQueries:
 
     def search_patients(self, req: SearchRequest) -> StudyPage:
         query = {"bool": {"filter": self.patient_filters(req)}}
+        if req.count == 0:  # count only: no row is read
+            return StudyPage([], self._patient_total(query, req), None, None)
         source: dict[str, Any] = {
             "size": req.count + 1,
             "sources": [
@@ -261,9 +259,10 @@ class EsFhirQueries:
                 }
             ],
         }
-        if req.cursor:
-            _, values = decode_cursor(req.cursor)
-            source["after"] = {"k": values[0]}
+        if req.position is not None:
+            if req.position.backwards or len(req.position.values) != 1:
+                raise InvalidQuery("_cursor does not belong to this search", "_cursor")
+            source["after"] = {"k": req.position.values[0]}
         aggs = {
             "p": {
                 "composite": source,
@@ -277,13 +276,15 @@ class EsFhirQueries:
         more = len(buckets) > req.count
         buckets = buckets[: req.count]
         rows = self._rows([b["one"]["hits"]["hits"][0] for b in buckets])
-        total = None
-        if req.total == "accurate" or req.summary == "count":
-            card = self.es.search(index=self.names[Level.STUDY], size=0, query=query,
-                                  aggs={"n": {"cardinality": {"field": "patient_key", "precision_threshold": 40000}}})  # fmt: skip
-            total = int(card["aggregations"]["n"]["value"])
-        next_c = encode_cursor("n", [buckets[-1]["key"]["k"]]) if more and buckets else None
-        return StudyPage(rows, total, next_c, None)
+        next_c = PagePosition(False, (buckets[-1]["key"]["k"],)) if more and buckets else None
+        return StudyPage(rows, self._patient_total(query, req), next_c, None)
+
+    def _patient_total(self, query: dict[str, Any], req: SearchRequest) -> int | None:
+        if not (req.total == "accurate" or req.summary == "count"):
+            return None
+        card = self.es.search(index=self.names[Level.STUDY], size=0, query=query,
+                              aggs={"n": {"cardinality": {"field": "patient_key", "precision_threshold": 40000}}})  # fmt: skip
+        return int(card["aggregations"]["n"]["value"])
 
     def patient(self, key: str, datasets: frozenset[str] | None = None) -> StudyRow | None:
         query = {"bool": {"filter": [{"term": {"patient_key": key}}, *_restrict(datasets)]}}
@@ -295,6 +296,18 @@ class EsFhirQueries:
             source_includes=_FIELDS,
         )["hits"]["hits"]
         return self._rows(hits)[0] if hits else None
+
+    def stale_patient_keys(self, key_of: Callable[[dict[str, Any]], str]) -> bool:
+        """Were the stored Patient ids made with another key (or unkeyed)? One study tells."""
+        try:
+            hits = self.es.search(index=self.names[Level.STUDY], size=1, source_includes=_FIELDS,
+                                  query={"match_all": {}})["hits"]["hits"]  # fmt: skip
+        except NotFoundError:
+            return False
+        if not hits:
+            return False
+        src = hits[0]["_source"]
+        return bool(src.get("patient_key", "") != key_of(orjson.loads(_unb64(src.get("json")))))
 
     # -- catalogue ----------------------------------------------------------
     def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -333,9 +346,10 @@ class EsFhirQueries:
     ) -> StudyPage:
         backwards = False
         after = None
-        if req.cursor:
-            direction, after = decode_cursor(req.cursor)
-            backwards = direction == "p"
+        if req.position is not None:
+            if len(req.position.values) != len(order):
+                raise InvalidQuery("_cursor does not belong to this search", "_cursor")
+            after, backwards = list(req.position.values), req.position.backwards
         sort = [
             {
                 f: {
@@ -345,7 +359,8 @@ class EsFhirQueries:
             }
             for f, d in order
         ]
-        found = self.es.search(index=self.names[Level.STUDY], query=query, sort=sort, size=req.count + 1,
+        found = self.es.search(index=self.names[Level.STUDY], query=query, sort=sort,
+                               size=req.count + 1 if req.count > 0 else 0,
                                search_after=after, source_includes=_FIELDS,
                                track_total_hits=req.total == "accurate" or req.summary == "count")  # fmt: skip
         hits = found["hits"]["hits"]
@@ -361,9 +376,9 @@ class EsFhirQueries:
         next_c = prev_c = None
         if hits:
             if more or backwards:
-                next_c = encode_cursor("n", list(hits[-1]["sort"]))
-            if more if backwards else req.cursor is not None:
-                prev_c = encode_cursor("p", list(hits[0]["sort"]))
+                next_c = PagePosition(False, tuple(hits[-1]["sort"]))
+            if more if backwards else req.position is not None:
+                prev_c = PagePosition(True, tuple(hits[0]["sort"]))
         return StudyPage(self._rows(hits), total, next_c, prev_c)
 
     def _rows(self, hits: list[dict[str, Any]]) -> list[StudyRow]:
@@ -413,6 +428,11 @@ class EsFhirQueries:
         return {b["key"]: b["doc_count"] for b in found["aggregations"]["by"]["buckets"]}
 
 
+def _term(field: str, code: str | None) -> dict[str, Any]:
+    """An exact match; a token without a code (``system|``) matches nothing, as in SQL."""
+    return {"term": {field: code}} if code is not None else {"match_none": {}}
+
+
 def _restrict(datasets: frozenset[str] | None) -> list[dict[str, Any]]:
     if datasets is None:
         return []
@@ -429,7 +449,7 @@ def _patient_value(name: str, field: str, v: Any) -> dict[str, Any]:
         assert isinstance(v, DateValue)
         return _birth_year(v)
     assert isinstance(v, TokenValue)
-    return {"term": {field: v.code}}
+    return _term(field, v.code)
 
 
 def _birth_year(v: DateValue) -> dict[str, Any]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-
-from server.core.fhir.search import DateValue, SearchRequest
+from server.core.fhir.search import DateValue, PagePosition, SearchRequest
 from server.errors import InvalidQuery
 
 
@@ -44,29 +41,28 @@ def date_sql(low_col: str, high_col: str, v: DateValue) -> tuple[str, list[Any]]
 
 
 def _approximately(v: DateValue) -> tuple[str, str]:
-    """``ap``: the search range widened by 10% of its distance from now, at least a day."""
+    return approximate_range(v)
+
+
+def approximate_range(v: DateValue) -> tuple[str, str]:
+    """``ap``: the search range widened by 10% of its distance from now, at least a day
+    (clamped to the years 0001..9999, so no date makes it overflow)."""
     fmt = "%Y-%m-%dT%H:%M:%S.%f"
     low, high = datetime.strptime(v.low, fmt), datetime.strptime(v.high, fmt)
     margin = max(abs(datetime.now() - low) * 0.1, timedelta(days=1))
-    return (low - margin).strftime(fmt), (high + margin).strftime(fmt)
+    wide_low = low - margin if low - datetime.min > margin else datetime.min
+    wide_high = high + margin if datetime.max - high > margin else datetime.max
+    return _text(wide_low), _text(wide_high)
 
 
-def encode_cursor(direction: str, values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([direction, values])).decode().rstrip("=")
+def _text(d: datetime) -> str:
+    """The comparable instant text (a four-digit year even before 1000)."""
+    return f"{d.year:04d}-" + d.strftime("%m-%dT%H:%M:%S.%f")
 
 
-def decode_cursor(cursor: str) -> tuple[str, list[Any]]:
-    try:
-        direction, values = orjson.loads(
-            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        )
-        assert direction in ("n", "p") and isinstance(values, list)
-        return direction, values
-    except Exception as exc:
-        raise InvalidQuery("_cursor is not a page link this server made", "_cursor") from exc
-
-
-def keyset(order: list[tuple[str, bool]], cursor: str | None) -> tuple[str, list[Any], str, bool]:
+def keyset(
+    order: list[tuple[str, bool]], position: PagePosition | None
+) -> tuple[str, list[Any], str, bool]:
     """Keyset paging: (WHERE clause, params, ORDER BY, reversed?) for a page after/before a row.
 
     ``order`` ends with a unique key, so pages neither skip nor repeat rows while
@@ -74,11 +70,11 @@ def keyset(order: list[tuple[str, bool]], cursor: str | None) -> tuple[str, list
     """
     backwards = False
     where, params = "", []
-    if cursor:
-        direction, values = decode_cursor(cursor)
+    if position is not None:
+        values = list(position.values)
         if len(values) != len(order):
             raise InvalidQuery("_cursor does not belong to this search", "_cursor")
-        backwards = direction == "p"
+        backwards = position.backwards
         alternatives = []
         for n, (expr, desc) in enumerate(order):
             after = (not desc) != backwards
@@ -94,8 +90,8 @@ def keyset(order: list[tuple[str, bool]], cursor: str | None) -> tuple[str, list
 class SqlPage:
     rows: list[Any]  # the selected columns only (sort keys stripped)
     total: int | None
-    next_cursor: str | None
-    previous_cursor: str | None
+    next_cursor: PagePosition | None
+    previous_cursor: PagePosition | None
 
 
 def fetch_page(
@@ -107,14 +103,17 @@ def fetch_page(
     Shared by the stored-resource and DICOM-index translators: the sort keys ride
     along after ``columns`` and become the ``next``/``previous`` cursors.
     """
-    page_where, page_params, order_sql, backwards = keyset(order, req.cursor)
+    page_where, page_params, order_sql, backwards = keyset(order, req.position)
     width = len(columns.split(","))
     full = where + (f" AND {page_where}" if page_where else "")
     sort_columns = ", ".join(e for e, _ in order)
-    rows = conn.execute(
-        f"SELECT {columns}, {sort_columns} FROM {source} WHERE {full} ORDER BY {order_sql} LIMIT ?",
-        [*params, *page_params, req.count + 1],
-    ).fetchall()
+    rows = []
+    if req.count > 0:  # a count-only search reads no row at all
+        rows = conn.execute(
+            f"SELECT {columns}, {sort_columns} FROM {source} WHERE {full} ORDER BY {order_sql}"
+            " LIMIT ?",
+            [*params, *page_params, req.count + 1],
+        ).fetchall()
     more = len(rows) > req.count
     rows = rows[: req.count]
     if backwards:
@@ -127,7 +126,7 @@ def fetch_page(
     next_c = prev_c = None
     if rows:
         if more or backwards:
-            next_c = encode_cursor("n", list(rows[-1][width:]))
-        if more if backwards else req.cursor is not None:
-            prev_c = encode_cursor("p", list(rows[0][width:]))
+            next_c = PagePosition(False, tuple(rows[-1][width:]))
+        if more if backwards else req.position is not None:
+            prev_c = PagePosition(True, tuple(rows[0][width:]))
     return SqlPage([r[:width] for r in rows], total, next_c, prev_c)

@@ -17,7 +17,14 @@ import orjson
 
 from server.core.fhir.extract import entries
 from server.core.fhir.params import ParamType
-from server.core.fhir.search import Criterion, DateValue, ReferenceValue, SearchRequest, TokenValue
+from server.core.fhir.search import (
+    Criterion,
+    DateValue,
+    PagePosition,
+    ReferenceValue,
+    SearchRequest,
+    TokenValue,
+)
 from server.core.values import fold
 from server.errors import InvalidQuery, PreconditionFailed
 from server.index.fhir_sql import date_sql, fetch_page
@@ -64,8 +71,8 @@ class Version:
 class Page:
     resources: list[dict[str, Any]]
     total: int | None
-    next_cursor: str | None
-    previous_cursor: str | None
+    next_cursor: PagePosition | None
+    previous_cursor: PagePosition | None
 
 
 class FhirStore:

@@ -8,11 +8,19 @@ a nanosecond timestamp, so the newest key is the last one in name order. The
 Rotation adds a key: the newest key signs, every key kept verifies, so tokens
 signed before a rotation stay valid until they expire. Another process holding
 the same directory sees a rotated key only after it loads the keys again.
+
+Beside the signing keys lives the installation secret (``keys/installation-secret``,
+32 random bytes, 0600), from which :class:`InstallationSecret` derives the keys of
+keyed hashes and sealed tokens (pseudonymous Patient ids, paging cursors). It is
+created once and must be kept (and backed up) with the data: a new secret changes
+every Patient id, so the index has to be rebuilt (``imaging-gateway reindex``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import stat
@@ -40,6 +48,8 @@ RSA_ALGS = frozenset({"RS256", "RS384", "PS256"})
 MIN_RSA_BITS = 2048
 
 KEY_DIR = "keys"
+SECRET_FILE = "installation-secret"
+SECRET_BYTES = 32
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 _CHECK_MODES = os.name == "posix"
@@ -140,6 +150,41 @@ class SigningKeys:
             data.update({"kid": _kid(key), "alg": alg, "use": "sig"})
             public.append(type(key).import_key(data))
         return KeySet(public)
+
+
+class InstallationSecret:
+    """The installation's own secret, and the purpose-bound keys derived from it."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < SECRET_BYTES:
+            raise ValueError(f"an installation secret has at least {SECRET_BYTES} bytes")
+        self._secret = bytes(secret)
+
+    @classmethod
+    def load_or_create(cls, directory: Path, new: bytes | None = None) -> InstallationSecret:
+        """The secret in ``directory/keys/installation-secret``, created (0600) on first use
+        from ``new`` (default: 32 random bytes)."""
+        key_dir = Path(directory) / KEY_DIR
+        _ensure_private_dir(key_dir)
+        path = key_dir / SECRET_FILE
+        with _locked(key_dir):
+            if not path.exists():
+                _write_private(path, new if new is not None else os.urandom(SECRET_BYTES))
+        _refuse_shared(path)
+        return cls(path.read_bytes())
+
+    def patient_id_key(self) -> bytes:
+        """The key of pseudonymous Patient ids (server.core.fhir.imaging.patient_id)."""
+        return self.derive("patient-id")
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for one purpose: HMAC-SHA256(secret, purpose); purposes never share keys."""
+        return hmac.new(self._secret, b"gateway-key:" + purpose.encode(), hashlib.sha256).digest()
+
+
+def patient_id_key(data_dir: Path) -> bytes:
+    """The patient-id key of the installation whose data directory is ``data_dir``."""
+    return InstallationSecret.load_or_create(data_dir).patient_id_key()
 
 
 # ---------------------------------------------------------------------- helpers
@@ -252,8 +297,14 @@ def _next_stamp(key_dir: Path) -> int:
 
 def _write_key_file(key_dir: Path, key: SigningKey, stamp: int) -> Path:
     target = key_dir / f"{stamp:020d}-{_kid(key)}.json"
-    partial = key_dir / f".{target.name}.partial"
     body = json.dumps(key.as_dict(private=True), indent=2, sort_keys=True).encode("utf-8")
+    _write_private(target, body)
+    return target
+
+
+def _write_private(target: Path, body: bytes) -> None:
+    """Write ``body`` to ``target`` atomically, readable by the owner only."""
+    partial = target.parent / f".{target.name}.partial"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -265,7 +316,6 @@ def _write_key_file(key_dir: Path, key: SigningKey, stamp: int) -> Path:
         with contextlib.suppress(OSError):
             partial.unlink()
         raise
-    return target
 
 
 @contextlib.contextmanager

@@ -93,10 +93,13 @@ class RepairReport:
 
 
 class CheckService:
-    def __init__(self, store: BlobStore, index: Index, journal: WriteJournal) -> None:
+    def __init__(
+        self, store: BlobStore, index: Index, journal: WriteJournal, patient_secret: bytes
+    ) -> None:
         self.store = store
         self.index = index
         self.journal = journal
+        self.patient_secret = patient_secret
 
     def plan(self, *, verify: bool = True) -> CheckPlan:
         """What ``repair`` would change; reads only."""
@@ -126,7 +129,7 @@ class CheckService:
 
     def _orphan(self, key: str) -> Action:
         try:
-            record = record_from_blob(self.store, key)
+            record = record_from_blob(self.store, key, self.patient_secret)
         except BadBlob as exc:
             return Action(Fix.QUARANTINE, key, f"not indexed and {exc.reason}")
         except FileNotFoundError:
@@ -156,7 +159,9 @@ class CheckService:
     def repair(self, *, verify: bool = True, force: bool = False) -> tuple[CheckPlan, RepairReport]:
         """Settle interrupted writes, then apply the plan (MassRemovalRefused if it is too big)."""
         report = RepairReport()
-        report.recovered = Recovery(self.store, self.index, self.journal).recover().settled
+        report.recovered = (
+            Recovery(self.store, self.index, self.journal, self.patient_secret).recover().settled
+        )
         plan = self.plan(verify=verify)
         if plan.mass_removal() and not force:
             raise MassRemovalRefused(plan)
@@ -182,7 +187,7 @@ class CheckService:
 
     def _reindex(self, key: str, report: RepairReport) -> None:
         try:
-            record = record_from_blob(self.store, key)
+            record = record_from_blob(self.store, key, self.patient_secret)
         except (BadBlob, FileNotFoundError):
             return  # changed since the plan: the next check sees it again
         result = self.index.add_instances([record], overwrite=False)[0]

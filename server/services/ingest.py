@@ -26,6 +26,7 @@ from server.core.records import InstanceRecord, UnreadableInstance, read_instanc
 from server.core.stow import PartOutcome
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, Index
+from server.security.keys import patient_id_key
 from server.services.recovery import Recovery
 from server.settings import DuplicatePolicy, Settings
 from server.storage.base import BlobStore
@@ -57,7 +58,8 @@ class IngestService:
         self.index = index
         self.settings = settings
         self.journal = journal
-        self.recovery = Recovery(store, index, journal)
+        self.patient_secret = patient_id_key(settings.data_dir)
+        self.recovery = Recovery(store, index, journal, self.patient_secret)
 
     def store_instances(
         self, items: list[IngestItem], study_uid: str | None = None, dataset: str | None = None
@@ -97,7 +99,12 @@ class IngestService:
             outcome.message = f"part media type {media.type} is not application/dicom"
             return None
         try:
-            record = read_instance(item.path, item.sha256, self.settings.pixel_limits())
+            record = read_instance(
+                item.path,
+                item.sha256,
+                self.settings.pixel_limits(),
+                patient_secret=self.patient_secret,
+            )
         except UnreadableInstance as exc:
             outcome.sop_class_uid, outcome.sop_uid = exc.sop_class_uid, exc.sop_uid
             outcome.failure = stow.CANNOT_UNDERSTAND

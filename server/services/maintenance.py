@@ -14,11 +14,13 @@ log = logging.getLogger("gateway.maintenance")
 
 
 class DeleteService:
-    def __init__(self, store: BlobStore, index: Index, journal: WriteJournal) -> None:
+    def __init__(
+        self, store: BlobStore, index: Index, journal: WriteJournal, patient_secret: bytes
+    ) -> None:
         self.store = store
         self.index = index
         self.journal = journal
-        self.recovery = Recovery(store, index, journal)
+        self.recovery = Recovery(store, index, journal, patient_secret)
 
     def delete(self, scope: Scope) -> list[StoredInstance]:
         """Remove a study/series/instance: journal, index rows, then the blobs.

@@ -49,7 +49,9 @@ def sha256_of(store: BlobStore, key: str) -> str:
     return digest.hexdigest()
 
 
-def record_from_blob(store: BlobStore, key: str, dataset: str | None = None) -> InstanceRecord:
+def record_from_blob(
+    store: BlobStore, key: str, patient_secret: bytes, dataset: str | None = None
+) -> InstanceRecord:
     """The index record of a stored blob, its dataset taken from the key (BadBlob if not)."""
     name = parse_blob_key(key)
     if name is None:
@@ -58,7 +60,7 @@ def record_from_blob(store: BlobStore, key: str, dataset: str | None = None) -> 
     if not sha256.startswith(name.content_hash):
         raise BadBlob(f"content SHA-256 {sha256[:16]}... does not match the key")
     try:
-        record = read_instance(store.path(key), sha256)
+        record = read_instance(store.path(key), sha256, patient_secret=patient_secret)
     except UnreadableInstance as exc:
         raise BadBlob(f"unreadable: {exc.message}") from exc
     if not name.matches(record.sop_uid, sha256):
@@ -82,8 +84,11 @@ class RecoveryReport:
 
 
 class Recovery:
-    def __init__(self, store: BlobStore, index: Index, journal: WriteJournal) -> None:
+    def __init__(
+        self, store: BlobStore, index: Index, journal: WriteJournal, patient_secret: bytes
+    ) -> None:
         self.store, self.index, self.journal = store, index, journal
+        self.patient_secret = patient_secret
 
     def recover(self) -> RecoveryReport:
         """Settle every entry of dead processes (start-up; ``check --repair``)."""
@@ -131,7 +136,7 @@ class Recovery:
             return
         if entry.op == "put" and replay:
             try:
-                record = record_from_blob(self.store, key)
+                record = record_from_blob(self.store, key, self.patient_secret)
             except BadBlob as exc:
                 self.store.quarantine(key, f"interrupted write: {exc.reason}")
                 report.quarantined.append(key)

@@ -33,7 +33,7 @@ class ReindexReport:
 
 
 def reindex(
-    index: object, store: BlobStore, *, keep_old: bool = False,
+    index: object, store: BlobStore, *, patient_secret: bytes, keep_old: bool = False,
     progress: Callable[[int], object] = lambda n: None,
     memberships: Mapping[str, str | None] | None = None,
 ) -> ReindexReport:  # fmt: skip
@@ -53,7 +53,7 @@ def reindex(
         for level, alias in index.names.items()
     }
     target = ElasticsearchIndex(es, names=new_names, refresh=False)
-    done = _load(target, store, store.keys(), datasets, report, progress)
+    done = _load(target, store, store.keys(), datasets, report, progress, patient_secret)
     report.indexed = done
     es.indices.refresh(index=list(new_names.values()))
     actions: list[dict[str, object]] = []
@@ -61,7 +61,7 @@ def reindex(
         actions += [{"remove": {"index": name, "alias": alias}} for name in old[level]]
         actions.append({"add": {"index": new_names[level], "alias": alias}})
     es.indices.update_aliases(actions=actions)
-    report.caught_up = _catch_up(index, target, store, old, report)
+    report.caught_up = _catch_up(index, target, store, old, report, patient_secret)
     report.new_indices = tuple(new_names.values())
     report.old_indices = tuple(name for names in old.values() for name in names)
     if not keep_old and report.old_indices:
@@ -76,11 +76,15 @@ def _datasets(index: ElasticsearchIndex) -> dict[str, str | None]:
 
 
 def _records(
-    store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None], report: ReindexReport
+    store: BlobStore,
+    keys: Iterable[str],
+    datasets: dict[str, str | None],
+    report: ReindexReport,
+    patient_secret: bytes,
 ) -> Iterable[InstanceRecord]:
     for key in keys:
         try:
-            record = record_from_blob(store, key, datasets.get(key))
+            record = record_from_blob(store, key, patient_secret, datasets.get(key))
         except (BadBlob, FileNotFoundError):  # not a valid blob: `check` quarantines it
             report.skipped += 1
             continue
@@ -88,10 +92,10 @@ def _records(
 
 
 def _load(target: ElasticsearchIndex, store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None],
-          report: ReindexReport, progress: Callable[[int], object]) -> int:  # fmt: skip
+          report: ReindexReport, progress: Callable[[int], object], patient_secret: bytes) -> int:  # fmt: skip
     batch: list[InstanceRecord] = []
     count = 0
-    for record in _records(store, keys, datasets, report):
+    for record in _records(store, keys, datasets, report, patient_secret):
         batch.append(record)
         if len(batch) == BATCH:
             target.add_instances(batch, overwrite=True)
@@ -106,7 +110,7 @@ def _load(target: ElasticsearchIndex, store: BlobStore, keys: Iterable[str], dat
 
 
 def _catch_up(index: ElasticsearchIndex, target: ElasticsearchIndex, store: BlobStore,
-              old: dict[Level, list[str]], report: ReindexReport) -> int:  # fmt: skip
+              old: dict[Level, list[str]], report: ReindexReport, patient_secret: bytes) -> int:  # fmt: skip
     """Instances the old indices received while the new ones were being built."""
     old_index = ElasticsearchIndex(
         index.es, names={lvl: ",".join(n) for lvl, n in old.items()}, refresh=False
@@ -115,7 +119,7 @@ def _catch_up(index: ElasticsearchIndex, target: ElasticsearchIndex, store: Blob
     missing = {k: d for k, d in _datasets(old_index).items() if k not in have and store.exists(k)}
     if not missing:
         return 0
-    records = list(_records(store, list(missing), missing, report))
+    records = list(_records(store, list(missing), missing, report, patient_secret))
     if records:
         index.add_instances(records, overwrite=True)
     return len(records)

@@ -67,6 +67,7 @@ def record_of(tmp_path: Path) -> Callable[..., InstanceRecord]:
         counter[0] += 1
         path = tmp_path / f"i{counter[0]}.dcm"
         make_dataset(**attrs).save_as(path, enforce_file_format=True)
-        return read_instance(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return read_instance(path, digest, patient_secret=bytes(32))
 
     return build

@@ -30,9 +30,10 @@ from server.core.fhir.imaging import (
     patient_id,
     study_started,
 )
-from server.core.records import read_instance
+from server.core.records import patient_key, read_instance
 from server.synthetic import write_cohort
 
+KEY = bytes(range(32))  # a patient-id key, as an installation derives one
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 SNOMED = "http://snomed.info/sct"
 BODY_SITES = {
@@ -67,7 +68,9 @@ def index_studies(paths: list[Path]) -> dict[str, Study]:
     series: dict[str, dict[str, dict[str, Any]]] = {}
     instances: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for path in paths:
-        record = read_instance(path, hashlib.sha256(path.read_bytes()).hexdigest())
+        record = read_instance(
+            path, hashlib.sha256(path.read_bytes()).hexdigest(), patient_secret=KEY
+        )
         levels = {level: orjson.loads(record.level_json[level]) for level in Level}
         studies.setdefault(record.study_uid, levels[Level.STUDY])
         series.setdefault(record.study_uid, {}).setdefault(record.series_uid, levels[Level.SERIES])
@@ -120,7 +123,12 @@ def build(study: Study, **kwargs: Any) -> dict[str, Any]:
         "last_updated": "2024-05-01T12:00:00Z",
     }
     args.update(kwargs)
+    args.setdefault("patient_key", patient_key(KEY, study[0]))
     return imaging_study(study[0], study[1], **args)
+
+
+def _patient(study: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    return patient(study, patient_key=patient_key(KEY, study), **kwargs)
 
 
 def assert_round_trips(model: Any, resource: dict[str, Any]) -> None:
@@ -163,7 +171,7 @@ def test_ids_deterministic_and_valid(cohort: dict[str, Study]) -> None:
         subject = first["subject"]["reference"]
         assert subject.startswith("Patient/")
         assert FHIR_ID.fullmatch(subject.removeprefix("Patient/"))
-        assert subject == "Patient/" + patient(study[0])["id"]
+        assert subject == "Patient/" + _patient(study[0])["id"]
 
 
 def test_identifiers(cohort: dict[str, Study]) -> None:
@@ -381,7 +389,7 @@ def test_started_values_validate(ct_small: Study) -> None:
 
 def test_patient_pseudonymous(cohort: dict[str, Study]) -> None:
     for study_json, _ in cohort.values():
-        resource = patient(study_json, last_updated="2024-05-01T12:00:00Z")
+        resource = _patient(study_json, last_updated="2024-05-01T12:00:00Z")
         assert_round_trips(Patient, resource)
         assert set(resource) == {"resourceType", "id", "meta", "identifier", "gender", "birthDate"}
         assert "name" not in resource and "address" not in resource
@@ -392,7 +400,7 @@ def test_patient_pseudonymous(cohort: dict[str, Study]) -> None:
         assert resource["gender"] == {"M": "male", "F": "female"}[sex]
         pid = uid_of(study_json, "00100020")
         issuer = uid_of(study_json, "00100021")
-        assert resource["id"] == patient_id(pid, issuer)
+        assert resource["id"] == patient_id(KEY, pid, issuer)
         assert resource["identifier"] == [
             {"system": PATIENT_ID_SYSTEM, "value": pid, "assigner": {"display": issuer}}
         ]
@@ -401,7 +409,7 @@ def test_patient_pseudonymous(cohort: dict[str, Study]) -> None:
 def test_patient_oid_issuer_and_sex_other(ct_small: Study) -> None:
     study = copy.deepcopy(ct_small[0])
     study["00100021"] = {"vr": "LO", "Value": ["2.16.840.1.113883.19.5"]}
-    resource = patient(study)
+    resource = _patient(study)
     assert_round_trips(Patient, resource)
     assert resource["identifier"] == [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "1CT1"}]
     assert resource["gender"] == "other"  # PatientSex O
@@ -413,29 +421,33 @@ def test_patient_unknown_sex_and_no_patient_id(mr_small: Study) -> None:
     study = copy.deepcopy(mr_small[0])
     study["00100040"] = {"vr": "CS"}
     study.pop("00100020")
-    resource = patient(study)
+    resource = _patient(study)
     assert_round_trips(Patient, resource)
     assert resource["gender"] == "unknown"
     assert "identifier" not in resource
-    assert resource["id"] == patient_id(None, None)
+    assert resource["id"] == patient_id(KEY, None, None)
     assert build((study, mr_small[1]))["subject"] == {"reference": f"Patient/{resource['id']}"}
 
 
 def test_weird_patient_ids_are_valid_and_distinct() -> None:
     weird = ["A/B C", "ÅÄÖ", "x" * 65, "1" * 200, " padded ", "", None, "a|b", "../..", "p-1"]
-    ids = [patient_id(pid, None) for pid in weird]
+    ids = [patient_id(KEY, pid, None) for pid in weird]
     for value in ids:
         assert FHIR_ID.fullmatch(value), value
         assert value.startswith("p-")
-    assert patient_id("", None) == patient_id(None, None)  # both: no Patient ID
-    assert patient_id(" padded ", None) == patient_id("padded", None)
+    assert patient_id(KEY, "", None) == patient_id(KEY, None, None)  # both: no Patient ID
+    assert patient_id(KEY, " padded ", None) == patient_id(KEY, "padded", None)
     distinct = [v for pid, v in zip(weird, ids, strict=True) if pid is not None and pid != ""]
     assert len(set(distinct)) == len(distinct)
-    assert patient_id(None, None) not in distinct
-    assert patient_id("A/B C", "ISS1") != patient_id("A/B C", "ISS2") != patient_id("A/B C", None)
-    assert patient_id("ÅÄÖ", "ISS") == patient_id("ÅÄÖ", "ISS")
+    assert patient_id(KEY, None, None) not in distinct
+    assert (
+        patient_id(KEY, "A/B C", "ISS1")
+        != patient_id(KEY, "A/B C", "ISS2")
+        != patient_id(KEY, "A/B C", None)
+    )
+    assert patient_id(KEY, "ÅÄÖ", "ISS") == patient_id(KEY, "ÅÄÖ", "ISS")
     for pid in weird:
-        resource = patient({"00100020": {"vr": "LO", "Value": [pid]} if pid else {"vr": "LO"}})
+        resource = _patient({"00100020": {"vr": "LO", "Value": [pid]} if pid else {"vr": "LO"}})
         assert_round_trips(Patient, resource)
 
 
@@ -456,3 +468,16 @@ def test_endpoint() -> None:
     assert endpoint("e1", "http://x/", name="Archive")["name"] == "Archive"
     with pytest.raises(ValueError):
         endpoint("bad id", "http://x/")
+
+
+def test_patient_id_is_a_keyed_hash_not_a_plain_one() -> None:
+    """A dictionary of Patient IDs does not reverse the id: no plain hash of any usual layout
+    gives it, and another key gives another id (another installation)."""
+    pid, issuer = "PAT-0042", "HOSPITAL"
+    got = patient_id(KEY, pid, issuer).removeprefix("p-")
+    for text in (pid, f"{issuer}|{pid}", f"{pid}|{issuer}", f"{issuer}{pid}", f"|{pid}"):
+        for name in ("sha256", "sha1", "md5", "sha512", "blake2b", "sha3_256"):
+            assert got not in hashlib.new(name, text.encode()).hexdigest()
+    assert patient_id(bytes(range(1, 33)), pid, issuer) != patient_id(KEY, pid, issuer)
+    with pytest.raises(ValueError):
+        patient_id(b"short", pid, issuer)

@@ -18,7 +18,7 @@ import httpx
 import pydicom
 
 from server.core.fhir.imaging import patient_id
-from server.security.keys import SigningKeys
+from server.security.keys import SigningKeys, patient_id_key
 from tests.helpers import cohort, multipart_body, part10
 from tests.live import LiveServer
 
@@ -100,9 +100,13 @@ class Study:
         return {self.dataset, self.patient, self.patient_ref, *self.uids}
 
 
-def make_study(dataset: str, **kwargs: Any) -> tuple[Study, list[pydicom.Dataset]]:
+def make_study(
+    dataset: str, live: LiveServer | None = None, **kwargs: Any
+) -> tuple[Study, list[pydicom.Dataset]]:
+    """A study for ``dataset``; its FHIR Patient id is known when the gateway (``live``) is."""
     instances = cohort(**kwargs)
     first = instances[0]
+    pid, issuer = str(first.PatientID), str(first.get("IssuerOfPatientID", ""))
     uids = {str(ds.StudyInstanceUID) for ds in instances}
     uids |= {str(ds.SeriesInstanceUID) for ds in instances}
     uids |= {str(ds.SOPInstanceUID) for ds in instances}
@@ -112,7 +116,7 @@ def make_study(dataset: str, **kwargs: Any) -> tuple[Study, list[pydicom.Dataset
         series_uid=str(first.SeriesInstanceUID),
         sop_uid=str(first.SOPInstanceUID),
         patient=str(first.PatientID),
-        patient_ref=patient_id(str(first.PatientID), str(first.get("IssuerOfPatientID", ""))),
+        patient_ref=patient_id(patient_id_key(live.data_dir), pid, issuer) if live else "",
         uids=uids,
     )
     return study, instances
@@ -134,7 +138,7 @@ def stow_into(
 
 
 def store_study(live: LiveServer, dataset: str, pusher_token: str, **kwargs: Any) -> Study:
-    study, instances = make_study(dataset, **kwargs)
+    study, instances = make_study(dataset, live, **kwargs)
     answer = stow_into(live, dataset, pusher_token, instances)
     assert answer.status_code == 200, answer.text
     return study

@@ -13,7 +13,7 @@ implementation notes:
   (``type = ServiceRequest`` and the ACSN identifier); R4 maps the accession there.
 * ``modality``: Modalities in Study (0008,0061), else the series' Modality (0008,0060).
 * ``subject``: Patient ID (0010,0020) and Issuer of Patient ID (0010,0021), through the
-  pseudonymous id of :func:`patient_id`.
+  pseudonymous id of :func:`patient_id` (a keyed hash: the index keeps it per study).
 * ``started``: Study Date (0008,0020) + Study Time (0008,0030) + Timezone Offset From
   UTC (0008,0201); see :func:`study_started`.
 * ``referrer``: Referring Physician's Name (0008,0090), as a display-only reference.
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -119,17 +120,21 @@ def imaging_study_id(study_uid: str) -> str:
     return "s-" + hashlib.sha256(study_uid.encode("utf-8")).hexdigest()[:40]
 
 
-def patient_id(patient_id: str | None, issuer: str | None) -> str:
+def patient_id(secret: bytes, patient_id: str | None, issuer: str | None) -> str:
     """Pseudonymous, deterministic Patient resource id for a (Patient ID, Issuer) pair.
 
-    ``"p-"`` + the first 40 hex digits of SHA-256 over ``issuer|patient_id`` (UTF-8,
-    a missing value counting as empty). The result is always a valid FHIR id whatever
-    characters the DICOM values hold, and instances without a Patient ID still get a
-    stable id (one per issuer).
+    ``"p-"`` + the first 40 hex digits of HMAC-SHA256 keyed with the installation's
+    patient-id key over ``issuer|patient_id`` (UTF-8, a missing value counting as empty).
+    Without the key the id cannot be recomputed from a Patient ID (a dictionary of
+    Patient IDs does not reverse it); with the same key it is stable. The result is
+    always a valid FHIR id whatever characters the DICOM values hold, and instances
+    without a Patient ID still get a stable id (one per issuer).
     """
+    if len(secret) < 32:
+        raise ValueError("the patient-id key has at least 32 bytes")
     pid = (patient_id or "").strip()
     iss = (issuer or "").strip()
-    digest = hashlib.sha256(f"{iss}|{pid}".encode()).hexdigest()
+    digest = hmac.new(secret, f"{iss}|{pid}".encode(), hashlib.sha256).hexdigest()
     return "p-" + digest[:40]
 
 
@@ -220,6 +225,7 @@ def imaging_study(
     *,
     endpoint_id: str,
     dataset_id: str | None,
+    patient_key: str,
     body_site: CodingLookup,
     laterality: CodingLookup,
     last_updated: str | None = None,
@@ -228,7 +234,8 @@ def imaging_study(
 
     ``series`` pairs each series-level JSON with its instance-level JSONs; an empty
     instance list leaves ``series.instance`` out (the counts still come from the index).
-    ``body_site`` and ``laterality`` turn Body Part Examined / Laterality values into
+    ``patient_key`` is the study's pseudonymous Patient id (:func:`patient_id`, kept by
+    the index). ``body_site`` and ``laterality`` turn Body Part Examined / Laterality values into
     Codings (or None when there is no mapping). Series inherit the study's ``endpoint``.
     """
     _require_id(endpoint_id, "endpoint_id")
@@ -278,10 +285,8 @@ def imaging_study(
     if codes:
         out["modality"] = [{"system": DCM, "code": code} for code in codes]
 
-    out["subject"] = {
-        "reference": "Patient/"
-        + patient_id(_text(study, _PATIENT_ID), _text(study, _ISSUER_OF_PATIENT_ID))
-    }
+    _require_id(patient_key, "patient_key")
+    out["subject"] = {"reference": f"Patient/{patient_key}"}
     started = study_started(study)
     if started:
         out["started"] = started
@@ -319,15 +324,16 @@ def imaging_study(
     return out
 
 
-def patient(study: DicomJson, *, last_updated: str | None = None) -> Json:
-    """A pseudonymous R4 Patient from the study-level patient attributes.
+def patient(study: DicomJson, *, patient_key: str, last_updated: str | None = None) -> Json:
+    """A pseudonymous R4 Patient (id ``patient_key``) from the study-level patient attributes.
 
     Only the identifier (Patient ID with its issuer), gender (Patient's Sex) and the
     year of birth (from Patient's Birth Date) are exposed: no name, no full birth date.
     """
     pid = _text(study, _PATIENT_ID)
     issuer = _text(study, _ISSUER_OF_PATIENT_ID)
-    out: Json = {"resourceType": "Patient", "id": patient_id(pid, issuer)}
+    _require_id(patient_key, "patient_key")
+    out: Json = {"resourceType": "Patient", "id": patient_key}
     if last_updated:
         out["meta"] = {"lastUpdated": last_updated}
     if pid:

@@ -138,6 +138,40 @@ SORTS: dict[str, tuple[str, ...]] = {
     "Endpoint": ("_id",),
 }
 
+# Modifiers each translator implements (FHIR R4 3.1.1.5): the parser refuses any other
+# with a 400, so no translator ever sees a modifier it does not handle.
+_STORED_MODIFIERS: dict[ParamType, frozenset[str]] = {
+    ParamType.TOKEN: frozenset({"not", "missing", "text"}),
+    ParamType.STRING: frozenset({"exact", "contains", "missing"}),
+    ParamType.DATE: frozenset({"missing"}),
+    ParamType.REFERENCE: frozenset({"missing"}),
+    ParamType.URI: frozenset({"missing"}),
+}
+_NOT = frozenset({"not"})
+_DERIVED_MODIFIERS: dict[str, dict[str, frozenset[str]]] = {
+    "ImagingStudy": {
+        **{n: _NOT for n in ("_id", "modality", "bodysite", "series", "instance", "dicom-class", "status")},
+        "identifier": frozenset({"not", "missing"}),
+        "started": frozenset({"missing"}),
+        "dataset": frozenset({"missing"}),
+    },
+    "Patient": {"_id": _NOT, "identifier": frozenset({"not", "missing"}),
+                "gender": frozenset({"not", "missing"}), "birthdate": frozenset({"missing"})},
+    "Endpoint": {"_id": _NOT, "status": _NOT, "connection-type": _NOT},
+}  # fmt: skip
+
+
+def modifiers_of(resource_type: str, param: SearchParam) -> frozenset[str]:
+    """The modifiers this server implements on ``param`` of ``resource_type``."""
+    if resource_type in _DERIVED_MODIFIERS:
+        return _DERIVED_MODIFIERS[resource_type].get(param.name, frozenset())
+    if resource_type not in WRITABLE or param.name == "_lastUpdated":
+        return frozenset()  # AuditEvent and the conformance resources: plain values only
+    if param.name == "_id":
+        return _NOT
+    return _STORED_MODIFIERS[param.type]
+
+
 WRITABLE = ("ResearchStudy", "Group", "ResearchSubject", "Contract")
 DERIVED = ("ImagingStudy", "Patient", "Endpoint", "AuditEvent")
 

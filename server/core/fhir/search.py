@@ -13,20 +13,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.core.fhir.params import ALIASES, INCLUDES, SORTS, ParamType, SearchParam, params_of
+from server.core.fhir.params import (
+    ALIASES,
+    INCLUDES,
+    SORTS,
+    ParamType,
+    SearchParam,
+    modifiers_of,
+    params_of,
+)
 from server.errors import InvalidQuery
 
-MODIFIERS = {
-    ParamType.TOKEN: {"not", "missing", "text", "exact"},
-    ParamType.STRING: {"exact", "contains", "missing"},
-    ParamType.DATE: {"missing"},
-    ParamType.REFERENCE: {"missing"},
-    ParamType.URI: {"missing"},
-}
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 CONTROL = {"_count", "_sort", "_total", "_summary", "_elements", "_include", "_revinclude",
            "_format", "_pretty", "_cursor"}  # fmt: skip
 DEFAULT_COUNT, MAX_COUNT = 20, 1000
+# Bounds on one search (a clear 400 beyond): parameters, values over all parameters, and
+# the length of one value. Thousands of AND-ed parameters would otherwise become an SQL
+# statement or a query DSL tree too deep for the backend.
+MAX_PARAMETERS, MAX_VALUES, MAX_VALUE_CHARS = 64, 512, 1024
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,18 @@ class Include:
 
 
 @dataclass(frozen=True)
+class PagePosition:
+    """Where a page starts: after (or, backwards, before) the row with these sort keys.
+
+    Translators read and make positions; the service seals them into the opaque
+    ``_cursor`` of paging links (server.services.fhir_paging) and back.
+    """
+
+    backwards: bool
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class SearchRequest:
     resource_type: str
     criteria: tuple[Criterion, ...] = ()
@@ -79,7 +96,8 @@ class SearchRequest:
     elements: tuple[str, ...] = ()
     include: tuple[Include, ...] = ()
     revinclude: tuple[Include, ...] = ()
-    cursor: str | None = None
+    cursor: str | None = None  # the client's sealed _cursor, as sent
+    position: PagePosition | None = None  # the unsealed cursor (set by the service)
     ignored: tuple[str, ...] = field(default_factory=tuple)
     # Datasets the caller may see (set by the service from the caller's grants); None = all.
     restrict: frozenset[str] | None = None
@@ -90,11 +108,14 @@ def parse_search(
 ) -> SearchRequest:
     """FHIR R4 3.1.1: parse a search on ``resource_type``."""
     pairs = list(pairs)
+    _check_size(pairs)
     criteria: list[Criterion] = []
     ignored: list[str] = []
     for key, raw in pairs:
         if key in CONTROL:
             continue
+        if key.startswith("_has") or key in ("_filter", "_query", "_list", "_text", "_content"):
+            raise InvalidQuery(f"{key.split(':')[0]} is not supported by this server", key)
         try:
             criteria.append(_criterion(resource_type, key, raw))
         except UnknownParameter as exc:
@@ -107,6 +128,19 @@ def parse_search(
 
 class UnknownParameter(Exception):
     pass
+
+
+def _check_size(pairs: list[tuple[str, str]]) -> None:
+    if len(pairs) > MAX_PARAMETERS:
+        raise InvalidQuery(
+            f"a search takes at most {MAX_PARAMETERS} parameters, this one has {len(pairs)}"
+        )
+    values = sum(raw.count(",") + 1 for _, raw in pairs)
+    if values > MAX_VALUES:
+        raise InvalidQuery(f"a search takes at most {MAX_VALUES} values, this one has {values}")
+    for key, raw in pairs:
+        if len(raw) > MAX_VALUE_CHARS or len(key) > MAX_VALUE_CHARS:
+            raise InvalidQuery(f"{key[:64]} is longer than {MAX_VALUE_CHARS} characters", key[:64])
 
 
 def _criterion(resource_type: str, key: str, raw: str) -> Criterion:
@@ -125,9 +159,9 @@ def _criterion(resource_type: str, key: str, raw: str) -> Criterion:
     modifier = modifier_text or None
     if modifier is not None and param.type is ParamType.REFERENCE and modifier in param.targets:
         modifier = None  # subject:Patient=123 names the target type
-    elif modifier is not None and modifier not in MODIFIERS[param.type]:
+    elif modifier is not None and modifier not in modifiers_of(resource_type, param):
         raise InvalidQuery(
-            f"modifier :{modifier} is not supported on {param.type} parameter {name}", key
+            f"modifier :{modifier} is not supported on {resource_type} parameter {name}", key
         )
     if modifier == "missing":
         if raw not in ("true", "false"):
@@ -260,8 +294,10 @@ def _controls(resource_type: str, pairs: list[tuple[str, str]]) -> dict[str, Any
     for key, value in pairs:
         if key == "_count":
             if not value.isdigit():
-                raise InvalidQuery(f"_count must be a non-negative integer, got {value!r}", key)
-            out["count"] = min(int(value), MAX_COUNT)
+                raise InvalidQuery(
+                    f"_count must be a non-negative integer, got {value[:40]!r}", key
+                )
+            out["count"] = MAX_COUNT if len(value) > 6 else min(int(value), MAX_COUNT)
         elif key == "_sort":
             out["sort"] = _sort(resource_type, value)
         elif key == "_total":

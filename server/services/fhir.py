@@ -15,7 +15,6 @@ from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.params import DERIVED, WRITABLE, params_of
 from server.core.fhir.search import (
     Criterion,
-    DateValue,
     ReferenceValue,
     SearchRequest,
     TokenValue,
@@ -138,6 +137,8 @@ class FhirReadService:
         if rtype == "Patient":
             row = self.queries.patient(rid, principal.datasets_for(Action.SEARCH))
             return self.patient(row) if row else None
+        if rtype == "AuditEvent":
+            return self.audit.read(rid) if self.audit is not None else None
         if rtype == "ImagingStudy":
             study = self.queries.study(rid)
             if study is None or not principal.allows(Action.METADATA, study.dataset):
@@ -261,26 +262,8 @@ class FhirReadService:
         """AuditEvent search (administrators): the hash-chained log, oldest first, keyset paged."""
         if self.audit is None:
             return [], 0, None, None
-        filters: dict[str, Any] = {}
-        for c in req.criteria:
-            value = c.values[0] if c.values else None
-            if c.param.name == "date" and isinstance(value, DateValue):
-                key = "until" if value.prefix in ("lt", "le", "eb") else "since"
-                filters[key] = value.low if key == "since" else value.high
-            elif isinstance(value, TokenValue):
-                name = {
-                    "agent": "client_id",
-                    "entity": "entity",
-                    "outcome": "outcome",
-                    "subtype": "action",
-                }.get(c.param.name)
-                if name is None:
-                    raise InvalidQuery(
-                        f"AuditEvent search by {c.param.name} is not supported", c.param.name
-                    )
-                filters[name] = int(value.code or 0) if name == "outcome" else value.code
         after = int(req.cursor) if req.cursor and req.cursor.isdigit() else None
-        rows = self.audit.search(**filters, limit=req.count + 1, after_seq=after)
+        rows = self.audit.fhir_search(req, after_seq=after)
         more = len(rows) > req.count
         rows = rows[: req.count]
         events = [event for _, event in rows]

@@ -273,6 +273,8 @@ class FhirReadService:
         """Chains the target's own store cannot answer become lists of references."""
         out: list[Criterion] = []
         for c in req.criteria:
+            if req.resource_type == "ResearchStudy" and c.param.name == "cancer-type":
+                c = self._cancer_types_as_snomed(c)
             if (
                 req.resource_type == "ResearchStudy"
                 and c.param.name == "modality"
@@ -297,6 +299,17 @@ class FhirReadService:
             )
             out.append(Criterion(c.param, None, values))
         return SearchRequest(**{**req.__dict__, "criteria": tuple(out)})
+
+    def _cancer_types_as_snomed(self, c: Criterion) -> Criterion:
+        """A short cancer-type code (``breast``) searches as the SNOMED CT concept that
+        ``dataset create --cancer-type breast`` stores (the cancer-type ConceptMap)."""
+        values: list[Any] = []
+        for v in c.values:
+            coding = None
+            if isinstance(v, TokenValue) and v.code and not v.code.isdigit() and v.system is None:
+                coding = self.conformance.cancer_type(v.code)
+            values.append(TokenValue(coding["system"], coding["code"]) if coding else v)
+        return Criterion(c.param, c.modifier, tuple(values), c.chain)
 
     def _modality_as_ids(self, c: Criterion) -> Criterion:
         codes = [

@@ -60,7 +60,8 @@ class Served:
         if answer.content:
             body = answer.json()
             assert answer.headers["content-type"].startswith(FHIR_JSON), (path, answer.headers)
-            self.answers[f"{method} {path} {kw.get('params') or ''} -> {answer.status_code}"] = body
+            key = f"{method} {path} {kw.get('params') or ''} -> {answer.status_code} #{len(self.answers)}"
+            self.answers[key] = body
             return body
         return None
 

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit e2e-setup openapi bench fuzz clean
+.PHONY: run test lint typecheck unit e2e-setup fhir-validator openapi bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,10 +27,15 @@ typecheck: $(STAMP)
 e2e-setup:
 	bash tests/e2e/setup.sh
 
+# The HL7 FHIR validator (HAPI FHIR, Maven, system JDK 17), built once per version of its
+# sources and cached in ~/.cache/imaging-gateway-validator; the FHIR tests start it.
+fhir-validator:
+	bash tests/fhir/validator/build.sh
+
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
-test: $(STAMP) e2e-setup lint typecheck
+test: $(STAMP) e2e-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m pytest -q
 	# The API suites again (DICOMweb, FHIR, access control, CLI), every live gateway on a

@@ -36,13 +36,10 @@ log: the next seq and hash are read inside the write transaction.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -50,67 +47,27 @@ import uuid
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from server.core.fhir.search import SearchRequest
+from server.security.audit_event import (
+    CLIENT_ID_SYSTEM,
+    OUTCOMES,
+    AccessRecord,
+    audit_event,
+    index_values,
+    instant,
+)
+from server.security.audit_search import ID_INDEX, fhir_rows, read_event, search_rows
 
 log = logging.getLogger("gateway.audit")
 
 AUDIT_FILE = "audit.sqlite"
 ANCHOR_SUFFIX = ".head"
 GENESIS = "0" * 64
-
-CLIENT_ID_SYSTEM = "https://cancer-imaging-gateway.eu/fhir/sid/client-id"
-ACTION_SYSTEM = "https://cancer-imaging-gateway.eu/fhir/CodeSystem/access-action"
-EVENT_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-event-type"
-INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
-PURPOSE_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-PurposeOfUse"
-SOURCE_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/security-source-type"
-ENTITY_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
-OBJECT_ROLE_SYSTEM = "http://terminology.hl7.org/CodeSystem/object-role"
-RESOURCE_TYPE_SYSTEM = "http://hl7.org/fhir/resource-types"
-PARTICIPATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
-DICOM_UID_SYSTEM = "urn:dicom:uid"
-
-OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
-
-# gateway action -> (restful-interaction code, AuditEvent.action); BALP records queries as E.
-_INTERACTIONS: dict[str, tuple[str, str]] = {
-    "search": ("search-type", "E"),
-    "count": ("search-type", "E"),
-    "catalogue": ("read", "R"),
-    "read": ("read", "R"),
-    "vread": ("vread", "R"),
-    "history": ("history-instance", "R"),
-    "metadata": ("read", "R"),
-    "retrieve": ("read", "R"),
-    "store": ("create", "C"),
-    "create": ("create", "C"),
-    "update": ("update", "U"),
-    "patch": ("patch", "U"),
-    "delete": ("delete", "D"),
-    "token": ("operation", "E"),
-}
-# anything else (e.g. "admin") is classified by its HTTP method
-_BY_METHOD: dict[str, tuple[str, str]] = {
-    "GET": ("read", "R"),
-    "HEAD": ("read", "R"),
-    "POST": ("create", "C"),
-    "PUT": ("update", "U"),
-    "PATCH": ("patch", "U"),
-    "DELETE": ("delete", "D"),
-}
-_DICOM_KINDS = {
-    "study": "Study Instance UID",
-    "series": "Series Instance UID",
-    "instance": "SOP Instance UID",
-}
-_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
-_DATASET = "dataset"
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS audit_event (
@@ -130,221 +87,13 @@ _SCHEMA = [
     "CREATE INDEX IF NOT EXISTS audit_event_subject ON audit_event(subject, seq)",
     "CREATE INDEX IF NOT EXISTS audit_event_action ON audit_event(action, seq)",
     "CREATE INDEX IF NOT EXISTS audit_event_recorded ON audit_event(recorded)",
+    ID_INDEX,
     """CREATE TRIGGER IF NOT EXISTS audit_event_no_update BEFORE UPDATE ON audit_event
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS audit_event_no_delete BEFORE DELETE ON audit_event
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
 ]
 _COLUMNS = "client_id, subject, action, outcome, recorded, datasets, entities"
-
-
-@dataclass(frozen=True)
-class AccessRecord:
-    """One access or refused attempt, as the enforcement layer reports it."""
-
-    action: str  # e.g. "search", "retrieve", "store", "read", "create", "token", "admin"
-    outcome: int  # 0 success, 4 minor failure (refused by policy), 8 serious failure (5xx)
-    http_status: int
-    method: str  # HTTP method
-    path: str  # request path (no query string)
-    query: str | None  # query string
-    source_address: str | None
-    client_id: str | None
-    subject: str | None  # user subject (external identity) if any
-    agreements: tuple[str, ...] = ()  # Contract ids that granted the access
-    purpose: str | None = None  # v3 PurposeOfUse code
-    datasets: tuple[str, ...] = ()
-    entities: tuple[str, ...] = ()  # "ImagingStudy/1.2.3", "study:1.2.3", "instance:..."
-    recorded: float | None = None  # epoch seconds; filled in by the log if None
-    issuer: str | None = None  # identity provider of ``subject``, if known
-
-
-# -- the AuditEvent ---------------------------------------------------------------------------
-
-
-def instant(epoch: float) -> str:
-    """A FHIR instant in UTC with microseconds; sorts as text in time order."""
-    stamp = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
-    return stamp.replace("+00:00", "Z")
-
-
-def _coding(system: str, code: str, display: str | None = None) -> dict[str, str]:
-    coding = {"system": system, "code": code}
-    if display:
-        coding["display"] = display
-    return coding
-
-
-def _network(address: str) -> dict[str, str]:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return {"address": address, "type": "1"}  # machine name
-    return {"address": address, "type": "2"}  # IP address
-
-
-def _entity(value: str) -> dict[str, Any]:
-    if _REFERENCE.match(value):
-        return {
-            "what": {"reference": value},
-            "type": _coding(RESOURCE_TYPE_SYSTEM, value.split("/", 1)[0]),
-            "role": _coding(OBJECT_ROLE_SYSTEM, "4", "Domain Resource"),
-        }
-    kind, _, uid = value.partition(":")
-    if kind in _DICOM_KINDS and uid:
-        return {
-            "what": {
-                "identifier": {
-                    "type": {"text": _DICOM_KINDS[kind]},
-                    "system": DICOM_UID_SYSTEM,
-                    "value": f"urn:oid:{uid}",
-                }
-            },
-            "type": _coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-            "name": value,
-            "description": f"DICOM {kind}",
-        }
-    return {
-        "what": {"identifier": {"value": value}},
-        "type": _coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-        "name": value,
-    }
-
-
-def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[str, Any]:
-    """The FHIR R4 AuditEvent (as JSON-ready dict) for one access record."""
-    if record.outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {record.outcome!r}")
-    method = record.method.upper()
-    interaction, crude = _INTERACTIONS.get(record.action) or _BY_METHOD.get(
-        method, ("operation", "E")
-    )
-    try:
-        phrase = HTTPStatus(record.http_status).phrase
-    except ValueError:
-        phrase = ""
-    policy = [f"Contract/{agreement}" for agreement in record.agreements]
-
-    client: dict[str, Any] = {
-        "type": {"coding": [_coding(DCM_SYSTEM, "110153", "Source Role ID")]},
-        "who": (
-            {"identifier": {"system": CLIENT_ID_SYSTEM, "value": record.client_id}}
-            if record.client_id
-            else {"display": "anonymous"}
-        ),
-        "requestor": True,
-    }
-    if record.source_address:
-        client["network"] = _network(record.source_address)
-    agents: list[dict[str, Any]] = [client]
-    if record.subject:
-        identifier = {"value": record.subject}
-        if record.issuer:
-            identifier["system"] = record.issuer
-        agents.append(
-            {
-                "type": {
-                    "coding": [_coding(PARTICIPATION_SYSTEM, "IRCP", "information recipient")]
-                },
-                "who": {"identifier": identifier},
-                "requestor": True,
-            }
-        )
-    if policy:  # on the party the agreements were granted to: the user if any, else the client
-        agents[-1]["policy"] = policy
-    agents.append(
-        {
-            "type": {"coding": [_coding(DCM_SYSTEM, "110152", "Destination Role ID")]},
-            "who": {"display": observer},
-            "requestor": False,
-        }
-    )
-
-    request: dict[str, Any] = {
-        "type": _coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
-        "description": f"{method} {record.path}",
-    }
-    if record.query:
-        request["role"] = _coding(OBJECT_ROLE_SYSTEM, "24", "Query")
-        request["query"] = base64.b64encode(record.query.encode()).decode("ascii")
-    entities: list[dict[str, Any]] = [request]
-    entities.extend(
-        {
-            "what": {"reference": f"ResearchStudy/{dataset}"},
-            "type": _coding(RESOURCE_TYPE_SYSTEM, "ResearchStudy"),
-            "role": _coding(OBJECT_ROLE_SYSTEM, "4", "Domain Resource"),
-            "description": _DATASET,
-        }
-        for dataset in record.datasets
-    )
-    entities.extend(_entity(value) for value in record.entities)
-
-    event: dict[str, Any] = {
-        "resourceType": "AuditEvent",
-        "id": event_id,
-        "type": _coding(EVENT_TYPE_SYSTEM, "rest", "Restful Operation"),
-        "subtype": [
-            _coding(INTERACTION_SYSTEM, interaction),
-            _coding(ACTION_SYSTEM, record.action),
-        ],
-        "action": crude,
-        "recorded": instant(time.time() if record.recorded is None else record.recorded),
-        "outcome": str(record.outcome),
-        "outcomeDesc": f"HTTP {record.http_status} {phrase}".rstrip(),
-        "agent": agents,
-        "source": {
-            "observer": {"display": observer},
-            "type": [_coding(SOURCE_TYPE_SYSTEM, "4", "Application Server")],
-        },
-        "entity": entities,
-    }
-    if record.purpose:
-        event["purposeOfEvent"] = [{"coding": [_coding(PURPOSE_SYSTEM, record.purpose)]}]
-    return event
-
-
-def _joined(values: list[str]) -> str:
-    """Index text for a set of values: each between newlines, so ``instr`` finds exact ones."""
-    return "\n" + "\n".join(values) + "\n" if values else ""
-
-
-def _needle(value: str) -> str:
-    return f"\n{value}\n"
-
-
-def index_values(event: dict[str, Any]) -> tuple[Any, ...]:
-    """The search columns of an event, taken from the event itself (so verify can recheck them)."""
-    client_id = subject = action = None
-    for agent in event.get("agent", []):
-        identifier = agent.get("who", {}).get("identifier") or {}
-        codes = {c.get("code") for c in agent.get("type", {}).get("coding", [])}
-        if identifier.get("system") == CLIENT_ID_SYSTEM:
-            client_id = identifier.get("value")
-        elif "IRCP" in codes:
-            subject = identifier.get("value")
-    for coding in event.get("subtype", []):
-        if coding.get("system") == ACTION_SYSTEM:
-            action = coding.get("code")
-    datasets: list[str] = []
-    entities: list[str] = []
-    for entity in event.get("entity", []):
-        reference = entity.get("what", {}).get("reference")
-        if entity.get("description") == _DATASET and reference:
-            datasets.append(reference.split("/", 1)[1])
-        elif entity.get("name"):
-            entities.append(entity["name"])
-        elif reference:
-            entities.append(reference)
-    outcome = event.get("outcome")
-    return (
-        client_id,
-        subject,
-        action,
-        int(outcome) if outcome is not None else None,
-        event.get("recorded"),
-        _joined(datasets),
-        _joined(entities),
-    )
 
 
 def canonical(event: dict[str, Any]) -> bytes:
@@ -419,72 +168,6 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
-
-
-def _instant_bound(value: str, *, upper: bool) -> tuple[str, str]:
-    """A ``since``/``until`` bound as (operator, instant text); a date alone covers the day."""
-    try:
-        if len(value) == 10:
-            day = datetime.fromisoformat(value).replace(tzinfo=UTC)
-            if upper:
-                return "<", instant((day + timedelta(days=1)).timestamp())
-            return ">=", instant(day.timestamp())
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError(f"not a date or instant: {value!r}") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return ("<=" if upper else ">="), instant(moment.timestamp())
-
-
-def _search(
-    conn: sqlite3.Connection,
-    *,
-    client_id: str | None = None,
-    subject: str | None = None,
-    action: str | None = None,
-    outcome: int | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    entity: str | None = None,
-    dataset: str | None = None,
-    limit: int = 100,
-    after_seq: int | None = None,
-) -> list[tuple[int, dict[str, Any]]]:
-    where: list[str] = []
-    args: list[Any] = []
-    for column, value in (
-        ("client_id", client_id),
-        ("subject", subject),
-        ("action", action),
-        ("outcome", outcome),
-    ):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if since is not None:
-        operator, bound = _instant_bound(since, upper=False)
-        where.append(f"recorded {operator} ?")
-        args.append(bound)
-    if until is not None:
-        operator, bound = _instant_bound(until, upper=True)
-        where.append(f"recorded {operator} ?")
-        args.append(bound)
-    if entity is not None:
-        where.append("instr(entities, ?) > 0")
-        args.append(_needle(entity))
-    if dataset is not None:
-        where.append("instr(datasets, ?) > 0")
-        args.append(_needle(dataset))
-    if after_seq is not None:
-        where.append("seq > ?")
-        args.append(after_seq)
-    sql = "SELECT seq, event FROM audit_event"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq LIMIT ?"
-    args.append(max(0, limit))
-    return [(seq, orjson.loads(event)) for seq, event in conn.execute(sql, args)]
 
 
 class AuditLog:
@@ -647,7 +330,7 @@ class AuditLog:
         """
         conn = _connect(self.path, read_only=True)
         try:
-            return _search(
+            return search_rows(
                 conn,
                 client_id=client_id,
                 subject=subject,
@@ -660,6 +343,24 @@ class AuditLog:
                 limit=limit,
                 after_seq=after_seq,
             )
+        finally:
+            conn.close()
+
+    def read(self, event_id: str) -> dict[str, Any] | None:
+        """The stored AuditEvent with this id, or None."""
+        conn = _connect(self.path, read_only=True)
+        try:
+            return read_event(conn, event_id)
+        finally:
+            conn.close()
+
+    def fhir_search(
+        self, req: SearchRequest, after_seq: int | None = None
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """FHIR R4 AuditEvent search: up to ``req.count + 1`` events after ``after_seq``."""
+        conn = _connect(self.path, read_only=True)
+        try:
+            return fhir_rows(conn, req, after_seq=after_seq)
         finally:
             conn.close()
 
@@ -768,3 +469,18 @@ def verify(path: Path) -> VerifyReport:
         last_seq=last_seq,
         last_hash=last_hash,
     )
+
+
+__all__ = [
+    "AUDIT_FILE",
+    "CLIENT_ID_SYSTEM",
+    "GENESIS",
+    "OUTCOMES",
+    "AccessRecord",
+    "AuditLog",
+    "audit_event",
+    "index_values",
+    "instant",
+    "tail",
+    "verify",
+]

@@ -17,7 +17,7 @@ from server.core.fhir import bundle, imaging
 from server.core.fhir.conformance import Conformance
 from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.params import DERIVED, WRITABLE
-from server.core.fhir.search import DateValue, PagePosition, SearchRequest, TokenValue, parse_search
+from server.core.fhir.search import PagePosition, SearchRequest, parse_search
 from server.errors import Forbidden, Gone, InvalidQuery, NotFound, Unauthorized
 from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_es import EsFhirQueries
@@ -63,7 +63,7 @@ class FhirReadService:
         self.audit = audit
         self.min_cell_count = min_cell_count
         self.derived = DerivedResources(queries, conformance, min_cell_count)
-        self.chains = ChainResolver(store, queries)
+        self.chains = ChainResolver(store, queries, conformance)
 
     # -- read / vread ------------------------------------------------------
     def read(
@@ -125,6 +125,8 @@ class FhirReadService:
         if rtype == "Patient":
             row = self.queries.patient(rid, principal.datasets_for(Action.SEARCH))
             return self.derived.patient(row) if row else None
+        if rtype == "AuditEvent":
+            return self.audit.read(rid) if self.audit is not None else None
         if rtype == "ImagingStudy":
             study = self.queries.study(rid)
             if study is None or not principal.allows(Action.METADATA, study.dataset):
@@ -212,20 +214,12 @@ class FhirReadService:
         """AuditEvent search (administrators): the hash-chained log, oldest first, keyset paged."""
         if self.audit is None or req.count == 0:
             return [], None, None, None
-        filters: dict[str, Any] = {}
-        for c in req.criteria:
-            value = c.values[0] if c.values else None
-            if c.param.name == "date" and isinstance(value, DateValue):
-                key = "until" if value.prefix in ("lt", "le", "eb") else "since"
-                filters[key] = value.low if key == "since" else value.high
-            elif isinstance(value, TokenValue):
-                filters.update(_audit_filter(c.param.name, value))
         after = None
         if req.position is not None:
             if req.position.backwards or not isinstance(req.position.values[0], int):
                 raise InvalidQuery("_cursor does not belong to this search", "_cursor")
             after = req.position.values[0]
-        rows = self.audit.search(**filters, limit=req.count + 1, after_seq=after)
+        rows = self.audit.fhir_search(req, after_seq=after)
         more = len(rows) > req.count
         rows = rows[: req.count]
         events = [event for _, event in rows]
@@ -281,17 +275,6 @@ class FhirReadService:
         if rid is not None and not versions:
             raise NotFound(f"{rtype}/{rid} is not known")
         return bundle.history_bundle(base, [history_entry(base, rtype, rid, v) for v in versions])
-
-
-def _audit_filter(name: str, value: TokenValue) -> dict[str, Any]:
-    column = {"agent": "client_id", "entity": "entity", "outcome": "outcome", "subtype": "action"}
-    if name not in column:
-        raise InvalidQuery(f"AuditEvent search by {name} is not supported", name)
-    if name != "outcome":
-        return {column[name]: value.code}
-    if value.code not in AUDIT_OUTCOMES:
-        raise InvalidQuery(f"AuditEvent outcome is one of {', '.join(AUDIT_OUTCOMES)}", name)
-    return {"outcome": int(value.code)}
 
 
 def _references(matches: list[dict[str, Any]], param: str) -> list[str]:

@@ -10,8 +10,10 @@ the chain: ids from datasets the caller may not see are never in that list.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from server.core.fhir import imaging
+from server.core.fhir.conformance import Conformance
 from server.core.fhir.params import WRITABLE, params_of
 from server.core.fhir.search import Criterion, ReferenceValue, SearchRequest, TokenValue
 from server.errors import InvalidQuery
@@ -24,14 +26,19 @@ NONE = "\x00none"
 
 
 class ChainResolver:
-    def __init__(self, store: FhirStore, queries: DicomFhirQueries | EsFhirQueries) -> None:
+    def __init__(
+        self, store: FhirStore, queries: DicomFhirQueries | EsFhirQueries, conformance: Conformance
+    ) -> None:
         self.store = store
         self.queries = queries
+        self.conformance = conformance
 
     def resolve(self, req: SearchRequest) -> SearchRequest:
         """``req`` with every cross-store chain turned into a list of references."""
         out: list[Criterion] = []
         for c in req.criteria:
+            if req.resource_type == "ResearchStudy" and c.param.name == "cancer-type":
+                c = self._cancer_types_as_snomed(c)
             if (
                 req.resource_type == "ResearchStudy"
                 and c.param.name == "modality"
@@ -64,6 +71,17 @@ class ChainResolver:
             )
             out.append(Criterion(c.param, None, values))
         return replace(req, criteria=tuple(out))
+
+    def _cancer_types_as_snomed(self, c: Criterion) -> Criterion:
+        """A short cancer-type code (``breast``) searches as the SNOMED CT concept that
+        ``dataset create --cancer-type breast`` stores (the cancer-type ConceptMap)."""
+        values: list[Any] = []
+        for v in c.values:
+            coding = None
+            if isinstance(v, TokenValue) and v.code and not v.code.isdigit() and v.system is None:
+                coding = self.conformance.cancer_type(v.code)
+            values.append(TokenValue(coding["system"], coding["code"]) if coding else v)
+        return replace(c, values=tuple(values))
 
     def _modality_as_ids(self, c: Criterion) -> Criterion:
         codes = [

@@ -12,6 +12,7 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from server.core.fhir.bundle import response_entry
 from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.params import WRITABLE
 from server.core.fhir.search import SearchRequest, parse_search
@@ -222,12 +223,16 @@ class FhirWriteService:
         out = []
         for n, entry in enumerate(entries):
             try:
-                out.append(self._apply(w, _resolve(entry, ids), ids.get(entry.get("fullUrl", ""))))
+                out.append(
+                    self._apply(w, _resolve(entry, ids), ids.get(entry.get("fullUrl", "")), base)
+                )
             except GatewayError as exc:
                 raise type(exc)(f"transaction entry {n}: {exc.message}") from exc
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": out}
 
-    def _apply(self, w: Writer, entry: dict[str, Any], new_ref: str | None) -> dict[str, Any]:
+    def _apply(
+        self, w: Writer, entry: dict[str, Any], new_ref: str | None, base: str
+    ) -> dict[str, Any]:
         request = entry.get("request") or {}
         method, url = request.get("method"), str(request.get("url", "")).strip("/")
         rtype, _, rid = url.partition("?")[0].partition("/")
@@ -243,15 +248,15 @@ class FhirWriteService:
             if request.get("ifNoneExist"):
                 found = self._conditional_matches(rtype, request["ifNoneExist"])
                 if found:
-                    return _response(found[0], "200 OK")
+                    return response_entry(base, found[0], "200 OK")
             new_id = new_ref.split("/")[1] if new_ref else str(uuid.uuid4())
             stored, _ = w.put({**resource, "id": new_id})
-            return _response(stored, "201 Created")
+            return response_entry(base, stored, "201 Created")
         if method == "PUT":
             if resource.get("id") != rid:
                 raise BadRequest(f"PUT {url}: the resource id does not match")
             stored, created = w.put(resource, if_match=etag_version(request.get("ifMatch")))
-            return _response(stored, "201 Created" if created else "200 OK")
+            return response_entry(base, stored, "201 Created" if created else "200 OK")
         raise BadRequest(f"transaction entries may POST, PUT or DELETE, not {method}")
 
     def _batch_entry(self, entry: dict[str, Any], base: str, root: str) -> dict[str, Any]:
@@ -260,8 +265,8 @@ class FhirWriteService:
             if request.get("method") == "GET":
                 url = str(request.get("url", "")).strip("/")
                 rtype, _, rid = url.partition("/")
-                return _response(self.reader.read(rtype, rid, root, ADMIN), "200 OK")
-            return self.store.transaction(lambda w: self._apply(w, entry, None))
+                return response_entry(base, self.reader.read(rtype, rid, root, ADMIN), "200 OK")
+            return self.store.transaction(lambda w: self._apply(w, entry, None, base))
         except GatewayError as exc:
             status = status_for(exc)
             return {
@@ -270,16 +275,6 @@ class FhirWriteService:
                     "outcome": operation_outcome([("error", "processing", exc.message)]),
                 }
             }
-
-
-def _response(resource: dict[str, Any], status: str) -> dict[str, Any]:
-    meta = resource.get("meta", {})
-    return {
-        "fullUrl": f"{resource['resourceType']}/{resource['id']}",
-        "resource": resource,
-        "response": {"status": status, "location": f"{resource['resourceType']}/{resource['id']}/_history/{meta.get('versionId')}",
-                     "etag": f'W/"{meta.get("versionId")}"', "lastModified": meta.get("lastUpdated")},
-    }  # fmt: skip
 
 
 def _resolve(entry: dict[str, Any], ids: dict[str, str]) -> dict[str, Any]:

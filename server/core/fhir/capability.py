@@ -41,19 +41,23 @@ def capability_statement(
 
 
 def _security(token_endpoint: str | None) -> dict[str, Any]:
-    """SMART App Launch 2.0: the OAuth endpoints, and the SMART-on-FHIR security service."""
+    """SMART App Launch 2.0 backend services: discovery is .well-known/smart-configuration.
+
+    The SMART ``oauth-uris`` extension is not declared: it requires an ``authorize``
+    endpoint (the EHR/standalone launch), which this server does not have, and SMART 2.0
+    makes .well-known/smart-configuration the way to find the token endpoint.
+    """
     if token_endpoint is None:
         return {"description": "Authorisation is switched off (development mode)."}
     return {
         "cors": True,
         "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                                  "code": "SMART-on-FHIR"}]}],
-        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                       "extension": [{"url": "token", "valueUri": token_endpoint}]}],
-        "description": "OAuth2 bearer tokens (client_credentials with client_secret_basic/post or "
-        "private_key_jwt; RFC 8693 token exchange). Scopes: SMART v2 system/<Type>.<crus> plus "
-        "dataset:<id> and dataset:<id>:store; access follows active data-access agreements "
-        "(Contract). See .well-known/smart-configuration.",
+        "description": f"OAuth2 bearer tokens from {token_endpoint} (SMART backend services: "
+        "client_credentials with client_secret_basic/post or private_key_jwt; RFC 8693 token "
+        "exchange). Scopes: SMART v2 system/<Type>.<crus> plus dataset:<id> and "
+        "dataset:<id>:store; access follows active data-access agreements (Contract). "
+        "Discovery: .well-known/smart-configuration.",
     }  # fmt: skip
 
 

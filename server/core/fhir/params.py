@@ -176,5 +176,11 @@ WRITABLE = ("ResearchStudy", "Group", "ResearchSubject", "Contract")
 DERIVED = ("ImagingStudy", "Patient", "Endpoint", "AuditEvent")
 
 
+# Derived from the DICOM index without a change time of their own: no _lastUpdated.
+NO_LAST_UPDATED = ("Patient", "Endpoint")
+
+
 def params_of(resource_type: str) -> dict[str, SearchParam]:
-    return {**COMMON, **PARAMS.get(resource_type, {})}
+    common = {k: p for k, p in COMMON.items()
+              if not (k == "_lastUpdated" and resource_type in NO_LAST_UPDATED)}  # fmt: skip
+    return {**common, **PARAMS.get(resource_type, {})}

@@ -34,12 +34,28 @@ def validate_resource(resource: dict[str, Any], conformance: Conformance) -> lis
             ("error", "structure", f"{'.'.join(map(str, e['loc']))}: {e['msg']}")
             for e in exc.errors()
         ]
+    issues = _base_codes(resource)
+    for extension in resource.get("extension", []):  # our extensions: their own definitions
+        definition = conformance.by_url(str(extension.get("url", "")))
+        for element in (definition or {}).get("differential", {}).get("element", []):
+            issues += _check_element(extension, element, conformance)
     profile = conformance.by_url(PROFILES[rtype]) if rtype in PROFILES else None
-    if profile is None:
-        return []
-    issues: list[Issue] = []
-    for element in profile.get("differential", {}).get("element", []):
+    for element in (profile or {}).get("differential", {}).get("element", []):
         issues += _check_element(resource, element, conformance)
+    return issues
+
+
+def _base_codes(resource: dict[str, Any]) -> list[Issue]:
+    """Top-level codes bound (required) to a FHIR R4 value set, e.g. ``status``."""
+    model = get_fhir_model_class(resource["resourceType"])
+    issues: list[Issue] = []
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        allowed = extra.get("enum_values")
+        value = resource.get(info.alias or name)
+        if isinstance(allowed, list) and isinstance(value, str) and value not in allowed:
+            path = f"{resource['resourceType']}.{info.alias or name}"
+            issues.append(("error", "code-invalid", f"{path}: {value!r} is not one of {allowed}"))
     return issues
 
 
@@ -74,7 +90,8 @@ def _check_element(
     parents = _values(resource, path[:-1])
     issues: list[Issue] = []
     minimum = element.get("min", 0)
-    if minimum and "sliceName" not in element:
+    # inside a slice (id "X.identifier:uid.system") the minimum holds for the slice's members only
+    if minimum and "sliceName" not in element and ":" not in element.get("id", ""):
         for parent in parents or ([resource] if len(path) == 1 else []):
             if len(_values(parent, path[-1:])) < minimum:
                 issues.append(

@@ -45,12 +45,19 @@ class CorsSettings(BaseModel):
 
 
 class ExternalIssuer(BaseModel):
-    """An OpenID provider whose tokens are accepted (OIDC discovery + JWKS)."""
+    """An OpenID provider whose tokens are accepted (OIDC discovery + JWKS).
 
-    issuer: str
-    audience: str | None = None
+    ``audience`` is required: without it a token the provider issued to any other service
+    (or an ID token issued to a web application) would be accepted here too.
+    """
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
     jwks_uri: str | None = None  # default: from {issuer}/.well-known/openid-configuration
     organization_claim: str | None = None  # claim naming the user's Organization id
+    # JOSE typ values accepted (RFC 9068 at+jwt, and JWT as most providers send); "" = no typ
+    token_types: list[str] = ["at+jwt", "application/at+jwt", "JWT"]
+    max_lifetime_seconds: int = Field(default=3600, ge=60, le=86400)  # exp - iat at most
 
 
 class ElasticsearchSettings(BaseModel):

@@ -23,8 +23,12 @@ from server.security.tokens import InvalidToken, issue_access_token, verify_clie
 router = APIRouter(tags=["OAuth 2.0"])
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-TOKEN_TYPES = {"urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:access_token",
-               "urn:ietf:params:oauth:token-type:id_token"}  # fmt: skip
+# ID tokens are not accepted as subject tokens: they are issued to a relying party, not to us
+TOKEN_TYPES = {
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:access_token",
+}
+EXCHANGE_SCOPES = ("system/*.rs",)  # what an exchanged token may hold besides dataset scopes
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 ASSERTION_ALGS = ["ES256", "RS256", "ES384", "RS384", "PS256"]
 
@@ -126,12 +130,15 @@ def _by_assertion(request: Request, form: dict[str, str]) -> Client:
             keys,
             client_id=client_id,
             token_endpoint=endpoint,
+            leeway_seconds=gw.tokens.leeway_seconds,
         )
     except InvalidToken as exc:
         raise OAuthError(
             "invalid_client", f"client assertion rejected: {exc.message}", 401
         ) from exc
-    if not gw.clients.use_jti(str(claims["jti"]), float(claims["exp"])):
+    # kept for as long as verify_client_assertion would accept it: exp plus the leeway (+1 s)
+    keep_until = float(claims["exp"]) + gw.tokens.leeway_seconds + 1
+    if not gw.clients.use_jti(client_id, str(claims["jti"]), keep_until):
         raise OAuthError("invalid_client", "client assertion was already used (jti replay)", 401)
     return client
 
@@ -160,11 +167,16 @@ def _client_credentials(request: Request, client: Client, requested_text: str) -
 def _token_exchange(
     request: Request, client: Client | None, form: dict[str, str]
 ) -> dict[str, Any]:
-    """RFC 8693: an external identity's token → a local token with dataset scopes."""
+    """RFC 8693: an external identity's access token -> a local token with the subject's rights.
+
+    The new token carries the subject's dataset scopes (its own agreements, never the
+    exchanging client's), narrowed to the read scopes a client may hold; the client is
+    named as the actor (RFC 8693 section 4.1 ``act``) and adds nothing.
+    """
     gw = gateway(request)
     if form.get("subject_token_type") not in TOKEN_TYPES or not form.get("subject_token"):
         raise OAuthError(
-            "invalid_request", "subject_token and a JWT subject_token_type are required"
+            "invalid_request", "subject_token and an access-token subject_token_type are required"
         )
     try:
         config, claims = gw.external.verify(form["subject_token"])
@@ -178,10 +190,12 @@ def _token_exchange(
     party = Party(issuer=config.issuer, subject=str(claims["sub"]), organization=org)
     datasets = set(gw.agreements.grants(party))
     requested = form.get("scope", "").split() or ["system/*.rs"]
-    granted = scope_syntax.grant(requested, {"system/*.rs"}, datasets, set(), False)
-    extra = {"ext_iss": config.issuer, "ext_sub": str(claims["sub"])} | (
-        {"org": org} if org else {}
-    )
+    granted = scope_syntax.grant(requested, set(EXCHANGE_SCOPES), datasets, set(), False)
+    extra: dict[str, Any] = {"ext_iss": config.issuer, "ext_sub": str(claims["sub"])}
+    if org:
+        extra["org"] = org
+    if client is not None:
+        extra["act"] = {"sub": client.client_id}
     body = _issue(request, subject=f"{config.issuer}#{claims['sub']}",
                   client_id=client.client_id if client else "token-exchange", scope=granted, extra=extra)  # fmt: skip
     body["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token"

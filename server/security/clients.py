@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,14 +116,21 @@ class ClientRegistry:
             return None
         return self.get(client_id) if _check_secret(secret, row[0]) else None
 
-    def use_jti(self, jti: str, expires: float) -> bool:
-        """Record a client assertion's jti; False if it was seen before (replay, RFC 7523 3)."""
+    def use_jti(self, client_id: str, jti: str, keep_until: float) -> bool:
+        """Record a client assertion's jti; False if this client used it before (RFC 7523 3).
+
+        ``keep_until`` must be the last moment the assertion could still be accepted
+        (``exp`` plus the verification leeway): forgetting it earlier lets it replay.
+        Keyed per client, so one client cannot burn another's jti values.
+        """
         now = time.time()
         with self.db.write() as conn:
             conn.execute("DELETE FROM used_jti WHERE expires < ?", (now,))
             try:
-                conn.execute("INSERT INTO used_jti VALUES (?, ?)", (jti, expires))
-            except Exception:
+                conn.execute(
+                    "INSERT INTO used_jti VALUES (?, ?)", (f"{client_id} {jti}", keep_until)
+                )
+            except sqlite3.IntegrityError:
                 return False
         return True
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,9 +18,12 @@ from server import __version__
 from server.api import errors as api_errors
 from server.api import oauth as oauth_router
 from server.api.audit import AuditMiddleware
+from server.api.caching import NoStoreMiddleware
+from server.api.deps import principal
 from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
+from server.api.proxies import ProxyHeadersMiddleware, networks
 from server.core.fhir.conformance import Conformance, default_conformance
 from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
@@ -38,6 +41,7 @@ from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
 from server.security.keys import SigningKeys
 from server.security.model import Principal
+from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_write import FhirWriteService, parse_json_object
@@ -73,6 +77,7 @@ class Gateway:
     authenticator: Authenticator
     external: ExternalIssuers
     audit: AuditLog
+    throttle: FailureThrottle
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -101,6 +106,7 @@ class Gateway:
         self.fhir_store.close()
         self.clients.close()
         self.audit.close()
+        self.throttle.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -164,6 +170,16 @@ def build_gateway(settings: Settings) -> Gateway:
         authenticator=authenticator,
         external=external,
         audit=audit,
+        throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
+    )
+
+
+def token_limits(settings: Settings) -> Limits:
+    auth = settings.auth
+    return Limits(
+        per_client=auth.token_max_failures_per_client,
+        per_address=auth.token_max_failures_per_address,
+        window_seconds=auth.token_failure_window_seconds,
     )
 
 
@@ -294,9 +310,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(AuditMiddleware, audit_log=gateway.audit)
     app.add_middleware(CrossOriginResourcePolicy)
+    app.add_middleware(NoStoreMiddleware)
+    # outermost: every layer inside (audit, rate limits, logs) sees the caller's address
+    app.add_middleware(ProxyHeadersMiddleware, trusted=networks(settings.trusted_proxies))
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, object]:
+    def healthz(request: Request) -> dict[str, object]:
+        """Liveness for anyone; version and counts only for administrators."""
+        if not request.headers.get("authorization") and settings.auth.enabled:
+            return {"status": "ok"}
+        caller = principal(request)  # a bad token is a 401, as everywhere
+        if not (caller.admin or caller.unrestricted):
+            return {"status": "ok"}
         return {"status": "ok", "version": __version__, **gateway.index.counts()}
 
     return app

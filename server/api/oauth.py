@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 from urllib.parse import unquote
 
@@ -31,6 +32,7 @@ TOKEN_TYPES = {
 EXCHANGE_SCOPES = ("system/*.rs",)  # what an exchanged token may hold besides dataset scopes
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 ASSERTION_ALGS = ["ES256", "RS256", "ES384", "RS384", "PS256"]
+MAX_CLIENT_ID = 200
 
 
 class OAuthError(Exception):
@@ -45,8 +47,10 @@ def _issuer(request: Request) -> str:
     return gateway(request).tokens.issuer
 
 
-def _oauth_error(exc: OAuthError) -> Response:
+def _oauth_error(exc: OAuthError, retry_after: float | None = None) -> Response:
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(math.ceil(retry_after))
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="imaging-gateway"'
     body = {"error": exc.error, "error_description": exc.description}
@@ -55,20 +59,52 @@ def _oauth_error(exc: OAuthError) -> Response:
 
 @router.post("/oauth/token", summary="Token endpoint (RFC 6749 §3.2)")
 async def token(request: Request) -> Response:
-    """RFC 6749 §4.4 client_credentials and RFC 8693 token exchange; signed JWT access tokens."""
+    """RFC 6749 §4.4 client_credentials and RFC 8693 token exchange; signed JWT access tokens.
+
+    Failed client authentications are audited with the client id that was tried and counted
+    per client id and per source address; past the limit the endpoint answers 429 with
+    Retry-After, before any secret is checked.
+    """
     form = {k: str(v) for k, v in (await request.form()).items()}
     _note(request, 0)
+    gw = gateway(request)
+    attempted = _attempted_client(request, form)
+    request.state.audit_client = attempted
+    address = request.client.host if request.client else None
+    wait = await run_in_threadpool(gw.throttle.retry_after, attempted, address)
+    if wait is not None:
+        return _oauth_error(OAuthError("invalid_client", "too many failed attempts", 429), wait)
     try:
         body = await run_in_threadpool(_token, request, form)
     except OAuthError as exc:
         _note(request, exc.status)
+        if exc.error == "invalid_client":
+            await run_in_threadpool(gw.throttle.failed, attempted, address)
         return _oauth_error(exc)
+    if attempted:
+        await run_in_threadpool(gw.throttle.succeeded, attempted)
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     return Response(orjson.dumps(body), 200, headers=headers, media_type="application/json")
 
 
 def _note(request: Request, status: int) -> None:
     request.state.audit_note = {"datasets": (), "entities": ("oauth:token",), "action": "token"}
+
+
+def _attempted_client(request: Request, form: dict[str, str]) -> str | None:
+    """The client id a request claims (not yet authenticated), for the audit and the lockout."""
+    from server.security.external import unverified_issuer
+
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return unquote(decoded.partition(":")[0])[:MAX_CLIENT_ID] or None
+    if form.get("client_assertion_type") == JWT_BEARER:
+        return (unverified_issuer(form.get("client_assertion", "")) or "")[:MAX_CLIENT_ID] or None
+    return form.get("client_id", "")[:MAX_CLIENT_ID] or None
 
 
 def _token(request: Request, form: dict[str, str]) -> dict[str, Any]:

@@ -46,6 +46,16 @@ def _hash_secret(secret: str, salt: bytes | None = None) -> str:
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
+_DUMMY_HASH: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A hash no secret matches, verified for unknown clients: the same work, the same time."""
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(_hash_secret(secrets.token_urlsafe(32)))
+    return _DUMMY_HASH[0]
+
+
 def _check_secret(secret: str, stored: str) -> bool:
     try:
         _, salt_hex, _ = stored.split("$")
@@ -57,6 +67,7 @@ def _check_secret(secret: str, stored: str) -> bool:
 class ClientRegistry:
     def __init__(self, path: Path) -> None:
         self.db = SqliteDatabase(path, SCHEMA)
+        _dummy_hash()  # computed at start, not during the first unknown client's request
 
     def close(self) -> None:
         self.db.close()
@@ -112,7 +123,9 @@ class ClientRegistry:
             .fetchone()
         )
         if row is None or not row[0]:
-            _hash_secret(secret)  # same work either way: no timing hint that the id exists
+            # the same scrypt verification against a dummy hash: no timing hint that the id
+            # exists (or has no secret)
+            _check_secret(secret, _dummy_hash())
             return None
         return self.get(client_id) if _check_secret(secret, row[0]) else None
 

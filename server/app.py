@@ -18,6 +18,7 @@ from server import __version__
 from server.api import errors as api_errors
 from server.api import oauth as oauth_router
 from server.api.audit import AuditMiddleware
+from server.api.bodies import BodyGuardMiddleware
 from server.api.caching import NoStoreMiddleware
 from server.api.deps import principal
 from server.api.dicomweb import router as dicomweb_router
@@ -299,6 +300,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oauth_router.router)
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
+    # innermost: a request body is authorised and capped before any route reads it
+    app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors.allow_origins,

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit e2e-setup openapi bench clean
+.PHONY: run test lint typecheck unit e2e-setup openapi bench fuzz-api clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: $(STAMP) e2e-setup lint typecheck
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"
+
+# A longer schemathesis pass than the one in `make test` (25 examples per operation).
+fuzz-api: $(STAMP)
+	SCHEMATHESIS_MAX_EXAMPLES=$(or $(EXAMPLES),1000) $(PY) -m pytest -q tests/test_schemathesis.py
 
 bench: $(STAMP)
 	bash bench/run.sh

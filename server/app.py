@@ -319,13 +319,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> dict[str, object]:
-        """Liveness for anyone; version and counts only for administrators."""
+        """Up and ready (the index answers) for anyone; version and counts for administrators.
+
+        The index is asked either way, so a replica that cannot reach it is not ready (an
+        unavailable index is a 503, as on every route); only administrators see the answer.
+        """
+        counts = gateway.index.counts()
         if not request.headers.get("authorization") and settings.auth.enabled:
             return {"status": "ok"}
         caller = principal(request)  # a bad token is a 401, as everywhere
         if not (caller.admin or caller.unrestricted):
             return {"status": "ok"}
-        return {"status": "ok", "version": __version__, **gateway.index.counts()}
+        return {"status": "ok", "version": __version__, **counts}
 
     return app
 

@@ -18,7 +18,7 @@ from server import __version__
 from server.api import errors as api_errors
 from server.api import oauth as oauth_router
 from server.api.audit import AuditMiddleware
-from server.api.bodies import BodyGuardMiddleware
+from server.api.bodies import BodyGuardMiddleware, describe_bodies
 from server.api.caching import NoStoreMiddleware
 from server.api.deps import principal
 from server.api.dicomweb import router as dicomweb_router
@@ -316,6 +316,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NoStoreMiddleware)
     # outermost: every layer inside (audit, rate limits, logs) sees the caller's address
     app.add_middleware(ProxyHeadersMiddleware, trusted=networks(settings.trusted_proxies))
+
+    plain_openapi = app.openapi
+
+    def openapi_with_bodies() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_bodies(plain_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi_with_bodies  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
     def healthz(request: Request) -> dict[str, object]:

@@ -20,7 +20,7 @@ do (e.g. store into this dataset) is decided by the route, within the limit.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +48,36 @@ def body_limit(settings: Settings, path: str) -> int:
     if _STOW.match(path):
         return settings.stow.max_body_bytes
     return OTHER_LIMIT
+
+
+_FHIR_RESOURCE = {"type": "object", "required": ["resourceType"],
+                  "properties": {"resourceType": {"type": "string"}}}  # fmt: skip
+_FORM = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def request_body(path: str) -> dict[str, Any]:
+    """The OpenAPI requestBody of a body-taking route (the media types it reads)."""
+    if path == TOKEN_ENDPOINT:
+        grant = {"type": "object", "required": ["grant_type"],
+                 "properties": {"grant_type": {"type": "string"}, "scope": {"type": "string"}},
+                 "additionalProperties": {"type": "string"}}  # fmt: skip
+        content = {"application/x-www-form-urlencoded": {"schema": grant}}
+    elif path.endswith("/_search"):
+        content = {"application/x-www-form-urlencoded": {"schema": _FORM}}
+    elif path == "/fhir" or path.startswith("/fhir/"):
+        content = {"application/fhir+json": {"schema": _FHIR_RESOURCE}}
+    else:  # STOW: multipart/related; type="application/dicom" (PS3.18 10.5.1)
+        content = {"multipart/related": {"schema": {"type": "string", "format": "binary"}}}
+    return {"required": True, "content": content}
+
+
+def describe_bodies(document: dict[str, Any]) -> dict[str, Any]:
+    """Add the requestBody of every POST/PUT/PATCH operation to an OpenAPI document."""
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            if method.upper() in BODY_METHODS:
+                operation.setdefault("requestBody", request_body(path))
+    return document
 
 
 def anonymous_may_send(path: str) -> bool:

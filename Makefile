@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit e2e-setup fhir-validator openapi bench fuzz clean
+.PHONY: run test lint typecheck unit e2e-setup fhir-validator openapi bench fuzz fuzz-api clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ unit: $(STAMP)
 FUZZ_SECONDS ?= 600
 fuzz: $(STAMP)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s --timeout=0 tests/fuzz
+
+# A longer schemathesis pass than the one in `make test` (25 examples per operation).
+fuzz-api: $(STAMP)
+	SCHEMATHESIS_MAX_EXAMPLES=$(or $(EXAMPLES),1000) $(PY) -m pytest -q tests/test_schemathesis.py
 
 bench: $(STAMP)
 	bash bench/run.sh

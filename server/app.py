@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -20,9 +20,13 @@ from server import __version__
 from server.api import errors as api_errors
 from server.api import oauth as oauth_router
 from server.api.audit import AuditMiddleware
+from server.api.bodies import BodyGuardMiddleware, describe_bodies
+from server.api.caching import NoStoreMiddleware
+from server.api.deps import principal
 from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
+from server.api.proxies import ProxyHeadersMiddleware, networks
 from server.core.fhir.conformance import Conformance, default_conformance
 from server.core.fhir.imaging import patient_id
 from server.core.fhir.outcome import operation_outcome
@@ -42,6 +46,7 @@ from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
 from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
+from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.check import CheckService
 from server.services.fhir import ENDPOINT_ID, FhirReadService
@@ -82,6 +87,7 @@ class Gateway:
     authenticator: Authenticator
     external: ExternalIssuers
     audit: AuditLog
+    throttle: FailureThrottle
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -115,6 +121,7 @@ class Gateway:
         self.fhir_store.close()
         self.clients.close()
         self.audit.close()
+        self.throttle.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -185,6 +192,16 @@ def build_gateway(settings: Settings) -> Gateway:
         authenticator=authenticator,
         external=external,
         audit=audit,
+        throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
+    )
+
+
+def token_limits(settings: Settings) -> Limits:
+    auth = settings.auth
+    return Limits(
+        per_client=auth.token_max_failures_per_client,
+        per_address=auth.token_max_failures_per_address,
+        window_seconds=auth.token_failure_window_seconds,
     )
 
 
@@ -321,6 +338,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oauth_router.router)
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
+    # innermost: a request body is authorised and capped before any route reads it
+    app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors.allow_origins,
@@ -332,10 +351,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(AuditMiddleware, audit_log=gateway.audit)
     app.add_middleware(CrossOriginResourcePolicy)
+    app.add_middleware(NoStoreMiddleware)
+    # outermost: every layer inside (audit, rate limits, logs) sees the caller's address
+    app.add_middleware(ProxyHeadersMiddleware, trusted=networks(settings.trusted_proxies))
+
+    plain_openapi = app.openapi
+
+    def openapi_with_bodies() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = describe_bodies(plain_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi_with_bodies  # type: ignore[method-assign]
 
     @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, object]:
-        return {"status": "ok", "version": __version__, **gateway.index.counts()}
+    def healthz(request: Request) -> dict[str, object]:
+        """Up and ready (the index answers) for anyone; version and counts for administrators.
+
+        The index is asked either way, so a replica that cannot reach it is not ready (an
+        unavailable index is a 503, as on every route); only administrators see the answer.
+        """
+        counts = gateway.index.counts()
+        if not request.headers.get("authorization") and settings.auth.enabled:
+            return {"status": "ok"}
+        caller = principal(request)  # a bad token is a 401, as everywhere
+        if not (caller.admin or caller.unrestricted):
+            return {"status": "ok"}
+        return {"status": "ok", "version": __version__, **counts}
 
     return app
 

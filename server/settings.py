@@ -7,6 +7,7 @@ reads the environment at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -59,18 +60,31 @@ class QidoSettings(BaseModel):
     max_limit: int = Field(default=10000, ge=1)
 
 
+class FhirSettings(BaseModel):
+    # Request bodies (create, update, batch/transaction, $validate, POST _search) above this
+    # answer 413 OperationOutcome, checked on Content-Length and while a chunked body streams.
+    max_body_bytes: int = Field(default=16 * 1024**2, ge=1024)
+
+
 class CorsSettings(BaseModel):
     allow_origins: list[str] = ["*"]
     max_age: int = 600
 
 
 class ExternalIssuer(BaseModel):
-    """An OpenID provider whose tokens are accepted (OIDC discovery + JWKS)."""
+    """An OpenID provider whose tokens are accepted (OIDC discovery + JWKS).
 
-    issuer: str
-    audience: str | None = None
+    ``audience`` is required: without it a token the provider issued to any other service
+    (or an ID token issued to a web application) would be accepted here too.
+    """
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
     jwks_uri: str | None = None  # default: from {issuer}/.well-known/openid-configuration
     organization_claim: str | None = None  # claim naming the user's Organization id
+    # JOSE typ values accepted (RFC 9068 at+jwt, and JWT as most providers send); "" = no typ
+    token_types: list[str] = ["at+jwt", "application/at+jwt", "JWT"]
+    max_lifetime_seconds: int = Field(default=3600, ge=60, le=86400)  # exp - iat at most
 
 
 class PrivacySettings(BaseModel):
@@ -104,6 +118,12 @@ class AuthSettings(BaseModel):
     public_read: bool = True  # anyone may read datasets whose access rights are PUBLIC
     agreement_cache_seconds: float = Field(default=2.0, ge=0, le=60)
     external_issuers: list[ExternalIssuer] = []
+    # /oauth/token: failed client authentications within the window lock out further attempts
+    # for that client id and for that source address (429 + Retry-After) until the oldest
+    # failure leaves the window.
+    token_max_failures_per_client: int = Field(default=10, ge=1)
+    token_max_failures_per_address: int = Field(default=50, ge=1)
+    token_failure_window_seconds: float = Field(default=300.0, ge=1, le=86400)
 
     @field_validator("signing_alg")
     @classmethod
@@ -134,7 +154,11 @@ class Settings(BaseSettings):
     stow: StowSettings = StowSettings()
     qido: QidoSettings = QidoSettings()
     pixels: PixelSettings = PixelSettings()
+    fhir: FhirSettings = FhirSettings()
     cors: CorsSettings = CorsSettings()
+    # Proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto headers are believed
+    # (IP addresses or CIDR networks). Default none: the TCP peer is the caller.
+    trusted_proxies: list[str] = []
     auth: AuthSettings = AuthSettings()
     privacy: PrivacySettings = PrivacySettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
@@ -146,6 +170,18 @@ class Settings(BaseSettings):
     def _known_index(cls, value: str) -> str:
         if value not in {"sqlite", "elasticsearch"}:
             raise ValueError(f"unknown index backend {value!r} (supported: sqlite, elasticsearch)")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {item!r} is not an IP address or CIDR"
+                ) from None
         return value
 
     @field_validator("storage")

@@ -34,22 +34,27 @@ def _header_safe(text: str) -> str:
     )
 
 
+def domain_response(request: Request, exc: errors.GatewayError) -> Response:
+    """The response for a domain error, in the format of the route's standard."""
+    status = status_for(exc)
+    if isinstance(exc, errors.Unauthorized | errors.Forbidden):
+        return _challenge(request, exc, status)
+    if request.url.path.startswith("/fhir"):
+        return outcome_response(status, exc.message, _issue_code(status))
+    extra = {}
+    if isinstance(exc, errors.InvalidQuery) and exc.parameter:
+        extra["parameter"] = exc.parameter
+    response = error_response(status, exc.message, extra)
+    if isinstance(exc, errors.ServiceUnavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
+    return response
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.GatewayError)
     async def _domain(request: Request, exc: errors.GatewayError) -> Response:
-        status = status_for(exc)
-        if isinstance(exc, errors.Unauthorized | errors.Forbidden):
-            return _challenge(request, exc, status)
-        if request.url.path.startswith("/fhir"):
-            return outcome_response(status, exc.message, _issue_code(status))
-        extra = {}
-        if isinstance(exc, errors.InvalidQuery) and exc.parameter:
-            extra["parameter"] = exc.parameter
-        response = error_response(status, exc.message, extra)
-        if isinstance(exc, errors.ServiceUnavailable):
-            response.headers["Retry-After"] = str(exc.retry_after)
-        log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
-        return response
+        return domain_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,10 +24,15 @@ from server.security.tokens import InvalidToken, issue_access_token, verify_clie
 router = APIRouter(tags=["OAuth 2.0"])
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-TOKEN_TYPES = {"urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:access_token",
-               "urn:ietf:params:oauth:token-type:id_token"}  # fmt: skip
+# ID tokens are not accepted as subject tokens: they are issued to a relying party, not to us
+TOKEN_TYPES = {
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:access_token",
+}
+EXCHANGE_SCOPES = ("system/*.rs",)  # what an exchanged token may hold besides dataset scopes
 AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 ASSERTION_ALGS = ["ES256", "RS256", "ES384", "RS384", "PS256"]
+MAX_CLIENT_ID = 200
 
 
 class OAuthError(Exception):
@@ -41,8 +47,10 @@ def _issuer(request: Request) -> str:
     return gateway(request).tokens.issuer
 
 
-def _oauth_error(exc: OAuthError) -> Response:
+def _oauth_error(exc: OAuthError, retry_after: float | None = None) -> Response:
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(math.ceil(retry_after))
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="imaging-gateway"'
     body = {"error": exc.error, "error_description": exc.description}
@@ -51,20 +59,52 @@ def _oauth_error(exc: OAuthError) -> Response:
 
 @router.post("/oauth/token", summary="Token endpoint (RFC 6749 §3.2)")
 async def token(request: Request) -> Response:
-    """RFC 6749 §4.4 client_credentials and RFC 8693 token exchange; signed JWT access tokens."""
+    """RFC 6749 §4.4 client_credentials and RFC 8693 token exchange; signed JWT access tokens.
+
+    Failed client authentications are audited with the client id that was tried and counted
+    per client id and per source address; past the limit the endpoint answers 429 with
+    Retry-After, before any secret is checked.
+    """
     form = {k: str(v) for k, v in (await request.form()).items()}
     _note(request, 0)
+    gw = gateway(request)
+    attempted = _attempted_client(request, form)
+    request.state.audit_client = attempted
+    address = request.client.host if request.client else None
+    wait = await run_in_threadpool(gw.throttle.retry_after, attempted, address)
+    if wait is not None:
+        return _oauth_error(OAuthError("invalid_client", "too many failed attempts", 429), wait)
     try:
         body = await run_in_threadpool(_token, request, form)
     except OAuthError as exc:
         _note(request, exc.status)
+        if exc.error == "invalid_client":
+            await run_in_threadpool(gw.throttle.failed, attempted, address)
         return _oauth_error(exc)
+    if attempted:
+        await run_in_threadpool(gw.throttle.succeeded, attempted)
     headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
     return Response(orjson.dumps(body), 200, headers=headers, media_type="application/json")
 
 
 def _note(request: Request, status: int) -> None:
     request.state.audit_note = {"datasets": (), "entities": ("oauth:token",), "action": "token"}
+
+
+def _attempted_client(request: Request, form: dict[str, str]) -> str | None:
+    """The client id a request claims (not yet authenticated), for the audit and the lockout."""
+    from server.security.external import unverified_issuer
+
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return unquote(decoded.partition(":")[0])[:MAX_CLIENT_ID] or None
+    if form.get("client_assertion_type") == JWT_BEARER:
+        return (unverified_issuer(form.get("client_assertion", "")) or "")[:MAX_CLIENT_ID] or None
+    return form.get("client_id", "")[:MAX_CLIENT_ID] or None
 
 
 def _token(request: Request, form: dict[str, str]) -> dict[str, Any]:
@@ -126,12 +166,15 @@ def _by_assertion(request: Request, form: dict[str, str]) -> Client:
             keys,
             client_id=client_id,
             token_endpoint=endpoint,
+            leeway_seconds=gw.tokens.leeway_seconds,
         )
     except InvalidToken as exc:
         raise OAuthError(
             "invalid_client", f"client assertion rejected: {exc.message}", 401
         ) from exc
-    if not gw.clients.use_jti(str(claims["jti"]), float(claims["exp"])):
+    # kept for as long as verify_client_assertion would accept it: exp plus the leeway (+1 s)
+    keep_until = float(claims["exp"]) + gw.tokens.leeway_seconds + 1
+    if not gw.clients.use_jti(client_id, str(claims["jti"]), keep_until):
         raise OAuthError("invalid_client", "client assertion was already used (jti replay)", 401)
     return client
 
@@ -160,11 +203,16 @@ def _client_credentials(request: Request, client: Client, requested_text: str) -
 def _token_exchange(
     request: Request, client: Client | None, form: dict[str, str]
 ) -> dict[str, Any]:
-    """RFC 8693: an external identity's token → a local token with dataset scopes."""
+    """RFC 8693: an external identity's access token -> a local token with the subject's rights.
+
+    The new token carries the subject's dataset scopes (its own agreements, never the
+    exchanging client's), narrowed to the read scopes a client may hold; the client is
+    named as the actor (RFC 8693 section 4.1 ``act``) and adds nothing.
+    """
     gw = gateway(request)
     if form.get("subject_token_type") not in TOKEN_TYPES or not form.get("subject_token"):
         raise OAuthError(
-            "invalid_request", "subject_token and a JWT subject_token_type are required"
+            "invalid_request", "subject_token and an access-token subject_token_type are required"
         )
     try:
         config, claims = gw.external.verify(form["subject_token"])
@@ -178,10 +226,12 @@ def _token_exchange(
     party = Party(issuer=config.issuer, subject=str(claims["sub"]), organization=org)
     datasets = set(gw.agreements.grants(party))
     requested = form.get("scope", "").split() or ["system/*.rs"]
-    granted = scope_syntax.grant(requested, {"system/*.rs"}, datasets, set(), False)
-    extra = {"ext_iss": config.issuer, "ext_sub": str(claims["sub"])} | (
-        {"org": org} if org else {}
-    )
+    granted = scope_syntax.grant(requested, set(EXCHANGE_SCOPES), datasets, set(), False)
+    extra: dict[str, Any] = {"ext_iss": config.issuer, "ext_sub": str(claims["sub"])}
+    if org:
+        extra["org"] = org
+    if client is not None:
+        extra["act"] = {"sub": client.client_id}
     body = _issue(request, subject=f"{config.issuer}#{claims['sub']}",
                   client_id=client.client_id if client else "token-exchange", scope=granted, extra=extra)  # fmt: skip
     body["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token"

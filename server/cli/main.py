@@ -100,6 +100,10 @@ def serve(
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": False,
+        # Forwarding headers are read by the app, from GATEWAY_TRUSTED_PROXIES only: uvicorn's
+        # own handling would believe any loopback peer (its forwarded_allow_ips default).
+        "proxy_headers": False,
+        "server_header": False,
     }
     if workers == 1:
         uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]

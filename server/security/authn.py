@@ -106,32 +106,33 @@ class Authenticator:
     def _from_claims(self, claims: dict[str, object]) -> Principal:
         client_id = str(claims.get("client_id") or "")
         client = self.clients.get(client_id) if client_id else None
-        user_issuer, user_subject = claims.get("ext_iss"), claims.get("ext_sub")
+        user_issuer, user_subject = _str(claims.get("ext_iss")), _str(claims.get("ext_sub"))
         if client is None and not user_issuer:
             raise Unauthorized("the token's client is no longer registered")
-        party = Party(
-            client_id=client_id or None,
-            organization=(client.organization if client else None) or _str(claims.get("org")),
-            issuer=_str(user_issuer), subject=_str(user_subject),
-        )  # fmt: skip
         granted = str(claims.get("scope", "")).split()
-        named = {
-            d for s in granted if (x := scope_syntax.dataset_scope(s)) and not x[1] for d in [x[0]]
-        }
-        pushes = {
-            d for s in granted if (x := scope_syntax.dataset_scope(s)) and x[1] for d in [x[0]]
-        }
-        active = self.agreements.grants(party)  # at request time: revocation is immediate
+        named = {d for s in granted if (x := scope_syntax.dataset_scope(s)) and not x[1] for d in [x[0]]}  # fmt: skip
+        pushes = {d for s in granted if (x := scope_syntax.dataset_scope(s)) and x[1] for d in [x[0]]}  # fmt: skip
+        if user_issuer:
+            # RFC 8693: an exchanged token speaks for its subject only. The exchanging client
+            # (the actor) narrows what the subject may do, never adds its own agreements,
+            # roles or push rights.
+            rights = Party(issuer=user_issuer, subject=user_subject, organization=_str(claims.get("org")))  # fmt: skip
+            party = Party(client_id=client_id or None, issuer=user_issuer, subject=user_subject,
+                          organization=rights.organization)  # fmt: skip
+            admin, store = False, frozenset[str]()
+        else:
+            assert client is not None
+            party = rights = Party(client_id=client_id, organization=client.organization)
+            admin = "admin" in granted and client.admin
+            store = frozenset(pushes & set(client.store_datasets))
+        active = self.agreements.grants(rights)  # at request time: revocation is immediate
         grants = {d: g for d, g in active.items() if d in named}
         if self.public_read:
             grants = {**self._public(), **grants}
         return Principal(
-            party=party, anonymous=False,
-            admin="admin" in granted and client is not None and client.admin,
+            party=party, anonymous=False, admin=admin,
             resource_scopes=frozenset(s for s in granted if scope_syntax.smart_permissions(s)),
-            grants=grants,
-            store_datasets=frozenset(pushes & set(client.store_datasets if client else ())),
-            token_id=_str(claims.get("jti")),
+            grants=grants, store_datasets=store, token_id=_str(claims.get("jti")),
         )  # fmt: skip
 
     def _public(self) -> dict[str, Grant]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,16 @@ def _hash_secret(secret: str, salt: bytes | None = None) -> str:
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
+_DUMMY_HASH: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A hash no secret matches, verified for unknown clients: the same work, the same time."""
+    if not _DUMMY_HASH:
+        _DUMMY_HASH.append(_hash_secret(secrets.token_urlsafe(32)))
+    return _DUMMY_HASH[0]
+
+
 def _check_secret(secret: str, stored: str) -> bool:
     try:
         _, salt_hex, _ = stored.split("$")
@@ -56,6 +67,7 @@ def _check_secret(secret: str, stored: str) -> bool:
 class ClientRegistry:
     def __init__(self, path: Path) -> None:
         self.db = SqliteDatabase(path, SCHEMA)
+        _dummy_hash()  # computed at start, not during the first unknown client's request
 
     def close(self) -> None:
         self.db.close()
@@ -111,18 +123,27 @@ class ClientRegistry:
             .fetchone()
         )
         if row is None or not row[0]:
-            _hash_secret(secret)  # same work either way: no timing hint that the id exists
+            # the same scrypt verification against a dummy hash: no timing hint that the id
+            # exists (or has no secret)
+            _check_secret(secret, _dummy_hash())
             return None
         return self.get(client_id) if _check_secret(secret, row[0]) else None
 
-    def use_jti(self, jti: str, expires: float) -> bool:
-        """Record a client assertion's jti; False if it was seen before (replay, RFC 7523 3)."""
+    def use_jti(self, client_id: str, jti: str, keep_until: float) -> bool:
+        """Record a client assertion's jti; False if this client used it before (RFC 7523 3).
+
+        ``keep_until`` must be the last moment the assertion could still be accepted
+        (``exp`` plus the verification leeway): forgetting it earlier lets it replay.
+        Keyed per client, so one client cannot burn another's jti values.
+        """
         now = time.time()
         with self.db.write() as conn:
             conn.execute("DELETE FROM used_jti WHERE expires < ?", (now,))
             try:
-                conn.execute("INSERT INTO used_jti VALUES (?, ?)", (jti, expires))
-            except Exception:
+                conn.execute(
+                    "INSERT INTO used_jti VALUES (?, ?)", (f"{client_id} {jti}", keep_until)
+                )
+            except sqlite3.IntegrityError:
                 return False
         return True
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from joserfc.jwk import KeySet
 
-from server.security.tokens import InvalidToken, verify_external_token
+from server.security.tokens import ExternalPolicy, InvalidToken, verify_external_token
 from server.settings import ExternalIssuer
 
 DISCOVERY = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
@@ -44,10 +44,13 @@ class ExternalIssuers:
         if not self.knows(issuer):
             raise InvalidToken("wrong issuer")
         config = self.issuers[str(issuer).rstrip("/")]
-        claims = verify_external_token(
-            token, self._key_set(config), issuer=config.issuer, audience=config.audience
+        policy = ExternalPolicy(
+            issuer=config.issuer,
+            audience=config.audience,
+            types=frozenset(config.token_types),
+            max_lifetime_seconds=config.max_lifetime_seconds,
         )
-        return config, claims
+        return config, verify_external_token(token, self._key_set(config), policy)
 
     def _key_set(self, config: ExternalIssuer) -> KeySet:
         with self._lock:

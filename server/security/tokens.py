@@ -33,6 +33,10 @@ from server.security.keys import SigningKeys
 
 ACCEPTED_ALGS = ("ES256", "RS256", "ES384", "RS384", "PS256")  # never "none", never HS*
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 section 4
+# RFC 9068 section 2.1 names at+jwt; many OpenID providers (Keycloak, Entra ID, Auth0) still
+# send their access tokens with typ JWT, so that is accepted from configured providers too.
+EXTERNAL_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt", "JWT"})
+ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")  # OIDC Core 2 / 3.1.3.6: only ID tokens
 ASSERTION_MAX_LIFETIME_SECONDS = 300  # SMART Backend Services: exp at most 5 minutes ahead
 DEFAULT_LEEWAY_SECONDS = 30
 MAX_TOKEN_LENGTH = 16_384
@@ -140,27 +144,61 @@ def verify_access_token(
     return claims
 
 
+@dataclass(frozen=True)
+class ExternalPolicy:
+    """What a token from a configured OpenID provider must satisfy besides its signature.
+
+    ``types`` are the accepted JOSE ``typ`` values (compared case-insensitively, with or
+    without the ``application/`` prefix, RFC 7515 section 4.1.9); ``""`` stands for a token
+    without ``typ``. ``max_lifetime_seconds`` bounds ``exp - iat``.
+    """
+
+    issuer: str
+    audience: str
+    types: frozenset[str] = EXTERNAL_TOKEN_TYPES
+    max_lifetime_seconds: int = 3600
+
+
 def verify_external_token(
     token: str,
     key_set: KeySet,
+    policy: ExternalPolicy,
     *,
-    issuer: str,
-    audience: str | None,
     now: float | None = None,
     leeway_seconds: int = DEFAULT_LEEWAY_SECONDS,
 ) -> dict[str, Any]:
-    """RFC 7519 section 7.2: the claims of a token from a configured OpenID provider.
+    """RFC 9068 section 4 / RFC 7519 section 7.2: an access token of a configured provider.
 
-    ``key_set`` is the provider's published keys; ``audience`` is checked only when given.
+    Refused: a ``typ`` outside the policy, a token that looks like an OpenID Connect ID token
+    (``nonce``, ``at_hash``, ``c_hash``, or a payload ``typ`` of ``ID``: it was issued to a
+    relying party, not to this gateway), another audience, no ``exp`` or ``iat``, and a
+    lifetime (``exp - iat``) above the policy's maximum.
     """
-    _header, claims = _verify_signature(token, key_set, error="invalid_token")
+    header, claims = _verify_signature(token, key_set, error="invalid_token")
+    if _media_type(header.get("typ")) not in {_media_type(t or None) for t in policy.types}:
+        raise InvalidToken("wrong token type")
+    if (
+        any(name in claims for name in ID_TOKEN_CLAIMS)
+        or str(claims.get("typ", "")).upper() == "ID"
+    ):
+        raise InvalidToken("an ID token is not an access token")
     current = _now(now)
-    _check_issuer(claims, issuer, "invalid_token")
-    if audience is not None:
-        _check_audience(claims, audience, "invalid_token")
+    _check_issuer(claims, policy.issuer, "invalid_token")
+    _check_audience(claims, policy.audience, "invalid_token")
     _check_times(claims, current, leeway_seconds, "invalid_token", require_iat=True)
+    if float(claims["exp"]) - float(claims["iat"]) > policy.max_lifetime_seconds:
+        raise InvalidToken("token lifetime exceeds the configured maximum")
     _require_string(claims, "jti", "invalid_token")
+    _require_string(claims, "sub", "invalid_token")
     return claims
+
+
+def _media_type(typ: object) -> str:
+    """RFC 7515 section 4.1.9: ``typ`` compares case-insensitively; ``application/`` may be left out."""
+    if typ is None:
+        return ""
+    text = str(typ).lower()
+    return text.removeprefix("application/")
 
 
 def verify_client_assertion(
@@ -174,7 +212,8 @@ def verify_client_assertion(
 ) -> dict[str, Any]:
     """RFC 7523 section 3: the claims of a client's signed JWT assertion.
 
-    The caller keeps ``jti`` values until ``exp`` to refuse replays.
+    The caller keeps ``jti`` values until ``exp`` plus ``leeway_seconds`` (as long as this
+    function would still accept the assertion) to refuse replays.
     """
     code = "invalid_client"
     _header, claims = _verify_signature(assertion, client_key_set, error=code)

@@ -73,7 +73,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     provider = LiveServer(root / "provider", extra_env=auth_env(), port=free_port())
     user = add_client(provider, "researcher-at-provider")
     stranger = add_client(provider, "someone-else-at-provider")
-    issuers = json.dumps([{"issuer": provider.url}])
+    # the provider is another gateway: its tokens name itself as audience
+    issuers = json.dumps([{"issuer": provider.url, "audience": provider.url}])
     gateway = LiveServer(
         root / "gateway", extra_env=auth_env(GATEWAY_AUTH__EXTERNAL_ISSUERS=issuers)
     )

@@ -21,6 +21,7 @@ from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 from server.security.keys import SigningKeys
 from server.security.tokens import (
     ACCEPTED_ALGS,
+    ExternalPolicy,
     InvalidToken,
     TokenSettings,
     issue_access_token,
@@ -473,47 +474,73 @@ def provider() -> tuple[RSAKey, KeySet]:
     return key, KeySet([public])
 
 
-def idp_token(key: RSAKey, **changes: Any) -> str:
+def idp_token(key: RSAKey, header_typ: str | None = "at+jwt", **changes: Any) -> str:
     base: dict[str, Any] = {"iss": "https://idp.example/realms/eucaim", "aud": "gateway"}
     claims = good_claims(**{**base, **changes})
-    return jwt.encode({"alg": "RS256", "kid": "idp-1"}, claims, key, algorithms=["RS256"])
+    typ = {"typ": header_typ} if header_typ is not None else {}
+    header = {"alg": "RS256", "kid": "idp-1"} | typ
+    # jws, not jwt.encode: that one adds typ JWT to a header without typ
+    return jws.serialize_compact(header, json.dumps(claims).encode(), key, algorithms=["RS256"])
+
+
+IDP = ExternalPolicy(issuer="https://idp.example/realms/eucaim", audience="gateway")
 
 
 def test_external_token_is_verified(provider: tuple[RSAKey, KeySet]) -> None:
     key, key_set = provider
-    issuer = "https://idp.example/realms/eucaim"
     token = idp_token(key)
-    claims = verify_external_token(token, key_set, issuer=issuer, audience="gateway", now=NOW)
+    claims = verify_external_token(token, key_set, IDP, now=NOW)
     assert claims["sub"] == "user-1"
-    assert verify_external_token(token, key_set, issuer=issuer, audience=None, now=NOW)
-    other_aud = idp_token(key, aud="account")
-    assert verify_external_token(other_aud, key_set, issuer=issuer, audience=None, now=NOW)
+    # typ JWT (Keycloak, Entra ID) and application/at+jwt are access tokens too
+    for typ in ("JWT", "jwt", "application/at+jwt", "AT+JWT"):
+        assert verify_external_token(idp_token(key, header_typ=typ), key_set, IDP, now=NOW)
     # a provider with a single key may leave out the kid
-    no_kid = jwt.encode({"alg": "RS256"}, payload_of(token), key, algorithms=["RS256"])
-    assert verify_external_token(no_kid, key_set, issuer=issuer, audience="gateway", now=NOW)
+    no_kid = jwt.encode({"alg": "RS256", "typ": "at+jwt"}, payload_of(token), key, algorithms=["RS256"])  # fmt: skip
+    assert verify_external_token(no_kid, key_set, IDP, now=NOW)
+    # an operator may accept tokens without typ for a provider that sends none
+    untyped = ExternalPolicy(IDP.issuer, IDP.audience, types=frozenset({"at+jwt", ""}))
+    assert verify_external_token(idp_token(key, header_typ=None), key_set, untyped, now=NOW)
+    # the lifetime bound is inclusive
+    lifetime = dict(iat=NOW - 10, nbf=NOW - 10, exp=NOW - 10 + IDP.max_lifetime_seconds)
+    assert verify_external_token(idp_token(key, **lifetime), key_set, IDP, now=NOW)
 
 
 @pytest.mark.parametrize(
-    ("changes", "issuer", "audience", "message"),
+    ("typ", "changes", "issuer", "message"),
     [
-        ({}, "https://other-idp.example", None, "wrong issuer"),
-        ({"aud": "account"}, "https://idp.example/realms/eucaim", "gateway", "wrong audience"),
-        ({"exp": NOW - 60}, "https://idp.example/realms/eucaim", None, "token expired"),
-        ({"jti": None}, "https://idp.example/realms/eucaim", None, "missing jti claim"),
+        ("at+jwt", {}, "https://other-idp.example", "wrong issuer"),
+        ("at+jwt", {"aud": "account"}, None, "wrong audience"),
+        ("at+jwt", {"aud": ["account", "other"]}, None, "wrong audience"),
+        ("at+jwt", {"aud": None}, None, "wrong audience"),
+        ("at+jwt", {"exp": NOW - 60}, None, "token expired"),
+        ("at+jwt", {"exp": None}, None, "missing exp claim"),
+        ("at+jwt", {"iat": None}, None, "missing iat claim"),
+        ("at+jwt", {"jti": None}, None, "missing jti claim"),
+        ("at+jwt", {"sub": None}, None, "missing sub claim"),
+        ("at+jwt", {"iat": NOW - 10, "exp": NOW + 3591}, None, "token lifetime exceeds the configured maximum"),
+        ("at+jwt", {"iat": NOW - 86400, "nbf": None, "exp": NOW + 60}, None, "token lifetime exceeds the configured maximum"),
+        (None, {}, None, "wrong token type"),
+        ("id+jwt", {}, None, "wrong token type"),
+        ("dpop+jwt", {}, None, "wrong token type"),
+        ("logout+jwt", {}, None, "wrong token type"),
+        ("JOSE", {}, None, "wrong token type"),
+        ("JWT", {"nonce": "n-1"}, None, "an ID token is not an access token"),
+        ("JWT", {"at_hash": "abc"}, None, "an ID token is not an access token"),
+        ("JWT", {"c_hash": "abc"}, None, "an ID token is not an access token"),
+        ("JWT", {"typ": "ID"}, None, "an ID token is not an access token"),
     ],
-)
+)  # fmt: skip
 def test_external_token_rejections(
     provider: tuple[RSAKey, KeySet],
+    typ: str | None,
     changes: dict[str, Any],
-    issuer: str,
-    audience: str | None,
+    issuer: str | None,
     message: str,
 ) -> None:
     key, key_set = provider
+    policy = ExternalPolicy(issuer or IDP.issuer, IDP.audience)
     with pytest.raises(InvalidToken) as caught:
-        verify_external_token(
-            idp_token(key, **changes), key_set, issuer=issuer, audience=audience, now=NOW
-        )
+        verify_external_token(idp_token(key, header_typ=typ, **changes), key_set, policy, now=NOW)
     assert caught.value.message == message
 
 
@@ -523,9 +550,7 @@ def test_external_hs256_with_public_key_is_rejected(provider: tuple[RSAKey, KeyS
     claims = good_claims(iss="https://idp.example/realms/eucaim")
     token = hs256({"alg": "HS256", "kid": "idp-1"}, claims, public_pem(public))
     with pytest.raises(InvalidToken, match="unsupported alg"):
-        verify_external_token(
-            token, key_set, issuer="https://idp.example/realms/eucaim", audience=None, now=NOW
-        )
+        verify_external_token(token, key_set, IDP, now=NOW)
 
 
 # ---------------------------------------------------------------------- client assertions

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -137,9 +137,13 @@ def _search(request: Request, rtype: str, pairs: list[tuple[str, str]]) -> Respo
     return _json(result)
 
 
+# a page size: not negative (FHIR R4 3.1.1.5.7); above 1000 it is capped to 1000 below
+HistoryCount = Annotated[int, Query(ge=0)]
+
+
 @router.get("/{rtype}/_history", summary="history-type")
 def history_type(
-    request: Request, rtype: str, _count: int = 100, _since: str | None = None
+    request: Request, rtype: str, _count: HistoryCount = 100, _since: str | None = None
 ) -> Response:
     """FHIR R4 3.1.0.11 type history."""
     _negotiate(request)
@@ -162,7 +166,7 @@ def read(request: Request, rtype: str, rid: str) -> Response:
 
 @router.get("/{rtype}/{rid}/_history", summary="history-instance")
 def history_instance(
-    request: Request, rtype: str, rid: str, _count: int = 100, _since: str | None = None
+    request: Request, rtype: str, rid: str, _count: HistoryCount = 100, _since: str | None = None
 ) -> Response:
     """FHIR R4 3.1.0.11 instance history."""
     _negotiate(request)

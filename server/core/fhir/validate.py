@@ -26,9 +26,11 @@ def validate_resource(resource: dict[str, Any], conformance: Conformance) -> lis
     """All issues found; an empty list means the resource conforms."""
     rtype = resource.get("resourceType", "")
     try:
-        get_fhir_model_class(rtype).model_validate(resource)
-    except KeyError:
+        model = get_fhir_model_class(rtype)
+    except (KeyError, ValueError):
         return [("error", "not-supported", f"unknown resourceType {rtype!r}")]
+    try:
+        model.model_validate(resource)
     except ValidationError as exc:
         return [
             ("error", "structure", f"{'.'.join(map(str, e['loc']))}: {e['msg']}")

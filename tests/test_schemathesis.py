@@ -30,8 +30,7 @@ DATASET = "fuzz-lung"
 
 # 5xx answers found by schemathesis in code other parts of the work own, each named exactly
 # (method, path template, predicate on the concrete request). Remove an entry once fixed.
-KNOWN_SERVER_ERRORS: list[tuple[str, str, Any]] = [
-]
+KNOWN_SERVER_ERRORS: list[tuple[str, str, Any]] = []
 
 
 @pytest.fixture(scope="module")

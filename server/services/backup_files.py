@@ -73,7 +73,11 @@ def classify(data_dir: Path, rel: PurePosixPath) -> Kind:
         return Kind.transient
     if str(rel) == AUDIT_ANCHOR:
         return Kind.anchor
-    if top == "keys" and len(rel.parts) == 2 and name.endswith(".json"):
+    if (
+        top == "keys"
+        and len(rel.parts) == 2
+        and (name.endswith(".json") or name == "installation-secret")
+    ):
         return Kind.key
     if is_sqlite(data_dir / rel):
         return Kind.sqlite

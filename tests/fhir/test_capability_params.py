@@ -128,7 +128,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         _TOKEN.append(token(server, admin))
         studies = []
         for dataset in ("breast-a", "lung-b"):
-            study, instances = make_study(dataset)
+            study, instances = make_study(dataset, server)
             assert stow_into(server, dataset, _TOKEN[0], instances).status_code == 200
             studies.append(study)
         with _client(server) as client:  # audited reads of a study (entity) by a client (agent)

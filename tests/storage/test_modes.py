@@ -37,7 +37,7 @@ def test_data_dir_is_private_after_stow_fhir_writes_and_audit(tmp_path: Path) ->
                 seen += 1
         assert stat.S_IMODE(live.data_dir.stat().st_mode) == 0o700
         names = {p.name for p in live.data_dir.rglob("*")}
-        assert {"index.sqlite-wal", "audit.sqlite", "fhir.sqlite"} <= names, names
+        assert {"index.sqlite", "audit.sqlite", "fhir.sqlite"} <= names, names
         assert seen > 10 and not wrong, wrong
     finally:
         live.stop()

@@ -6,7 +6,6 @@ Exit codes: 0 done; 1 failed (nothing written at the destination / target);
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from server.cli.config import load_settings
 from server.errors import GatewayError
 from server.services.backup_manifest import BackupInvalid
 
@@ -41,17 +41,6 @@ class TqdmProgress:
             self.bar = None
 
 
-def _settings(data_dir: Path | None):  # type: ignore[no-untyped-def]
-    from server.settings import Settings
-
-    if data_dir is not None:
-        os.environ["GATEWAY_DATA_DIR"] = str(data_dir)
-    try:
-        return Settings()
-    except ValueError as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
-
-
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -71,7 +60,7 @@ def backup(dest: Path, data_dir: Path | None, link: bool, quiet: bool) -> None:
     """Copy every piece of state to DEST (a new or empty folder) while the gateway runs."""
     from server.services.backup import BackupService, MembershipSource, es_membership
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     membership: MembershipSource | None = None
     index = None
     if settings.index == "elasticsearch":
@@ -137,7 +126,7 @@ def restore(source: Path, data_dir: Path | None, force: bool, verify_only: bool,
     from server.services.restore import restore as run_restore
     from server.services.restore import verify_backup
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     progress = TqdmProgress(not quiet)
     try:
         if verify_only:

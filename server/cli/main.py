@@ -13,21 +13,12 @@ import click
 from server.cli.audit import audit
 from server.cli.backup import backup, restore
 from server.cli.clients import clients
+from server.cli.config import load_settings
 from server.cli.daa import daa
 from server.cli.datasets import dataset
-from server.settings import Settings
 
 if TYPE_CHECKING:
     from server.services.check import CheckPlan
-
-
-def _settings(data_dir: Path | None) -> Settings:
-    if data_dir is not None:
-        os.environ["GATEWAY_DATA_DIR"] = str(data_dir)
-    try:
-        return Settings()
-    except ValueError as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
 
 
 def _logging(level: str) -> None:
@@ -72,7 +63,7 @@ def serve(
     from server.app import build_gateway, create_app
     from server.cli.loader import load_demo
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     settings.host = host or settings.host
     settings.port = settings.port if port is None else port
     workers = settings.workers if workers_opt is None else workers_opt
@@ -126,7 +117,7 @@ def import_(
     from server.app import build_gateway
     from server.cli.loader import import_paths
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     _logging("warning")
     gateway = build_gateway(settings)
     if dataset is not None and gateway.fhir_store.read("ResearchStudy", dataset)[0] is None:
@@ -161,7 +152,7 @@ def check(data_dir: Path | None, repair: bool, force: bool, quick: bool) -> None
     from server.app import build_gateway
     from server.services.check import MassRemovalRefused
 
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     _logging("warning")
     gateway = build_gateway(settings)
     try:
@@ -220,7 +211,7 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: P
     from server.services.restore import read_membership
 
     memberships = read_membership(datasets_from) if datasets_from else None
-    settings = _settings(data_dir)
+    settings = load_settings(data_dir)
     _logging("warning")
     gateway = build_gateway(settings)
     bar = tqdm(unit="instance", disable=quiet, desc="reindex")

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.core.deid.policy import Profile
 from server.core.limits import PixelLimits
 
 
@@ -97,6 +98,14 @@ class PrivacySettings(BaseModel):
     cursor_lifetime: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
 
 
+class DeidSettings(BaseModel):
+    """De-identification on ingest (README "De-identification")."""
+
+    # Profile of datasets created without one and of instances stored without a dataset.
+    # ``none`` is refused outside development: privacy by default.
+    default_profile: Profile = Profile.basic
+
+
 class ElasticsearchSettings(BaseModel):
     hosts: list[str] = ["http://127.0.0.1:9200"]
     api_key: str | None = None
@@ -161,6 +170,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = []
     auth: AuthSettings = AuthSettings()
     privacy: PrivacySettings = PrivacySettings()
+    deid: DeidSettings = DeidSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
@@ -206,6 +216,13 @@ class Settings(BaseSettings):
     def model_post_init(self, __context: object) -> None:
         if self.failpoint and self.environment is Environment.production:
             raise ValueError("GATEWAY_FAILPOINT is only allowed in development or test")
+        if self.deid.default_profile is Profile.none and self.environment is (
+            Environment.production
+        ):
+            raise ValueError(
+                "GATEWAY_DEID__DEFAULT_PROFILE=none is refused in production; "
+                "give datasets that arrive de-identified --deidentify none explicitly"
+            )
         if not self.auth.enabled and self.environment is not Environment.development:
             raise ValueError(
                 "authorisation can only be switched off (GATEWAY_AUTH__ENABLED=false) when "

@@ -50,7 +50,7 @@ class LiveServer:
                 "GATEWAY_ELASTICSEARCH__HOSTS": f'["{es_url}"]',
                 "GATEWAY_ELASTICSEARCH__INDEX_PREFIX": prefix,
             }
-        return {
+        env = {
             **os.environ,
             "GATEWAY_DATA_DIR": str(self.data_dir),
             # The DICOMweb/FHIR behaviour suites run without authorisation (development
@@ -59,10 +59,18 @@ class LiveServer:
             "GATEWAY_AUTH__ENABLED": "false",
             "GATEWAY_PUBLIC_BASE_URL": self.url,
             "GATEWAY_LOG_LEVEL": "warning",
+            # DICOMweb/FHIR behaviour suites store already de-identified test data; the
+            # de-identification suites (tests/deid) set their own policies.
+            "GATEWAY_DEID__DEFAULT_PROFILE": "none",
             "GATEWAY_WORKERS": "1",
             **backend,
             **self.extra_env,
         }
+        if env["GATEWAY_ENVIRONMENT"] == "production" and (
+            "GATEWAY_DEID__DEFAULT_PROFILE" not in self.extra_env
+        ):
+            env.pop("GATEWAY_DEID__DEFAULT_PROFILE")  # privacy by default, as shipped
+        return env
 
     def start(self, timeout: float = 60) -> LiveServer:
         self.port = self.port or free_port()

@@ -17,6 +17,7 @@ from pydicom.multival import MultiValue
 from server.core.deid import values
 
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "CS", "AE", "UR"}
+_FREE_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC"}
 
 
 def name_of(tag: int) -> str:
@@ -120,6 +121,14 @@ def clean(ds: Dataset, elem: DataElement, ctx: Context) -> None:
         remap_uids(elem, ctx)
         return
     _note(ctx, int(elem.tag), before, elem)
+
+
+def keep(ds: Dataset, elem: DataElement, ctx: Context) -> None:
+    """K: kept; other kept free text still loses this instance's identifying words."""
+    if elem.VR in _FREE_TEXT_VRS and ctx.words and elem.keyword not in values.IDENTIFYING:
+        before = elem.value
+        map_values(elem, lambda text: values.scrub(text, ctx.words))
+        _note(ctx, int(elem.tag), before, elem)
 
 
 def set_value(ds: Dataset, tag: int, vr: str, value: object, ctx: Context) -> None:

@@ -80,3 +80,5 @@ def _do(action: str, ds: Dataset, elem: DataElement, ctx: Context) -> None:
             actions.empty(ds, elem, ctx)
     elif action == "C":
         actions.clean(ds, elem, ctx)
+    else:
+        actions.keep(ds, elem, ctx)

@@ -25,7 +25,6 @@ from server.core.deid.actions import Changes, Context, set_value
 from server.core.deid.annex_e_table import EDITION
 from server.core.deid.policy import DeidPolicy, DeidRecord, Option, Profile
 from server.core.deid.stream import (
-    Source,
     copy_pixels,
     read,
     read_trailing,
@@ -48,28 +47,22 @@ def deidentify_file(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> De
         trailing = Dataset()
         if source.pixel_offset is not None:
             fin.seek(source.pixel_offset)
-            _skip_pixels(fin, source)
+            copy_pixels(fin, None, source)  # seek past it: pixels are not read here
             trailing = read_trailing(fin, source)
         if policy.profile is Profile.eucaim:
             _eucaim(source.ds, trailing, policy, secret, changes)
         else:
             _basic(source.ds, trailing, policy.options, secret, changes)
-        with open(dst, "wb") as fout:
-            write_header(fout, source)
-            if source.pixel_offset is not None:
-                copy_pixels(fin, fout, source)
-                write_trailing(fout, trailing, source)
+        try:
+            with open(dst, "wb") as fout:
+                write_header(fout, source)
+                if source.pixel_offset is not None:
+                    copy_pixels(fin, fout, source)
+                    write_trailing(fout, trailing, source)
+        except BaseException:
+            dst.unlink(missing_ok=True)  # never leave a half-written instance behind
+            raise
     return _record(policy, changes)
-
-
-def _skip_pixels(fin: object, source: Source) -> None:
-    """Move past the pixel element without reading it (copy_pixels to a null sink)."""
-    copy_pixels(fin, _Null(), source)  # type: ignore[arg-type]
-
-
-class _Null:
-    def write(self, data: bytes) -> int:
-        return len(data)
 
 
 def _drop_stale(ds: Dataset, trailing: Dataset, changes: Changes) -> None:
@@ -122,33 +115,10 @@ def _context(ds: Dataset, changes: Changes, map_uid: Callable[[str], str]) -> Co
     return Context(map_uid=map_uid, shift_date=lambda v: v, words=words, changes=changes)
 
 
-_IDENTIFYING = (
-    "PatientName",
-    "PatientID",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "PatientBirthName",
-    "PatientMotherBirthName",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "AccessionNumber",
-    "InstitutionName",
-    "InstitutionAddress",
-    "ReferringPhysicianName",
-    "PerformingPhysicianName",
-    "OperatorsName",
-    "NameOfPhysiciansReadingStudy",
-    "PhysiciansOfRecord",
-    "StationName",
-    "PatientBirthDate",
-    "StudyID",
-)
-
-
 def _identifying_values(ds: Dataset) -> list[str]:
     """This instance's identifying values (before de-identification) for C cleaning."""
     found: list[str] = []
-    for keyword in _IDENTIFYING:
+    for keyword in values.IDENTIFYING:
         value = ds.get(keyword)
         if value is None:
             continue

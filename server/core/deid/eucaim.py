@@ -4,8 +4,9 @@ Pseudonyms are CTP's (``ctp.py``) so they join LETHE output made with the same s
 LETHE's defects are not copied: ReferencedSOPClassUID and every other definition UID
 (SOP class, transfer syntax, coding scheme) stay unchanged; the two rules written without
 "@" (``keep()`` on the contrast bolus times, ``hashuid`` on ManufacturerDeviceClassUID)
-do what they meant; the private elements the script keeps keep their creator element
-so their value stays interpretable. Safety nets beyond the script, where it keeps a
+do what they meant; the private elements the script keeps (diffusion b-value and
+direction, GE and Philips scaling) are kept only under the vendor creator they belong to
+(CTP keeps the raw tag whoever wrote it), with their creator element. Safety nets beyond the script, where it keeps a
 group unchecked (0018, 0020, 0028): an unlisted instance UID is hashed like the listed
 ones (so references stay consistent), an unlisted date gets the day-of-month rule, an
 unlisted person name is emptied. Rules apply at every sequence depth.
@@ -21,6 +22,7 @@ from pydicom.dataset import Dataset
 from server.core.deid import actions, ctp
 from server.core.deid.actions import Context
 from server.core.deid.lethe_table import KEEP_GROUPS, RULES
+from server.core.deid.safe_private import is_safe
 
 PATIENT_ID = 0x00100020
 SITE_ID = 0x00131013
@@ -35,10 +37,15 @@ def provider_hash(provider_id: str | None) -> str:
 
 
 def _private(ds: Dataset, ctx: Context) -> None:
-    keep_creators = {(t & 0xFFFF0000) | ((t & 0xFF00) >> 8) for t in _KEPT_PRIVATE if t in ds}
+    """All private elements go except those the script keeps, under their vendor's creator."""
+    kept: set[int] = set()
+    for tag in _KEPT_PRIVATE & {int(e.tag) for e in ds}:
+        creator_tag = (tag & 0xFFFF0000) | ((tag & 0xFF00) >> 8)
+        creator = ds.get(creator_tag)
+        if creator is not None and is_safe(str(creator.value), tag):
+            kept |= {tag, creator_tag}
     for elem in [e for e in ds if e.tag.is_private]:
-        tag = int(elem.tag)
-        if tag not in _KEPT_PRIVATE and tag not in keep_creators:
+        if int(elem.tag) not in kept:
             actions.remove(ds, elem, ctx)
 
 
@@ -92,6 +99,9 @@ def _value(
         return
     if code == "U" or (code == "K" and elem.VR == "UI"):
         actions.remap_uids(elem, ctx)
+        return
+    if code == "K":
+        actions.keep(ds, elem, ctx)
         return
     if code == "M1":
         actions.map_values(elem, ctp.modify_date)

@@ -34,12 +34,14 @@ BASIC_TEXT = [
     f"Table E.1-1 {EDITION} (option columns {OPTION_EDITION})",
     "X/Z->Z, X/D Z/D X/Z/D->D; unlisted PN emptied",
     "unlisted ST/LT/UT/UC removed; instance UIDs remapped (keyed)",
+    "kept free text loses this instance's names and IDs",
     "no Clean Pixel Data: burned-in suspects refused",
 ]
 EUCAIM_TEXT = [
     "EUCAIM LETHE anon.script (RSNA CTP) compatible",
     "deviation: times kept, not shifted",
-    "deviation: SeriesDescription, ProtocolName kept uncleaned",
+    "deviation: SeriesDescription, ProtocolName kept",
+    "kept free text loses this instance's names and IDs",
     "fix: SOP Class references kept; PatientIdentityRemoved set",
     "no Clean Pixel Data: burned-in suspects refused",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 SAFE_PRIVATE: frozenset[tuple[str, int, int]] = frozenset(
     {
         ("SIEMENS MR HEADER", 0x0019, 0x0C),  # B_value (IS)
+        ("SIEMENS MR HEADER", 0x0019, 0x0D),  # DiffusionDirectionality (CS, coded)
         ("SIEMENS MR HEADER", 0x0019, 0x0E),  # DiffusionGradientDirection (FD)
         ("SIEMENS MR HEADER", 0x0019, 0x27),  # B_matrix (FD)
         ("GEMS_PARM_01", 0x0043, 0x30),  # Vas collapse flag (SS)

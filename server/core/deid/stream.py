@@ -89,8 +89,10 @@ def _tag_at(fp: BinaryIO, offset: int, little: bool) -> int:
     return int((group << 16) | elem)
 
 
-def copy_pixels(src: BinaryIO, dst: BinaryIO, source: Source) -> None:
-    """Copy the pixel element's bytes verbatim; src is left just after it."""
+def copy_pixels(src: BinaryIO, dst: BinaryIO | None, source: Source) -> None:
+    """Copy the pixel element's bytes verbatim (``dst`` None: only skip them, by seeking).
+
+    ``src`` is left just after the element."""
     assert source.pixel_offset is not None
     src.seek(source.pixel_offset)
     end = "<" if source.little else ">"
@@ -102,7 +104,8 @@ def copy_pixels(src: BinaryIO, dst: BinaryIO, source: Source) -> None:
         length = struct.unpack(end + "I", head[8:12])[0]
     else:
         length = struct.unpack(end + "H", head[6:8])[0]
-    dst.write(head)
+    if dst is not None:
+        dst.write(head)
     if length != 0xFFFFFFFF:
         _copy(src, dst, length)
         return
@@ -110,14 +113,21 @@ def copy_pixels(src: BinaryIO, dst: BinaryIO, source: Source) -> None:
         item = src.read(8)
         if len(item) < 8:
             raise UnreadableInstance("encapsulated pixel data ends without a delimiter")
-        dst.write(item)
+        if dst is not None:
+            dst.write(item)
         group, elem, size = struct.unpack(end + "HHI", item)
         if (group << 16) | elem == _SEQ_END:
             return
         _copy(src, dst, size)
 
 
-def _copy(src: BinaryIO, dst: BinaryIO, length: int) -> None:
+def _copy(src: BinaryIO, dst: BinaryIO | None, length: int) -> None:
+    if dst is None:
+        start = src.tell()
+        if src.seek(start + length) > src.seek(0, 2):
+            raise UnreadableInstance("pixel data is shorter than its declared length")
+        src.seek(start + length)
+        return
     left = length
     while left > 0:
         block = src.read(min(CHUNK, left))

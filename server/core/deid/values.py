@@ -63,6 +63,30 @@ _DEFINITION_TAGS = {
 }
 
 
+# the values a C (or a K on free text) removes from text: this instance's identifiers
+IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "AccessionNumber",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "StationName",
+    "PatientBirthDate",
+    "StudyID",
+)
+
+
 def keyed(secret: str, purpose: str, value: str) -> bytes:
     """HMAC-SHA256 of ``value`` under the dataset secret, separated by ``purpose``."""
     msg = f"{purpose}\x00{value}".encode()

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -17,12 +18,41 @@ from pydicom.multival import MultiValue
 from server.core.deid import values
 
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "CS", "AE", "UR"}
-_FREE_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC"}
+FREE_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC"}
 
 
+@lru_cache(maxsize=4096)
 def name_of(tag: int) -> str:
     """The record's name for an attribute: its keyword, or ``(gggg,eeee)``."""
-    return keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    keyword = "" if (tag >> 16) & 1 else keyword_for_tag(tag)
+    return keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def tags(ds: Dataset) -> list[int]:
+    """The dataset's tags, without converting any value (iterating a Dataset would)."""
+    return [int(t) for t in ds.keys()]  # noqa: SIM118
+
+
+def vr_of(ds: Dataset, tag: int) -> str:
+    """An element's VR without converting its value (dictionary VR for implicit files)."""
+    vr = ds.get_item(tag).VR
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+def drop(ds: Dataset, tag: int, ctx: Context) -> None:
+    """X by tag, without reading the value."""
+    del ds[tag]
+    ctx.changes.removed.add(name_of(tag))
+
+
+def needs_value(action: str, vr: str) -> bool:
+    """Whether a K needs to look at the value (sequences, free text to scrub)."""
+    return action != "K" or vr == "SQ" or vr in FREE_TEXT_VRS
 
 
 @dataclass
@@ -125,7 +155,7 @@ def clean(ds: Dataset, elem: DataElement, ctx: Context) -> None:
 
 def keep(ds: Dataset, elem: DataElement, ctx: Context) -> None:
     """K: kept; other kept free text still loses this instance's identifying words."""
-    if elem.VR in _FREE_TEXT_VRS and ctx.words and elem.keyword not in values.IDENTIFYING:
+    if elem.VR in FREE_TEXT_VRS and ctx.words and elem.keyword not in values.IDENTIFYING:
         before = elem.value
         map_values(elem, lambda text: values.scrub(text, ctx.words))
         _note(ctx, int(elem.tag), before, elem)

@@ -17,23 +17,17 @@ PATIENT_NAME = 0x00100010
 
 def _private(ds: Dataset, options: frozenset[Option], ctx: Context) -> None:
     """Private elements go unless Retain Safe Private and on the safe-list."""
-    keep_safe = Option.retain_safe_private in options
-    used_blocks: set[int] = set()
-    for elem in [e for e in ds if e.tag.is_private]:
-        tag = int(elem.tag)
-        element = tag & 0xFFFF
-        if keep_safe and element >= 0x1000:
-            creator_tag = (tag & 0xFFFF0000) | (element >> 8)
-            creator = ds.get(creator_tag)
-            if creator is not None and is_safe(str(creator.value), tag):
-                used_blocks.add(creator_tag)
-                continue
-        if 0x0010 <= element <= 0x00FF:
-            continue  # creators: decided once their blocks are known
-        actions.remove(ds, elem, ctx)
-    for elem in [e for e in ds if e.tag.is_private]:
-        if int(elem.tag) not in used_blocks and (int(elem.tag) & 0xFFFF) < 0x1000:
-            actions.remove(ds, elem, ctx)
+    private = [t for t in actions.tags(ds) if (t >> 16) & 1]
+    kept: set[int] = set()
+    if Option.retain_safe_private in options:
+        for tag in private:
+            creator_tag = (tag & 0xFFFF0000) | ((tag & 0xFF00) >> 8)
+            block = tag & 0xFFFF >= 0x1000 and creator_tag in ds
+            if block and is_safe(str(ds[creator_tag].value), tag):
+                kept |= {tag, creator_tag}
+    for tag in private:
+        if tag not in kept:
+            actions.drop(ds, tag, ctx)
 
 
 def patient_key(ds: Dataset, inherited: str) -> str:
@@ -50,15 +44,22 @@ def apply(
     """Apply Table E.1-1 to ``ds`` and every item of its sequences, in place."""
     _private(ds, options, ctx)
     pid = patient_key(ds, inherited)
-    for elem in list(ds):
-        tag = int(elem.tag)
+    for tag in actions.tags(ds):
         if tag in (PATIENT_ID, PATIENT_NAME):
+            elem = ds[tag]
             new = values.keyed_patient_id(secret, pid)
             if str(elem.value or "") != new:
                 elem.value = new
                 ctx.changes.changed.add(actions.name_of(tag))
             continue
-        action = basic_action(tag, elem.VR, options)
+        vr = actions.vr_of(ds, tag)
+        action = basic_action(tag, vr, options)
+        if action == "X":
+            actions.drop(ds, tag, ctx)
+            continue
+        if not actions.needs_value(action, vr):
+            continue  # kept as read: the value is never decoded
+        elem = ds[tag]
         if elem.VR == "SQ" and action in ("K", "D", "C", "U"):
             for item in elem.value:
                 apply(item, options, secret, ctx, pid)

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from server.core.deid import basic, burned_in, ctp, eucaim, method, values
-from server.core.deid.actions import Changes, Context, set_value
+from server.core.deid.actions import Changes, Context, set_value, tags
 from server.core.deid.annex_e_table import EDITION
 from server.core.deid.policy import DeidPolicy, DeidRecord, Option, Profile
 from server.core.deid.stream import (
@@ -68,9 +68,9 @@ def deidentify_file(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> De
 def _drop_stale(ds: Dataset, trailing: Dataset, changes: Changes) -> None:
     """Group lengths, LengthToEnd and trailing padding would be wrong or carry junk."""
     for data in (ds, trailing):
-        for elem in [e for e in data if e.tag.element == 0 or int(e.tag) in (0x00080001,)]:
-            del data[elem.tag]
-            changes.removed.add("GroupLength" if elem.tag.element == 0 else elem.keyword)
+        for tag in [t for t in tags(data) if t & 0xFFFF == 0 or t == 0x00080001]:
+            del data[tag]
+            changes.removed.add("GroupLength" if tag & 0xFFFF == 0 else "LengthToEnd")
     if PADDING in trailing:
         del trailing[PADDING]
         changes.removed.add("DataSetTrailingPadding")
@@ -134,7 +134,7 @@ def _record(policy: DeidPolicy, changes: Changes) -> DeidRecord:
     return DeidRecord(
         profile=policy.profile.value,
         options=options,
-        edition=EDITION if policy.profile is Profile.basic else f"LETHE anon.script; {EDITION}",
+        edition=EDITION if policy.profile is Profile.basic else eucaim.EDITION,
         changed=sorted(changes.changed - changes.added),
         removed=sorted(changes.removed),
         added=sorted(changes.added),

@@ -25,6 +25,7 @@ from server.core.deid.lethe_table import KEEP_GROUPS, RULES
 from server.core.deid.safe_private import is_safe
 
 PATIENT_ID = 0x00100020
+EDITION = "LETHE anon.script e784340 (2025-11-03)"
 SITE_ID = 0x00131013
 _KEPT_PRIVATE = {tag for tag, code in RULES.items() if (tag >> 16) & 1 and code == "K"}
 
@@ -38,15 +39,15 @@ def provider_hash(provider_id: str | None) -> str:
 
 def _private(ds: Dataset, ctx: Context) -> None:
     """All private elements go except those the script keeps, under their vendor's creator."""
+    private = [t for t in actions.tags(ds) if (t >> 16) & 1]
     kept: set[int] = set()
-    for tag in _KEPT_PRIVATE & {int(e.tag) for e in ds}:
+    for tag in _KEPT_PRIVATE.intersection(private):
         creator_tag = (tag & 0xFFFF0000) | ((tag & 0xFF00) >> 8)
-        creator = ds.get(creator_tag)
-        if creator is not None and is_safe(str(creator.value), tag):
+        if creator_tag in ds and is_safe(str(ds[creator_tag].value), tag):
             kept |= {tag, creator_tag}
-    for elem in [e for e in ds if e.tag.is_private]:
-        if int(elem.tag) not in kept:
-            actions.remove(ds, elem, ctx)
+    for tag in private:
+        if tag not in kept:
+            actions.drop(ds, tag, ctx)
 
 
 def code_for(tag: int, vr: str) -> str:
@@ -67,14 +68,18 @@ def code_for(tag: int, vr: str) -> str:
 def apply(ds: Dataset, secret: str, original_pid: str | None, ctx: Context) -> None:
     """Apply LETHE's rules to ``ds`` and every item of its sequences, in place."""
     _private(ds, ctx)
-    for elem in list(ds):
-        tag = int(elem.tag)
-        if elem.tag.is_private:
+    for tag in [t for t in actions.tags(ds) if not (t >> 16) & 1]:
+        vr = actions.vr_of(ds, tag)
+        code = code_for(tag, vr)
+        if code == "X":
+            actions.drop(ds, tag, ctx)
             continue
-        code = code_for(tag, elem.VR)
+        if code == "K" and vr != "UI" and not actions.needs_value(code, vr):
+            continue  # kept as read: the value is never decoded
+        elem = ds[tag]
         if elem.VR == "SQ":
-            if code in ("X", "Z"):
-                _simple(code, ds, elem, ctx)
+            if code == "Z":
+                actions.empty(ds, elem, ctx)
             else:
                 for item in elem.value:
                     apply(item, secret, original_pid, ctx)
@@ -94,8 +99,9 @@ def _value(
 ) -> None:
     tag = int(elem.tag)
     before = elem.value
-    if code in ("X", "Z"):
-        _simple(code, ds, elem, ctx)
+    if code in ("X", "Z", "SITE", "METHOD"):
+        # SITE and METHOD are written on the top level afterwards; nested copies go empty
+        _simple("X" if code == "X" else "Z", ds, elem, ctx)
         return
     if code == "U" or (code == "K" and elem.VR == "UI"):
         actions.remap_uids(elem, ctx)
@@ -113,6 +119,7 @@ def _value(
         elem.value = ctp.hash_patient_id(secret, str(elem.value or ""))
     elif code == "PN":
         elem.value = ctp.hash_patient_name(secret, pid)
+    elif code == "YES":
+        elem.value = "YES"
     if elem.value != before:
         ctx.changes.changed.add(actions.name_of(tag))
-    # K, YES, SITE and METHOD: kept here; the top-level attributes are written afterwards

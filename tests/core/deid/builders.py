@@ -75,6 +75,8 @@ def base(sop_uid: str, sop_class: str = CTImageStorage, series: str = SERIES_UID
             _item(
                 ReferencedSOPInstanceUID=FOR_UID,
                 ReferencedSOPClassUID=CTImageStorage,
+                InstitutionName="St Mary Hospital",  # nested copies of identifying values
+                AccessionNumber="ACC123",
                 SourceImageSequence=Sequence([middle]),
             )
         ]

@@ -56,6 +56,7 @@ def test_no_planted_value_or_original_uid_survives(tmp_path: Path, policy: DeidP
     for value in [*PLANTED, *ORIGINAL_UIDS, "HOSPITAL_PACS", "Nested"]:
         assert value not in text, value
     assert out.PatientIdentityRemoved == "YES"
+    assert all(0 < len(v) <= 64 for v in out.DeidentificationMethod)  # LO values
     assert out.SOPClassUID == CTImageStorage
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
 

@@ -16,7 +16,8 @@ two enabled options name the same attribute, K wins over C (retain is what was a
 Attributes the table does not list are kept, with these safety nets (deviations toward
 less information): person names (PN) become empty; dates and date-times follow the date
 columns (removed to D/Z unless a Retain Longitudinal option applies); free-text VRs
-ST/LT/UT/UC are removed unless Clean Descriptors cleans them; every UID that is not a
+ST/LT/UT/UC are removed unless Clean Descriptors cleans them (SR TextValue: also under
+Clean Structured Content); every UID that is not a
 definition (SOP class, transfer syntax, coding scheme, registered UID) is remapped.
 Overlay groups (60xx) go entirely unless Clean Graphics; curves (50xx) likewise.
 """
@@ -30,6 +31,7 @@ _RESOLVE = {"X/Z": "Z", "X/D": "D", "Z/D": "D", "X/Z/D": "D"}
 _DATE = {Option.retain_long_full_dates.value: "K", Option.retain_long_modified_dates.value: "C"}
 _TIME_VRS = {"DA", "DT", "TM"}
 _FREE_TEXT = {"ST", "LT", "UT", "UC"}
+TEXT_VALUE = 0x0040A160  # SR TextValue (UT), not listed in Table E.1-1
 
 
 def table_entry(tag: int) -> tuple[str, dict[str, str]] | None:
@@ -60,7 +62,9 @@ def _resolve(action: str, vr: str) -> str:
     return _RESOLVE.get(action, action)
 
 
-def _unlisted(vr: str, options: frozenset[Option]) -> str:
+def _unlisted(tag: int, vr: str, options: frozenset[Option]) -> str:
+    if tag == TEXT_VALUE and Option.clean_structured_content in options:
+        return "C"  # SR text content items: cleaned, not removed, under the option
     if vr == "PN":
         return "Z"
     if vr in _TIME_VRS:
@@ -79,6 +83,6 @@ def basic_action(tag: int, vr: str, options: frozenset[Option]) -> str:
         return "X"
     row = table_entry(tag)
     if row is None:
-        return _unlisted(vr, options)
+        return _unlisted(tag, vr, options)
     basic, cols = row
     return _resolve(_with_options(basic, cols, options), vr)

@@ -48,6 +48,8 @@ def test_annex_e_table_is_well_formed() -> None:
         (0x00209999, "UI", set(), "U"),  # unlisted UID: remapped unless a definition
         (0x00209999, "UI", {Option.retain_uids}, "K"),
         (0x00280010, "US", set(), "K"),  # Rows: not identifying
+        (0x0040A160, "UT", set(), "X"),  # SR TextValue
+        (0x0040A160, "UT", {Option.clean_structured_content}, "C"),
     ],
 )
 def test_basic_action(tag: int, vr: str, options: set[Option], expected: str) -> None:

@@ -1,28 +1,141 @@
-"""Apply a dataset's policy to one spooled Part-10 file (interface; see policy.py).
+"""Apply a dataset's policy to one spooled Part-10 file (see policy.py).
 
 ``deidentify_file(src, dst, policy, secret)`` reads ``src``, writes the de-identified
-instance to ``dst`` (same transfer syntax; pixel data copied, never decoded unless a
-cleaning step needs it) and returns its ``DeidRecord``. The output is a pure function
-of (input bytes, policy, secret): the same input gives byte-identical output in every
-process, so a re-sent instance is recognised as the same instance.
+instance to ``dst`` (same transfer syntax; pixel data copied, never decoded) and returns
+its ``DeidRecord``. The output is a pure function of (input bytes, policy, secret): the
+same input gives byte-identical output in every process, so a re-sent instance is
+recognised as the same instance.
 
 Raises ``BurnedInSuspected`` when the instance may carry burned-in text and the policy
-does not clean it, ``UnreadableInstance`` when the input is not DICOM.
+does not clean it (``PolicyError`` when it asks for cleaning: no OCR step here),
+``UnreadableInstance`` when the input is not DICOM.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from server.core.deid.policy import DeidPolicy, DeidRecord, Profile
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
-EDITION = "2025b"  # placeholder until the generated rule table names its edition
+from server.core.deid import basic, burned_in, ctp, eucaim, method, values
+from server.core.deid.actions import Changes, Context, set_value, tags
+from server.core.deid.annex_e_table import EDITION
+from server.core.deid.policy import DeidPolicy, DeidRecord, Option, Profile
+from server.core.deid.stream import (
+    copy_pixels,
+    read,
+    read_trailing,
+    write_header,
+    write_trailing,
+)
+
+PADDING = 0xFFFCFFFC
 
 
 def deidentify_file(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> DeidRecord:
-    """PS3.15 Annex E: write the de-identified copy of ``src`` to ``dst``."""
+    """PS3.15 Annex E / LETHE: write the de-identified copy of ``src`` to ``dst``."""
     if policy.profile is Profile.none:
         shutil.copyfile(src, dst)
         return DeidRecord(profile="none", options=[], edition="")
-    raise NotImplementedError("de-identification engine not built yet")
+    with open(src, "rb") as fin:
+        source = read(fin)
+        burned_in.check(source.ds, policy)
+        changes = Changes()
+        trailing = Dataset()
+        if source.pixel_offset is not None:
+            fin.seek(source.pixel_offset)
+            copy_pixels(fin, None, source)  # seek past it: pixels are not read here
+            trailing = read_trailing(fin, source)
+        if policy.profile is Profile.eucaim:
+            _eucaim(source.ds, trailing, policy, secret, changes)
+        else:
+            _basic(source.ds, trailing, policy.options, secret, changes)
+        try:
+            with open(dst, "wb") as fout:
+                write_header(fout, source)
+                if source.pixel_offset is not None:
+                    copy_pixels(fin, fout, source)
+                    write_trailing(fout, trailing, source)
+        except BaseException:
+            dst.unlink(missing_ok=True)  # never leave a half-written instance behind
+            raise
+    return _record(policy, changes)
+
+
+def _drop_stale(ds: Dataset, trailing: Dataset, changes: Changes) -> None:
+    """Group lengths, LengthToEnd and trailing padding would be wrong or carry junk."""
+    for data in (ds, trailing):
+        for tag in [t for t in tags(data) if t & 0xFFFF == 0 or t == 0x00080001]:
+            del data[tag]
+            changes.removed.add("GroupLength" if tag & 0xFFFF == 0 else "LengthToEnd")
+    if PADDING in trailing:
+        del trailing[PADDING]
+        changes.removed.add("DataSetTrailingPadding")
+
+
+def _basic(
+    ds: Dataset, trailing: Dataset, options: frozenset[Option], secret: str, changes: Changes
+) -> None:
+    pid = basic.patient_key(ds, "")
+    ctx = _context(ds, changes, lambda uid: values.keyed_uid(secret, uid))
+    days = values.date_offset_days(secret, pid)
+    ctx.shift_date = lambda v: values.shift_dt_or_da(v, days)
+    _drop_stale(ds, trailing, changes)
+    basic.apply(ds, options, secret, ctx)
+    basic.apply(trailing, options, secret, ctx, pid)
+    pseudonym = values.keyed_patient_id(secret, pid)
+    set_value(ds, basic.PATIENT_ID, "LO", pseudonym, ctx)
+    set_value(ds, basic.PATIENT_NAME, "PN", pseudonym, ctx)
+    method.longitudinal(ds, options, ctx)
+    method.write(ds, method.basic_codes(options), method.BASIC_TEXT, ctx)
+
+
+def _eucaim(
+    ds: Dataset, trailing: Dataset, policy: DeidPolicy, secret: str, changes: Changes
+) -> None:
+    pid = ds.get(eucaim.PATIENT_ID)
+    original = None if pid is None else str(pid.value or "")
+    anon_pid = ctp.hash_patient_id(secret, original)
+    ctx = _context(ds, changes, lambda uid: ctp.hash_uid(ctp.EUCAIM_UID_ROOT, uid, anon_pid))
+    _drop_stale(ds, trailing, changes)
+    eucaim.apply(ds, secret, original, ctx)
+    eucaim.apply(trailing, secret, original, ctx)
+    set_value(ds, 0x00080080, "LO", eucaim.provider_hash(policy.provider_id), ctx)
+    codes = list(method.EUCAIM_CODES)
+    if any(e.tag.is_private for e in ds):
+        codes.append("113111")  # the few numeric private elements the script keeps
+    method.write(ds, codes, method.EUCAIM_TEXT, ctx)
+
+
+def _context(ds: Dataset, changes: Changes, map_uid: Callable[[str], str]) -> Context:
+    words = values.identifying_words(_identifying_values(ds))
+    return Context(map_uid=map_uid, shift_date=lambda v: v, words=words, changes=changes)
+
+
+def _identifying_values(ds: Dataset) -> list[str]:
+    """This instance's identifying values (before de-identification) for C cleaning."""
+    found: list[str] = []
+    for keyword in values.IDENTIFYING:
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        if isinstance(value, MultiValue | list):
+            found.extend(str(v) for v in value)
+        else:
+            found.append(str(value))
+    return found
+
+
+def _record(policy: DeidPolicy, changes: Changes) -> DeidRecord:
+    options = sorted(o.value for o in policy.options)
+    return DeidRecord(
+        profile=policy.profile.value,
+        options=options,
+        edition=EDITION if policy.profile is Profile.basic else eucaim.EDITION,
+        changed=sorted(changes.changed - changes.added),
+        removed=sorted(changes.removed),
+        added=sorted(changes.added),
+    )

@@ -1,0 +1,125 @@
+"""The ``eucaim`` profile: every rule of LETHE's ``anon.script`` (see ``lethe_table.py``).
+
+Pseudonyms are CTP's (``ctp.py``) so they join LETHE output made with the same secret.
+LETHE's defects are not copied: ReferencedSOPClassUID and every other definition UID
+(SOP class, transfer syntax, coding scheme) stay unchanged; the two rules written without
+"@" (``keep()`` on the contrast bolus times, ``hashuid`` on ManufacturerDeviceClassUID)
+do what they meant; the private elements the script keeps (diffusion b-value and
+direction, GE and Philips scaling) are kept only under the vendor creator they belong to
+(CTP keeps the raw tag whoever wrote it), with their creator element. Safety nets beyond the script, where it keeps a
+group unchecked (0018, 0020, 0028): an unlisted instance UID is hashed like the listed
+ones (so references stay consistent), an unlisted date gets the day-of-month rule, an
+unlisted person name is emptied. Rules apply at every sequence depth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from server.core.deid import actions, ctp
+from server.core.deid.actions import Context
+from server.core.deid.lethe_table import KEEP_GROUPS, RULES
+from server.core.deid.safe_private import is_safe
+
+PATIENT_ID = 0x00100020
+EDITION = "LETHE anon.script e784340 (2025-11-03)"
+SITE_ID = 0x00131013
+_KEPT_PRIVATE = {tag for tag, code in RULES.items() if (tag >> 16) & 1 and code == "K"}
+
+
+def provider_hash(provider_id: str | None) -> str:
+    """InstitutionName under eucaim: SHA-256 hex of the EUCAIM SITE-ID (empty if none)."""
+    if not provider_id:
+        return ""
+    return hashlib.sha256(provider_id.encode("utf-8")).hexdigest()
+
+
+def _private(ds: Dataset, ctx: Context) -> None:
+    """All private elements go except those the script keeps, under their vendor's creator."""
+    private = [t for t in actions.tags(ds) if (t >> 16) & 1]
+    kept: set[int] = set()
+    for tag in _KEPT_PRIVATE.intersection(private):
+        creator_tag = (tag & 0xFFFF0000) | ((tag & 0xFF00) >> 8)
+        if creator_tag in ds and is_safe(str(ds[creator_tag].value), tag):
+            kept |= {tag, creator_tag}
+    for tag in private:
+        if tag not in kept:
+            actions.drop(ds, tag, ctx)
+
+
+def code_for(tag: int, vr: str) -> str:
+    """LETHE's action for ``tag``; for unlisted attributes CTP's global switches."""
+    code = RULES.get(tag)
+    if code is not None:
+        return code
+    group = tag >> 16
+    if group in KEEP_GROUPS or group == 0x7FE0:
+        if vr == "UI":
+            return "U"
+        if vr in ("DA", "DT"):
+            return "M1"
+        return "Z" if vr == "PN" else "K"
+    return "X"  # overlays, curves and unspecified elements are removed
+
+
+def apply(ds: Dataset, secret: str, original_pid: str | None, ctx: Context) -> None:
+    """Apply LETHE's rules to ``ds`` and every item of its sequences, in place."""
+    _private(ds, ctx)
+    for tag in [t for t in actions.tags(ds) if not (t >> 16) & 1]:
+        vr = actions.vr_of(ds, tag)
+        code = code_for(tag, vr)
+        if code == "X":
+            actions.drop(ds, tag, ctx)
+            continue
+        if code == "K" and vr != "UI" and not actions.needs_value(code, vr):
+            continue  # kept as read: the value is never decoded
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            if code == "Z":
+                actions.empty(ds, elem, ctx)
+            else:
+                for item in elem.value:
+                    apply(item, secret, original_pid, ctx)
+            continue
+        _value(code, ds, elem, secret, original_pid, ctx)
+
+
+def _simple(code: str, ds: Dataset, elem: DataElement, ctx: Context) -> None:
+    if code == "X":
+        actions.remove(ds, elem, ctx)
+    else:
+        actions.empty(ds, elem, ctx)
+
+
+def _value(
+    code: str, ds: Dataset, elem: DataElement, secret: str, pid: str | None, ctx: Context
+) -> None:
+    tag = int(elem.tag)
+    before = elem.value
+    if code in ("X", "Z", "SITE", "METHOD"):
+        # SITE and METHOD are written on the top level afterwards; nested copies go empty
+        _simple("X" if code == "X" else "Z", ds, elem, ctx)
+        return
+    if code == "U" or (code == "K" and elem.VR == "UI"):
+        actions.remap_uids(elem, ctx)
+        return
+    if code == "K":
+        actions.keep(ds, elem, ctx)
+        return
+    if code == "M1":
+        actions.map_values(elem, ctp.modify_date)
+    elif code == "HD":
+        actions.map_values(elem, lambda v: ctp.hash_date_shift(v, pid))
+    elif code == "H16":
+        actions.map_values(elem, lambda v: ctp.ctp_hash(v, 16))
+    elif code == "PID":
+        elem.value = ctp.hash_patient_id(secret, str(elem.value or ""))
+    elif code == "PN":
+        elem.value = ctp.hash_patient_name(secret, pid)
+    elif code == "YES":
+        elem.value = "YES"
+    if elem.value != before:
+        ctx.changes.changed.add(actions.name_of(tag))

@@ -1,0 +1,186 @@
+"""Read a Part-10 header without its pixel data, write the new header, copy pixels raw.
+
+Pixel data is never loaded: the header is parsed up to the first pixel element (large
+header values deferred), the de-identified header is written, then the pixel element's
+bytes are copied from the source in chunks (native: its defined length; encapsulated:
+item by item up to the sequence delimiter). Elements after the pixel data are parsed
+(they are small) so the profile applies to them too. Deflated transfer syntaxes are the
+exception: the whole dataset is inflated, de-identified and re-encoded.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from server.core.records import UnreadableInstance
+
+CHUNK = 1 << 20
+DEFER = 1 << 16  # header values above 64 KiB stay on disk until written
+PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
+_ITEM, _SEQ_END = 0xFFFEE000, 0xFFFEE0DD
+IMPLEMENTATION_VERSION = "CIG_DEID_1"
+
+
+@dataclass
+class Source:
+    """A parsed header and where the pixel element starts (None: no pixel data)."""
+
+    ds: FileDataset
+    transfer_syntax: str
+    pixel_offset: int | None
+    implicit: bool
+    little: bool
+
+
+def _syntax(ds: FileDataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if ts:
+        return ts
+    if ds.is_implicit_VR:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if ds.is_little_endian else ExplicitVRBigEndian
+
+
+def read(fp: BinaryIO) -> Source:
+    """Parse everything before the pixel data; UnreadableInstance if it is not DICOM."""
+    try:
+        ds = dcmread(fp, stop_before_pixels=True, defer_size=DEFER, force=True)
+        offset = fp.tell()
+        ts = _syntax(ds)
+        if ts == DeflatedExplicitVRLittleEndian:
+            fp.seek(0)
+            ds = dcmread(fp, force=True)
+            offset = -1
+        implicit, little = bool(ds.is_implicit_VR), bool(ds.is_little_endian)
+    except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError) as exc:
+        raise UnreadableInstance(f"not a readable DICOM instance: {exc}") from exc
+    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+        raise UnreadableInstance("not a DICOM instance: SOPClassUID or SOPInstanceUID missing")
+    fp.seek(0, 2)
+    at_pixels = 0 <= offset < fp.tell() and _tag_at(fp, offset, little) in PIXEL_TAGS
+    return Source(ds, ts, offset if at_pixels else None, implicit, little)
+
+
+def _tag_at(fp: BinaryIO, offset: int, little: bool) -> int:
+    fp.seek(offset)
+    raw = fp.read(4)
+    if len(raw) < 4:
+        return 0
+    group, elem = struct.unpack("<HH" if little else ">HH", raw)
+    return int((group << 16) | elem)
+
+
+def copy_pixels(src: BinaryIO, dst: BinaryIO | None, source: Source) -> None:
+    """Copy the pixel element's bytes verbatim (``dst`` None: only skip them, by seeking).
+
+    ``src`` is left just after the element."""
+    assert source.pixel_offset is not None
+    src.seek(source.pixel_offset)
+    end = "<" if source.little else ">"
+    head = src.read(8)
+    if source.implicit:
+        length = struct.unpack(end + "I", head[4:8])[0]
+    elif head[4:6] in _LONG_VRS:
+        head += src.read(4)
+        length = struct.unpack(end + "I", head[8:12])[0]
+    else:
+        length = struct.unpack(end + "H", head[6:8])[0]
+    if dst is not None:
+        dst.write(head)
+    if length != 0xFFFFFFFF:
+        _copy(src, dst, length)
+        return
+    while True:  # encapsulated: items up to the sequence delimiter
+        item = src.read(8)
+        if len(item) < 8:
+            raise UnreadableInstance("encapsulated pixel data ends without a delimiter")
+        if dst is not None:
+            dst.write(item)
+        group, elem, size = struct.unpack(end + "HHI", item)
+        if (group << 16) | elem == _SEQ_END:
+            return
+        _copy(src, dst, size)
+
+
+def _copy(src: BinaryIO, dst: BinaryIO | None, length: int) -> None:
+    if dst is None:
+        start = src.tell()
+        if src.seek(start + length) > src.seek(0, 2):
+            raise UnreadableInstance("pixel data is shorter than its declared length")
+        src.seek(start + length)
+        return
+    left = length
+    while left > 0:
+        block = src.read(min(CHUNK, left))
+        if not block:
+            raise UnreadableInstance("pixel data is shorter than its declared length")
+        dst.write(block)
+        left -= len(block)
+
+
+def read_trailing(src: BinaryIO, source: Source) -> Dataset:
+    """Elements after the pixel data (usually none), parsed to be de-identified too."""
+    start = src.tell()
+    src.seek(0, 2)
+    size = src.tell() - start
+    src.seek(start)
+    if size <= 0:
+        return Dataset()
+    try:
+        return read_dataset(src, source.implicit, source.little, bytelength=size)
+    except (ValueError, EOFError, struct.error, NotImplementedError) as exc:
+        raise UnreadableInstance(f"unreadable elements after the pixel data: {exc}") from exc
+
+
+def new_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
+    """A fresh file meta group: nothing from the sender (AE titles, private info)."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+    return meta
+
+
+def write_header(dst: BinaryIO, source: Source) -> None:
+    """Preamble (zeros), the new file meta and the de-identified dataset."""
+    ds = source.ds
+    ds.file_meta = new_meta(ds, source.transfer_syntax)
+    ds.preamble = b"\x00" * 128
+    dcmwrite(
+        dst,
+        ds,
+        enforce_file_format=True,
+        implicit_vr=source.implicit,
+        little_endian=source.little,
+    )
+
+
+def write_trailing(dst: BinaryIO, trailing: Dataset, source: Source) -> None:
+    if len(trailing) == 0:
+        return
+    out = DicomFileLike(dst)
+    out.is_little_endian = source.little
+    out.is_implicit_VR = source.implicit
+    write_dataset(out, trailing)

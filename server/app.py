@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 from server.api import errors as api_errors
+from server.api import fdp as fdp_router
 from server.api import oauth as oauth_router
 from server.api.audit import AuditMiddleware
 from server.api.bodies import BodyGuardMiddleware, describe_bodies
@@ -48,6 +49,7 @@ from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
+from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_paging import SearchCursors
@@ -88,6 +90,7 @@ class Gateway:
     external: ExternalIssuers
     audit: AuditLog
     throttle: FailureThrottle
+    catalogue: CatalogueService
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -170,7 +173,9 @@ def build_gateway(settings: Settings) -> Gateway:
         agreements.invalidate()
         public.invalidate()
         authenticator.invalidate()
+        catalogue.invalidate()
 
+    catalogue = CatalogueService(fhir_store, queries, conformance, settings)
     fhir_write.on_change = changed
     return Gateway(
         settings=settings,
@@ -193,6 +198,7 @@ def build_gateway(settings: Settings) -> Gateway:
         external=external,
         audit=audit,
         throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
+        catalogue=catalogue,
     )
 
 
@@ -338,6 +344,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oauth_router.router)
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
+    app.include_router(fdp_router.router, prefix="/fdp")
     # innermost: a request body is authorised and capped before any route reads it
     app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(

@@ -317,7 +317,10 @@ class EsFhirQueries:
         aggs = {"d": {"terms": {"field": "dataset", "size": len(dataset_ids)},
                       "aggs": {"subjects": {"cardinality": {"field": "patient_key", "precision_threshold": 40000}},
                                "modalities": {"terms": {"field": "modalities", "size": 100}},
-                               "body_parts": {"terms": {"field": "bodyparts", "size": 200}}}}}  # fmt: skip
+                               "body_parts": {"terms": {"field": "bodyparts", "size": 200}},
+                               "sexes": {"terms": {"field": "patientsex", "size": 20, "missing": ""}},
+                               "first": {"terms": {"field": "studydate", "size": 1, "order": {"_key": "asc"}}},
+                               "last": {"terms": {"field": "studydate", "size": 1, "order": {"_key": "desc"}}}}}}  # fmt: skip
         found = self.es.search(
             index=self.names[Level.STUDY],
             size=0,
@@ -327,7 +330,9 @@ class EsFhirQueries:
         for b in found["aggregations"]["d"]["buckets"]:
             out[b["key"]].update(studies=b["doc_count"], subjects=int(b["subjects"]["value"]),
                                  modalities=sorted(x["key"] for x in b["modalities"]["buckets"]),
-                                 body_parts=sorted(x["key"] for x in b["body_parts"]["buckets"]))  # fmt: skip
+                                 body_parts=sorted(x["key"] for x in b["body_parts"]["buckets"]),
+                                 sexes=sorted(x["key"] for x in b["sexes"]["buckets"]),
+                                 first_date=_edge(b["first"]), last_date=_edge(b["last"]))  # fmt: skip
         makers = self.es.search(index=self.names[Level.SERIES], size=0, query={"terms": {"dataset": dataset_ids}},
                                 aggs={"d": {"terms": {"field": "dataset", "size": len(dataset_ids)},
                                             "aggs": {"m": {"terms": {"field": "manufacturer", "size": 100}}}}})  # fmt: skip
@@ -469,3 +474,9 @@ def _year_matches(v: DateValue, lo: str, hi: str) -> bool:
         "ge": hi > v.high or contained, "le": lo < v.low or contained,
         "sa": lo > v.high, "eb": hi < v.low, "ap": not (hi < v.low or lo > v.high),
     }[v.prefix]  # fmt: skip
+
+
+def _edge(agg: dict[str, Any]) -> str | None:
+    """The one key of a size-1 terms aggregation ordered by key (first or last StudyDate)."""
+    buckets = agg["buckets"]
+    return str(buckets[0]["key"]) if buckets else None

@@ -114,7 +114,9 @@ class CatalogueSettings(BaseModel):
 
     title: str = Field(default="Cancer imaging gateway", min_length=1, max_length=500)
     description: str = Field(
-        default="Imaging datasets of this cancer-imaging gateway node.", min_length=1, max_length=4000
+        default="Imaging datasets of this cancer-imaging gateway node.",
+        min_length=1,
+        max_length=4000,
     )
     publisher_name: str | None = Field(default=None, max_length=500)
     publisher_email: str | None = Field(default=None, max_length=320)

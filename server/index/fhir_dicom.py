@@ -160,7 +160,9 @@ class DicomFhirQueries:
             f" FROM study WHERE dataset IN ({marks}) GROUP BY dataset",
             dataset_ids,
         ):
-            out[dataset].update(studies=studies, subjects=subjects, first_date=first, last_date=last)
+            out[dataset].update(
+                studies=studies, subjects=subjects, first_date=first, last_date=last
+            )
         for dataset, sex in conn.execute(
             f"SELECT DISTINCT dataset, coalesce(patientsex, '') FROM study WHERE dataset IN ({marks})"
             " ORDER BY 1, 2",

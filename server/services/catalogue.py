@@ -30,6 +30,9 @@ from server.index.fhir_store import FhirStore
 from server.settings import Settings
 
 MAX_CACHED = 4096
+MAX_VALUES = (
+    100  # distinct modalities, body parts, manufacturers per record (Elasticsearch's bucket size)
+)
 
 
 class CatalogueService:
@@ -132,9 +135,9 @@ class CatalogueService:
             out[dataset] = Figures(
                 subjects=floor_count(stats["subjects"], minimum),
                 studies=floor_count(stats["studies"], minimum),
-                sexes=list(stats["sexes"]), modalities=list(stats["modalities"]),
-                body_parts=[(t, self._snomed(t)) for t in stats["body_parts"]],
-                manufacturers=list(stats["manufacturers"]),
+                sexes=list(stats["sexes"]), modalities=list(stats["modalities"])[:MAX_VALUES],
+                body_parts=[(t, self._snomed(t)) for t in stats["body_parts"][:MAX_VALUES]],
+                manufacturers=list(stats["manufacturers"])[:MAX_VALUES],
                 first_year=_year(stats["first_date"]), last_year=_year(stats["last_date"]),
             )  # fmt: skip
         return out

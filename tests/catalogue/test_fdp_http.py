@@ -3,11 +3,15 @@ headers, hostile paths, and administrator changes through the CLI and FHIR while
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import httpx
 import orjson
 from rdflib import Graph, URIRef
 
 from tests.catalogue.conftest import DCAT, EXT, HIDDEN, Node
+from tests.live import LiveServer
 
 PATHS = ("", "/catalog/imaging", "/dataset/breast-p", "/distribution/breast-p/dicomweb")
 
@@ -95,3 +99,30 @@ def test_administrator_changes_show_and_bad_values_change_nothing(node: Node) ->
                          headers={"Content-Type": "application/fhir+json"}).json()  # fmt: skip
     assert not [i for i in outcome["issue"] if i["severity"] in ("error", "fatal")], outcome
     assert live.cli("catalogue", "show", HIDDEN).returncode != 0  # NON_PUBLIC: not listed
+
+
+def test_records_are_cached_and_this_process_writes_invalidate(tmp_path: Path) -> None:
+    """With a cache period, repeated requests reuse the record (bounded work) and say so in
+    Cache-Control; a FHIR write through this server shows at once; a write by another process
+    (the CLI) shows within the period."""
+    live = LiveServer(tmp_path / "data", extra_env={"GATEWAY_CATALOGUE__CACHE_SECONDS": "15"})
+    assert live.cli("dataset", "create", "c1", "--title", "First", "--cancer-type", "lung",
+                    "--access-rights", "RESTRICTED").returncode == 0  # fmt: skip
+    live.start()
+    try:
+        url = f"{live.url}/fdp/dataset/c1"
+        first = httpx.get(url)
+        assert first.headers["cache-control"] == "public, max-age=15"
+        study = httpx.get(f"{live.url}/fhir/ResearchStudy/c1").json()
+        study["title"] = "Second"
+        put = httpx.put(f"{live.url}/fhir/ResearchStudy/c1", json=study,
+                        headers={"Content-Type": "application/fhir+json"})  # fmt: skip
+        assert put.status_code == 200, put.text
+        assert '"Second"@en' in httpx.get(url).text  # invalidated by the write
+        cached_at = time.monotonic()
+        assert live.cli("catalogue", "set", "c1", "--version", "9.9.9").returncode == 0
+        assert '"9.9.9"' not in httpx.get(url).text  # another process: cached record reused
+        time.sleep(max(0.0, cached_at + 15.5 - time.monotonic()))
+        assert '"9.9.9"' in httpx.get(url).text
+    finally:
+        live.stop()

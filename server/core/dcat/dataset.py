@@ -13,7 +13,9 @@ The de-identification profile is a ``dct:provenance`` statement.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from rdflib import Graph, Literal, URIRef
 
@@ -21,8 +23,10 @@ from server.core.dcat.fields import Contact, Description
 from server.core.dcat.records import (
     Node,
     agent,
+    clean,
     contact_point,
     container,
+    iri,
     labelled,
     metadata_dates,
     new_graph,
@@ -94,7 +98,7 @@ def dataset_record(node: Node, desc: Description, figures: Figures) -> Graph:
     dist = node.distribution(desc.id)
     g.add((ds, DCAT.distribution, dist))
     container(g, ds, f"{ds}/distribution/", DCAT.distribution, [dist], "Distributions")
-    return g
+    return clean(g)
 
 
 def _identification(g: Graph, ds: URIRef, node: Node, desc: Description, figures: Figures) -> None:
@@ -104,8 +108,7 @@ def _identification(g: Graph, ds: URIRef, node: Node, desc: Description, figures
         (ds, DCTERMS.description, Literal(desc.description or _summary(desc, figures), lang="en"))
     )
     g.add((ds, DCAT.version, Literal(desc.version or _calver(desc.last_updated))))
-    if desc.interoperability_level:
-        g.add((ds, EUCAIM.interoperabilityLevel, URIRef(desc.interoperability_level)))
+    _add_iris(g, ds, EUCAIM.interoperabilityLevel, [desc.interoperability_level])
     contacts = [c for c in desc.contacts if c.email or c.url] or [node.publisher]
     for n, who in enumerate(c for c in contacts if c.email or c.url):
         g.add((ds, DCAT.contactPoint, contact_point(g, URIRef(f"{ds}#contact-{n + 1}"), who)))
@@ -117,17 +120,14 @@ def _identification(g: Graph, ds: URIRef, node: Node, desc: Description, figures
 def _classification(g: Graph, ds: URIRef, desc: Description) -> None:
     g.add((ds, DCAT.theme, DATA_THEME.HEAL))
     g.add((ds, HEALTH.healthTheme, HEALTH_THEME.CANCER_DISEASE))
-    for category in desc.health_categories or [str(HEALTH_CATEGORY.EHRS)]:
-        g.add((ds, HEALTH.healthCategory, URIRef(category)))
+    _add_iris(g, ds, HEALTH.healthCategory, desc.health_categories or [str(HEALTH_CATEGORY.EHRS)])
     default = DPV.PseudonymisedData if desc.deid_profile in PSEUDONYMISED else DPV.Data
-    for kind in desc.types or [str(default)]:
-        g.add((ds, DCTERMS.type, URIRef(kind)))
+    _add_iris(g, ds, DCTERMS.type, desc.types or [str(default)])
 
 
 def _rights(g: Graph, ds: URIRef, node: Node, desc: Description) -> None:
     g.add((ds, DCTERMS.accessRights, ACCESS_RIGHT[desc.access_rights or "NON_PUBLIC"]))
-    for law in desc.legislation or [EHDS]:
-        g.add((ds, DCATAP.applicableLegislation, URIRef(law)))
+    _add_iris(g, ds, DCATAP.applicableLegislation, desc.legislation or [EHDS])
     publisher = Contact(desc.publisher_name, desc.publisher_email, desc.publisher_url)
     if not publisher.name:
         publisher = node.publisher
@@ -153,18 +153,23 @@ def _population(g: Graph, ds: URIRef, desc: Description, figures: Figures) -> No
             (
                 ds,
                 EUCAIM.hasCondition,
-                EUCAIM[CONDITION[code]] if code in CONDITION else SNOMED[code],
+                EUCAIM[CONDITION[code]] if code in CONDITION else SNOMED[quote(code, safe="")],
             )
         )
-    for method in desc.collection_methods:
-        g.add((ds, EUCAIM.collectionMethod, URIRef(method)))
+    _add_iris(g, ds, EUCAIM.collectionMethod, desc.collection_methods)
 
 
 def _imaging(g: Graph, ds: URIRef, figures: Figures) -> None:
     for m in figures.modalities:
-        g.add((ds, EUCAIM.hasImageModality, EUCAIM[MODALITY[m]] if m in MODALITY else DCM[m]))
+        g.add(
+            (
+                ds,
+                EUCAIM.hasImageModality,
+                EUCAIM[MODALITY[m]] if m in MODALITY else DCM[quote(m, safe="")],
+            )
+        )
     for term, snomed in figures.body_parts:
-        value = SNOMED[snomed] if snomed else labelled(g, EUCAIM.BP1000024, term)
+        value = SNOMED[quote(snomed, safe="")] if snomed else labelled(g, EUCAIM.BP1000024, term)
         g.add((ds, EUCAIM.hasImageBodyPart, value))
     for name in figures.manufacturers:
         code = manufacturer_code(name)
@@ -204,7 +209,7 @@ def distribution_record(node: Node, desc: Description) -> Graph:
         "access needs an OAuth2 token granted by a data-access agreement.", lang="en")))  # fmt: skip
     g.add((dist, DCTERMS.isPartOf, node.dataset(desc.id)))
     dicomweb = URIRef(f"{node.gateway}/dicom-web")
-    g.add((dist, DCAT.accessURL, URIRef(desc.access_url) if desc.access_url else dicomweb))
+    g.add((dist, DCAT.accessURL, iri(desc.access_url) or dicomweb))
     service = URIRef(f"{dist}#service")
     g.add((dist, DCAT.accessService, service))
     g.add((service, RDF.type, DCAT.DataService))
@@ -217,17 +222,21 @@ def distribution_record(node: Node, desc: Description) -> Graph:
             URIRef("https://www.iana.org/assignments/media-types/application/dicom"),
         )
     )
-    for law in desc.legislation or [EHDS]:
-        g.add((dist, DCATAP.applicableLegislation, URIRef(law)))
+    _add_iris(g, dist, DCATAP.applicableLegislation, desc.legislation or [EHDS])
     for condition in _conditions(desc):
         rights = ACCESS_CONDITION[ACCESS_CONDITIONS[condition]]
         g.add((dist, DCTERMS.rights, rights))
         g.add((rights, RDF.type, DCTERMS.RightsStatement))
         g.add((rights, SKOS.notation, Literal(ACCESS_CONDITIONS[condition])))
-    if desc.license:
-        g.add((dist, DCTERMS.license, URIRef(desc.license)))
+    _add_iris(g, dist, DCTERMS.license, [desc.license])
     metadata_dates(g, dist, desc.issued, desc.last_updated)
-    return g
+    return clean(g)
+
+
+def _add_iris(g: Graph, subject: URIRef, prop: URIRef, values: Sequence[str | None]) -> None:
+    for value in values:
+        if (node := iri(value)) is not None:
+            g.add((subject, prop, node))
 
 
 def _conditions(desc: Description) -> list[str]:

@@ -9,6 +9,7 @@ release 7); the root and catalogue carry what the FDP reference implementation's
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -35,6 +36,15 @@ from server.core.dcat.vocab import (
 )
 
 CATALOG_ID = "imaging"
+_NOT_IN_IRI = set(' <>"{}|\\^`')
+
+
+def iri(value: str | None) -> URIRef | None:
+    """``value`` as an IRI if it is an absolute one that every RDF syntax can carry, else None
+    (a stored value that is not, e.g. written through FHIR, is left out, never served broken)."""
+    if not value or ":" not in value or any(c in _NOT_IN_IRI or ord(c) < 33 for c in value):
+        return None
+    return URIRef(value)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,20 @@ class Node:
         return URIRef(f"{self.base}/distribution/{quote(dataset_id, safe='')}/dicomweb")
 
 
+_NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def clean(g: Graph) -> Graph:
+    """Drop characters XML 1.0 cannot carry from every literal, so that every record has an
+    RDF/XML form (stored text may hold control characters)."""
+    for s, p, o in list(g):
+        if isinstance(o, Literal) and _NOT_IN_XML.search(str(o)):
+            g.remove((s, p, o))
+            text = _NOT_IN_XML.sub("", str(o))
+            g.add((s, p, Literal(text, lang=o.language, datatype=o.datatype)))
+    return g
+
+
 def new_graph() -> Graph:
     g = Graph()
     for prefix, namespace in PREFIXES.items():
@@ -79,7 +103,7 @@ def fdp_record(node: Node) -> Graph:
     g.add((root, FDP.metadataCatalog, node.catalog()))
     g.add((root, R3D.dataCatalog, node.catalog()))
     container(g, root, f"{node.base}/catalog/", FDP.metadataCatalog, [node.catalog()], "Catalogs")
-    return g
+    return clean(g)
 
 
 def catalog_record(node: Node, dataset_ids: list[str]) -> Graph:
@@ -102,7 +126,7 @@ def catalog_record(node: Node, dataset_ids: list[str]) -> Graph:
     for ds in datasets:
         g.add((cat, DCAT.dataset, ds))
     container(g, cat, f"{cat}/dataset/", DCAT.dataset, datasets, "Datasets")
-    return g
+    return clean(g)
 
 
 def _resource(
@@ -134,14 +158,15 @@ def agent(g: Graph, subject: URIRef, who: Contact) -> URIRef:
     g.add((subject, RDF.type, FOAF.Agent))
     g.add((subject, RDF.type, FOAF.Organization))
     g.add((subject, FOAF.name, Literal(who.name or "", lang="en")))
-    if who.email or who.url:
+    page = iri(who.url)
+    if who.email or page:
         point = URIRef(f"{subject}-contact")
         g.add((subject, CV.contactPoint, point))
         g.add((point, RDF.type, CV.ContactPoint))
         if who.email:
             g.add((point, CV.email, Literal(who.email)))
-        if who.url:
-            g.add((point, CV.contactPage, URIRef(who.url)))
+        if page:
+            g.add((point, CV.contactPage, page))
     return subject
 
 
@@ -150,10 +175,10 @@ def contact_point(g: Graph, subject: URIRef, who: Contact) -> URIRef:
     g.add((subject, RDF.type, VCARD.Kind))
     if who.name:
         g.add((subject, VCARD.fn, Literal(who.name)))
-    if who.email:
-        g.add((subject, VCARD.hasEmail, URIRef(f"mailto:{who.email}")))
-    if who.url:
-        g.add((subject, VCARD.hasURL, URIRef(who.url)))
+    if (mail := iri(f"mailto:{who.email}" if who.email else None)) is not None:
+        g.add((subject, VCARD.hasEmail, mail))
+    if (page := iri(who.url)) is not None:
+        g.add((subject, VCARD.hasURL, page))
     return subject
 
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from server.api.deps import gateway
 from server.core.dcat.formats import negotiate_rdf
-from server.errors import GatewayError, status_for
+from server.errors import GatewayError, ServiceUnavailable, status_for
 
 router = APIRouter(tags=["FAIR Data Point"])
 RDF_TYPES = "text/turtle, application/ld+json, application/rdf+xml, text/n3"
@@ -38,8 +38,13 @@ async def _answer(request: Request, kind: str, key: str = "") -> Response:
             gateway(request).catalogue.render, kind, key, _base(request), fmt
         )
     except GatewayError as exc:
-        error = {"status": status_for(exc), "message": exc.message}
-        return Response(orjson.dumps(error), status_for(exc), headers=headers,
+        status = status_for(exc)
+        if status >= 500:  # an outage is not a fact about the catalogue: never cached
+            headers = {"Cache-Control": "no-store"}
+            if isinstance(exc, ServiceUnavailable):
+                headers["Retry-After"] = str(exc.retry_after)
+        error = {"status": status, "message": exc.message}
+        return Response(orjson.dumps(error), status, headers=headers,
                         media_type="application/json")  # fmt: skip
     return Response(body, 200, headers=headers, media_type=media)
 

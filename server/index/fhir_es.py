@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import ConnectionError, Elasticsearch, NotFoundError, TransportError
 
 from server.core.attributes import Level
 from server.core.fhir.search import (
@@ -23,7 +23,7 @@ from server.core.fhir.search import (
     SearchRequest,
     TokenValue,
 )
-from server.errors import InvalidQuery
+from server.errors import InvalidQuery, ServiceUnavailable
 from server.index.fhir_dicom import (
     BODY_PART_SYSTEM,
     DCM,
@@ -311,6 +311,14 @@ class EsFhirQueries:
 
     # -- catalogue ----------------------------------------------------------
     def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
+        try:
+            return self._dataset_statistics(dataset_ids)
+        except (ConnectionError, TransportError) as exc:
+            raise ServiceUnavailable(
+                f"Elasticsearch is unreachable: {exc}", retry_after=10
+            ) from exc
+
+    def _dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
         out = empty_statistics(dataset_ids)
         if not dataset_ids:
             return out

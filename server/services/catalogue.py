@@ -48,6 +48,7 @@ class CatalogueService:
         self.started = _now()
         self._cache: dict[tuple[str, ...], tuple[float, bytes]] = {}
         self._lock = threading.Lock()
+        self._generation = 0
 
     def render(self, kind: str, key: str, base: str, fmt: str) -> bytes:
         """One record (fdp, catalog, dataset, distribution) serialised in an RDF format."""
@@ -60,19 +61,21 @@ class CatalogueService:
         ttl = self.settings.catalogue.cache_seconds
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key)
+            hit, generation = self._cache.get(key), self._generation
         if hit is not None and now - hit[0] < ttl:
             return hit[1]
         body = compute()
         with self._lock:
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
-            self._cache[key] = (now, body)
+            if generation == self._generation:  # no write happened while computing
+                self._cache[key] = (now, body)
         return body
 
     def invalidate(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._generation += 1
 
     def _graph(self, kind: str, key: str, base: str) -> Graph:
         if kind == "fdp":

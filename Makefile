@@ -40,7 +40,7 @@ test: $(STAMP) e2e-setup fhir-validator lint typecheck
 	$(PY) -m pytest -q
 	# The API suites again (DICOMweb, FHIR, access control, CLI), every live gateway on a
 	# real Elasticsearch (ES_URL, or one started on loopback by tests/es/start.sh).
-	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage --index-backend elasticsearch \
+	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage tests/catalogue --index-backend elasticsearch \
 		--ignore=tests/fhir/test_validator_served.py --ignore=tests/fhir/test_validator_validate.py
 
 unit: $(STAMP)

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 from server.api import errors as api_errors
+from server.api import fdp as fdp_router
 from server.api import oauth as oauth_router
 from server.api.audit import AuditMiddleware
 from server.api.bodies import BodyGuardMiddleware, describe_bodies
@@ -49,6 +50,7 @@ from server.security.model import Principal
 from server.security.pseudonym_secrets import PseudonymSecrets
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
+from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies
 from server.services.fhir import ENDPOINT_ID, FhirReadService
@@ -91,6 +93,7 @@ class Gateway:
     audit: AuditLog
     throttle: FailureThrottle
     deid_policies: DeidPolicies
+    catalogue: CatalogueService
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -176,7 +179,9 @@ def build_gateway(settings: Settings) -> Gateway:
         agreements.invalidate()
         public.invalidate()
         authenticator.invalidate()
+        catalogue.invalidate()
 
+    catalogue = CatalogueService(fhir_store, queries, conformance, settings)
     fhir_write.on_change = changed
     return Gateway(
         settings=settings,
@@ -200,6 +205,7 @@ def build_gateway(settings: Settings) -> Gateway:
         audit=audit,
         throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
         deid_policies=deid_policies,
+        catalogue=catalogue,
     )
 
 
@@ -345,6 +351,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oauth_router.router)
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
+    app.include_router(fdp_router.router, prefix="/fdp")
     # innermost: a request body is authorised and capped before any route reads it
     app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(

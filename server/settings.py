@@ -106,6 +106,26 @@ class DeidSettings(BaseModel):
     default_profile: Profile = Profile.basic
 
 
+class CatalogueSettings(BaseModel):
+    """The FAIR Data Point at /fdp (README "Joining EUCAIM"): who publishes this node's catalogue.
+
+    The publisher and contact point describe the FDP and the catalogue, and every dataset
+    that does not name its own (``imaging-gateway catalogue set``)."""
+
+    title: str = Field(default="Cancer imaging gateway", min_length=1, max_length=500)
+    description: str = Field(
+        default="Imaging datasets of this cancer-imaging gateway node.",
+        min_length=1,
+        max_length=4000,
+    )
+    publisher_name: str | None = Field(default=None, max_length=500)
+    publisher_email: str | None = Field(default=None, max_length=320)
+    publisher_url: str | None = Field(default=None, max_length=2000)
+    # Seconds a served record may be reused (by this server and by HTTP caches):
+    # the work one harvester, or a flood of requests, can cause is one computation per period.
+    cache_seconds: int = Field(default=30, ge=0, le=3600)
+
+
 class ElasticsearchSettings(BaseModel):
     hosts: list[str] = ["http://127.0.0.1:9200"]
     api_key: str | None = None
@@ -171,6 +191,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     privacy: PrivacySettings = PrivacySettings()
     deid: DeidSettings = DeidSettings()
+    catalogue: CatalogueSettings = CatalogueSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None

@@ -3,7 +3,8 @@
 Responses of this gateway carry patient data, tokens or facts about who may see what; no
 browser, proxy or viewer cache may keep them (RFC 9111 5.2.2.5; RFC 6749 5.1 for tokens).
 Only documents that are the same for everyone and hold no data may be cached: key sets,
-discovery and capability documents, the API description.
+discovery and capability documents, the API description, and the FAIR Data Point (``/fdp``,
+public catalogue metadata, which sets its own ``Cache-Control: public, max-age``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PUBLIC_DOCUMENTS = ("/oauth/jwks", "/.well-known/", "/fhir/metadata", "/fhir/.well-known/",
-                    "/docs", "/redoc", "/openapi.json")  # fmt: skip
+                    "/docs", "/redoc", "/openapi.json", "/fdp")  # fmt: skip
 
 
 def cacheable(path: str) -> bool:

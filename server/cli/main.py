@@ -12,6 +12,7 @@ import click
 
 from server.cli.audit import audit
 from server.cli.backup import backup, restore
+from server.cli.catalogue import catalogue
 from server.cli.clients import clients
 from server.cli.config import load_settings
 from server.cli.daa import daa
@@ -231,6 +232,7 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: P
 
 
 main.add_command(dataset)
+main.add_command(catalogue)
 main.add_command(daa)
 main.add_command(audit)
 main.add_command(clients)

@@ -147,18 +147,28 @@ class DicomFhirQueries:
         )
 
     def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
-        """Catalogue figures per dataset, computed from the index (EUCAIM catalogue attributes)."""
+        """Catalogue figures per dataset, computed from the index (EUCAIM catalogue attributes):
+        studies, subjects, modalities, body parts, manufacturers, sexes (PatientSex, '' where
+        absent) and the first and last StudyDate."""
         if not dataset_ids:
             return {}
         marks = ", ".join("?" for _ in dataset_ids)
         conn = self.db.reader()
         out = empty_statistics(dataset_ids)
-        for dataset, studies, subjects in conn.execute(
-            f"SELECT dataset, count(*), count(DISTINCT patient_key) FROM study WHERE dataset IN ({marks})"
-            " GROUP BY dataset",
+        for dataset, studies, subjects, first, last in conn.execute(
+            "SELECT dataset, count(*), count(DISTINCT patient_key), min(studydate), max(studydate)"
+            f" FROM study WHERE dataset IN ({marks}) GROUP BY dataset",
             dataset_ids,
         ):
-            out[dataset].update(studies=studies, subjects=subjects)
+            out[dataset].update(
+                studies=studies, subjects=subjects, first_date=first, last_date=last
+            )
+        for dataset, sex in conn.execute(
+            f"SELECT DISTINCT dataset, coalesce(patientsex, '') FROM study WHERE dataset IN ({marks})"
+            " ORDER BY 1, 2",
+            dataset_ids,
+        ):
+            out[dataset]["sexes"].append(sex)
         for column, key in (
             ("modality", "modalities"),
             ("bodypartexamined", "body_parts"),
@@ -272,7 +282,8 @@ _STUDY_SORT = {
 
 def empty_statistics(dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Catalogue figures of datasets with no study yet."""
-    return {d: {"subjects": 0, "studies": 0, "modalities": [], "body_parts": [], "manufacturers": []}
+    return {d: {"subjects": 0, "studies": 0, "modalities": [], "body_parts": [], "manufacturers": [],
+                "sexes": [], "first_date": None, "last_date": None}
             for d in dataset_ids}  # fmt: skip
 
 

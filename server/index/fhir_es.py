@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import ConnectionError, Elasticsearch, NotFoundError, TransportError
 
 from server.core.attributes import Level
 from server.core.fhir.search import (
@@ -23,7 +23,7 @@ from server.core.fhir.search import (
     SearchRequest,
     TokenValue,
 )
-from server.errors import InvalidQuery
+from server.errors import InvalidQuery, ServiceUnavailable
 from server.index.fhir_dicom import (
     BODY_PART_SYSTEM,
     DCM,
@@ -311,13 +311,24 @@ class EsFhirQueries:
 
     # -- catalogue ----------------------------------------------------------
     def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
+        try:
+            return self._dataset_statistics(dataset_ids)
+        except (ConnectionError, TransportError) as exc:
+            raise ServiceUnavailable(
+                f"Elasticsearch is unreachable: {exc}", retry_after=10
+            ) from exc
+
+    def _dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
         out = empty_statistics(dataset_ids)
         if not dataset_ids:
             return out
         aggs = {"d": {"terms": {"field": "dataset", "size": len(dataset_ids)},
                       "aggs": {"subjects": {"cardinality": {"field": "patient_key", "precision_threshold": 40000}},
                                "modalities": {"terms": {"field": "modalities", "size": 100}},
-                               "body_parts": {"terms": {"field": "bodyparts", "size": 200}}}}}  # fmt: skip
+                               "body_parts": {"terms": {"field": "bodyparts", "size": 200}},
+                               "sexes": {"terms": {"field": "patientsex", "size": 20, "missing": ""}},
+                               "first": {"terms": {"field": "studydate", "size": 1, "order": {"_key": "asc"}}},
+                               "last": {"terms": {"field": "studydate", "size": 1, "order": {"_key": "desc"}}}}}}  # fmt: skip
         found = self.es.search(
             index=self.names[Level.STUDY],
             size=0,
@@ -327,7 +338,9 @@ class EsFhirQueries:
         for b in found["aggregations"]["d"]["buckets"]:
             out[b["key"]].update(studies=b["doc_count"], subjects=int(b["subjects"]["value"]),
                                  modalities=sorted(x["key"] for x in b["modalities"]["buckets"]),
-                                 body_parts=sorted(x["key"] for x in b["body_parts"]["buckets"]))  # fmt: skip
+                                 body_parts=sorted(x["key"] for x in b["body_parts"]["buckets"]),
+                                 sexes=sorted(x["key"] for x in b["sexes"]["buckets"]),
+                                 first_date=_edge(b["first"]), last_date=_edge(b["last"]))  # fmt: skip
         makers = self.es.search(index=self.names[Level.SERIES], size=0, query={"terms": {"dataset": dataset_ids}},
                                 aggs={"d": {"terms": {"field": "dataset", "size": len(dataset_ids)},
                                             "aggs": {"m": {"terms": {"field": "manufacturer", "size": 100}}}}})  # fmt: skip
@@ -469,3 +482,9 @@ def _year_matches(v: DateValue, lo: str, hi: str) -> bool:
         "ge": hi > v.high or contained, "le": lo < v.low or contained,
         "sa": lo > v.high, "eb": hi < v.low, "ap": not (hi < v.low or lo > v.high),
     }[v.prefix]  # fmt: skip
+
+
+def _edge(agg: dict[str, Any]) -> str | None:
+    """The one key of a size-1 terms aggregation ordered by key (first or last StudyDate)."""
+    buckets = agg["buckets"]
+    return str(buckets[0]["key"]) if buckets else None

@@ -62,7 +62,40 @@ def _cases(client: httpx.Client) -> dict[str, dict[str, Any]]:
             dataset, lambda r: r.update(extension=[
                 {"url": f"{EXT}/dataset-access-rights", "valueCode": "WIDE-OPEN"}])),
         "ResearchStudy with an unknown element": _changed(dataset, lambda r: r.update(colour="red")),
+        "ResearchStudy with every catalogue field": _changed(dataset, _catalogue_fields),
+        "ResearchStudy with a catalogue extension without its value": _changed(
+            dataset, lambda r: r.setdefault("extension", []).append({"url": f"{EXT}/dataset-version"})),
     }  # fmt: skip
+
+
+def _catalogue_fields(resource: dict[str, Any]) -> None:
+    """Every descriptive field of the FAIR Data Point (``imaging-gateway catalogue set``)."""
+    eucaim = "https://cancerimage.eu/ontology/EUCAIM#"
+    values = {
+        "publisher-name": ("valueString", "Hospital"),
+        "publisher-email": ("valueString", "a@b.org"),
+        "publisher-url": ("valueUrl", "https://b.org/contact"),
+        "version": ("valueString", "1.0.0"),
+        "applicable-legislation": ("valueUri", "http://data.europa.eu/eli/reg/2025/327/oj"),
+        "interoperability-level": ("valueUri", eucaim + "SPEC1000011"),
+        "collection-method": ("valueUri", eucaim + "SPEC1000003"),
+        "health-category": (
+            "valueUri",
+            "https://hdeu-dcat.acceptance.data.health.europa.eu/resource/authority/healthcategories/EHRS",
+        ),
+        "type": ("valueUri", "https://w3id.org/dpv#PseudonymisedData"),
+        "access-url": ("valueUrl", "https://negotiator.example.org/x"),
+        "license": (
+            "valueUri",
+            "http://publications.europa.eu/resource/authority/licence/CC_BY_4_0",
+        ),
+        "provenance": ("valueString", "Collected 2019-2021."),
+    }
+    resource.setdefault("extension", []).extend(
+        {"url": f"{EXT}/dataset-{name}", key: value} for name, (key, value) in values.items()
+    )
+    resource["contact"] = [{"name": "Desk", "telecom": [{"system": "email", "value": "d@b.org"}]}]
+    resource["keyword"] = [{"text": "breast"}]  # fmt: skip
 
 
 def test_validate_agrees_with_the_hl7_validator(client: httpx.Client) -> None:
@@ -79,5 +112,5 @@ def test_validate_agrees_with_the_hl7_validator(client: httpx.Client) -> None:
             disagreements.append(
                 f"{name}: gateway {ours or 'valid'}; HL7 {[str(i) for i in theirs] or 'valid'}"
             )
-    assert len(cases) >= 10
+    assert len(cases) >= 12
     assert not disagreements, "\n".join(disagreements)

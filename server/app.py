@@ -33,8 +33,12 @@ from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
 from server.core.records import patient_key
 from server.errors import BadRequest
-from server.index.base import Index
+from server.federation import router as federation_router
+from server.index.base import FederationIndex, Index
 from server.index.elasticsearch import ElasticsearchIndex
+from server.index.federation_es import EsFederation
+from server.index.federation_noise import NoiseStore
+from server.index.federation_sql import SqlFederation
 from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore
@@ -49,6 +53,7 @@ from server.security.model import Principal
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.check import CheckService
+from server.services.federation import FederatedSearch
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_paging import SearchCursors
 from server.services.fhir_write import FhirWriteService, parse_json_object
@@ -88,6 +93,7 @@ class Gateway:
     external: ExternalIssuers
     audit: AuditLog
     throttle: FailureThrottle
+    federation: FederatedSearch
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -122,6 +128,7 @@ class Gateway:
         self.clients.close()
         self.audit.close()
         self.throttle.close()
+        self.federation.noise.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -133,10 +140,13 @@ def build_gateway(settings: Settings) -> Gateway:
     conformance = default_conformance()
     fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
     queries: DicomFhirQueries | EsFhirQueries
+    federation_index: FederationIndex
     if isinstance(index, ElasticsearchIndex):  # FHIR searches the same backend as QIDO
         queries = EsFhirQueries(index.es, index.names, ENDPOINT_ID, body_part_terms(conformance))
+        federation_index = EsFederation(index.es, index.names)
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
+        federation_index = SqlFederation(sqlite_index.db)
     audit = AuditLog(settings.data_dir / "audit.sqlite")
     secret = InstallationSecret.load_or_create(settings.data_dir)
     _current_patient_keys(queries, secret.patient_id_key())
@@ -193,6 +203,13 @@ def build_gateway(settings: Settings) -> Gateway:
         external=external,
         audit=audit,
         throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
+        federation=FederatedSearch(
+            fhir_store,
+            federation_index,
+            queries.dataset_statistics,
+            settings.federation,
+            NoiseStore(settings.data_dir / "federation.sqlite"),
+        ),
     )
 
 
@@ -338,6 +355,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oauth_router.router)
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
+    app.include_router(federation_router.router)
     # innermost: a request body is authorised and capped before any route reads it
     app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(

@@ -46,7 +46,8 @@ async def eucaim_search(request: Request) -> Response:
     outcome = await run_in_threadpool(service.search, body)
     request.state.audit_note = {
         "datasets": outcome.datasets,
-        "entities": (f"eucaim-query:{outcome.query_hash}",),
+        "entities": (f"eucaim-query:{outcome.query_hash}",)
+        + ((f"eucaim-conditions-false:{len(outcome.issues)}",) if outcome.issues else ()),
         "action": "search",
     }
     headers = {"X-Conditions-Evaluated-False": str(len(outcome.issues))} if outcome.issues else {}

@@ -31,7 +31,7 @@ _AGE = (
 )
 _YEAR = f"CASE WHEN studydate GLOB {_DA} THEN CAST(substr(studydate, 1, 4) AS INTEGER) END"
 _COLUMN = {
-    Field.SEX: "st.patientsex",
+    Field.SEX: "nullif(st.patientsex, '')",
     Field.AGE: "st.fed_age",
     Field.YEAR: "st.fed_year",
     Field.MODALITY: "se.modality",
@@ -40,9 +40,31 @@ _COLUMN = {
 }
 
 
+# Age and year are virtual generated columns of ``study`` with indexes, so a range or a
+# per-dataset min/max is an index scan rather than a JSON parse per row. Added once to
+# index databases made before (idempotent; the write lock serialises worker processes).
+_GENERATED = {"fed_age": _AGE, "fed_year": _YEAR}
+_INDEXES = [
+    "CREATE INDEX IF NOT EXISTS ix_study_dataset_fed_age ON study(dataset, fed_age)",
+    "CREATE INDEX IF NOT EXISTS ix_study_dataset_fed_year ON study(dataset, fed_year)",
+    "CREATE INDEX IF NOT EXISTS ix_study_dataset_patient ON study(dataset, patient_key)",
+    "CREATE INDEX IF NOT EXISTS ix_study_dataset_sex ON study(dataset, patientsex, patient_key)",
+]
+
+
 class SqlFederation:
     def __init__(self, db: SqliteDatabase) -> None:
         self.db = db
+        with db.write() as conn:
+            present = {row[1] for row in conn.execute("PRAGMA table_xinfo(study)")}
+            for name, expression in _GENERATED.items():
+                if name not in present:
+                    conn.execute(
+                        f"ALTER TABLE study ADD COLUMN {name} INTEGER"
+                        f" GENERATED ALWAYS AS ({expression}) VIRTUAL"
+                    )
+            for statement in _INDEXES:
+                conn.execute(statement)
 
     def federation_counts(
         self, groups: Sequence[tuple[Expr, Sequence[str]]]
@@ -56,8 +78,8 @@ class SqlFederation:
             where, params = _sql(plan)
             marks = ", ".join("?" for _ in datasets)
             rows = conn.execute(
-                f"SELECT st.dataset, count(*), count(DISTINCT st.patient_key) FROM {_studies(plan, marks)}"
-                f" WHERE {where} GROUP BY st.dataset",
+                f"SELECT st.dataset, count(*), count(DISTINCT st.patient_key) FROM study st"
+                f" WHERE st.dataset IN ({marks}) AND ({where}) GROUP BY st.dataset",
                 [*datasets, *params],
             )
             for dataset, studies, subjects in rows:
@@ -67,43 +89,28 @@ class SqlFederation:
     def federation_profiles(self, datasets: Sequence[str]) -> dict[str, DatasetProfile]:
         """Whole-dataset age range (completed years) and sexes (None: some study has none)."""
         out = {d: DatasetProfile() for d in datasets}
-        if not datasets:
-            return out
-        marks = ", ".join("?" for _ in datasets)
         conn = self.db.reader()
-        for dataset, low, high in conn.execute(
-            f"SELECT dataset, min(a), max(a) FROM (SELECT dataset, {_AGE} AS a FROM study"
-            f" WHERE dataset IN ({marks})) GROUP BY dataset",
-            list(datasets),
-        ):
-            out[dataset].age_min, out[dataset].age_max = low, high
-        for dataset, sex in conn.execute(
-            f"SELECT DISTINCT dataset, nullif(patientsex, '') FROM study WHERE dataset IN ({marks})",
-            list(datasets),
-        ):
-            out[dataset].sexes.add(sex)
+        for dataset in datasets:  # per dataset: each is an index seek, not a scan
+            p = out[dataset]
+            for order in ("ASC", "DESC"):
+                row = conn.execute(
+                    "SELECT fed_age FROM study INDEXED BY ix_study_dataset_fed_age WHERE dataset = ?"
+                    f" AND fed_age IS NOT NULL ORDER BY fed_age {order} LIMIT 1",
+                    (dataset,),
+                ).fetchone()
+                if row is not None:
+                    p.age_min, p.age_max = (
+                        (row[0], p.age_max) if order == "ASC" else (p.age_min, row[0])
+                    )
+            p.sexes = {
+                sex or None
+                for (sex,) in conn.execute(
+                    "SELECT DISTINCT patientsex FROM study INDEXED BY ix_study_dataset_sex"
+                    " WHERE dataset = ?",
+                    (dataset,),
+                )
+            }
         return out
-
-
-def _studies(plan: Expr, marks: str) -> str:
-    """The study rows of the datasets, with age and year computed only when the plan asks."""
-    fields = _fields(plan)
-    age = _AGE if Field.AGE in fields else "NULL"
-    year = _YEAR if Field.YEAR in fields else "NULL"
-    return (
-        f"(SELECT pk, dataset, patient_key, nullif(patientsex, '') AS patientsex, {age} AS fed_age, {year} AS fed_year"
-        f" FROM study WHERE dataset IN ({marks})) st"
-    )
-
-
-def _fields(expr: Expr) -> set[Field]:
-    if isinstance(expr, Text | Number):
-        return {expr.field}
-    if isinstance(expr, And | Or):
-        return set().union(*(_fields(c) for c in expr.children))
-    if isinstance(expr, Exists):
-        return _fields(expr.series)
-    return set()
 
 
 def _sql(expr: Expr) -> tuple[str, list[Any]]:

@@ -191,3 +191,38 @@ def test_counts_follow_deletes(index: Index, fed: FederationIndex) -> None:
     index.delete(Scope("1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.1.2"))
     assert counts(fed, cond(MAKER, "EQUALS", "birnlex_12833")) == {}
     assert counts(fed, cond(MOD, "EQUALS", "RID10312"))["d1"] == (2, 2)
+
+
+def test_elasticsearch_indices_of_earlier_releases_get_the_fields(
+    elasticsearch_url: str, record_of: Build
+) -> None:
+    """An index created without the federation fields (strict mapping) is upgraded at start:
+    new studies are written and searchable; reindex brings the old ones."""
+    import uuid
+
+    from elasticsearch import Elasticsearch
+
+    from server.core.attributes import Level
+    from server.index.es_mapping import FEDERATION_FIELDS, LEVEL_INDEX, mapping, settings
+
+    es = Elasticsearch(elasticsearch_url)
+    prefix = f"contract-old-{uuid.uuid4().hex[:8]}"
+    try:
+        for level, name in LEVEL_INDEX.items():
+            old = mapping(level)
+            for field in FEDERATION_FIELDS if level is Level.STUDY else ():
+                old["properties"].pop(field)
+            es.indices.create(index=f"{prefix}-{name}-v1", mappings=old, settings=settings(1, 0),
+                              aliases={f"{prefix}-{name}": {}})  # fmt: skip
+        upgraded = ElasticsearchIndex(Elasticsearch(elasticsearch_url), prefix, refresh=True)
+        rec = record_of(PatientID="P9", PatientSex="F", PatientAge="033Y", Modality="MR")
+        rec.dataset = "d9"
+        upgraded.add_instances([rec], overwrite=False)
+        fed = EsFederation(upgraded.es, upgraded.names)
+        plan = parse(cond(AGE, "EQUALS", 33)).plan
+        assert fed.federation_counts([(plan, ["d9"])]) == {"d9": (1, 1)}
+        plan = parse(cond(MOD, "EQUALS", "RID10312")).plan
+        assert fed.federation_counts([(plan, ["d9"])]) == {"d9": (1, 1)}
+        upgraded.close()
+    finally:
+        es.options(ignore_status=404).indices.delete(index=f"{prefix}-*")

@@ -62,3 +62,22 @@ def test_age_range_is_an_object_widened_to_fives() -> None:
     assert age_range(None, 40) == {"min": 0, "max": 0}  # the reference's bug gives the integer 0
     assert age_range(43, 61) == {"min": 40, "max": 65}
     assert age_range(40, 65) == {"min": 40, "max": 65}
+
+
+@pytest.mark.parametrize(
+    ("status", "rights", "switch", "expected"),
+    [("active", "PUBLIC", None, True), ("active", "RESTRICTED", None, True),
+     ("active", None, True, True), ("active", "NON_PUBLIC", True, False),
+     ("active", "RESTRICTED", False, False), ("completed", "PUBLIC", None, False),
+     ("withdrawn", "RESTRICTED", True, False)],
+)  # fmt: skip
+def test_which_datasets_answer(status: str, rights: str | None, switch: bool | None,
+                               expected: bool) -> None:  # fmt: skip
+    from server.core.federation.datasets import ACCESS_RIGHTS_URL, OPT_IN_URL, answers
+
+    ext = [{"url": ACCESS_RIGHTS_URL, "valueCode": rights}] if rights else []
+    ext += [{"url": OPT_IN_URL, "valueBoolean": switch}] if switch is not None else []
+    assert (
+        answers({"resourceType": "ResearchStudy", "id": "x", "status": status, "extension": ext})
+        is expected
+    )

@@ -34,8 +34,12 @@ from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
 from server.core.records import patient_key
 from server.errors import BadRequest
-from server.index.base import Index
+from server.federation import router as federation_router
+from server.index.base import FederationIndex, Index
 from server.index.elasticsearch import ElasticsearchIndex
+from server.index.federation_es import EsFederation
+from server.index.federation_noise import NoiseStore
+from server.index.federation_sql import SqlFederation
 from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore
@@ -53,6 +57,7 @@ from server.security.tokens import TokenSettings
 from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies
+from server.services.federation import FederatedSearch
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_paging import SearchCursors
 from server.services.fhir_write import FhirWriteService, parse_json_object
@@ -94,6 +99,7 @@ class Gateway:
     throttle: FailureThrottle
     deid_policies: DeidPolicies
     catalogue: CatalogueService
+    federation: FederatedSearch
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -128,6 +134,7 @@ class Gateway:
         self.clients.close()
         self.audit.close()
         self.throttle.close()
+        self.federation.noise.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -139,10 +146,13 @@ def build_gateway(settings: Settings) -> Gateway:
     conformance = default_conformance()
     fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
     queries: DicomFhirQueries | EsFhirQueries
+    federation_index: FederationIndex
     if isinstance(index, ElasticsearchIndex):  # FHIR searches the same backend as QIDO
         queries = EsFhirQueries(index.es, index.names, ENDPOINT_ID, body_part_terms(conformance))
+        federation_index = EsFederation(index.es, index.names)
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
+        federation_index = SqlFederation(sqlite_index.db)
     audit = AuditLog(settings.data_dir / "audit.sqlite")
     secret = InstallationSecret.load_or_create(settings.data_dir)
     _current_patient_keys(queries, secret.patient_id_key())
@@ -206,6 +216,13 @@ def build_gateway(settings: Settings) -> Gateway:
         throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
         deid_policies=deid_policies,
         catalogue=catalogue,
+        federation=FederatedSearch(
+            fhir_store,
+            federation_index,
+            queries.dataset_statistics,
+            settings.federation,
+            NoiseStore(settings.data_dir / "federation.sqlite"),
+        ),
     )
 
 
@@ -352,6 +369,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
     app.include_router(fdp_router.router, prefix="/fdp")
+    app.include_router(federation_router.router)
     # innermost: a request body is authorised and capped before any route reads it
     app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(

@@ -12,7 +12,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.core.deid.policy import Profile
@@ -124,6 +124,35 @@ class CatalogueSettings(BaseModel):
     # Seconds a served record may be reused (by this server and by HTTP caches):
     # the work one harvester, or a flood of requests, can cause is one computation per period.
     cache_seconds: int = Field(default=30, ge=0, le=3600)
+class FederationSettings(BaseModel):
+    """EUCAIM federated search (README "Joining EUCAIM"): who may ask, and count protection."""
+
+    # ``Authorization: Secret <token>`` of the node's Focus (AUTH_HEADER). None: the secret
+    # is not accepted and, unless OAuth is used, the route answers 404 like the reference.
+    eucaim_search_token: SecretStr | None = None
+    # OAuth2 client ids that may obtain the scope ``federation:search`` (platforms that ask
+    # with a bearer token instead of the secret).
+    oauth_clients: list[str] = []
+    # Counts 1..min_count-1 are reported as min_count; 0 stays 0. 1 (no floor) is refused
+    # outside development.
+    min_count: int = Field(default=10, ge=1, le=1000)
+    # Counts rounded to the nearest multiple (1: exact above the floor).
+    rounding_step: int = Field(default=1, ge=1, le=1000)
+    # Laplace noise as Focus adds it (scale delta / epsilon), drawn once per dataset,
+    # measure and true count and kept in DATA_DIR/federation.sqlite.
+    noise: bool = False
+    epsilon: float = Field(default=0.28, gt=0.0, le=10.0)
+    delta_subjects: float = Field(default=1.0, ge=1.0, le=1000.0)  # one patient: one subject
+    delta_studies: float = Field(default=3.0, ge=1.0, le=1000.0)  # one patient: several studies
+
+    @field_validator("eucaim_search_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() == "":
+            return None
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("eucaim_search_token must be at least 16 characters")
+        return value
 
 
 class ElasticsearchSettings(BaseModel):
@@ -192,6 +221,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     deid: DeidSettings = DeidSettings()
     catalogue: CatalogueSettings = CatalogueSettings()
+    federation: FederationSettings = FederationSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
@@ -243,6 +273,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GATEWAY_DEID__DEFAULT_PROFILE=none is refused in production; "
                 "give datasets that arrive de-identified --deidentify none explicitly"
+            )
+        if self.federation.min_count < 2 and self.environment is not Environment.development:
+            raise ValueError(
+                "GATEWAY_FEDERATION__MIN_COUNT=1 (no minimum count) is only allowed when "
+                "GATEWAY_ENVIRONMENT=development"
             )
         if not self.auth.enabled and self.environment is not Environment.development:
             raise ValueError(

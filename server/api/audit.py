@@ -15,7 +15,7 @@ from server.security.audit import AccessRecord, AuditLog
 from server.security.model import Principal
 
 log = logging.getLogger("gateway.audit")
-AUDITED = ("/dicom-web", "/datasets/", "/fhir", "/oauth/token")
+AUDITED = ("/dicom-web", "/datasets/", "/fhir", "/oauth/token", "/api/datasets/eucaimSearch")
 NOT_AUDITED = ("/fhir/metadata", "/fhir/.well-known")
 _ACTIONS = {"GET": "read", "POST": "create", "PUT": "update", "DELETE": "delete"}
 

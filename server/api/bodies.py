@@ -8,6 +8,8 @@ route                                              anonymous caller           li
 ``/oauth/token``                                   yes (it authenticates      64 KiB
                                                    clients from the body)
 ``POST /fhir/{type}/_search``, ``/$validate``      yes (reads only)           FHIR limit
+``POST /api/datasets/eucaimSearch``                the route checks its own   1 MiB
+                                                   Secret or bearer token
 every other FHIR body (create, update, batch)      401 before reading         FHIR limit
 STOW (``.../dicom-web/studies[/{study}]``)          401 before reading         STOW limit
 anything else                                      401 before reading         1 MiB
@@ -34,6 +36,11 @@ if TYPE_CHECKING:
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 TOKEN_ENDPOINT = "/oauth/token"
+FEDERATION_SEARCH = "/api/datasets/eucaimSearch"
+# Routes that check their own credentials before reading the body: the token endpoint
+# (client authentication in the body or a Basic header) and the EUCAIM search (its
+# ``Authorization: Secret`` header, or a bearer token, and a 404 when not configured).
+SELF_AUTHENTICATING = frozenset({TOKEN_ENDPOINT, FEDERATION_SEARCH})
 TOKEN_LIMIT = 64 * 1024  # two JWTs of at most 16 KiB each and a few form fields
 OTHER_LIMIT = 1024**2
 _ANONYMOUS_READS = re.compile(r"^/fhir/[A-Za-z]+/(?:_search|\$validate)/?$")
@@ -62,6 +69,9 @@ def request_body(path: str) -> dict[str, Any]:
                  "properties": {"grant_type": {"type": "string"}, "scope": {"type": "string"}},
                  "additionalProperties": {"type": "string"}}  # fmt: skip
         content = {"application/x-www-form-urlencoded": {"schema": grant}}
+    elif path == FEDERATION_SEARCH:
+        content = {"application/json": {"schema": {"type": "object", "required": ["ast"],
+                                                   "properties": {"ast": {"type": "object"}}}}}  # fmt: skip
     elif path.endswith("/_search"):
         content = {"application/x-www-form-urlencoded": {"schema": _FORM}}
     elif path == "/fhir" or path.startswith("/fhir/"):
@@ -112,8 +122,8 @@ class BodyGuardMiddleware:
         await self._capped(scope, receive, send, request, limit)
 
     def _authorise(self, request: Request, path: str) -> None:
-        if path == TOKEN_ENDPOINT:
-            return  # the client authenticates in the body (or the Basic header), capped
+        if path in SELF_AUTHENTICATING:
+            return  # the route authenticates before reading the body (capped all the same)
         caller = principal(request)  # a token that does not verify: Unauthorized here
         if caller.anonymous and not anonymous_may_send(path):
             raise Unauthorized("a bearer token is required to send a request body here")

@@ -18,8 +18,15 @@ from server.errors import status_for
 log = logging.getLogger("gateway.api")
 
 
-def error_response(status: int, message: str, extra: dict[str, str] | None = None) -> Response:
-    body = {"status": status, "message": message, **(extra or {})}
+FEDERATION_PATHS = ("/api/datasets/",)  # the EUCAIM mediator's error shape is added there
+
+
+def error_response(
+    status: int, message: str, extra: dict[str, str] | None = None, *, reference: bool = False
+) -> Response:
+    body: dict[str, object] = {"status": status, "message": message, **(extra or {})}
+    if reference:  # chaimeleon-eu/dataset-service setErrorResponse: {"error", "status_code"}
+        body.update(error=message, status_code=status)
     headers = {"Warning": f'299 gateway "{_header_safe(message)}"'}
     return Response(orjson.dumps(body), status, headers=headers, media_type="application/json")
 
@@ -44,7 +51,9 @@ def domain_response(request: Request, exc: errors.GatewayError) -> Response:
     extra = {}
     if isinstance(exc, errors.InvalidQuery) and exc.parameter:
         extra["parameter"] = exc.parameter
-    response = error_response(status, exc.message, extra)
+    response = error_response(
+        status, exc.message, extra, reference=request.url.path.startswith(FEDERATION_PATHS)
+    )
     if isinstance(exc, errors.ServiceUnavailable):
         response.headers["Retry-After"] = str(exc.retry_after)
     log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
@@ -98,6 +107,8 @@ def _challenge(request: Request, exc: errors.GatewayError, status: int) -> Respo
     if request.url.path.startswith("/fhir"):
         response = outcome_response(status, exc.message, _issue_code(status))
     else:
-        response = error_response(status, exc.message)
+        response = error_response(
+            status, exc.message, reference=request.url.path.startswith(FEDERATION_PATHS)
+        )
     response.headers["WWW-Authenticate"] = header
     return response

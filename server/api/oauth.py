@@ -190,6 +190,8 @@ def _client_credentials(request: Request, client: Client, requested_text: str) -
     allowed = {"system/*.rs"} | ({"system/ImagingStudy.c"} if client.store_datasets else set())
     if client.admin:
         allowed |= {"system/*.cruds"}
+    if client.client_id in gw.settings.federation.oauth_clients:
+        allowed |= {scope_syntax.FEDERATION_SEARCH}
     if not requested:
         requested = sorted(allowed) + (["admin"] if client.admin else [])
     granted = scope_syntax.grant(
@@ -282,6 +284,7 @@ def _metadata(request: Request) -> dict[str, Any]:
             "admin",
             "dataset:{id}",
             "dataset:{id}:store",
+            scope_syntax.FEDERATION_SEARCH,
         ],
         "response_types_supported": ["token"],
         "service_documentation": f"{issuer}/docs",

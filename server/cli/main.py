@@ -18,6 +18,7 @@ from server.cli.config import load_settings
 from server.cli.daa import daa
 from server.cli.datasets import dataset
 from server.cli.pseudonymize import pseudonymize_csv
+from server.cli.federation import federation
 
 if TYPE_CHECKING:
     from server.services.check import CheckPlan
@@ -239,6 +240,7 @@ main.add_command(clients)
 main.add_command(backup)
 main.add_command(restore)
 main.add_command(pseudonymize_csv)
+main.add_command(federation)
 
 
 if __name__ == "__main__":

@@ -92,7 +92,12 @@ MATCHING: dict[str, AttributeSpec] = {
 MATCHING_BY_TAG: dict[int, AttributeSpec] = {spec.tag: spec for spec in MATCHING.values()}
 
 # Extra attributes kept in each level's stored JSON (returned by QIDO, not matchable).
-_STUDY_RETURN_ONLY = ("SpecificCharacterSet", "TimezoneOffsetFromUTC", "OtherPatientIDs")
+_STUDY_RETURN_ONLY = (
+    "SpecificCharacterSet",
+    "TimezoneOffsetFromUTC",
+    "OtherPatientIDs",
+    "PatientAge",  # age at the study: the federated search's age when the birth date is gone
+)
 _SERIES_RETURN_ONLY = (
     "StudyInstanceUID",
     "SpecificCharacterSet",

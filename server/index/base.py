@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from server.core.federation.plan import Expr
 from server.core.qido import QidoQuery
 from server.core.records import InstanceRecord
 
@@ -89,3 +90,24 @@ class Index(Protocol):
     def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
+
+
+@dataclass
+class DatasetProfile:
+    """Whole-dataset figures of a federated-search answer (not narrowed by the query)."""
+
+    age_min: int | None = None  # completed years at the study, over the dataset's studies
+    age_max: int | None = None
+    sexes: set[str | None] = field(default_factory=set)  # PatientSex values; None: absent
+
+
+class FederationIndex(Protocol):
+    """EUCAIM federated search on an index backend (contract: tests/contract/test_federation.py)."""
+
+    def federation_counts(
+        self, groups: Sequence[tuple[Expr, Sequence[str]]]
+    ) -> dict[str, tuple[int, int]]:
+        """For each (plan, datasets): (matching studies, distinct patients among them) per
+        dataset, aggregated in the engine; datasets with no match are absent."""
+
+    def federation_profiles(self, datasets: Sequence[str]) -> dict[str, DatasetProfile]: ...

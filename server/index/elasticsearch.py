@@ -36,8 +36,9 @@ from server.core.qido import QidoQuery
 from server.core.records import InstanceRecord
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, AddResult, Scope, SearchPage, StoredInstance
-from server.index.es_mapping import LEVEL_INDEX, columns, mapping, settings
+from server.index.es_mapping import FEDERATION_FIELDS, LEVEL_INDEX, columns, mapping, settings
 from server.index.es_query import qido_query
+from server.index.federation_es import series_facts, series_objects, study_facts
 
 PAGE = 1000
 _INSTANCE_FIELDS = ["studyinstanceuid", "seriesinstanceuid", "sop_uid", "sop_class_uid",
@@ -73,6 +74,10 @@ class ElasticsearchIndex:
                 for level, alias in self.names.items():
                     if not self.es.indices.exists(index=alias):
                         self.create_version(level, alias, with_alias=True)
+                # indices made by earlier releases: add the federated-search fields (idempotent)
+                self.es.indices.put_mapping(
+                    index=self.names[Level.STUDY], properties=FEDERATION_FIELDS
+                )
             except (ConnectionError, TransportError) as exc:
                 raise ServiceUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
 
@@ -154,6 +159,8 @@ class ElasticsearchIndex:
                 "seq": time.time_ns()}  # fmt: skip
         fields = {lvl: _fields(rec, lvl) for lvl in Level}
         study_doc = {**base, **fields[Level.STUDY], "json": _b64(rec.level_json[Level.STUDY])}
+        derived: dict[str, Any] = {**sets, "fed_series": series_objects(sets["series_facts"]),
+                                   **study_facts(rec)}  # fmt: skip
         series_doc = {**base, **fields[Level.SERIES], "series_uid": rec.series_uid,
                       "json": _b64(rec.level_json[Level.SERIES])}  # fmt: skip
         instance_doc = {
@@ -166,7 +173,7 @@ class ElasticsearchIndex:
         return [
             # No scripts (the minimal distribution has none): the merged list is written whole.
             {"_op_type": "update", "_index": self.names[Level.STUDY], "_id": rec.study_uid,
-             "doc": {**sets, "updated": now}, "upsert": {**study_doc, **sets}},
+             "doc": {**derived, "updated": now}, "upsert": {**study_doc, **derived}},
             {"_op_type": "update", "_index": self.names[Level.SERIES], "_id": rec.series_uid,
              "doc": {"updated": now}, "upsert": series_doc},
             {"_op_type": "index", "_index": self.names[Level.INSTANCE], "_id": rec.sop_uid,
@@ -228,8 +235,13 @@ class ElasticsearchIndex:
                     index=self.names[Level.STUDY], id=uid, refresh=self.refresh
                 )
             else:
-                facts = {name: sorted(self._terms(level, {"term": {"studyinstanceuid": uid}}, field))
-                         for name, (level, field) in _STUDY_SET_SOURCES.items()}  # fmt: skip
+                facts: dict[str, Any] = {
+                    name: sorted(self._terms(level, {"term": {"studyinstanceuid": uid}}, field))
+                    for name, (level, field) in _STUDY_SET_SOURCES.items()}  # fmt: skip
+                tuples = sorted({series_facts(h["_source"]) for h in self._scan(
+                    Level.SERIES, {"term": {"studyinstanceuid": uid}},
+                    ["modality", "bodypartexamined", "manufacturer"])})  # fmt: skip
+                facts.update(series_facts=tuples, fed_series=series_objects(tuples))
                 self.es.update(
                     index=self.names[Level.STUDY], id=uid, doc=facts, refresh=self.refresh
                 )
@@ -390,7 +402,7 @@ class ElasticsearchIndex:
                 ((Level.STUDY, "study"), (Level.SERIES, "series"), (Level.INSTANCE, "instance"))}  # fmt: skip
 
 
-_STUDY_SETS = ("modalities", "bodyparts", "sop_classes")
+_STUDY_SETS = ("modalities", "bodyparts", "sop_classes", "series_facts")
 _STUDY_SET_SOURCES = {
     "modalities": (Level.SERIES, "modality"),
     "bodyparts": (Level.SERIES, "bodypartexamined"),
@@ -401,7 +413,8 @@ _STUDY_SET_SOURCES = {
 def _study_facts(rec: InstanceRecord) -> dict[str, str | None]:
     body = rec.columns[Level.SERIES].get("bodypartexamined")
     return {"modalities": rec.modality, "bodyparts": str(body) if body else None,
-            "sop_classes": rec.sop_class_uid}  # fmt: skip
+            "sop_classes": rec.sop_class_uid,
+            "series_facts": series_facts(rec.columns[Level.SERIES])}  # fmt: skip
 
 
 _ORDER: list[dict[str, Any]] = [{"seriesnumber": {"order": "asc", "missing": "_first"}}, {"series_uid": "asc"},

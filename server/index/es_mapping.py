@@ -18,6 +18,16 @@ LEVEL_INDEX = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "
 _ABOVE = {Level.STUDY: (Level.STUDY,), Level.SERIES: (Level.STUDY, Level.SERIES),
           Level.INSTANCE: (Level.STUDY, Level.SERIES, Level.INSTANCE)}  # fmt: skip
 _STORED = {"type": "binary"}  # base64 in _source, neither indexed nor aggregated
+# Study-document facts of the EUCAIM federated search (server/index/federation_es.py): age and
+# year at the study, and each distinct (modality, body part, manufacturer) of its series as a
+# nested object, so "some series is MR and PROSTATE" is one nested query on the study.
+FEDERATION_FIELDS: dict[str, Any] = {
+    "fed_age": {"type": "long"}, "fed_year": {"type": "long"},
+    "series_facts": {"type": "keyword", "index": False, "doc_values": False},
+    "fed_series": {"type": "nested", "properties": {
+        "modality": {"type": "keyword"}, "bodypart": {"type": "keyword"},
+        "manufacturer": {"type": "keyword"}}},
+}  # fmt: skip
 
 
 def columns(level: Level) -> list[str]:
@@ -50,6 +60,7 @@ def mapping(level: Level) -> dict[str, Any]:
         props["modalities"] = {"type": "keyword"}
         props["bodyparts"] = {"type": "keyword"}
         props["sop_classes"] = {"type": "keyword"}
+        props.update(FEDERATION_FIELDS)
     if level in (Level.SERIES, Level.INSTANCE):
         props["series_uid"] = {"type": "keyword"}
         props["series_json"] = _STORED

@@ -131,7 +131,10 @@ class Authenticator:
             grants = {**self._public(), **grants}
         return Principal(
             party=party, anonymous=False, admin=admin,
-            resource_scopes=frozenset(s for s in granted if scope_syntax.smart_permissions(s)),
+            resource_scopes=frozenset(
+                s for s in granted
+                if scope_syntax.smart_permissions(s) or s == scope_syntax.FEDERATION_SEARCH
+            ),
             grants=grants, store_datasets=store, token_id=_str(claims.get("jti")),
         )  # fmt: skip
 

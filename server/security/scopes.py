@@ -10,6 +10,9 @@ scope                       meaning
 ``dataset:<id>``            use dataset ``id`` under its active agreement
 ``dataset:<id>:store``      push (STOW) into dataset ``id``
 ``admin``                   datasets, agreements, clients, audit, deletes
+``federation:search``       EUCAIM federated search (protected counts of every
+                            dataset that answers it; clients listed in
+                            ``GATEWAY_FEDERATION__OAUTH_CLIENTS``)
 ==========================  ====================================================
 
 A token's scope is requested ∩ allowed; a request naming no dataset scope gets
@@ -23,11 +26,16 @@ import re
 from collections.abc import Iterable
 
 _SMART = re.compile(r"^(system|user|patient)/(\*|[A-Z][A-Za-z]+)\.(c?r?u?d?s?|read|write|\*)$")
+FEDERATION_SEARCH = "federation:search"
 _DATASET = re.compile(r"^dataset:([A-Za-z0-9\-.]{1,64})(:store)?$")
 
 
 def is_valid(scope: str) -> bool:
-    return scope == "admin" or bool(_SMART.match(scope)) or bool(_DATASET.match(scope))
+    return (
+        scope in ("admin", FEDERATION_SEARCH)
+        or bool(_SMART.match(scope))
+        or bool(_DATASET.match(scope))
+    )
 
 
 def smart_permissions(scope: str) -> tuple[str, set[str]] | None:
@@ -67,6 +75,7 @@ def grant(
         named = dataset_scope(scope)
         if (
             (scope == "admin" and admin)
+            or (scope == FEDERATION_SEARCH and scope in allowed_smart)
             or (
                 named
                 and ((named[1] and named[0] in store) or (not named[1] and named[0] in datasets))

@@ -28,6 +28,9 @@ STOW_LIMIT = 2 * 1024**2
 TOKEN_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
 BOUNDARY = "b0undary"
+EUCAIM_SEARCH = "/api/datasets/eucaimSearch"  # authenticates itself: Secret or bearer token
+EUCAIM_SECRET = "bodies-eucaim-search-secret"
+OTHER_LIMIT = 1024**2
 
 
 def _body_routes() -> list[tuple[str, str]]:
@@ -49,6 +52,8 @@ def _concrete(path: str) -> str:
 
 
 def _content_type(path: str) -> str:
+    if path == EUCAIM_SEARCH:
+        return "application/json"
     if path == "/oauth/token" or path.endswith("/_search"):
         return "application/x-www-form-urlencoded"
     if "/dicom-web/" in path:
@@ -59,6 +64,8 @@ def _content_type(path: str) -> str:
 def _limit(path: str) -> int:
     if path == "/oauth/token":
         return TOKEN_LIMIT
+    if path == EUCAIM_SEARCH:
+        return OTHER_LIMIT
     return FHIR_LIMIT if path.startswith("/fhir") else STOW_LIMIT
 
 
@@ -144,7 +151,8 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     live = LiveServer(tmp_path_factory.mktemp("bodies") / "data", extra_env=auth_env(
         public_read=True, GATEWAY_FHIR__MAX_BODY_BYTES=str(FHIR_LIMIT),
-        GATEWAY_STOW__MAX_BODY_BYTES=str(STOW_LIMIT)))  # fmt: skip
+        GATEWAY_STOW__MAX_BODY_BYTES=str(STOW_LIMIT),
+        GATEWAY_FEDERATION__EUCAIM_SEARCH_TOKEN=EUCAIM_SECRET))  # fmt: skip
     cli_ok(live, "dataset", "create", DATASET, "--title", DATASET, "--cancer-type", "lung")
     admin = add_client(live, "operator", "--admin", "--store", DATASET)
     live.start()
@@ -200,7 +208,9 @@ def test_oversized_body_is_413(setup: Setup, method: str, template: str, framing
     path = _concrete(template)
     limit = _limit(path)
     headers = {"Content-Type": _content_type(path)}
-    if path not in ANONYMOUS_ALLOWED and template not in ANONYMOUS_ALLOWED:
+    if path == EUCAIM_SEARCH:
+        headers["Authorization"] = f"Secret {EUCAIM_SECRET}"
+    elif path not in ANONYMOUS_ALLOWED and template not in ANONYMOUS_ALLOWED:
         headers["Authorization"] = f"Bearer {setup.admin_token()}"
     if framing == "content-length":  # declared too large: refused before a byte is sent
         answer = _send(setup.live.port, method, path, headers, total=0, declared=limit + 1)

@@ -1,0 +1,1 @@
+"""Federation edges beside ``api/``: the EUCAIM search route (``router``)."""

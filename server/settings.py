@@ -124,6 +124,8 @@ class CatalogueSettings(BaseModel):
     # Seconds a served record may be reused (by this server and by HTTP caches):
     # the work one harvester, or a flood of requests, can cause is one computation per period.
     cache_seconds: int = Field(default=30, ge=0, le=3600)
+
+
 class FederationSettings(BaseModel):
     """EUCAIM federated search (README "Joining EUCAIM"): who may ask, and count protection."""
 

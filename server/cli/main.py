@@ -17,8 +17,8 @@ from server.cli.clients import clients
 from server.cli.config import load_settings
 from server.cli.daa import daa
 from server.cli.datasets import dataset
-from server.cli.pseudonymize import pseudonymize_csv
 from server.cli.federation import federation
+from server.cli.pseudonymize import pseudonymize_csv
 
 if TYPE_CHECKING:
     from server.services.check import CheckPlan

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
+	$(if $(DEMO),GATEWAY_DIMSE__PORT=$${GATEWAY_DIMSE__PORT:-11112},) $(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests $(wildcard bench)

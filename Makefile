@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit e2e-setup fhir-validator openapi bench fuzz fuzz-api clean
+.PHONY: run test lint typecheck unit e2e-setup dimse-setup fhir-validator openapi bench fuzz fuzz-api clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ typecheck: $(STAMP)
 e2e-setup:
 	bash tests/e2e/setup.sh
 
+# dcmtk (echoscu, storescu, storescp, findscu, movescu, getscu) for tests/dimse; idempotent.
+dimse-setup:
+	bash tests/dimse/setup.sh
+
 # The HL7 FHIR validator (HAPI FHIR, Maven, system JDK 17), built once per version of its
 # sources and cached in ~/.cache/imaging-gateway-validator; the FHIR tests start it.
 fhir-validator:
@@ -35,7 +39,7 @@ fhir-validator:
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
-test: $(STAMP) e2e-setup fhir-validator lint typecheck
+test: $(STAMP) e2e-setup dimse-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m pytest -q
 	# The API suites again (DICOMweb, FHIR, access control, CLI), every live gateway on a

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydicom import Dataset, dcmread
+from pydicom.multival import MultiValue
 from pynetdicom.presentation import build_context
 
 from server.core.attributes import Level
@@ -72,7 +73,18 @@ def select(gateway: Gateway, identifier: Dataset, caller: Caller, patient_model:
         if allowed[study]:
             instances += gateway.index.instances(Scope(study, series, sop))
     studies = tuple(s for s, ok in allowed.items() if ok)
-    return Selection(instances, tuple(sorted(datasets)), studies, not all(allowed.values()))
+    # as WADO-RS answers 404: a named study the caller may not retrieve (outside its
+    # agreements, in-situ only, or absent) is a refusal for the audit, never for the peer
+    named = _values(identifier, "StudyInstanceUID")
+    refused = not all(allowed.values()) or any(uid not in studies for uid in named)
+    return Selection(instances, tuple(sorted(datasets)), studies, refused)
+
+
+def _values(identifier: Dataset, keyword: str) -> list[str]:
+    value = identifier.get(keyword)
+    if value in (None, ""):
+        return []
+    return [str(v) for v in value] if isinstance(value, MultiValue) else [str(value)]
 
 
 def _may_retrieve(gateway: Gateway, caller: Caller, study: str) -> bool:
@@ -161,10 +173,11 @@ def handle_get(event: Any, gateway: Gateway) -> Iterator[Any]:
 def _send(
     gateway: Gateway, event: Any, caller: Caller, chosen: Selection, method: str, text: str
 ) -> Iterator[Any]:
-    yield len(chosen.instances)
+    # audited first: with no sub-operations pynetdicom answers without resuming the handler
     audit(gateway, event, caller, action="retrieve", method=method, status=SUCCESS,
           datasets=chosen.datasets, entities=tuple(f"study:{s}" for s in chosen.studies),
           query=text, refused=chosen.refused and not chosen.instances)  # fmt: skip
+    yield len(chosen.instances)
     for ds in datasets_of(gateway, chosen.instances):
         if event.is_cancelled:
             yield 0xFE00, None

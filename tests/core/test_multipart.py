@@ -65,7 +65,7 @@ def test_boundaries_up_to_the_documented_maximum_are_read(tmp_path: Path, length
 
 @pytest.mark.parametrize(
     "boundary",
-    ["", "x" * (MAX_BOUNDARY + 1), "y" * 10_000, "ends-with-space ", "semi;colon", "qu\"ote"],
+    ["", "x" * (MAX_BOUNDARY + 1), "y" * 10_000, "ends-with-space ", "semi;colon", 'qu"ote'],
     ids=["empty", "one-too-long", "absurd", "trailing-space", "semicolon", "quote"],
 )
 def test_absurd_or_illegal_boundaries_are_refused_clearly(tmp_path: Path, boundary: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from server.security.audit import tail
+from server.synthetic import to_part10_bytes
 from tests.live import LiveServer, free_port
 from tests.security.conftest import Registered, add_client, cli_ok
 
@@ -72,7 +74,7 @@ class Peers:
     dest_port: int  # the storescp the tests start, registered as C-MOVE destination DEST
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
     gw = start_dimse_gateway(tmp_path_factory.mktemp("dimse") / "data")
     live = gw.live
@@ -149,11 +151,17 @@ def wait_for_audit(
     raise AssertionError("no matching audit event")
 
 
-def dimse_event(method: str, ae: str) -> Callable[[dict[str, Any]], bool]:
+def dimse_event(
+    method: str, ae: str, outcome: str | None = None
+) -> Callable[[dict[str, Any]], bool]:
+    """Audit events of ``method`` called by ``ae`` (with that outcome: "0", "4", "8")."""
+
     def matches(event: dict[str, Any]) -> bool:
         described = [e.get("description", "") for e in event.get("entity", [])]
-        return any(d.startswith(f"{method} /dimse/") for d in described) and (
-            f"calling AE {ae!r}" in event.get("outcomeDesc", "")
+        return (
+            any(d.startswith(f"{method} /dimse/") for d in described)
+            and f"calling AE {ae!r}" in event.get("outcomeDesc", "")
+            and (outcome is None or event.get("outcome") == outcome)
         )
 
     return matches
@@ -161,3 +169,46 @@ def dimse_event(method: str, ae: str) -> Callable[[dict[str, Any]], bool]:
 
 def read_responses(folder: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p) for p in sorted(folder.glob("*")) if p.is_file()]
+
+
+class StoreScp:
+    """dcmtk's storescp as a C-MOVE destination: writes what it receives, bit-preserving."""
+
+    def __init__(self, port: int, folder: Path, ae_title: str = "DEST") -> None:
+        self.port, self.folder = port, folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["storescp", "-aet", ae_title, "+xa", "+B", "-od", str(folder), str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("storescp did not start")
+
+    def received(self) -> list[pydicom.Dataset]:
+        return read_responses(self.folder)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def destination(peers: Peers, tmp_path: Path) -> Iterator[StoreScp]:
+    scp = StoreScp(peers.dest_port, tmp_path / "received")
+    yield scp
+    scp.stop()
+
+
+def write_files(instances: list[pydicom.Dataset], folder: Path) -> tuple[str, ...]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, ds in enumerate(instances):
+        path = folder / f"{n:04d}.dcm"
+        path.write_bytes(to_part10_bytes(ds))
+        paths.append(str(path))
+    return tuple(paths)

@@ -158,3 +158,23 @@ def test_move_to_an_unregistered_destination_is_refused(
     assert "Received Final Move Response (Refused: MoveDestinationUnknown)" in log, log
     assert destination.received() == []
     wait_for_audit(peers.gateway.live, dimse_event("C-MOVE", "READER", outcome="4"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--ae-title", "MODALITY"), "already registered"),
+        (("--ae-title", "NEW", "--host", "127.0.0.1"), "--host and --port go together"),
+        (("--host", "127.0.0.1", "--port", "104"), "need --ae-title"),
+        (("--ae-title", "A" * 17), "1 to 16"),
+        (("--ae-title", "BACK\\SLASH"), "1 to 16"),
+    ],
+)
+def test_the_ae_registry_refuses_ambiguous_or_invalid_entries(
+    peers: Peers, options: tuple[str, ...], message: str
+) -> None:
+    before = peers.gateway.live.cli("clients", "list").stdout
+    done = peers.gateway.live.cli("clients", "add", "--name", "bad", *options)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+    assert peers.gateway.live.cli("clients", "list").stdout == before

@@ -21,7 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from server.dimse.find import handle_find
 from server.dimse.move import handle_get, handle_move
 from server.dimse.session import REFUSED_NOT_AUTHORISED, SUCCESS, audit, calling_ae
-from server.dimse.store import handle_store
+from server.dimse.store import OUT_OF_RESOURCES, handle_store
 from server.settings import DimseSettings
 
 if TYPE_CHECKING:
@@ -106,10 +106,14 @@ def tls_context(settings: DimseSettings) -> ssl.SSLContext | None:
 
 
 def _on_rejected(event: Any, gateway: Gateway) -> None:
+    """Audit a rejection: unknown calling AE or wrong called AE (refused), else the limit."""
     known = gateway.clients.dicom_node(calling_ae(event)) is not None
-    log.info("association from %r rejected", calling_ae(event))
+    request = getattr(event.assoc.requestor, "primitive", None)
+    called = str(getattr(request, "called_ae_title", "") or "").strip()
+    refused = not known or called != gateway.settings.dimse.ae_title
+    log.info("association from %r to %r rejected", calling_ae(event), called)
     audit(gateway, event, None, action="associate", method="A-ASSOCIATE",
-          status=REFUSED_NOT_AUTHORISED if not known else 0xA700)  # fmt: skip
+          status=REFUSED_NOT_AUTHORISED if refused else OUT_OF_RESOURCES)  # fmt: skip
 
 
 def _on_accepted(event: Any, gateway: Gateway) -> None:

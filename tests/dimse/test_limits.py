@@ -106,3 +106,26 @@ def test_associations_beyond_the_maximum_are_rejected_then_served(
     while _echo(gw).returncode != 0:
         assert time.monotonic() < deadline, "slots were not freed"
         time.sleep(0.5)
+
+
+@pytest.mark.parametrize(
+    ("dimse", "message"),
+    [
+        ({"tls_cert_file": "/x.pem"}, "go together"),
+        ({"tls_key_file": "/x.key"}, "go together"),
+        ({"tls_ca_file": "/ca.pem"}, "needs TLS_CERT_FILE"),
+        ({"ae_title": "BACK\\SLASH"}, "no backslash"),
+        ({"ae_title": "A" * 17}, "at most 16"),
+        ({"max_pdu": 100}, "greater than or equal"),
+        ({"max_associations": 0}, "greater than or equal"),
+    ],
+)
+def test_dimse_settings_refuse_incomplete_or_invalid_values(
+    tmp_path: Path, dimse: dict[str, object], message: str
+) -> None:
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    with pytest.raises((ValidationError, ValueError), match=message):
+        Settings(data_dir=tmp_path, dimse=dimse)

@@ -129,3 +129,20 @@ def test_dimse_settings_refuse_incomplete_or_invalid_values(
 
     with pytest.raises((ValidationError, ValueError), match=message):
         Settings(data_dir=tmp_path, dimse=dimse)
+
+
+def test_an_idle_association_is_aborted_after_the_idle_timeout(
+    limited: tuple[DimseGateway, str],
+) -> None:
+    from pynetdicom import AE
+
+    gw, _ = limited
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", gw.port, ae_title=GATEWAY_AE)
+    assert assoc.is_established
+    deadline = time.monotonic() + 15
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert assoc.is_aborted, "the gateway kept an idle association past GATEWAY_DIMSE__IDLE_TIMEOUT"
+    assert _echo(gw).returncode == 0

@@ -42,9 +42,9 @@ openapi: $(STAMP)
 test: $(STAMP) e2e-setup dimse-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m pytest -q
-	# The API suites again (DICOMweb, FHIR, access control, CLI), every live gateway on a
+	# The API suites again (DICOMweb, FHIR, access control, CLI, DIMSE), every live gateway on a
 	# real Elasticsearch (ES_URL, or one started on loopback by tests/es/start.sh).
-	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage --index-backend elasticsearch \
+	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage tests/dimse --index-backend elasticsearch \
 		--ignore=tests/fhir/test_validator_served.py --ignore=tests/fhir/test_validator_validate.py
 
 unit: $(STAMP)

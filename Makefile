@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit e2e-setup fhir-validator openapi bench fuzz fuzz-api clean
+.PHONY: run test lint typecheck unit e2e-setup dimse-setup fhir-validator openapi bench fuzz fuzz-api clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: $(STAMP)
-	$(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
+	$(if $(DEMO),GATEWAY_DIMSE__PORT=$${GATEWAY_DIMSE__PORT:-11112},) $(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests $(wildcard bench)
@@ -27,6 +27,10 @@ typecheck: $(STAMP)
 e2e-setup:
 	bash tests/e2e/setup.sh
 
+# dcmtk (echoscu, storescu, storescp, findscu, movescu, getscu) for tests/dimse; idempotent.
+dimse-setup:
+	bash tests/dimse/setup.sh
+
 # The HL7 FHIR validator (HAPI FHIR, Maven, system JDK 17), built once per version of its
 # sources and cached in ~/.cache/imaging-gateway-validator; the FHIR tests start it.
 fhir-validator:
@@ -35,12 +39,12 @@ fhir-validator:
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
-test: $(STAMP) e2e-setup fhir-validator lint typecheck
+test: $(STAMP) e2e-setup dimse-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m pytest -q
-	# The API suites again (DICOMweb, FHIR, access control, CLI, federation), every live gateway on a
-	# real Elasticsearch (ES_URL, or one started on loopback by tests/es/start.sh).
-	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage tests/catalogue tests/federation --index-backend elasticsearch \
+	# The API suites again (DICOMweb, FHIR, access control, CLI, catalogue, federation, DIMSE),
+	# every live gateway on a real Elasticsearch (ES_URL, or one started on loopback by tests/es/start.sh).
+	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage tests/catalogue tests/federation tests/dimse --index-backend elasticsearch \
 		--ignore=tests/fhir/test_validator_served.py --ignore=tests/fhir/test_validator_validate.py
 
 unit: $(STAMP)

@@ -157,6 +157,43 @@ class FederationSettings(BaseModel):
         return value
 
 
+class DimseSettings(BaseModel):
+    """The DIMSE service (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET; README "DIMSE")."""
+
+    # TCP port of the DICOM listener; None (default) = no DIMSE service.
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str | None = None  # bind address; default: GATEWAY_HOST
+    ae_title: str = Field(default="GATEWAY", min_length=1, max_length=16)
+    max_associations: int = Field(default=10, ge=1, le=1000)
+    max_pdu: int = Field(default=65536, ge=4096, le=2**24)  # 0 (unlimited) is not offered
+    idle_timeout: float = Field(default=60.0, gt=0, le=3600)  # no PDU from the peer
+    acse_timeout: float = Field(default=30.0, gt=0, le=600)  # association negotiation/release
+    dimse_timeout: float = Field(default=60.0, gt=0, le=3600)  # a DIMSE message in progress
+    # DICOM TLS (PS3.15 Annex B.1/B.9): server certificate and key (PEM); with ca_file,
+    # peers must present a certificate signed by that CA.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        if (
+            value != value.strip()
+            or "\\" in value
+            or not value.isascii()
+            or not value.isprintable()
+        ):
+            raise ValueError("ae_title: 1 to 16 printable ASCII characters, no backslash")
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("GATEWAY_DIMSE__TLS_CERT_FILE and __TLS_KEY_FILE go together")
+        if self.tls_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("GATEWAY_DIMSE__TLS_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+
+
 class ElasticsearchSettings(BaseModel):
     hosts: list[str] = ["http://127.0.0.1:9200"]
     api_key: str | None = None
@@ -224,6 +261,7 @@ class Settings(BaseSettings):
     deid: DeidSettings = DeidSettings()
     catalogue: CatalogueSettings = CatalogueSettings()
     federation: FederationSettings = FederationSettings()
+    dimse: DimseSettings = DimseSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None

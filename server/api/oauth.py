@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from server.api.deps import gateway
 from server.security import scopes as scope_syntax
+from server.security.authn import default_scope
 from server.security.clients import Client
 from server.security.model import Party
 from server.security.tokens import InvalidToken, issue_access_token, verify_client_assertion
@@ -187,16 +188,12 @@ def _client_credentials(request: Request, client: Client, requested_text: str) -
         raise OAuthError("invalid_scope", f"unknown scope(s): {' '.join(bad)}")
     party = Party(client_id=client.client_id, organization=client.organization)
     datasets = set(gw.agreements.grants(party))
-    allowed = {"system/*.rs"} | ({"system/ImagingStudy.c"} if client.store_datasets else set())
-    if client.admin:
-        allowed |= {"system/*.cruds"}
-    if client.client_id in gw.settings.federation.oauth_clients:
-        allowed |= {scope_syntax.FEDERATION_SEARCH}
-    if not requested:
-        requested = sorted(allowed) + (["admin"] if client.admin else [])
-    granted = scope_syntax.grant(
-        requested, allowed, datasets, set(client.store_datasets), client.admin
+    federation = (
+        {scope_syntax.FEDERATION_SEARCH}
+        if client.client_id in gw.settings.federation.oauth_clients
+        else set()
     )
+    granted = default_scope(client, datasets, requested, extra=federation)
     if not granted:
         raise OAuthError("invalid_scope", "none of the requested scopes can be granted")
     return _issue(request, subject=client.client_id, client_id=client.client_id, scope=granted)

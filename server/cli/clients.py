@@ -22,7 +22,7 @@ def _registry(data_dir: Path | None):  # type: ignore[no-untyped-def]
 
 @click.group()
 def clients() -> None:
-    """Register, list and remove OAuth2 clients."""
+    """Register, list and remove OAuth2 clients and DICOM (DIMSE) peers."""
 
 
 @clients.command("add")
@@ -36,6 +36,12 @@ def clients() -> None:
 )
 @click.option("--jwks", type=click.Path(exists=True, path_type=Path), default=None,
               help="The client's public keys (JWKS) for private_key_jwt; no secret is made.")  # fmt: skip
+@click.option("--ae-title", default=None,
+              help="DICOM calling AE title of this client (DIMSE associations); unique.")  # fmt: skip
+@click.option(
+    "--host", default=None, help="With --port: where the AE listens (C-MOVE destination)."
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=None)
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 def add(
     name: str,
@@ -43,23 +49,54 @@ def add(
     admin: bool,
     store: tuple[str, ...],
     jwks: Path | None,
+    ae_title: str | None,
+    host: str | None,
+    port: int | None,
     data_dir: Path | None,
 ) -> None:
     """Register a client; prints its id and (once) its secret."""
+    from server.security.clients import AeTitleInUse, DicomNode
+
     keys = orjson.loads(jwks.read_bytes()) if jwks else None
     if keys is not None and not isinstance(keys.get("keys"), list):
         raise click.ClickException('--jwks must be a JSON Web Key Set ({"keys": [...]})')
+    if (host is None) != (port is None):
+        raise click.ClickException("--host and --port go together (a C-MOVE destination)")
+    if host is not None and ae_title is None:
+        raise click.ClickException("--host/--port need --ae-title")
+    if ae_title is not None:
+        ae_title = _check_ae_title(ae_title)
     registry = _registry(data_dir)
     try:
+        if ae_title is not None and registry.dicom_node(ae_title) is not None:
+            raise click.ClickException(f"AE title {ae_title!r} is already registered")
         client, secret = registry.add(
             name, organization=organization, admin=admin, store=store, jwks=keys
         )
+        if ae_title is not None:
+            try:
+                registry.set_dicom_node(DicomNode(client.client_id, ae_title, host, port))
+            except AeTitleInUse as exc:
+                registry.remove(client.client_id)
+                raise click.ClickException(str(exc)) from exc
     finally:
         registry.close()
     click.echo(f"client_id: {client.client_id}")
+    if ae_title is not None:
+        click.echo(f"ae_title: {ae_title}")
     if secret:
         click.echo(f"client_secret: {secret}")
         click.echo("(the secret is shown once and stored hashed)", err=True)
+
+
+def _check_ae_title(value: str) -> str:
+    """PS3.5 AE: 1 to 16 characters of the default repertoire, no backslash or control."""
+    value = value.strip()
+    if not 1 <= len(value) <= 16 or "\\" in value or not (value.isascii() and value.isprintable()):
+        raise click.ClickException(
+            "--ae-title must be 1 to 16 printable ASCII characters without a backslash"
+        )
+    return value
 
 
 @clients.command("list")
@@ -68,13 +105,20 @@ def list_(data_dir: Path | None) -> None:
     """List registered clients (never their secrets)."""
     registry = _registry(data_dir)
     try:
+        nodes = {n.client_id: n for n in registry.dicom_nodes()}
         for c in registry.list():
             auth = "private_key_jwt" if c.jwks else "client_secret"
             roles = (
                 ",".join((["admin"] if c.admin else []) + [f"store:{d}" for d in c.store_datasets])
                 or "-"
             )
-            click.echo(f"{c.client_id}\t{c.name}\t{c.organization or '-'}\t{auth}\t{roles}")
+            node = nodes.get(c.client_id)
+            ae = (
+                (node.ae_title + (f"@{node.host}:{node.port}" if node.host else ""))
+                if node
+                else "-"
+            )
+            click.echo(f"{c.client_id}\t{c.name}\t{c.organization or '-'}\t{auth}\t{roles}\t{ae}")
     finally:
         registry.close()
 

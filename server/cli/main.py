@@ -21,7 +21,9 @@ from server.cli.federation import federation
 from server.cli.pseudonymize import pseudonymize_csv
 
 if TYPE_CHECKING:
+    from server.dimse.service import DimseService
     from server.services.check import CheckPlan
+    from server.settings import Settings
 
 
 def _logging(level: str) -> None:
@@ -99,11 +101,35 @@ def serve(
         "proxy_headers": False,
         "server_header": False,
     }
-    if workers == 1:
-        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
-    else:
-        os.environ["GATEWAY_DATA_DIR"] = str(settings.data_dir)
-        uvicorn.run("server.app:app_from_environment", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    dimse = _start_dimse(settings)
+    try:
+        if workers == 1:
+            uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+        else:
+            os.environ["GATEWAY_DATA_DIR"] = str(settings.data_dir)
+            uvicorn.run("server.app:app_from_environment", factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    finally:
+        if dimse is not None:
+            dimse.stop()
+            dimse.gateway.close()
+
+
+def _start_dimse(settings: Settings) -> DimseService | None:
+    """The DIMSE listener (GATEWAY_DIMSE__PORT), in this process, with its own components."""
+    if settings.dimse.port is None:
+        return None
+    from server.app import build_gateway
+    from server.dimse.service import DimseService
+
+    service = DimseService(build_gateway(settings))
+    try:
+        service.start()
+    except OSError as exc:
+        service.gateway.close()
+        raise click.ClickException(
+            f"the DIMSE port {settings.dimse.port} cannot be opened: {exc}"
+        ) from exc
+    return service
 
 
 @main.command("import")

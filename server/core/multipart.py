@@ -21,8 +21,27 @@ from python_multipart.multipart import MultipartParser
 
 from server.errors import MalformedMultipart, PayloadTooLarge
 
-# RFC 2046 5.1.1: bchars, 1 to 70 of them, not ending with a space.
-_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+# RFC 2046 5.1.1: bchars, not ending with a space. The RFC allows 1 to 70 of them, but
+# interoperable servers send longer ones (Orthanc's STOW client: two UUIDs joined by "-",
+# 73 characters), so up to MAX_BOUNDARY are accepted; anything longer is refused (400).
+MAX_BOUNDARY = 200
+_BCHARS = "0-9A-Za-z'()+_,\\-./:=?"
+_BOUNDARY = re.compile(rf"^[{_BCHARS} ]{{0,{MAX_BOUNDARY - 1}}}[{_BCHARS}]$")
+
+
+def check_boundary(boundary: str) -> str:
+    """RFC 2046 5.1.1 bchars, 1 to ``MAX_BOUNDARY`` long; MalformedMultipart (400) otherwise."""
+    if len(boundary) > MAX_BOUNDARY:
+        raise MalformedMultipart(
+            f"the multipart boundary is {len(boundary)} characters long; at most "
+            f"{MAX_BOUNDARY} are accepted (RFC 2046 allows 70)"
+        )
+    if not _BOUNDARY.match(boundary):
+        raise MalformedMultipart(
+            "the multipart boundary must be RFC 2046 bchars (letters, digits, '()+_,-./:=? "
+            "and inner spaces), not ending with a space"
+        )
+    return boundary
 
 
 @dataclass
@@ -39,10 +58,7 @@ class MultipartSpooler:
     def __init__(
         self, boundary: str, directory: Path, max_bytes: int, max_parts: int = 10000
     ) -> None:
-        if not _BOUNDARY.match(boundary):
-            raise MalformedMultipart(
-                "the multipart boundary must be 1 to 70 characters of RFC 2046 bchars"
-            )
+        check_boundary(boundary)
         self.directory = directory
         self.parts: list[SpooledPart] = []
         self._max = max_bytes

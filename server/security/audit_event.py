@@ -50,6 +50,7 @@ _INTERACTIONS: dict[str, tuple[str, str]] = {
     "patch": ("patch", "U"),
     "delete": ("delete", "D"),
     "token": ("operation", "E"),
+    "associate": ("operation", "E"),
 }
 # The codes of the gateway's access-action CodeSystem (terminology/CodeSystem-access-action.json).
 ACTIONS: dict[str, str] = {
@@ -68,6 +69,7 @@ ACTIONS: dict[str, str] = {
     "delete": "A delete",
     "token": "A request for an access token",
     "admin": "An administrative action (datasets, agreements, clients, audit)",
+    "associate": "A DICOM association request (DIMSE A-ASSOCIATE)",
 }
 # anything else (e.g. "admin") is classified by its HTTP method
 _BY_METHOD: dict[str, tuple[str, str]] = {
@@ -106,6 +108,9 @@ class AccessRecord:
     entities: tuple[str, ...] = ()  # "ImagingStudy/1.2.3", "study:1.2.3", "instance:..."
     recorded: float | None = None  # epoch seconds; filled in by the log if None
     issuer: str | None = None  # identity provider of ``subject``, if known
+    # outcome in the caller's protocol when it is not HTTP, e.g. "DIMSE status 0xA900";
+    # ``http_status`` then holds the HTTP equivalent (for searches by status)
+    outcome_text: str | None = None
 
 
 # -- the AuditEvent ---------------------------------------------------------------------------
@@ -238,7 +243,7 @@ def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[s
         "action": crude,
         "recorded": recorded,
         "outcome": str(record.outcome),
-        "outcomeDesc": f"HTTP {record.http_status} {phrase}".rstrip(),
+        "outcomeDesc": record.outcome_text or f"HTTP {record.http_status} {phrase}".rstrip(),
         "agent": agents,
         "source": {
             "observer": {"display": observer},

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from server.errors import Unauthorized
 from server.security import scopes as scope_syntax
 from server.security.agreements import AgreementCache
-from server.security.clients import ClientRegistry
+from server.security.clients import Client, ClientRegistry
 from server.security.external import ExternalIssuers, unverified_issuer
 from server.security.keys import SigningKeys
 from server.security.model import Condition, Grant, Party, Principal
@@ -64,6 +64,22 @@ class Authenticator:
         # longer than one agreement-cache period to bite.
         self._principals[token] = (self.agreements.fresh_until(), principal)
         return principal
+
+    def client_principal(self, client_id: str) -> Principal | None:
+        """The caller a client's token with its default scope would be, agreements as of now.
+
+        For callers that authenticate other than by bearer token (DIMSE associations of a
+        registered AE): the same Principal, grants and store rights as its token would give.
+        None if the client is not registered (any more).
+        """
+        if not self.enabled:
+            return Principal(anonymous=False, admin=True, unrestricted=True)
+        client = self.clients.get(client_id)
+        if client is None:
+            return None
+        datasets = set(self.agreements.grants(Party(client_id=client.client_id, organization=client.organization)))  # fmt: skip
+        scope = default_scope(client, datasets)
+        return self._from_claims({"client_id": client.client_id, "scope": " ".join(scope)})
 
     def invalidate(self) -> None:
         """Agreements, clients or datasets changed here: forget every cached principal now."""
@@ -140,6 +156,34 @@ class Authenticator:
 
     def _public(self) -> dict[str, Grant]:
         return {d: Grant(d, Condition.DOWNLOAD) for d in self.public_datasets()}
+
+
+def allowed_scopes(client: Client) -> set[str]:
+    """The SMART scopes a client may hold (read everything its grants allow; push; admin)."""
+    allowed = {"system/*.rs"} | ({"system/ImagingStudy.c"} if client.store_datasets else set())
+    if client.admin:
+        allowed |= {"system/*.cruds"}
+    return allowed
+
+
+def default_scope(
+    client: Client,
+    datasets: set[str],
+    requested: list[str] | None = None,
+    extra: set[str] | frozenset[str] = frozenset(),
+) -> list[str]:
+    """RFC 6749 3.3: the scope a client-credentials token gets (requested ∩ allowed).
+
+    ``datasets``: the datasets the client's active agreements name. With nothing
+    requested, everything the client may hold. ``extra``: scopes granted by settings
+    (``federation:search`` for GATEWAY_FEDERATION__OAUTH_CLIENTS).
+    """
+    allowed = allowed_scopes(client) | set(extra)
+    if not requested:
+        requested = sorted(allowed) + (["admin"] if client.admin else [])
+    return scope_syntax.grant(
+        requested, allowed, datasets, set(client.store_datasets), client.admin
+    )
 
 
 def _str(value: object) -> str | None:

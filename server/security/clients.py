@@ -8,6 +8,7 @@ may push to (STOW). What it may *read* comes from data-access agreements.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import secrets
@@ -26,6 +27,11 @@ SCHEMA = [
     " organization TEXT, admin INTEGER NOT NULL DEFAULT 0, store TEXT NOT NULL DEFAULT '[]',"
     " secret_hash TEXT, jwks TEXT, created REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS used_jti (jti TEXT PRIMARY KEY, expires REAL NOT NULL)",
+    # DIMSE peers: the calling AE title a client's associations use, and (for C-MOVE
+    # destinations) where it listens. Removing the client removes its AE.
+    "CREATE TABLE IF NOT EXISTS dicom_node (client_id TEXT PRIMARY KEY"
+    " REFERENCES client(client_id) ON DELETE CASCADE, ae_title TEXT NOT NULL UNIQUE,"
+    " host TEXT, port INTEGER)",
 ]
 
 
@@ -38,6 +44,20 @@ class Client:
     store_datasets: tuple[str, ...]
     jwks: dict[str, Any] | None
     has_secret: bool
+
+
+@dataclass(frozen=True)
+class DicomNode:
+    """A registered client's DICOM Application Entity (PS3.7 Annex D.3.3.2 AE titles)."""
+
+    client_id: str
+    ae_title: str
+    host: str | None = None  # host and port: a C-MOVE destination
+    port: int | None = None
+
+
+class AeTitleInUse(ValueError):
+    """Another client already uses this AE title."""
 
 
 def _hash_secret(secret: str, salt: bytes | None = None) -> str:
@@ -115,6 +135,35 @@ class ClientRegistry:
     def remove(self, client_id: str) -> bool:
         with self.db.write() as conn:
             return conn.execute("DELETE FROM client WHERE client_id = ?", (client_id,)).rowcount > 0
+
+    def set_dicom_node(self, node: DicomNode) -> None:
+        """Give a client its AE title (unique among clients) and, optionally, host and port."""
+        try:
+            with self.db.write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO dicom_node VALUES (?, ?, ?, ?)",
+                    (node.client_id, node.ae_title, node.host, node.port),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise AeTitleInUse(f"AE title {node.ae_title!r} is already registered") from exc
+
+    def dicom_node(self, ae_title: str) -> DicomNode | None:
+        """The registered client calling as ``ae_title`` (trailing spaces are not significant)."""
+        row = (
+            self.db.reader()
+            .execute(
+                "SELECT client_id, ae_title, host, port FROM dicom_node WHERE ae_title = ?",
+                (ae_title.strip(),),
+            )
+            .fetchone()
+        )
+        return DicomNode(*row) if row else None
+
+    def dicom_nodes(self) -> builtins.list[DicomNode]:
+        rows = self.db.reader().execute(
+            "SELECT client_id, ae_title, host, port FROM dicom_node ORDER BY ae_title"
+        )
+        return [DicomNode(*r) for r in rows]
 
     def check_secret(self, client_id: str, secret: str) -> Client | None:
         row = (

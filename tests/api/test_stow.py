@@ -166,6 +166,42 @@ def test_quoted_unquoted_and_absent_type_parameter_are_accepted(server: LiveServ
         assert r.status_code == 200, (template, r.text)
 
 
+def orthanc_boundary() -> str:
+    """The boundary Orthanc's DICOMweb plugin sends with STOW: two UUIDs joined by '-' (73)."""
+    return f"{uuid.uuid4()}-{uuid.uuid4()}"
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["bare", "quoted"])
+def test_orthanc_73_character_boundary_is_accepted(fresh_server: LiveServer, quoted: bool) -> None:
+    b = orthanc_boundary()
+    assert len(b) == 73
+    data = [part10(ds) for ds in cohort(instances_per_series=2)]
+    shown = f'"{b}"' if quoted else b
+    ctype = f"multipart/related; type=application/dicom; boundary={shown}"
+    r = stow(fresh_server, data, content_type=ctype, boundary=b)
+    assert r.status_code == 200, r.text
+    assert store_state(fresh_server)["counts"]["instance"] == 2
+
+
+@pytest.mark.parametrize("path", ["/dicom-web/studies", "/dicom-web/studies/1.2.3.4"])
+def test_absurd_boundary_is_refused_with_400_on_every_stow_route(
+    fresh_server: LiveServer, path: str
+) -> None:
+    from server.core.multipart import MAX_BOUNDARY
+
+    b = "x" * (MAX_BOUNDARY + 1)
+    data = [part10(ds) for ds in cohort(instances_per_series=1)]
+    before = store_state(fresh_server)
+    r = httpx.post(
+        fresh_server.url + path,
+        content=multipart_body(data, b),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={b}'},
+    )
+    assert r.status_code == 400, r.text
+    assert f"at most {MAX_BOUNDARY}" in r.json()["message"]
+    assert store_state(fresh_server) == before
+
+
 @pytest.mark.parametrize(
     ("body", "ctype", "status"),
     [

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from server.core.multipart import MultipartSpooler
-from server.errors import PayloadTooLarge
+from server.core.multipart import MAX_BOUNDARY, MultipartSpooler, check_boundary
+from server.errors import MalformedMultipart, PayloadTooLarge
 
 
 def _body(parts: int, boundary: str = "b0undary") -> bytes:
@@ -52,3 +52,25 @@ def test_parts_beyond_the_cap_are_refused_while_reading(tmp_path: Path) -> None:
         spooler.feed(_body(100))
     spooler.close()
     assert len(list(tmp_path.iterdir())) == 5  # it stopped at the sixth part
+
+
+@pytest.mark.parametrize("length", [1, 70, 71, 73, 150, MAX_BOUNDARY])
+def test_boundaries_up_to_the_documented_maximum_are_read(tmp_path: Path, length: int) -> None:
+    """RFC 2046 says 70; Orthanc sends 73 (two UUIDs joined by '-'): up to MAX_BOUNDARY pass."""
+    boundary = ("ab-cd:ef" * 40)[:length]
+    spooler = MultipartSpooler(boundary, tmp_path, 1 << 20)
+    spooler.feed(_body(2, boundary))
+    assert len(spooler.finish()) == 2
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    ["", "x" * (MAX_BOUNDARY + 1), "y" * 10_000, "ends-with-space ", "semi;colon", 'qu"ote'],
+    ids=["empty", "one-too-long", "absurd", "trailing-space", "semicolon", "quote"],
+)
+def test_absurd_or_illegal_boundaries_are_refused_clearly(tmp_path: Path, boundary: str) -> None:
+    with pytest.raises(MalformedMultipart) as caught:
+        MultipartSpooler(boundary, tmp_path, 1 << 20)
+    assert "boundary" in caught.value.message
+    with pytest.raises(MalformedMultipart):
+        check_boundary(boundary)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from server.api.deps import audit_note, dicomweb_root, gateway, principal
 from server.core.mediatypes import DICOM, DICOM_JSON, parse_media_type
-from server.core.multipart import MultipartSpooler
+from server.core.multipart import MultipartSpooler, check_boundary
 from server.core.stow import stow_response, stow_status
 from server.core.uids import check_uid
 from server.errors import (
@@ -83,7 +83,7 @@ def _boundary(content_type: str | None) -> str:
     boundary = media.params.get("boundary")
     if not boundary:
         raise MalformedMultipart("Content-Type has no boundary parameter")
-    return boundary
+    return check_boundary(boundary)
 
 
 def _may_store(request: Request, dataset: str | None) -> str | None:

@@ -1,0 +1,99 @@
+"""C-STORE SCP (PS3.4 B.2): each received instance goes through the one ingest pipeline.
+
+The instance is written, as received (preamble, File Meta Information and data set
+bytes exactly as the peer encoded them), into a spool folder of this process's write
+journal and handed to ``IngestService.store_instances`` like one STOW part: validation,
+de-identification, atomic write, index and audit all apply. One C-STORE is one ingest
+call, so an association that dies half-way leaves every earlier instance complete and
+nothing of the one in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from server.dimse.session import (
+    REFUSED_NOT_AUTHORISED,
+    SUCCESS,
+    Caller,
+    audit,
+    caller_of,
+)
+from server.errors import ServiceUnavailable
+from server.security.model import Action
+from server.services.ingest import IngestItem
+
+if TYPE_CHECKING:
+    from server.app import Gateway
+
+log = logging.getLogger("gateway.dimse")
+OUT_OF_RESOURCES = 0xA700
+PROCESSING_FAILURE = 0x0110
+
+
+def target_dataset(gateway: Gateway, caller: Caller) -> str | None:
+    """The dataset a client's C-STOREs go to: the first it is registered to store into."""
+    client = gateway.clients.get(caller.node.client_id)
+    if client is None:
+        return None
+    for dataset in client.store_datasets:
+        if caller.principal.allows(Action.STORE, dataset):
+            return dataset
+    if caller.principal.unrestricted:
+        return gateway.settings.default_dataset
+    return None
+
+
+def handle_store(event: Any, gateway: Gateway) -> Any:
+    """EVT_C_STORE: store one instance; the answer is its C-STORE status."""
+    caller = caller_of(gateway, event)
+    dataset = target_dataset(gateway, caller) if caller else None
+    sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+    entities = (f"instance:{sop_uid}",) if sop_uid else ()
+    if caller is None or (dataset is None and not caller.principal.unrestricted):
+        audit(gateway, event, caller, action="store", method="C-STORE",
+              status=REFUSED_NOT_AUTHORISED, entities=entities)  # fmt: skip
+        return _status(REFUSED_NOT_AUTHORISED, "this AE may not store into any dataset")
+    status, comment, study = _ingest(gateway, event, dataset)
+    if study:
+        entities = (f"study:{study}", *entities)
+    audit(gateway, event, caller, action="store", method="C-STORE", status=status,
+          datasets=(dataset,) if dataset else (), entities=entities)  # fmt: skip
+    return _status(status, comment)
+
+
+def _ingest(gateway: Gateway, event: Any, dataset: str | None) -> tuple[int, str, str | None]:
+    spool = gateway.journal.spool_dir()
+    try:
+        path = spool / "instance.dcm"
+        data = event.encoded_dataset(include_meta=True)
+        path.write_bytes(data)
+        item = IngestItem(path, hashlib.sha256(data).hexdigest())
+        del data
+        outcome = gateway.ingest.store_instances([item], None, dataset)[0]
+    except ServiceUnavailable:
+        return OUT_OF_RESOURCES, "the index is unavailable; try again later", None
+    except OSError as exc:
+        log.error("C-STORE spool write failed: %s", exc)
+        return OUT_OF_RESOURCES, "storage write failed", None
+    except Exception:
+        log.exception("C-STORE failed")
+        return PROCESSING_FAILURE, "processing failure", None
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    if outcome.failure is not None:
+        return int(outcome.failure), (outcome.message or "")[:64], outcome.study_uid
+    return SUCCESS, "", outcome.study_uid
+
+
+def _status(code: int, comment: str) -> Any:
+    from pydicom import Dataset
+
+    status = Dataset()
+    status.Status = code
+    if comment and code != SUCCESS:
+        status.ErrorComment = comment[:64]  # LO
+    return status

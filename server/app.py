@@ -44,6 +44,7 @@ from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
+from server.quiet import silence_value_logging
 from server.security.agreements import AgreementCache, load_contracts
 from server.security.audit import AuditLog
 from server.security.authn import Authenticator
@@ -138,6 +139,7 @@ class Gateway:
 
 
 def build_gateway(settings: Settings) -> Gateway:
+    silence_value_logging()
     restrict_data_dir(settings.data_dir)
     store = FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
     journal = WriteJournal(settings.data_dir)

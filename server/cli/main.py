@@ -16,6 +16,7 @@ from server.cli.clients import clients
 from server.cli.config import load_settings
 from server.cli.daa import daa
 from server.cli.datasets import dataset
+from server.cli.pseudonymize import pseudonymize_csv
 
 if TYPE_CHECKING:
     from server.services.check import CheckPlan
@@ -235,6 +236,7 @@ main.add_command(audit)
 main.add_command(clients)
 main.add_command(backup)
 main.add_command(restore)
+main.add_command(pseudonymize_csv)
 
 
 if __name__ == "__main__":

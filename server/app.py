@@ -46,9 +46,11 @@ from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
 from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
+from server.security.pseudonym_secrets import PseudonymSecrets
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.check import CheckService
+from server.services.deid_policy import DeidPolicies
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_paging import SearchCursors
 from server.services.fhir_write import FhirWriteService, parse_json_object
@@ -88,6 +90,7 @@ class Gateway:
     external: ExternalIssuers
     audit: AuditLog
     throttle: FailureThrottle
+    deid_policies: DeidPolicies
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -165,8 +168,11 @@ def build_gateway(settings: Settings) -> Gateway:
         clients=clients, agreements=agreements, public_datasets=public.get, external=external,
     )  # fmt: skip
     fhir_write = FhirWriteService(fhir_store, fhir_read)
+    deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir))
+    fhir_write.prepare = deid_policies.settle
 
     def changed(rtype: str) -> None:
+        deid_policies.invalidate(rtype)
         agreements.invalidate()
         public.invalidate()
         authenticator.invalidate()
@@ -176,7 +182,7 @@ def build_gateway(settings: Settings) -> Gateway:
         settings=settings,
         store=store,
         index=index,
-        ingest=IngestService(store, index, settings, journal),
+        ingest=IngestService(store, index, settings, journal, deid_policies),
         retrieve=RetrieveService(store, index, settings.pixel_limits()),
         deleter=DeleteService(store, index, journal, secret.patient_id_key()),
         checker=CheckService(store, index, journal, secret.patient_id_key()),
@@ -193,6 +199,7 @@ def build_gateway(settings: Settings) -> Gateway:
         external=external,
         audit=audit,
         throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
+        deid_policies=deid_policies,
     )
 
 

@@ -16,6 +16,8 @@ from server.cli.clients import clients
 from server.cli.config import load_settings
 from server.cli.daa import daa
 from server.cli.datasets import dataset
+from server.cli.pseudonymize import pseudonymize_csv
+from server.cli.quarantine import instance, quarantine
 
 if TYPE_CHECKING:
     from server.services.check import CheckPlan
@@ -235,6 +237,9 @@ main.add_command(audit)
 main.add_command(clients)
 main.add_command(backup)
 main.add_command(restore)
+main.add_command(pseudonymize_csv)
+main.add_command(quarantine)
+main.add_command(instance)
 
 
 if __name__ == "__main__":

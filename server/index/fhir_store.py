@@ -114,6 +114,10 @@ class FhirStore:
             return None, False
         return (None, True) if row[1] else (orjson.loads(row[0]), False)
 
+    def last_content(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """The last stored content, even of a deleted resource (None if it never existed)."""
+        return _last_content(self.db.reader(), rtype, rid)
+
     def vread(self, rtype: str, rid: str, version: int) -> Version | None:
         row = (
             self.db.reader()
@@ -213,11 +217,21 @@ class Writer:
     def delete(self, rtype: str, rid: str) -> bool:
         return _delete(self.conn, rtype, rid)
 
+    def last_content(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        return _last_content(self.conn, rtype, rid)
+
     def exists(self, rtype: str, rid: str) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM resource WHERE type = ? AND id = ? AND deleted = 0", (rtype, rid)
         ).fetchone()
         return row is not None
+
+
+def _last_content(conn: sqlite3.Connection, rtype: str, rid: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT content FROM resource WHERE type = ? AND id = ?", (rtype, rid)
+    ).fetchone()
+    return orjson.loads(row[0]) if row and row[0] else None
 
 
 def _put(

@@ -32,6 +32,8 @@ PARTICIPATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationTy
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
+DEID_DETAIL = "deidentification"  # entity.detail.type: the DeidRecord JSON of a stored instance
+
 OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
 
 # gateway action -> (restful-interaction code, AuditEvent.action); BALP records queries as E.
@@ -106,6 +108,9 @@ class AccessRecord:
     entities: tuple[str, ...] = ()  # "ImagingStudy/1.2.3", "study:1.2.3", "instance:..."
     recorded: float | None = None  # epoch seconds; filled in by the log if None
     issuer: str | None = None  # identity provider of ``subject``, if known
+    # (stored SOP Instance UID, DeidRecord JSON) of each instance an ingest stored: what
+    # de-identification did (names of attributes, never values)
+    deidentified: tuple[tuple[str, str], ...] = ()
 
 
 # -- the AuditEvent ---------------------------------------------------------------------------
@@ -158,6 +163,13 @@ def _entity(value: str) -> dict[str, Any]:
         "type": _coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
         "name": value,
     }
+
+
+def _deidentified(sop_uid: str, deid: str) -> dict[str, Any]:
+    """A stored instance with its de-identification record (DICOM PS3.15 Annex E)."""
+    entity = _entity(f"instance:{sop_uid}")
+    entity["detail"] = [{"type": DEID_DETAIL, "valueString": deid}]
+    return entity
 
 
 def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[str, Any]:
@@ -227,6 +239,7 @@ def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[s
         for dataset in record.datasets
     )
     entities.extend(_entity(value) for value in record.entities)
+    entities.extend(_deidentified(uid, deid) for uid, deid in record.deidentified)
 
     recorded = instant(time.time() if record.recorded is None else record.recorded)
     event: dict[str, Any] = {

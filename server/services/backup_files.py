@@ -22,6 +22,9 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
+from server.security.pseudonym_secrets import SECRET_DIR, is_secret_file
+from server.services.quarantine import HELD_FILE, INSTANCE_FILE, QUARANTINE_DIR
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
 AUDIT_ANCHOR = "audit.head"
 FILE_MODE = 0o600
@@ -39,7 +42,8 @@ class Kind(StrEnum):
     sqlite = "sqlite"  # online snapshot (sqlite3.Connection.backup)
     blob = "blob"  # content-addressed DICOM file, copied and sha256-checked
     anchor = "audit-anchor"  # written to match the audit snapshot's last event
-    key = "signing-key"  # keys/*.json, replaced atomically by the gateway
+    key = "signing-key"  # keys/*.json, pseudonym-secrets/*: replaced atomically by the gateway
+    held = "deid-quarantine"  # an instance held for burned-in text: written once, then renamed
     unclassified = "unclassified"  # copied as is, reported
     sidecar = "sqlite-sidecar"  # not copied: inside the snapshot
     lock = "lock"  # not copied: recreated on demand
@@ -71,6 +75,11 @@ def classify(data_dir: Path, rel: PurePosixPath) -> Kind:
         return Kind.lock
     if name.endswith((".partial", ".tmp")):
         return Kind.transient
+    if top == QUARANTINE_DIR and len(rel.parts) == 3:
+        if rel.parts[1].startswith("."):  # being written (renamed into place when complete)
+            return Kind.transient
+        if name in (HELD_FILE, INSTANCE_FILE):
+            return Kind.held
     if str(rel) == AUDIT_ANCHOR:
         return Kind.anchor
     if (
@@ -78,6 +87,8 @@ def classify(data_dir: Path, rel: PurePosixPath) -> Kind:
         and len(rel.parts) == 2
         and (name.endswith(".json") or name == "installation-secret")
     ):
+        return Kind.key
+    if top == SECRET_DIR and len(rel.parts) == 2 and is_secret_file(name):
         return Kind.key
     if is_sqlite(data_dir / rel):
         return Kind.sqlite

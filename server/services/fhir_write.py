@@ -121,6 +121,9 @@ class FhirWriteService:
         self.reader = reader
         # Called after every write (agreements and public datasets are cached elsewhere).
         self.on_change: Callable[[str], object] = lambda rtype: None
+        # Called with every resource about to be stored, inside the write's transaction:
+        # answers what to store (a dataset's de-identification policy is settled here).
+        self.prepare: Callable[[Writer, dict[str, Any]], dict[str, Any]] = lambda w, r: r
 
     def create(
         self,
@@ -146,7 +149,7 @@ class FhirWriteService:
                 raise PreconditionFailed(f"If-None-Exist matches {len(found)} resources")
             if found:
                 return WriteResult(found[0], 200)
-        stored, _ = w.put({**resource, "id": str(uuid.uuid4())})
+        stored, _ = w.put(self.prepare(w, {**resource, "id": str(uuid.uuid4())}))
         return WriteResult(stored, 201)
 
     def _conditional_matches(self, rtype: str, query: str) -> list[dict[str, Any]]:
@@ -172,7 +175,10 @@ class FhirWriteService:
             raise BadRequest(
                 f"the resource id {resource.get('id')!r} does not match the URL's {rid!r}"
             )
-        stored, created = self.store.put(resource, if_match=etag_version(if_match))
+        version = etag_version(if_match)
+        stored, created = self.store.transaction(
+            lambda w: w.put(self.prepare(w, resource), if_match=version)
+        )
         self.on_change(rtype)
         return WriteResult(stored, 201 if created else 200)
 
@@ -250,12 +256,13 @@ class FhirWriteService:
                 if found:
                     return response_entry(base, found[0], "200 OK")
             new_id = new_ref.split("/")[1] if new_ref else str(uuid.uuid4())
-            stored, _ = w.put({**resource, "id": new_id})
+            stored, _ = w.put(self.prepare(w, {**resource, "id": new_id}))
             return response_entry(base, stored, "201 Created")
         if method == "PUT":
             if resource.get("id") != rid:
                 raise BadRequest(f"PUT {url}: the resource id does not match")
-            stored, created = w.put(resource, if_match=etag_version(request.get("ifMatch")))
+            version = etag_version(request.get("ifMatch"))
+            stored, created = w.put(self.prepare(w, resource), if_match=version)
             return response_entry(base, stored, "201 Created" if created else "200 OK")
         raise BadRequest(f"transaction entries may POST, PUT or DELETE, not {method}")
 

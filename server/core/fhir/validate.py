@@ -39,12 +39,42 @@ def validate_resource(resource: dict[str, Any], conformance: Conformance) -> lis
     issues = _base_codes(resource)
     for extension in resource.get("extension", []):  # our extensions: their own definitions
         definition = conformance.by_url(str(extension.get("url", "")))
-        for element in (definition or {}).get("differential", {}).get("element", []):
-            issues += _check_element(extension, element, conformance)
+        elements = (definition or {}).get("differential", {}).get("element", [])
+        urls = _slice_urls(elements)
+        for element in elements:
+            issues += _check_element(extension, element, conformance, urls)
     profile = conformance.by_url(PROFILES[rtype]) if rtype in PROFILES else None
-    for element in (profile or {}).get("differential", {}).get("element", []):
-        issues += _check_element(resource, element, conformance)
+    elements = (profile or {}).get("differential", {}).get("element", [])
+    urls = _slice_urls(elements)
+    for element in elements:
+        issues += _check_element(resource, element, conformance, urls)
     return issues
+
+
+def _slice_urls(elements: list[dict[str, Any]]) -> dict[str, str]:
+    """Element id of each extension slice -> the url its members carry (sliced by url)."""
+    urls: dict[str, str] = {}
+    for element in elements:
+        eid = element.get("id", "")
+        if eid.endswith(".url") and "fixedUri" in element and ":" in eid:
+            urls[eid[: -len(".url")]] = element["fixedUri"]
+        elif element.get("sliceName") and element.get("type"):
+            profiles = element["type"][0].get("profile") or []
+            if profiles and eid not in urls:
+                urls[eid] = profiles[0]
+    return urls
+
+
+def _segments(element_id: str, urls: dict[str, str]) -> list[tuple[str, str | None]]:
+    """``Extension.extension:profile.value[x]`` -> [("extension", "profile"), ("value[x]", None)]:
+    each step of the path, with the url its items must carry when it is an extension slice."""
+    parts = element_id.split(".")
+    out: list[tuple[str, str | None]] = []
+    for n, part in enumerate(parts[1:], start=1):
+        name, _, _ = part.partition(":")
+        url = urls.get(".".join(parts[: n + 1])) if name.endswith("xtension") else None
+        out.append((name, url))
+    return out
 
 
 def _base_codes(resource: dict[str, Any]) -> list[Issue]:
@@ -61,16 +91,18 @@ def _base_codes(resource: dict[str, Any]) -> list[Issue]:
     return issues
 
 
-def _values(node: Any, path: list[str]) -> list[Any]:
-    """Every value at a dotted path (lists flattened; ``value[x]`` matches any valueX)."""
+def _values(node: Any, path: list[str] | list[tuple[str, str | None]]) -> list[Any]:
+    """Every value at a path (lists flattened; ``value[x]`` matches any valueX; a step
+    given as (name, url) keeps the extensions with that url only)."""
     items = node if isinstance(node, list) else [node]
     if not path:
         return [i for i in items if i is not None]
+    step = path[0]
+    key, url = step if isinstance(step, tuple) else (step, None)
     out: list[Any] = []
     for item in items:
         if not isinstance(item, dict):
             continue
-        key = path[0]
         if key.endswith("[x]"):
             stem = key[:-3]
             matches = [
@@ -79,18 +111,27 @@ def _values(node: Any, path: list[str]) -> list[Any]:
         else:
             matches = [item[key]] if key in item else []
         for value in matches:
+            if url is not None:
+                value = [
+                    v
+                    for v in (value if isinstance(value, list) else [value])
+                    if isinstance(v, dict) and v.get("url") == url
+                ]
             out += _values(value, path[1:])
     return out
 
 
 def _check_element(
-    resource: dict[str, Any], element: dict[str, Any], conf: Conformance
+    resource: dict[str, Any],
+    element: dict[str, Any],
+    conf: Conformance,
+    urls: dict[str, str] | None = None,
 ) -> list[Issue]:
-    path = element["path"].split(".")[1:]
+    path = _segments(element.get("id") or element["path"], urls or {})
     if not path:
         return []
     parents = _values(resource, path[:-1])
-    issues: list[Issue] = []
+    issues: list[Issue] = _slice_cardinality(resource, element, path)
     minimum = element.get("min", 0)
     # inside a slice (id "X.identifier:uid.system") the minimum holds for the slice's members only
     if minimum and "sliceName" not in element and ":" not in element.get("id", ""):
@@ -114,6 +155,27 @@ def _check_element(
     binding = element.get("binding")
     if binding and binding.get("valueSet"):
         issues += _check_binding(element["path"], values, binding, conf)
+    return issues
+
+
+def _slice_cardinality(
+    resource: dict[str, Any], element: dict[str, Any], path: list[tuple[str, str | None]]
+) -> list[Issue]:
+    """Minimum and maximum of an extension slice (its members are known by their url)."""
+    if not element.get("sliceName") or path[-1][1] is None:
+        return []
+    low, high = element.get("min", 0), element.get("max", "*")
+    issues: list[Issue] = []
+    for parent in _values(resource, path[:-1]) or ([resource] if len(path) == 1 else []):
+        count = len(_values(parent, path[-1:]))
+        if count < low or (high != "*" and count > int(high)):
+            issues.append(
+                (
+                    "error",
+                    "structure",
+                    f"{element['id']}: {count} found, the profile allows {low}..{high}",
+                )
+            )
     return issues
 
 

@@ -11,8 +11,9 @@ the ``eucaim`` profile, without running LETHE: with the dataset's secret,
   CTP ``@hashuid(@UIDROOT, this, PatientID)`` under root ``1.3.6.1.4.1.58108.2023``
   with the pseudonymised PatientID appended: the StudyInstanceUID the gateway stored.
 
-The first row is a header and is copied unchanged; the input's dialect (comma,
-semicolon, tab or bar) is detected from its start, and the output is RFC 4180
+The first row is a header and is copied unchanged; the input's delimiter (comma,
+semicolon, tab or bar: the one the header row uses most) is detected, quotes are
+RFC 4180's, and the output is RFC 4180
 (comma, CRLF, quotes only where needed). The file is streamed row by row and written
 to ``OUT`` only when complete. Each run is audited (the secret never is).
 """
@@ -34,7 +35,7 @@ from server.core.deid.policy import Profile
 from server.errors import GatewayError
 
 STUDIES_FILE = "dcm_studies_metadata.csv"
-SAMPLE = 64 * 1024
+DELIMITERS = (",", ";", "\t", "|")
 
 Mapper = Callable[[list[str]], list[str]]
 
@@ -60,13 +61,17 @@ def _patient(secret: str, patient_id: str) -> str:
     return ctp.hash_patient_id(secret, patient_id if patient_id else "null")
 
 
-def _dialect(handle: IO[str]) -> type[csv.Dialect] | csv.Dialect:
-    sample = handle.read(SAMPLE)
+def _dialect(handle: IO[str]) -> type[csv.Dialect]:
+    """RFC 4180 quoting with the delimiter the header row uses most (comma when none)."""
+    header = handle.readline()
     handle.seek(0)
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
-    except csv.Error:
-        return csv.excel
+    counts = {d: header.count(d) for d in DELIMITERS}
+    chosen = max(DELIMITERS, key=lambda d: counts[d]) if any(counts.values()) else ","
+
+    class Found(csv.excel):
+        delimiter = chosen
+
+    return Found
 
 
 def _lines(handle: IO[str], bar: Any) -> Iterator[str]:
@@ -129,18 +134,18 @@ def pseudonymize_csv(
     if target.exists() and target.resolve() == source.resolve():
         raise click.ClickException("OUT must be another file than IN")
     gateway = _gateway(data_dir)
+    studies = studies or source.name == STUDIES_FILE
     try:
-        secret = _eucaim_secret(gateway, dataset_id)
-        studies = studies or source.name == STUDIES_FILE
-        mapper = studies_mapper(secret) if studies else patient_mapper(secret)
         try:
+            secret = _eucaim_secret(gateway, dataset_id)
+            mapper = studies_mapper(secret) if studies else patient_mapper(secret)
             rows = pseudonymize(source, target, mapper, quiet)
-        except click.ClickException:
+        except GatewayError as exc:
+            raise click.ClickException(exc.message) from exc
+        except click.ClickException:  # refusals are audited too
             audit_admin(gateway, "pseudonymize-csv", dataset_id, 422)
             raise
         audit_admin(gateway, "pseudonymize-csv", dataset_id, 200)
-    except GatewayError as exc:
-        raise click.ClickException(exc.message) from exc
     finally:
         gateway.close()
     kind = "studies-metadata" if studies else "clinical"

@@ -33,6 +33,7 @@ class DeidPolicies:
         self.store = store
         self.secrets = secrets
         self._cache: dict[str | None, tuple[DeidPolicy, str]] = {}
+        self._secrets: dict[str | None, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -45,7 +46,10 @@ class DeidPolicies:
         if hit is not None:
             return hit
         policy, fixed = self.policy(dataset)
-        secret, _ = self.secrets.get_or_create(dataset)
+        secret = self._secrets.get(dataset)
+        if secret is None:  # secrets never change once written: cached for good
+            secret, _ = self.secrets.get_or_create(dataset)
+            self._secrets[dataset] = secret
         if fixed:
             with self._lock:
                 self._cache[dataset] = (policy, secret)

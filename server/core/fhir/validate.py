@@ -132,6 +132,7 @@ def _check_element(
         return []
     parents = _values(resource, path[:-1])
     issues: list[Issue] = _slice_cardinality(resource, element, path)
+    issues += _closed_slicing(resource, element, path, urls or {})
     minimum = element.get("min", 0)
     # inside a slice (id "X.identifier:uid.system") the minimum holds for the slice's members only
     if minimum and "sliceName" not in element and ":" not in element.get("id", ""):
@@ -177,6 +178,30 @@ def _slice_cardinality(
                 )
             )
     return issues
+
+
+def _closed_slicing(
+    resource: dict[str, Any],
+    element: dict[str, Any],
+    path: list[tuple[str, str | None]],
+    urls: dict[str, str],
+) -> list[Issue]:
+    """Extensions sliced by url with ``rules: closed`` allow the urls of their slices only."""
+    if element.get("slicing", {}).get("rules") != "closed" or not path[-1][0].endswith("xtension"):
+        return []
+    head = element["id"] + ":"
+    allowed = {
+        url for eid, url in urls.items() if eid.startswith(head) and "." not in eid[len(head) :]
+    }
+    return [
+        (
+            "error",
+            "structure",
+            f"{element['id']}: {item.get('url')!r} is not a slice of the profile",
+        )
+        for item in _values(resource, path)
+        if isinstance(item, dict) and item.get("url") not in allowed
+    ]
 
 
 def _matches(value: Any, pattern: Any) -> bool:

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from server.core.deid import values
+from server.core.records import UnreadableInstance
 
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "CS", "AE", "UR"}
 FREE_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC"}
@@ -36,12 +37,57 @@ def tags(ds: Dataset) -> list[int]:
 def vr_of(ds: Dataset, tag: int) -> str:
     """An element's VR without converting its value (dictionary VR for implicit files)."""
     vr = ds.get_item(tag).VR
-    if vr:
+    if vr and vr != "UN":
         return str(vr)
-    try:
+    try:  # implicit VR, or explicit "UN" for a public attribute: the dictionary's VR
         return str(dictionary_VR(tag))
     except KeyError:
         return "UN"
+
+
+_FIXED = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "SV": 8, "UV": 8}
+_MAX_CHARS = {"AE": 16, "AS": 4, "CS": 16, "DA": 18, "DS": 16, "DT": 54, "IS": 12}
+_MAX_CHARS |= {"LO": 64, "SH": 16, "TM": 28, "UI": 64, "PN": 3 * 64 + 2}
+
+
+def check_length(ds: Dataset, tag: int, vr: str) -> None:
+    """A value whose length cannot fit its VR and multiplicity means the lengths in the
+    file are corrupt (the value would swallow the elements after it): refuse it."""
+    if not is_known(tag):
+        return
+    vm = dictionary_VM(tag)
+    count = int(vm) if vm.isdigit() else None
+    raw = ds.get_item(tag)
+    if isinstance(raw, DataElement):  # already decoded while reading
+        if count is not None and count < raw.VM:
+            raise UnreadableInstance(f"corrupt length for attribute {name_of(tag)} ({vr})")
+        if vr not in _MAX_CHARS or count is None or raw.VM == 0:
+            return
+        length = len(str(raw.value))
+    else:
+        length = raw.length
+    if length == 0xFFFFFFFF:
+        return
+    size = _FIXED.get(vr)
+    if isinstance(raw, DataElement) and count is not None:
+        fits = length <= count * (_MAX_CHARS[vr] + 1) + 1
+    elif size is not None:
+        fits = length % size == 0 and (count is None or length == count * size)
+    elif vr in _MAX_CHARS and count is not None:
+        fits = length <= count * (_MAX_CHARS[vr] + 1) + 1
+    else:
+        return
+    if not fits:
+        raise UnreadableInstance(f"corrupt length for attribute {name_of(tag)} ({vr})")
+
+
+def is_known(tag: int) -> bool:
+    """Whether a public tag is in the data dictionary (repeating groups included)."""
+    try:
+        dictionary_VR(tag)
+    except KeyError:
+        return False
+    return True
 
 
 def drop(ds: Dataset, tag: int, ctx: Context) -> None:

@@ -44,7 +44,7 @@ def apply(
     """Apply Table E.1-1 to ``ds`` and every item of its sequences, in place."""
     _private(ds, options, ctx)
     pid = patient_key(ds, inherited)
-    for tag in actions.tags(ds):
+    for tag in [t for t in actions.tags(ds) if not (t >> 16) & 1]:  # private: done
         if tag in (PATIENT_ID, PATIENT_NAME):
             elem = ds[tag]
             new = values.keyed_patient_id(secret, pid)
@@ -53,6 +53,7 @@ def apply(
                 ctx.changes.changed.add(actions.name_of(tag))
             continue
         vr = actions.vr_of(ds, tag)
+        actions.check_length(ds, tag, vr)
         action = basic_action(tag, vr, options)
         if action == "X":
             actions.drop(ds, tag, ctx)

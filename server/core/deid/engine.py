@@ -14,8 +14,10 @@ does not clean it (``PolicyError`` when it asks for cleaning: no OCR step here),
 from __future__ import annotations
 
 import shutil
+import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -23,16 +25,28 @@ from pydicom.multival import MultiValue
 from server.core.deid import basic, burned_in, ctp, eucaim, method, values
 from server.core.deid.actions import Changes, Context, set_value, tags
 from server.core.deid.annex_e_table import EDITION
-from server.core.deid.policy import DeidPolicy, DeidRecord, Option, Profile
+from server.core.deid.policy import (
+    BurnedInSuspected,
+    DeidPolicy,
+    DeidRecord,
+    Option,
+    PolicyError,
+    Profile,
+)
 from server.core.deid.stream import (
+    Source,
     copy_pixels,
     read,
     read_trailing,
     write_header,
     write_trailing,
 )
+from server.core.records import UnreadableInstance
 
 PADDING = 0xFFFCFFFC
+_MALFORMED = (ValueError, TypeError, UnicodeError, OverflowError, struct.error, KeyError)
+# sequences are parsed lazily, while the profile walks them: their parse errors too
+_MALFORMED_ITEMS = (*_MALFORMED, OSError, EOFError, NotImplementedError, IndexError)
 
 
 def deidentify_file(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> DeidRecord:
@@ -40,29 +54,51 @@ def deidentify_file(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> De
     if policy.profile is Profile.none:
         shutil.copyfile(src, dst)
         return DeidRecord(profile="none", options=[], edition="")
+    changes = Changes()
     with open(src, "rb") as fin:
         source = read(fin)
-        burned_in.check(source.ds, policy)
-        changes = Changes()
-        trailing = Dataset()
-        if source.pixel_offset is not None:
-            fin.seek(source.pixel_offset)
-            copy_pixels(fin, None, source)  # seek past it: pixels are not read here
-            trailing = read_trailing(fin, source)
-        if policy.profile is Profile.eucaim:
-            _eucaim(source.ds, trailing, policy, secret, changes)
-        else:
-            _basic(source.ds, trailing, policy.options, secret, changes)
         try:
-            with open(dst, "wb") as fout:
-                write_header(fout, source)
-                if source.pixel_offset is not None:
-                    copy_pixels(fin, fout, source)
-                    write_trailing(fout, trailing, source)
-        except BaseException:
-            dst.unlink(missing_ok=True)  # never leave a half-written instance behind
+            trailing = _prepare(fin, source, policy, secret, changes)
+        except (PolicyError, BurnedInSuspected, UnreadableInstance):
             raise
+        except _MALFORMED_ITEMS as exc:  # a value pydicom cannot decode: the sender's bytes
+            name = type(exc).__name__
+            raise UnreadableInstance(f"malformed value in the instance ({name})") from exc
+        _write(fin, dst, source, trailing)
     return _record(policy, changes)
+
+
+def _prepare(
+    fin: BinaryIO, source: Source, policy: DeidPolicy, secret: str, changes: Changes
+) -> Dataset:
+    """Burned-in check, then the profile on the header and on any trailing elements."""
+    burned_in.check(source.ds, policy)
+    trailing = Dataset()
+    if source.pixel_offset is not None:
+        fin.seek(source.pixel_offset)
+        copy_pixels(fin, None, source)  # seek past it: pixels are not read here
+        trailing = read_trailing(fin, source)
+    if policy.profile is Profile.eucaim:
+        _eucaim(source.ds, trailing, policy, secret, changes)
+    else:
+        _basic(source.ds, trailing, policy.options, secret, changes)
+    return trailing
+
+
+def _write(fin: BinaryIO, dst: Path, source: Source, trailing: Dataset) -> None:
+    """New header, raw pixel element, trailing elements; nothing left half-written."""
+    try:
+        with open(dst, "wb") as fout:
+            write_header(fout, source)
+            if source.pixel_offset is not None:
+                copy_pixels(fin, fout, source)
+                write_trailing(fout, trailing, source)
+    except BaseException as exc:
+        dst.unlink(missing_ok=True)
+        if isinstance(exc, _MALFORMED):
+            name = type(exc).__name__
+            raise UnreadableInstance(f"instance cannot be re-encoded ({name})") from exc
+        raise
 
 
 def _drop_stale(ds: Dataset, trailing: Dataset, changes: Changes) -> None:

@@ -56,7 +56,7 @@ def code_for(tag: int, vr: str) -> str:
     if code is not None:
         return code
     group = tag >> 16
-    if group in KEEP_GROUPS or group == 0x7FE0:
+    if (group in KEEP_GROUPS or group == 0x7FE0) and actions.is_known(tag):
         if vr == "UI":
             return "U"
         if vr in ("DA", "DT"):
@@ -70,6 +70,7 @@ def apply(ds: Dataset, secret: str, original_pid: str | None, ctx: Context) -> N
     _private(ds, ctx)
     for tag in [t for t in actions.tags(ds) if not (t >> 16) & 1]:
         vr = actions.vr_of(ds, tag)
+        actions.check_length(ds, tag, vr)
         code = code_for(tag, vr)
         if code == "X":
             actions.drop(ds, tag, ctx)
@@ -112,6 +113,9 @@ def _value(
     if code == "M1":
         actions.map_values(elem, ctp.modify_date)
     elif code == "HD":
+        if pid is None:  # CTP: @hashdate without its hash element removes the date
+            actions.remove(ds, elem, ctx)
+            return
         actions.map_values(elem, lambda v: ctp.hash_date_shift(v, pid))
     elif code == "H16":
         actions.map_values(elem, lambda v: ctp.ctp_hash(v, 16))

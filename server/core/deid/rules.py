@@ -13,7 +13,8 @@ every Type, so the output stays conformant whatever the IOD:
 Options override the Basic action when the table has an entry in their column; when
 two enabled options name the same attribute, K wins over C (retain is what was asked).
 
-Attributes the table does not list are kept, with these safety nets (deviations toward
+Public tags unknown to the data dictionary are removed. Attributes the table does not
+list are kept, with these safety nets (deviations toward
 less information): person names (PN) become empty; dates and date-times follow the date
 columns (removed to D/Z unless a Retain Longitudinal option applies); free-text VRs
 ST/LT/UT/UC are removed unless Clean Descriptors cleans them (SR TextValue: also under
@@ -24,6 +25,7 @@ Overlay groups (60xx) go entirely unless Clean Graphics; curves (50xx) likewise.
 
 from __future__ import annotations
 
+from server.core.deid.actions import is_known
 from server.core.deid.annex_e_table import MASKED, RULES
 from server.core.deid.policy import Option
 
@@ -83,6 +85,8 @@ def basic_action(tag: int, vr: str, options: frozenset[Option]) -> str:
         return "X"
     row = table_entry(tag)
     if row is None:
+        if not is_known(tag):
+            return "X"  # not a standard attribute: nothing says what it holds
         return _unlisted(tag, vr, options)
     basic, cols = row
     return _resolve(_with_options(basic, cols, options), vr)

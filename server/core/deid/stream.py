@@ -16,7 +16,6 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_dataset
@@ -71,8 +70,9 @@ def read(fp: BinaryIO) -> Source:
             ds = dcmread(fp, force=True)
             offset = -1
         implicit, little = bool(ds.is_implicit_VR), bool(ds.is_little_endian)
-    except (InvalidDicomError, ValueError, EOFError, OSError, struct.error, KeyError) as exc:
-        raise UnreadableInstance(f"not a readable DICOM instance: {exc}") from exc
+    except Exception as exc:  # any parser failure on client bytes is the client's
+        # the exception text may quote a value (PHI): only its type is reported
+        raise UnreadableInstance(f"not a readable DICOM instance ({type(exc).__name__})") from exc
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
         raise UnreadableInstance("not a DICOM instance: SOPClassUID or SOPInstanceUID missing")
     fp.seek(0, 2)
@@ -147,8 +147,9 @@ def read_trailing(src: BinaryIO, source: Source) -> Dataset:
         return Dataset()
     try:
         return read_dataset(src, source.implicit, source.little, bytelength=size)
-    except (ValueError, EOFError, struct.error, NotImplementedError) as exc:
-        raise UnreadableInstance(f"unreadable elements after the pixel data: {exc}") from exc
+    except Exception as exc:
+        name = type(exc).__name__
+        raise UnreadableInstance(f"unreadable elements after the pixel data ({name})") from exc
 
 
 def new_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:

@@ -127,8 +127,8 @@ def is_definition_uid(tag: int, value: str) -> bool:
 def scrub(text: str, words: list[str]) -> str:
     """Clean (C) a free-text value: remove every identifying word of this instance."""
     out = text
-    for word in words:
-        out = re.sub(re.escape(word), "", out, flags=re.IGNORECASE)
+    for word in words:  # whole words only: "St" must not eat the "st" of "chest"
+        out = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", out, flags=re.IGNORECASE)
     return " ".join(out.split())
 
 

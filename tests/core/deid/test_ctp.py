@@ -110,3 +110,11 @@ def test_luhn_mod16_matches_the_textbook_algorithm() -> None:
         d = int(ch, 16) * (2 if i % 2 else 1)
         total += d // 16 + d % 16
     assert total % 16 == 0
+
+
+def test_scrub_removes_whole_identifying_words_only() -> None:
+    from server.core.deid import values
+
+    words = values.identifying_words(["Kowalski^Carla", "St Mary Hospital", "PAT-001"])
+    assert values.scrub("CT chest Kowalski, St Mary; id PAT-001", words) == "CT chest , ; id"
+    assert values.scrub("Stomach study", words) == "Stomach study"

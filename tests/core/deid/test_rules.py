@@ -42,11 +42,14 @@ def test_annex_e_table_is_well_formed() -> None:
         (0x60023000, "OW", {Option.clean_graphics}, "C"),
         (0x60020010, "US", set(), "X"),  # the rest of an overlay group goes with it
         (0x50001234, "OB", set(), "X"),  # curves
-        (0x00189999, "PN", set(), "Z"),  # unlisted person name
-        (0x00209999, "LT", set(), "X"),  # unlisted free text
-        (0x00209999, "LT", {Option.clean_descriptors}, "C"),
-        (0x00209999, "UI", set(), "U"),  # unlisted UID: remapped unless a definition
-        (0x00209999, "UI", {Option.retain_uids}, "K"),
+        (0x00140104, "PN", set(), "Z"),  # unlisted person name (Secondary Reviewer Name)
+        (0x00140102, "DA", set(), "D"),  # unlisted date (Secondary Review Date)
+        (0x00140102, "DA", {Option.retain_long_modified_dates}, "C"),
+        (0x00080108, "LT", set(), "X"),  # unlisted free text (Extended Code Meaning)
+        (0x00080108, "LT", {Option.clean_descriptors}, "C"),
+        (0x00041432, "UI", set(), "U"),  # unlisted UID: remapped unless a definition
+        (0x00041432, "UI", {Option.retain_uids}, "K"),
+        (0x00209999, "LO", set(), "X"),  # not in the dictionary: removed
         (0x00280010, "US", set(), "K"),  # Rows: not identifying
         (0x0040A160, "UT", set(), "X"),  # SR TextValue
         (0x0040A160, "UT", {Option.clean_structured_content}, "C"),

@@ -12,8 +12,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
-from server.core.deid import ctp
+from server.core.deid import ctp, values
 from server.core.deid.engine import deidentify_file
 from server.core.deid.policy import BurnedInSuspected, DeidPolicy, Profile
 from server.core.records import UnreadableInstance
@@ -54,6 +55,34 @@ def _check(src: Path, tmp_path: Path, policy: DeidPolicy) -> None:
     assert after.PatientIdentityRemoved == "YES"
     assert not [e.tag for e in after if e.tag.is_private and policy.profile is Profile.basic]
     assert record.profile == policy.profile.value
+    _uids_consistent(before, after, policy)
+
+
+def _uids(ds) -> set[tuple[int, str]]:  # type: ignore[no-untyped-def]
+    found = set()
+    for elem in ds.iterall():
+        if elem.VR == "UI" and elem.value:
+            values = elem.value if isinstance(elem.value, list | MultiValue) else [elem.value]
+            found |= {(int(elem.tag), str(v)) for v in values if str(v)}
+    return found
+
+
+def _uids_consistent(before, after, policy: DeidPolicy) -> None:  # type: ignore[no-untyped-def]
+    """Every UID in the output is a kept definition UID or the pseudonym of an input UID:
+    so every reference, at any depth, maps exactly like the instance it points to."""
+    originals = {uid for _, uid in _uids(before)}
+    if policy.profile is Profile.eucaim:
+        anon = ctp.hash_patient_id(SECRET, before.get("PatientID"))
+        mapped = {ctp.hash_uid(ctp.EUCAIM_UID_ROOT, u, anon) for u in originals}
+    else:
+        mapped = {values.keyed_uid(SECRET, u) for u in originals}
+    for tag, uid in _uids(after):
+        if tag == 0x00080017:  # AcquisitionUID: LETHE's @hash(this,16)
+            continue
+        if values.is_definition_uid(tag, uid):
+            continue
+        assert uid in mapped, f"{tag:08X}: not the pseudonym of any input UID"
+        assert uid not in originals
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.profile.value)

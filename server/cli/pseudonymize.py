@@ -1,28 +1,24 @@
 """``imaging-gateway pseudonymize-csv``: hash a clinical CSV as EUCAIM's LETHE does.
 
-A site's clinical data then links to the imaging the gateway stored into a dataset of
-the ``eucaim`` profile, without running LETHE: with the dataset's secret,
-
-* column 1 (PatientID) becomes ``EUCAIM-`` + the unsigned decimal MD5 of
-  ``[secret]`` + the trimmed PatientID (RSNA CTP ``@hashptid``; an empty PatientID
-  hashes as ``null``, as LETHE does);
-* in the studies-metadata file (named ``dcm_studies_metadata.csv``, as LETHE
-  recognises it, or any file with ``--studies``), column 2 (StudyInstanceUID) becomes
-  CTP ``@hashuid(@UIDROOT, this, PatientID)`` under root ``1.3.6.1.4.1.58108.2023``
-  with the pseudonymised PatientID appended: the StudyInstanceUID the gateway stored.
+A site's clinical data then links to the images the gateway stored into a dataset,
+without running LETHE: column 1 (PatientID) and, in the studies-metadata file (named
+``dcm_studies_metadata.csv``, as LETHE recognises it, or any file with ``--studies``),
+column 2 (StudyInstanceUID) get the pseudonyms the dataset's images got
+(:mod:`server.core.clinical_csv`: LETHE's for ``eucaim``, the engine's keyed ones for
+``basic``; ``none`` is refused).
 
 The first row is a header and is copied unchanged; the input's delimiter (comma,
 semicolon, tab or bar: the one the header row uses most) is detected, quotes are
-RFC 4180's, and the output is RFC 4180
-(comma, CRLF, quotes only where needed). The file is streamed row by row and written
-to ``OUT`` only when complete. Each run is audited (the secret never is).
+RFC 4180's, and the output is RFC 4180 (comma, CRLF, quotes only where needed). The
+file is streamed row by row and written to ``OUT`` only when complete. Each run is
+audited (the secret never is).
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,35 +26,12 @@ import click
 from tqdm import tqdm
 
 from server.cli.deid_admin import audit_admin
-from server.core.deid import ctp
+from server.core.clinical_csv import Mapper, RowError, row_mapper
 from server.core.deid.policy import Profile
 from server.errors import GatewayError
 
 STUDIES_FILE = "dcm_studies_metadata.csv"
 DELIMITERS = (",", ";", "\t", "|")
-
-Mapper = Callable[[list[str]], list[str]]
-
-
-def patient_mapper(secret: str) -> Mapper:
-    def mapper(row: list[str]) -> list[str]:
-        return [_patient(secret, row[0]), *row[1:]]
-
-    return mapper
-
-
-def studies_mapper(secret: str) -> Mapper:
-    def mapper(row: list[str]) -> list[str]:
-        if len(row) < 2:
-            raise ValueError("a studies-metadata row needs PatientID and StudyInstanceUID")
-        patient = _patient(secret, row[0])
-        return [patient, ctp.hash_uid(ctp.EUCAIM_UID_ROOT, row[1], patient), *row[2:]]
-
-    return mapper
-
-
-def _patient(secret: str, patient_id: str) -> str:
-    return ctp.hash_patient_id(secret, patient_id if patient_id else "null")
 
 
 def _dialect(handle: IO[str]) -> type[csv.Dialect]:
@@ -96,7 +69,7 @@ def pseudonymize(source: Path, target: Path, mapper: Mapper, quiet: bool) -> int
             for number, row in enumerate(reader, start=1):
                 try:
                     writer.writerow(row if number == 1 or not row else mapper(row))
-                except ValueError as exc:
+                except RowError as exc:
                     raise click.ClickException(f"{source.name} row {number}: {exc}") from None
                 rows += 1
         os.replace(partial, target)
@@ -111,7 +84,7 @@ def pseudonymize(source: Path, target: Path, mapper: Mapper, quiet: bool) -> int
 
 @click.command("pseudonymize-csv")
 @click.option(
-    "--dataset", "dataset_id", required=True, help="The eucaim dataset whose secret hashes."
+    "--dataset", "dataset_id", required=True, help="The dataset whose pseudonyms to reproduce."
 )
 @click.option(
     "--studies",
@@ -137,8 +110,7 @@ def pseudonymize_csv(
     studies = studies or source.name == STUDIES_FILE
     try:
         try:
-            secret = _eucaim_secret(gateway, dataset_id)
-            mapper = studies_mapper(secret) if studies else patient_mapper(secret)
+            mapper = _mapper(gateway, dataset_id, studies)
             rows = pseudonymize(source, target, mapper, quiet)
         except GatewayError as exc:
             raise click.ClickException(exc.message) from exc
@@ -152,14 +124,13 @@ def pseudonymize_csv(
     click.echo(f"wrote {rows} rows ({kind}: header kept) to {target}")
 
 
-def _eucaim_secret(gateway: Any, dataset_id: str) -> str:
+def _mapper(gateway: Any, dataset_id: str, studies: bool) -> Mapper:
     if gateway.fhir_store.last_content("ResearchStudy", dataset_id) is None:
         raise click.ClickException(f"dataset {dataset_id} is not known")
     policy, secret = gateway.deid_policies.for_dataset(dataset_id)
-    if policy.profile is not Profile.eucaim:
+    if policy.profile is Profile.none:
         raise click.ClickException(
-            f"dataset {dataset_id} uses the {policy.profile.value} profile: pseudonymize-csv "
-            "reproduces the pseudonyms of the eucaim profile (LETHE) only, so its output "
-            f"would not link to the images of {dataset_id}"
+            f"dataset {dataset_id} uses the none profile: its images keep the PatientIDs "
+            "they arrived with, so there is nothing to pseudonymise"
         )
-    return str(secret)
+    return row_mapper(policy, str(secret), studies)

@@ -11,6 +11,7 @@ front when it starts with ``0``, cut to 64 characters.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,6 +39,22 @@ def hashuid(uid: str, anonymised_pid: str) -> str:
     return (f"{ROOT}." + ("9" if digits.startswith("0") else "") + digits)[:64]
 
 
+def basic_pid(secret: str, patient_id: str) -> str:
+    """The basic profile's pseudonym (the engine's definition): ANON- + HMAC-SHA256, 32 hex."""
+    mac = hmac.new(secret.encode(), b"patient\x00" + patient_id.strip().encode(), hashlib.sha256)
+    return "ANON-" + mac.hexdigest()[:32].upper()
+
+
+def basic_uid(secret: str, uid: str) -> str:
+    """A 2.25 UID from a keyed UUIDv8: HMAC-SHA256 cut to 16 bytes, version and variant set."""
+    raw = bytearray(
+        hmac.new(secret.encode(), b"uid\x00" + uid.encode(), hashlib.sha256).digest()[:16]
+    )
+    raw[6] = 0x80 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    return "2.25." + str(int.from_bytes(raw, "big"))
+
+
 LETHE = lethe_secret()
 
 
@@ -49,9 +66,24 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
                           "--deidentify", "eucaim", "--provider-id", "SITE-9",
                           "--pseudonym-secret", secret)  # fmt: skip
         assert done.returncode == 0, done.stderr
-    for rid, profile in (("plain-basic", "basic"), ("plain-none", "none")):
-        done = server.cli("dataset", "create", rid, "--title", rid, "--cancer-type", "lung",
-                          "--deidentify", profile)  # fmt: skip
+    for rid, options in (
+        ("plain-basic", ("--deidentify", "basic", "--pseudonym-secret", CTP_SECRET)),
+        (
+            "basic-uids",
+            (
+                "--deidentify",
+                "basic",
+                "--deid-option",
+                "retain-uids",
+                "--pseudonym-secret",
+                CTP_SECRET,
+            ),
+        ),
+        ("plain-none", ("--deidentify", "none")),
+    ):
+        done = server.cli(
+            "dataset", "create", rid, "--title", rid, "--cancer-type", "lung", *options
+        )
         assert done.returncode == 0, done.stderr
     yield server
     server.stop()
@@ -109,9 +141,35 @@ def test_studies_metadata_by_name_and_by_switch(live: LiveServer, tmp_path: Path
     assert plain.read_text().splitlines()[1].split(",")[1] == uids[0]
 
 
+def test_basic_datasets_get_the_basic_profiles_pseudonyms(live: LiveServer, tmp_path: Path) -> None:
+    uid = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
+    rows = [
+        ("P001", uid),
+        ("  P002 ", "1.2.3"),
+        ("", "1.2.3.4"),
+    ]  # no PatientID: keyed on the study
+    source = tmp_path / "dcm_studies_metadata.csv"
+    source.write_text("PatientID,StudyInstanceUID\n" + "".join(f"{p},{u}\n" for p, u in rows))
+    for dataset, keep_uids in (("plain-basic", False), ("basic-uids", True)):
+        out = tmp_path / f"{dataset}.csv"
+        done = pseudonymize(live, "--dataset", dataset, "--quiet", str(source), str(out))
+        assert done.returncode == 0, done.stderr
+        expected = "PatientID,StudyInstanceUID\r\n" + "".join(
+            f"{basic_pid(CTP_SECRET, p or 'study:' + u)},{u if keep_uids else basic_uid(CTP_SECRET, u)}\r\n"
+            for p, u in rows
+        )
+        assert out.read_bytes().decode() == expected
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("PatientID,age\nP1,3\n ,4\n")
+    done = pseudonymize(
+        live, "--dataset", "plain-basic", "--quiet", str(clinical), str(tmp_path / "x.csv")
+    )
+    assert done.returncode == 1 and "row 3" in done.stderr and "studies file" in done.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
 REFUSED = {
-    "a basic dataset": ("plain-basic", "pseudonyms of the eucaim profile"),
-    "a none dataset": ("plain-none", "pseudonyms of the eucaim profile"),
+    "a none dataset": ("plain-none", "nothing to pseudonymise"),
     "an unknown dataset": ("no-such", "not known"),
 }
 
@@ -144,7 +202,7 @@ def test_runs_are_audited_without_the_secret(live: LiveServer) -> None:
     shown = live.cli("audit", "show", "--limit", "100").stdout
     lines = [line for line in shown.splitlines() if "pseudonymize-csv" in line]
     assert any("datasets=eu-lethe" in line and " ok " in line for line in lines), shown
-    assert any("datasets=plain-basic" in line for line in lines), shown
+    assert any("datasets=plain-none" in line and "refused" in line for line in lines), shown
     assert LETHE not in shown and CTP_SECRET not in shown
 
 

@@ -199,7 +199,7 @@ def build_gateway(settings: Settings) -> Gateway:
         settings=settings,
         store=store,
         index=index,
-        ingest=IngestService(store, index, settings, journal),
+        ingest=IngestService(store, index, settings, journal, deid_policies),
         retrieve=RetrieveService(store, index, settings.pixel_limits()),
         deleter=DeleteService(store, index, journal, secret.patient_id_key()),
         checker=CheckService(store, index, journal, secret.patient_id_key()),

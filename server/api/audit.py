@@ -88,6 +88,7 @@ def access_record(scope: Scope, http_status: int) -> AccessRecord:
         purpose=sorted(purposes)[0] if purposes else None,
         datasets=datasets,
         entities=tuple(note.get("entities", ())),
+        deidentified=tuple(note.get("deidentified", ())),
     )
 
 

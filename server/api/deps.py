@@ -32,10 +32,16 @@ def principal(request: Request) -> Principal:
 
 
 def audit_note(
-    request: Request, *, datasets: tuple[str, ...] = (), entities: tuple[str, ...] = ()
+    request: Request,
+    *,
+    datasets: tuple[str, ...] = (),
+    entities: tuple[str, ...] = (),
+    deidentified: tuple[tuple[str, str], ...] = (),
 ) -> None:
-    """Tell the audit what this request touched (datasets, studies, resources)."""
+    """Tell the audit what this request touched (datasets, studies, resources, instances
+    stored with their de-identification records)."""
     note = getattr(request.state, "audit_note", None) or {"datasets": (), "entities": ()}
     note["datasets"] = tuple(dict.fromkeys((*note["datasets"], *datasets)))
     note["entities"] = tuple(dict.fromkeys((*note["entities"], *entities)))
+    note["deidentified"] = (*note.get("deidentified", ()), *deidentified)
     request.state.audit_note = note

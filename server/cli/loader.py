@@ -1,4 +1,9 @@
-"""Feed files from disk (import) or generated datasets (demo) through the ingest pipeline."""
+"""Feed files from disk (import) or generated datasets (demo) through the ingest pipeline.
+
+The pipeline de-identifies every file by the dataset's policy before storing it (the
+files on disk are copied into the spool, never changed). Each import batch is audited
+like a STOW request, with the de-identification record of every stored instance.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from typing import Any
 from tqdm import tqdm
 
 from server.app import Gateway
-from server.core.stow import PartOutcome
+from server.cli.quarantine import cli_audit
+from server.core.stow import PartOutcome, deidentified
 from server.services.ingest import IngestItem
 
 BATCH = 64
@@ -81,11 +87,20 @@ def import_paths(
             outcomes = gateway.ingest.store_instances(items, dataset=dataset)
         finally:
             shutil.rmtree(spool, ignore_errors=True)
+        _audit(gateway, outcomes, dataset)
         _tally(summary, batch, outcomes)
         bar.update(len(batch))
         bar.set_postfix(stored=summary.stored, failed=summary.failed)
     bar.close()
     return summary
+
+
+def _audit(gateway: Gateway, outcomes: list[PartOutcome], dataset: str | None) -> None:
+    target = dataset or gateway.settings.default_dataset
+    stored = sum(o.stored for o in outcomes)
+    cli_audit(gateway, "import", 200 if stored == len(outcomes) else (202 if stored else 409),
+              action="store", datasets=(target,) if target else (),
+              deidentified=deidentified(outcomes))  # fmt: skip
 
 
 def _tally(summary: ImportSummary, files: list[Path], outcomes: list[PartOutcome]) -> None:

@@ -19,6 +19,7 @@ from server.cli.daa import daa
 from server.cli.datasets import dataset
 from server.cli.federation import federation
 from server.cli.pseudonymize import pseudonymize_csv
+from server.cli.quarantine import instance, quarantine
 
 if TYPE_CHECKING:
     from server.dimse.service import DimseService
@@ -267,6 +268,8 @@ main.add_command(backup)
 main.add_command(restore)
 main.add_command(pseudonymize_csv)
 main.add_command(federation)
+main.add_command(quarantine)
+main.add_command(instance)
 
 
 if __name__ == "__main__":

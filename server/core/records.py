@@ -61,6 +61,7 @@ class InstanceRecord:
     dataset: str | None = None  # set by ingest from the STOW URL / import option / default
     patient_key: str = ""  # pseudonymous FHIR Patient id (server.core.fhir.imaging.patient_id)
     started: tuple[str | None, str | None] = (None, None)  # StudyDate/Time as an instant range
+    deid: bytes | None = None  # DeidRecord JSON (names of attributes, never values); admin-only
 
     @property
     def modality(self) -> str | None:

@@ -25,10 +25,16 @@ class PartOutcome:
     failure: int | None = None
     warnings: list[int] = field(default_factory=list)
     message: str = ""
+    deid: bytes | None = None  # the DeidRecord JSON of a stored part (audit; never values)
 
     @property
     def stored(self) -> bool:
         return self.failure is None
+
+
+def deidentified(outcomes: list[PartOutcome]) -> tuple[tuple[str, str], ...]:
+    """(stored SOP Instance UID, DeidRecord JSON) of every stored part, for the audit."""
+    return tuple((o.sop_uid, o.deid.decode()) for o in outcomes if o.stored and o.deid)
 
 
 def _ui(value: str) -> dict[str, Any]:

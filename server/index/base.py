@@ -64,6 +64,9 @@ class Index(Protocol):
 
     def find_by_sop(self, sop_uid: str) -> StoredInstance | None: ...
 
+    def deid_record(self, sop_uid: str) -> tuple[str | None, bytes | None] | None:
+        """(dataset, DeidRecord JSON or None if stored before de-identification), None if absent."""
+
     def study_dataset(self, study_uid: str) -> tuple[bool, str | None]:
         """(study exists, its dataset) — what authorisation needs before any retrieval."""
 

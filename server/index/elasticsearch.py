@@ -36,7 +36,14 @@ from server.core.qido import QidoQuery
 from server.core.records import InstanceRecord
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, AddResult, Scope, SearchPage, StoredInstance
-from server.index.es_mapping import FEDERATION_FIELDS, LEVEL_INDEX, columns, mapping, settings
+from server.index.es_mapping import (
+    ADDED_FIELDS,
+    FEDERATION_FIELDS,
+    LEVEL_INDEX,
+    columns,
+    mapping,
+    settings,
+)
 from server.index.es_query import qido_query
 from server.index.federation_es import series_facts, series_objects, study_facts
 
@@ -74,6 +81,8 @@ class ElasticsearchIndex:
                 for level, alias in self.names.items():
                     if not self.es.indices.exists(index=alias):
                         self.create_version(level, alias, with_alias=True)
+                    elif level in ADDED_FIELDS:  # indices made by an earlier version
+                        self.es.indices.put_mapping(index=alias, properties=ADDED_FIELDS[level])
                 # indices made by earlier releases: add the federated-search fields (idempotent)
                 self.es.indices.put_mapping(
                     index=self.names[Level.STUDY], properties=FEDERATION_FIELDS
@@ -168,7 +177,7 @@ class ElasticsearchIndex:
             "sop_class_uid": rec.sop_class_uid, "transfer_syntax": rec.transfer_syntax,
             "blob_key": rec.blob_key, "sha256": rec.sha256, "size": rec.size,
             "json": _b64(rec.level_json[Level.INSTANCE]), "metadata": _b64(rec.metadata),
-            "pixel_index": _b64(rec.pixel_index),
+            "pixel_index": _b64(rec.pixel_index), "deid": _b64(rec.deid),
         }  # fmt: skip
         return [
             # No scripts (the minimal distribution has none): the merged list is written whole.
@@ -255,6 +264,15 @@ class ElasticsearchIndex:
         except NotFoundError:
             return None
         return _stored(dict(doc))
+
+    def deid_record(self, sop_uid: str) -> tuple[str | None, bytes | None] | None:
+        try:
+            doc = self.es.get(
+                index=self.names[Level.INSTANCE], id=sop_uid, source_includes=["dataset", "deid"]
+            )
+        except NotFoundError:
+            return None
+        return doc["_source"].get("dataset"), _unb64(doc["_source"].get("deid"))
 
     def study_dataset(self, study_uid: str) -> tuple[bool, str | None]:
         try:

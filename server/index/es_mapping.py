@@ -69,9 +69,14 @@ def mapping(level: Level) -> dict[str, Any]:
             "sop_uid": {"type": "keyword"}, "blob_key": {"type": "keyword"},
             "sha256": {"type": "keyword"}, "size": {"type": "long"},
             "transfer_syntax": {"type": "keyword"}, "sop_class_uid": {"type": "keyword"},
-            "metadata": _STORED, "pixel_index": _STORED,
+            "metadata": _STORED, "pixel_index": _STORED, "deid": _STORED,
         })  # fmt: skip
     return {"dynamic": "strict", "properties": props}
+
+
+# Fields added after indices were first created: ``put_mapping`` adds them on open
+# (adding a field to a strict mapping is allowed; documents without it stay valid).
+ADDED_FIELDS: dict[Level, dict[str, Any]] = {Level.INSTANCE: {"deid": _STORED}}
 
 
 def settings(shards: int, replicas: int) -> dict[str, Any]:

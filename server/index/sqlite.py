@@ -160,6 +160,11 @@ class SqliteIndex:
             "INSERT INTO instance_metadata (instance_pk, metadata) VALUES (?, ?)",
             (cursor.lastrowid, rec.metadata),
         )
+        if rec.deid is not None:
+            conn.execute(
+                "INSERT INTO instance_deid (instance_pk, record) VALUES (?, ?)",
+                (cursor.lastrowid, rec.deid),
+            )
 
     @staticmethod
     def _refresh_study_series(conn: sqlite3.Connection, study_pks: Sequence[int]) -> None:
@@ -180,6 +185,7 @@ class SqliteIndex:
             f"SELECT DISTINCT series_pk, study_pk FROM instance WHERE pk IN ({marks})", list(pks)
         ).fetchall()
         conn.execute(f"DELETE FROM instance_metadata WHERE instance_pk IN ({marks})", list(pks))
+        conn.execute(f"DELETE FROM instance_deid WHERE instance_pk IN ({marks})", list(pks))
         conn.execute(f"DELETE FROM instance WHERE pk IN ({marks})", list(pks))
         now = time.time()
         for series_pk in {r[0] for r in rows}:
@@ -242,6 +248,18 @@ class SqliteIndex:
             .fetchone()
         )
         return StoredInstance(*row) if row else None
+
+    def deid_record(self, sop_uid: str) -> tuple[str | None, bytes | None] | None:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT st.dataset, d.record FROM instance i JOIN study st ON i.study_pk = st.pk"
+                " LEFT JOIN instance_deid d ON d.instance_pk = i.pk WHERE i.sopinstanceuid = ?",
+                (sop_uid,),
+            )
+            .fetchone()
+        )
+        return (row[0], row[1]) if row else None
 
     def study_dataset(self, study_uid: str) -> tuple[bool, str | None]:
         row = (

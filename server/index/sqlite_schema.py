@@ -86,6 +86,11 @@ def create_statements() -> list[str]:
         "CREATE INDEX IF NOT EXISTS ix_instance_study ON instance(study_pk)",
         "CREATE TABLE IF NOT EXISTS instance_metadata (instance_pk INTEGER PRIMARY KEY"
         " REFERENCES instance(pk), metadata BLOB NOT NULL)",
+        # De-identification record per instance (admin-only; names of attributes, never
+        # values). A side table, so databases made before it gain it on open; their
+        # instances have no row (stored before de-identification on ingest).
+        "CREATE TABLE IF NOT EXISTS instance_deid (instance_pk INTEGER PRIMARY KEY"
+        " REFERENCES instance(pk), record BLOB NOT NULL)",
         "CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL)",
     ]
     return statements

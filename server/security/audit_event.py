@@ -32,6 +32,8 @@ PARTICIPATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationTy
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
+DEID_DETAIL = "deidentification"  # entity.detail.type: the DeidRecord JSON of a stored instance
+
 OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
 
 # gateway action -> (restful-interaction code, AuditEvent.action); BALP records queries as E.
@@ -111,6 +113,9 @@ class AccessRecord:
     # outcome in the caller's protocol when it is not HTTP, e.g. "DIMSE status 0xA900";
     # ``http_status`` then holds the HTTP equivalent (for searches by status)
     outcome_text: str | None = None
+    # (stored SOP Instance UID, DeidRecord JSON) of each instance an ingest stored: what
+    # de-identification did (names of attributes, never values)
+    deidentified: tuple[tuple[str, str], ...] = ()
 
 
 # -- the AuditEvent ---------------------------------------------------------------------------
@@ -163,6 +168,13 @@ def _entity(value: str) -> dict[str, Any]:
         "type": _coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
         "name": value,
     }
+
+
+def _deidentified(sop_uid: str, deid: str) -> dict[str, Any]:
+    """A stored instance with its de-identification record (DICOM PS3.15 Annex E)."""
+    entity = _entity(f"instance:{sop_uid}")
+    entity["detail"] = [{"type": DEID_DETAIL, "valueString": deid}]
+    return entity
 
 
 def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[str, Any]:
@@ -232,6 +244,7 @@ def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[s
         for dataset in record.datasets
     )
     entities.extend(_entity(value) for value in record.entities)
+    entities.extend(_deidentified(uid, deid) for uid, deid in record.deidentified)
 
     recorded = instant(time.time() if record.recorded is None else record.recorded)
     event: dict[str, Any] = {

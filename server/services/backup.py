@@ -202,9 +202,9 @@ class BackupService:
         return _Round(refs=refs, memberships=memberships)
 
     def _copy_plain(self, data: Path, files: dict[PurePosixPath, bf.Kind]) -> None:
-        """Signing keys and unclassified files (each replaced atomically by its writer)."""
+        """Keys, held instances and unclassified files (each put in place atomically)."""
         for rel, kind in files.items():
-            if kind in (bf.Kind.key, bf.Kind.unclassified):
+            if kind in (bf.Kind.key, bf.Kind.held, bf.Kind.unclassified):
                 try:
                     bf.copy_file(self.data_dir / rel, data / rel)
                 except FileNotFoundError:  # replaced or removed meanwhile

@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from server.security.pseudonym_secrets import SECRET_DIR, is_secret_file
+from server.services.quarantine import HELD_FILE, INSTANCE_FILE, QUARANTINE_DIR
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 AUDIT_ANCHOR = "audit.head"
@@ -42,6 +43,7 @@ class Kind(StrEnum):
     blob = "blob"  # content-addressed DICOM file, copied and sha256-checked
     anchor = "audit-anchor"  # written to match the audit snapshot's last event
     key = "signing-key"  # keys/*.json, pseudonym-secrets/*: replaced atomically by the gateway
+    held = "deid-quarantine"  # an instance held for burned-in text: written once, then renamed
     unclassified = "unclassified"  # copied as is, reported
     sidecar = "sqlite-sidecar"  # not copied: inside the snapshot
     lock = "lock"  # not copied: recreated on demand
@@ -73,6 +75,11 @@ def classify(data_dir: Path, rel: PurePosixPath) -> Kind:
         return Kind.lock
     if name.endswith((".partial", ".tmp")):
         return Kind.transient
+    if top == QUARANTINE_DIR and len(rel.parts) == 3:
+        if rel.parts[1].startswith("."):  # being written (renamed into place when complete)
+            return Kind.transient
+        if name in (HELD_FILE, INSTANCE_FILE):
+            return Kind.held
     if str(rel) == AUDIT_ANCHOR:
         return Kind.anchor
     if (

@@ -1,12 +1,22 @@
-"""Ingest pipeline shared by STOW-RS and ``imaging-gateway import`` (PS3.18 10.5).
+"""Ingest pipeline shared by STOW-RS, ``imaging-gateway import`` and quarantine release (PS3.18 10.5).
+
+Every instance is de-identified before anything is stored: the dataset's policy
+(``gateway.deid_policies``, looked up once per request) turns each spooled file into
+its de-identified copy in the same spool folder, the original spool file is deleted at
+once, and only the copy is parsed, stored and indexed. The original bytes never reach
+the blob store or the index; spool files of original bytes are removed on every path.
 
 Order of writes, so that a crash never leaves a half instance visible:
-parse → journal entry → blob (spooled file renamed into place, under a key no other
-write uses) → sync → index commit → acknowledge → journal entry closed.
+de-identify → parse → journal entry → blob (spooled file renamed into place, under a
+key no other write uses) → sync → index commit → acknowledge → journal entry closed.
 An index entry never exists without its blob. A blob written but not indexed when
 the process dies is settled at the next start (``services/recovery.py``). A refused
 or failed write removes only the blob it wrote itself, so it never changes what is
 stored.
+
+The STOW answer: a failed part names what the client sent (its SOP Class and SOP
+Instance UIDs); a stored part names what is stored (the pseudonymised UIDs and the
+RetrieveURL a client can retrieve), since the sent UIDs no longer exist here.
 
 Every refusal caused by UIDs already in use answers the same (see ``UID_IN_USE``), so
 a store client learns nothing about which dataset holds a UID or whether it is its own.
@@ -14,19 +24,33 @@ a store client learns nothing about which dataset holds a UID or whether it is i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+import orjson
+import pydicom
 
 from server.core import stow
 from server.core.blobkeys import new_blob_key
+from server.core.deid.engine import deidentify_file
+from server.core.deid.policy import (
+    BurnedIn,
+    BurnedInSuspected,
+    DeidPolicy,
+    DeidRecord,
+)
 from server.core.mediatypes import parse_media_type
 from server.core.records import InstanceRecord, UnreadableInstance, read_instance
 from server.core.stow import PartOutcome
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, Index
 from server.security.keys import patient_id_key
+from server.services.quarantine import Held, Quarantine
 from server.services.recovery import Recovery
 from server.settings import DuplicatePolicy, Settings
 from server.storage.base import BlobStore
@@ -39,6 +63,14 @@ log = logging.getLogger("gateway.ingest")
 # or study): the client cannot tell its own dataset's instances from others'.
 UID_IN_USE = "UIDs already in use by another instance; nothing stored"  # fits LO (64)
 _UID_REFUSALS = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET)
+BURNED_IN_REFUSED = "burned-in text suspected; refused by the dataset policy"
+BURNED_IN_HELD = "burned-in text suspected; held for an administrator"
+DEID_FAILED = "the instance could not be de-identified; nothing stored"
+_SENT_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
+
+
+class PolicyLookup(Protocol):
+    def for_dataset(self, dataset: str | None) -> tuple[DeidPolicy, str]: ...
 
 
 @dataclass
@@ -50,34 +82,196 @@ class IngestItem:
     content_type: str = "application/dicom"
 
 
+@dataclass
+class _Ready:
+    """A de-identified instance parsed and ready to be stored."""
+
+    record: InstanceRecord
+    path: Path
+
+
 class IngestService:
     def __init__(
-        self, store: BlobStore, index: Index, settings: Settings, journal: WriteJournal
+        self,
+        store: BlobStore,
+        index: Index,
+        settings: Settings,
+        journal: WriteJournal,
+        policies: PolicyLookup,
     ) -> None:
         self.store = store
         self.index = index
         self.settings = settings
         self.journal = journal
+        self.policies = policies
         self.patient_secret = patient_id_key(settings.data_dir)
         self.recovery = Recovery(store, index, journal, self.patient_secret)
+        self.quarantine = Quarantine(settings.data_dir)
 
     def store_instances(
         self, items: list[IngestItem], study_uid: str | None = None, dataset: str | None = None
     ) -> list[PartOutcome]:
-        """PS3.18 10.5.1: store each item; one failing item never stops the others."""
+        """PS3.18 10.5.1: de-identify and store each item; one failing item never stops the others."""
+        dataset = dataset if dataset is not None else self.settings.default_dataset
         outcomes = [PartOutcome() for _ in items]
+        try:
+            policy, secret = self.policies.for_dataset(dataset)
+            ready: list[tuple[int, _Ready]] = []
+            for n, item in enumerate(items):
+                prepared = self._prepare(item, outcomes[n], study_uid, dataset, policy, secret)
+                if prepared is not None:
+                    ready.append((n, prepared))
+            self._store(ready, outcomes, dataset)
+        finally:
+            for item in items:  # original bytes never outlive the request, whatever happened
+                item.path.unlink(missing_ok=True)
+        return outcomes
+
+    def store_deidentified(self, path: Path, deid: DeidRecord, dataset: str | None) -> PartOutcome:
+        """Store one already de-identified file (quarantine release): parse, store, index."""
+        outcome = PartOutcome()
+        try:
+            record = self._read(path, _sha256(path), outcome)
+            if record is not None:
+                record.deid = orjson.dumps(deid.to_json())
+                self._store([(0, _Ready(record, path))], [outcome], dataset)
+        finally:
+            path.unlink(missing_ok=True)
+        return outcome
+
+    def release(self, held_id: str) -> tuple[Held, PartOutcome]:
+        """Store a quarantined instance (an administrator looked at it); removed once stored."""
+        spool = self.journal.spool_dir()
+        try:
+            held, path = self.quarantine.take(held_id, spool)
+            outcome = self.store_deidentified(path, held.deid, held.dataset)
+            if outcome.stored:
+                self.quarantine.delete(held_id)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)
+        return held, outcome
+
+    # -- de-identification ------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        item: IngestItem,
+        outcome: PartOutcome,
+        study_uid: str | None,
+        dataset: str | None,
+        policy: DeidPolicy,
+        secret: str,
+    ) -> _Ready | None:
+        media = parse_media_type(item.content_type)
+        if media.type != "application/dicom":
+            outcome.failure = stow.CANNOT_UNDERSTAND
+            outcome.message = f"part media type {media.type} is not application/dicom"
+            return None
+        sent_study = _sent_uids(item.path, outcome)
+        if study_uid is not None and sent_study and sent_study != study_uid:
+            outcome.failure = stow.DATA_SET_DOES_NOT_MATCH
+            outcome.message = "StudyInstanceUID does not match the URL"
+            return None
+        out = self._deidentify(item, outcome, dataset, policy, secret)
+        if out is None:
+            return None
+        path, deid = out
+        sha256 = item.sha256 if path == item.path else _sha256(path)
+        record = self._read(path, sha256, outcome)
+        if record is None:
+            path.unlink(missing_ok=True)
+            return None
+        record.deid = orjson.dumps(deid.to_json())
+        return _Ready(record, path)
+
+    def _deidentify(
+        self,
+        item: IngestItem,
+        outcome: PartOutcome,
+        dataset: str | None,
+        policy: DeidPolicy,
+        secret: str,
+    ) -> tuple[Path, DeidRecord] | None:
+        """The de-identified copy of the item (the original is deleted), or None (failed)."""
+        if not policy.active:  # ``none``: the data arrives de-identified; the file is as sent
+            return item.path, DeidRecord(profile="none", options=[], edition="")
+        dst = item.path.with_name(item.path.name + ".deid")
+        try:
+            return dst, deidentify_file(item.path, dst, policy, secret)
+        except BurnedInSuspected as exc:
+            dst.unlink(missing_ok=True)
+            if policy.burned_in is BurnedIn.quarantine:
+                self._hold(item.path, dst, outcome, dataset, policy, secret, exc.reason)
+            else:
+                outcome.failure = stow.CANNOT_UNDERSTAND
+                outcome.message = BURNED_IN_REFUSED
+                log.info("refused part: burned-in text suspected (%s)", exc.reason)
+        except UnreadableInstance as exc:
+            dst.unlink(missing_ok=True)
+            outcome.failure = stow.CANNOT_UNDERSTAND
+            outcome.message = exc.message
+            log.info("refused part: %s", exc.message)
+        except Exception:  # hostile bytes the engine could not handle: the part fails
+            dst.unlink(missing_ok=True)
+            log.exception("de-identification failed")
+            outcome.failure = stow.CANNOT_UNDERSTAND
+            outcome.message = DEID_FAILED
+        finally:
+            item.path.unlink(missing_ok=True)
+        return None
+
+    def _hold(
+        self,
+        src: Path,
+        dst: Path,
+        outcome: PartOutcome,
+        dataset: str | None,
+        policy: DeidPolicy,
+        secret: str,
+        reason: str,
+    ) -> None:
+        """Quarantine: the de-identified copy (never the original) is held for an administrator."""
+        outcome.failure = stow.CANNOT_UNDERSTAND
+        outcome.message = BURNED_IN_HELD
+        try:
+            deid = _deidentify_suspect(src, dst, policy, secret)
+            held = self.quarantine.hold(dst, deid, dataset, reason)
+        except Exception:
+            log.exception("could not quarantine an instance; it was refused instead")
+            outcome.message = BURNED_IN_REFUSED
+            return
+        finally:
+            dst.unlink(missing_ok=True)
+        log.info("quarantined instance %s: burned-in text suspected (%s)", held, reason)
+
+    def _read(self, path: Path, sha256: str, outcome: PartOutcome) -> InstanceRecord | None:
+        try:
+            record = read_instance(
+                path, sha256, self.settings.pixel_limits(), patient_secret=self.patient_secret
+            )
+        except UnreadableInstance as exc:
+            outcome.failure = stow.CANNOT_UNDERSTAND
+            outcome.message = exc.message
+            log.info("refused part: %s", exc.message)
+            return None
+        return record
+
+    # -- store and index ---------------------------------------------------------------------
+
+    def _store(
+        self, ready: list[tuple[int, _Ready]], outcomes: list[PartOutcome], dataset: str | None
+    ) -> None:
         pending: list[tuple[int, InstanceRecord, Entry]] = []
-        for n, item in enumerate(items):
-            record = self._parse(item, outcomes[n], study_uid)
-            if record is None:
-                continue
-            record.dataset = dataset if dataset is not None else self.settings.default_dataset
+        for n, item in ready:
+            record = item.record
+            record.dataset = dataset
             record.blob_key = new_blob_key(record.sop_uid, record.sha256, record.dataset)
             entry = self.journal.begin(record.blob_key, "put")
             try:
                 self.store.put_file(record.blob_key, item.path)
             except OSError as exc:
                 log.error("blob write failed for %s: %s", record.sop_uid, exc)
+                item.path.unlink(missing_ok=True)
                 self.recovery.settle_own([entry])
                 outcomes[n].failure = stow.OUT_OF_RESOURCES
                 outcomes[n].message = "storage write failed"
@@ -88,37 +282,6 @@ class IngestService:
         self._failpoint("after_blob_write")
         if pending:
             self._index(pending, outcomes)
-        return outcomes
-
-    def _parse(
-        self, item: IngestItem, outcome: PartOutcome, study_uid: str | None
-    ) -> InstanceRecord | None:
-        media = parse_media_type(item.content_type)
-        if media.type != "application/dicom":
-            outcome.failure = stow.CANNOT_UNDERSTAND
-            outcome.message = f"part media type {media.type} is not application/dicom"
-            return None
-        try:
-            record = read_instance(
-                item.path,
-                item.sha256,
-                self.settings.pixel_limits(),
-                patient_secret=self.patient_secret,
-            )
-        except UnreadableInstance as exc:
-            outcome.sop_class_uid, outcome.sop_uid = exc.sop_class_uid, exc.sop_uid
-            outcome.failure = stow.CANNOT_UNDERSTAND
-            outcome.message = exc.message
-            log.info("refused part: %s", exc.message)
-            return None
-        outcome.sop_class_uid, outcome.sop_uid = record.sop_class_uid, record.sop_uid
-        outcome.study_uid, outcome.series_uid = record.study_uid, record.series_uid
-        if study_uid is not None and record.study_uid != study_uid:
-            outcome.failure = stow.DATA_SET_DOES_NOT_MATCH
-            outcome.message = "StudyInstanceUID does not match the URL"
-            return None
-        outcome.warnings = list(record.warnings)
-        return record
 
     def _index(
         self, pending: list[tuple[int, InstanceRecord, Entry]], outcomes: list[PartOutcome]
@@ -151,6 +314,8 @@ class IngestService:
             elif result.replaced_blob_key and result.replaced_blob_key != record.blob_key:
                 self._drop(result.replaced_blob_key)
             self.journal.end(entry)
+            if outcomes[n].stored:
+                _stored(outcomes[n], record)
 
     def _drop(self, key: str) -> None:
         """Remove the blob of a replaced instance (its row is gone; keys are never reused)."""
@@ -161,3 +326,52 @@ class IngestService:
         if self.settings.failpoint == name:
             log.critical("failpoint %s reached: exiting without cleanup", name)
             os._exit(137)
+
+
+def _stored(outcome: PartOutcome, record: InstanceRecord) -> None:
+    """A stored part is answered with what is stored: the pseudonymised UIDs."""
+    outcome.sop_class_uid, outcome.sop_uid = record.sop_class_uid, record.sop_uid
+    outcome.study_uid, outcome.series_uid = record.study_uid, record.series_uid
+    outcome.warnings = list(record.warnings)
+    outcome.deid = record.deid
+
+
+def _sent_uids(path: Path, outcome: PartOutcome) -> str:
+    """Note the sent SOP Class/Instance UIDs (a failure names them); the sent Study UID."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_SENT_TAGS))
+        values = [str(ds.get(k, "") or "").strip().rstrip("\x00")[:64] for k in _SENT_TAGS]
+        readable = "TransferSyntaxUID" in ds.file_meta
+    except Exception:  # unreadable: de-identification refuses it with the reason
+        return ""
+    if readable and all(values):  # a file the pipeline can read at all
+        outcome.sop_class_uid, outcome.sop_uid = values[0], values[1]
+    return values[2]
+
+
+def _deidentify_suspect(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> DeidRecord:
+    """De-identify an instance the burned-in check stopped, for the quarantine.
+
+    The engine refuses suspects before touching them, so the held copy is made from a
+    spool copy marked BurnedInAnnotation NO: the header is de-identified exactly as
+    usual, and the mark is what an administrator attests by releasing it (a held copy is
+    never served before). The record names BurnedInAnnotation as changed.
+    """
+    marked = src.with_name(src.name + ".held")
+    try:
+        ds = pydicom.dcmread(src)
+        ds.BurnedInAnnotation = "NO"
+        ds.save_as(marked, enforce_file_format=True)
+        deid = deidentify_file(marked, dst, policy, secret)
+    finally:
+        marked.unlink(missing_ok=True)
+    deid.changed = sorted({*deid.changed, "BurnedInAnnotation"})
+    return deid
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

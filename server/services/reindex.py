@@ -10,6 +10,7 @@ recorded: the old documents may be gone).
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -53,7 +54,7 @@ def reindex(
         for level, alias in index.names.items()
     }
     target = ElasticsearchIndex(es, names=new_names, refresh=False)
-    done = _load(target, store, store.keys(), datasets, report, progress, patient_secret)
+    done = _load(target, store, store.keys(), datasets, report, progress, patient_secret, index)
     report.indexed = done
     es.indices.refresh(index=list(new_names.values()))
     actions: list[dict[str, object]] = []
@@ -91,18 +92,31 @@ def _records(
         yield record
 
 
+def _carry_deid(old: ElasticsearchIndex, batch: list[InstanceRecord]) -> None:
+    """De-identification records cannot be recomputed from the stored (de-identified)
+    blobs: carry them over from the documents being replaced (same SOP UID and blob)."""
+    found = old._mget(Level.INSTANCE, [r.sop_uid for r in batch], ["blob_key", "deid"])
+    for record in batch:
+        doc = found.get(record.sop_uid)
+        if doc and doc.get("blob_key") == record.blob_key and doc.get("deid"):
+            record.deid = base64.b64decode(doc["deid"])
+
+
 def _load(target: ElasticsearchIndex, store: BlobStore, keys: Iterable[str], datasets: dict[str, str | None],
-          report: ReindexReport, progress: Callable[[int], object], patient_secret: bytes) -> int:  # fmt: skip
+          report: ReindexReport, progress: Callable[[int], object], patient_secret: bytes,
+          old: ElasticsearchIndex) -> int:  # fmt: skip
     batch: list[InstanceRecord] = []
     count = 0
     for record in _records(store, keys, datasets, report, patient_secret):
         batch.append(record)
         if len(batch) == BATCH:
+            _carry_deid(old, batch)
             target.add_instances(batch, overwrite=True)
             count += len(batch)
             progress(len(batch))
             batch = []
     if batch:
+        _carry_deid(old, batch)
         target.add_instances(batch, overwrite=True)
         count += len(batch)
         progress(len(batch))
@@ -120,6 +134,8 @@ def _catch_up(index: ElasticsearchIndex, target: ElasticsearchIndex, store: Blob
     if not missing:
         return 0
     records = list(_records(store, list(missing), missing, report, patient_secret))
+    for start in range(0, len(records), BATCH):
+        _carry_deid(old_index, records[start : start + BATCH])
     if records:
         index.add_instances(records, overwrite=True)
     return len(records)

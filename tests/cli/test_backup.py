@@ -26,6 +26,7 @@ import pytest
 from tests.helpers import cohort, part10
 from tests.live import LiveServer
 from tests.security.conftest import (
+    AS_SENT,
     FHIR_JSON,
     Registered,
     add_client,
@@ -37,6 +38,7 @@ from tests.security.conftest import (
 )
 
 A, B = "backup-a", "backup-b"
+HELD = "backup-held"  # basic, burned-in quarantine: holds one instance for an administrator
 ISSUER = "https://gateway.backup.test"  # fixed, so a token outlives the port it was issued on
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -97,11 +99,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     if _on_elasticsearch():  # one prefix for the original and the restored gateway
         env["GATEWAY_ELASTICSEARCH__INDEX_PREFIX"] = f"bkw{uuid.uuid4().hex[:10]}"
     live = LiveServer(root / "data", extra_env=env)
-    for dataset in (A, B):
-        cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung")
+    for dataset in (A, B):  # compared byte for byte after restore: stored as sent (explicit)
+        cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung",
+               *AS_SENT)  # fmt: skip
+    cli_ok(live, "dataset", "create", HELD, "--title", HELD, "--cancer-type", "lung",
+           "--deidentify", "basic", "--burned-in", "quarantine")  # fmt: skip
     w = World(
         live=live,
-        pusher=add_client(live, "router", "--store", A, "--store", B),
+        pusher=add_client(live, "router", "--store", A, "--store", B, "--store", HELD),
         reader_a=add_client(live, "reader-a", "--organization", "org-a"),
         reader_b=add_client(live, "reader-b"),
         admin=add_client(live, "operator", "--admin"),
@@ -117,6 +122,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             w.stored += _store(w, A, push, instances_per_series=3)
             w.stored += _store(w, B, push, instances_per_series=2)
         w.doomed = _store(w, B, push, patients=4, instances_per_series=2)
+        suspect = cohort(instances_per_series=1)
+        suspect[0].BurnedInAnnotation = "YES"  # held in deid-quarantine/: state to back up
+        assert stow_into(live, HELD, push, suspect).status_code == 409
+        assert any((live.data_dir / "deid-quarantine").iterdir())
         admin = token(live, w.admin)  # a FHIR write: the dataset's description
         study = httpx.get(f"{live.url}/fhir/ResearchStudy/{A}", headers=bearer(admin)).json()
         study["description"] = "edited over FHIR before the backup"

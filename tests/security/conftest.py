@@ -28,6 +28,13 @@ DICOM_JSON = "application/dicom+json"
 FHIR_JSON = "application/fhir+json"
 
 
+# Production servers apply the ``basic`` de-identification profile by default. These suites
+# test access control by the identifiers they sent (UIDs in URLs, the leak checks), so
+# their datasets are created with an explicit ``none`` policy (synthetic data stored as
+# sent). De-identification under production settings is tested in tests/deid.
+AS_SENT = ("--deidentify", "none")
+
+
 def auth_env(*, public_read: bool = False, **extra: str) -> dict[str, str]:
     return {
         "GATEWAY_ENVIRONMENT": "production",

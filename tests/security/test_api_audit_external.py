@@ -24,6 +24,7 @@ from joserfc.jwk import ECKey
 
 from tests.live import LiveServer, free_port
 from tests.security.conftest import (
+    AS_SENT,
     JWT_TOKEN_TYPE,
     TOKEN_EXCHANGE,
     Registered,
@@ -79,7 +80,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
         root / "gateway", extra_env=auth_env(GATEWAY_AUTH__EXTERNAL_ISSUERS=issuers)
     )
     for dataset in (A, C):
-        cli_ok(gateway, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "breast")
+        cli_ok(gateway, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "breast",
+               *AS_SENT)  # fmt: skip
     pusher = add_client(gateway, "pacs", "--store", A, "--store", C)
     x = add_client(gateway, "analysis-x", "--organization", "org-x")
     admin = add_client(gateway, "operator", "--admin")

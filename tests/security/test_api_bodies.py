@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.live import LiveServer
-from tests.security.conftest import Registered, add_client, auth_env, cli_ok, token
+from tests.security.conftest import AS_SENT, Registered, add_client, auth_env, cli_ok, token
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
 DATASET = "bodies-lung"
@@ -153,7 +153,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         public_read=True, GATEWAY_FHIR__MAX_BODY_BYTES=str(FHIR_LIMIT),
         GATEWAY_STOW__MAX_BODY_BYTES=str(STOW_LIMIT),
         GATEWAY_FEDERATION__EUCAIM_SEARCH_TOKEN=EUCAIM_SECRET))  # fmt: skip
-    cli_ok(live, "dataset", "create", DATASET, "--title", DATASET, "--cancer-type", "lung")
+    cli_ok(
+        live, "dataset", "create", DATASET, "--title", DATASET, "--cancer-type", "lung", *AS_SENT
+    )
     admin = add_client(live, "operator", "--admin", "--store", DATASET)
     live.start()
     try:

@@ -22,6 +22,7 @@ from fhir.resources.R4B.bundle import Bundle
 from server.api.caching import cacheable
 from tests.live import LiveServer
 from tests.security.conftest import (
+    AS_SENT,
     Registered,
     Study,
     add_client,
@@ -50,7 +51,9 @@ class Gateway:
 
 def _gateway(root: Path, **env: str) -> Iterator[Gateway]:
     live = LiveServer(root, extra_env=auth_env(**env))
-    cli_ok(live, "dataset", "create", DATASET, "--title", DATASET, "--cancer-type", "lung")
+    cli_ok(
+        live, "dataset", "create", DATASET, "--title", DATASET, "--cancer-type", "lung", *AS_SENT
+    )
     pusher = add_client(live, "pacs", "--store", DATASET)
     admin = add_client(live, "operator", "--admin")
     reader = add_client(live, "reader", "--organization", "org-r")

@@ -26,6 +26,7 @@ from joserfc.jwk import ECKey
 
 from tests.live import LiveServer, free_port
 from tests.security.conftest import (
+    AS_SENT,
     JWT_TOKEN_TYPE,
     TOKEN_EXCHANGE,
     Registered,
@@ -116,7 +117,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     gateway = LiveServer(root / "gw", extra_env=auth_env(GATEWAY_AUTH__EXTERNAL_ISSUERS=issuers))
     datasets = [_dataset(c) for c in CONDITIONS]
     for dataset in datasets:
-        cli_ok(gateway, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung")
+        cli_ok(gateway, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung",
+               *AS_SENT)  # fmt: skip
     pusher = add_client(gateway, "pacs", *[x for d in datasets for x in ("--store", d)])
     for condition in CONDITIONS[
         1:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.live import LiveServer
 from tests.security.conftest import (
+    AS_SENT,
     FHIR_JSON,
     Registered,
     Study,
@@ -68,9 +69,19 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     live = LiveServer(tmp_path_factory.mktemp("matrix") / "data", extra_env=auth_env())
     for dataset in (A, B, C):
-        cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung")
+        cli_ok(
+            live,
+            "dataset",
+            "create",
+            dataset,
+            "--title",
+            dataset,
+            "--cancer-type",
+            "lung",
+            *AS_SENT,
+        )
     cli_ok(live, "dataset", "create", P, "--title", P, "--cancer-type", "lung",
-           "--access-rights", "PUBLIC")  # fmt: skip
+           "--access-rights", "PUBLIC", *AS_SENT)  # fmt: skip
     pusher = add_client(live, "modality-router", "--organization", "org-hospital",
                         "--store", A, "--store", B, "--store", C, "--store", P)  # fmt: skip
     x = add_client(live, "researcher-x", "--organization", "org-x")

@@ -22,7 +22,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 
 from tests.live import LiveServer
-from tests.security.conftest import Registered, add_client, auth_env, cli_ok
+from tests.security.conftest import AS_SENT, Registered, add_client, auth_env, cli_ok
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GRANTED = "lung-granted"
@@ -46,7 +46,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     root = tmp_path_factory.mktemp("oauth")
     live = LiveServer(root / "data", extra_env=auth_env())
     for dataset in (GRANTED, NOT_GRANTED):
-        cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung")
+        cli_ok(
+            live,
+            "dataset",
+            "create",
+            dataset,
+            "--title",
+            dataset,
+            "--cancer-type",
+            "lung",
+            *AS_SENT,
+        )
     secret = add_client(live, "analysis", "--organization", "org-research")
     key = ECKey.generate_key("P-256", private=True)
     key.ensure_kid()

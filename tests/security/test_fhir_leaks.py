@@ -26,6 +26,7 @@ from server.core.fhir.params import PARAMS, ParamType, params_of
 from tests.helpers import cohort
 from tests.live import LiveServer
 from tests.security.conftest import (
+    AS_SENT,
     FHIR_JSON,
     add_client,
     auth_env,
@@ -141,7 +142,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     for dataset, cancer in ((A, "lung"), (B, "lung"), (R, "lung")):
         cli_ok(live, "dataset", "create", dataset, "--title", dataset.upper(),
-               "--cancer-type", cancer)  # fmt: skip
+               "--cancer-type", cancer, *AS_SENT)  # fmt: skip
     pusher = add_client(live, "router", "--store", A, "--store", B, "--store", R)
     x = add_client(live, "researcher-x", "--organization", "org-x")
     z = add_client(live, "researcher-z", "--organization", "org-z")

@@ -20,7 +20,15 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.live import LiveServer
-from tests.security.conftest import add_client, auth_env, cli_ok, make_study, stow_into, token
+from tests.security.conftest import (
+    AS_SENT,
+    add_client,
+    auth_env,
+    cli_ok,
+    make_study,
+    stow_into,
+    token,
+)
 
 A, B = "oracle-a", "oracle-b"
 UID_TAGS = ("00081150", "00081155")
@@ -46,7 +54,17 @@ def _other_content(ds: pydicom.Dataset) -> pydicom.Dataset:
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     live = LiveServer(Path(tmp_path_factory.mktemp("oracle")) / "data", extra_env=auth_env())
     for dataset in (A, B):
-        cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung")
+        cli_ok(
+            live,
+            "dataset",
+            "create",
+            dataset,
+            "--title",
+            dataset,
+            "--cancer-type",
+            "lung",
+            *AS_SENT,
+        )
     pusher_a = add_client(live, "pusher-a", "--store", A)
     pusher_b = add_client(live, "pusher-b", "--store", B)
     live.start()

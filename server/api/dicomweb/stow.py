@@ -1,4 +1,11 @@
-"""STOW-RS router (PS3.18 10.5): stream, spool, store, answer per instance."""
+"""STOW-RS router (PS3.18 10.5): stream, spool, store, answer per instance.
+
+Every part is de-identified by the dataset's policy before it is stored
+(``services/ingest.py``). ``/studies/{study}`` compares the StudyInstanceUID the client
+SENT; the answer names a failed part by what was sent and a stored part by what is
+stored (pseudonymised UIDs, the RetrieveURL that works). Each stored instance's
+de-identification record goes into the request's audit event.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from starlette.responses import Response
 from server.api.deps import audit_note, dicomweb_root, gateway, principal
 from server.core.mediatypes import DICOM, DICOM_JSON, parse_media_type
 from server.core.multipart import MultipartSpooler, check_boundary
-from server.core.stow import stow_response, stow_status
+from server.core.stow import deidentified, stow_response, stow_status
 from server.core.uids import check_uid
 from server.errors import (
     BadRequest,
@@ -130,6 +137,7 @@ async def _store(request: Request, study_uid: str | None, dataset: str | None = 
     finally:
         spooler.close()
         shutil.rmtree(spool, ignore_errors=True)
+    audit_note(request, deidentified=deidentified(outcomes))
     root = dicomweb_root(request)
     body = stow_response(outcomes, root, study_uid)
     return Response(orjson.dumps(body), stow_status(outcomes), media_type=DICOM_JSON)

@@ -46,6 +46,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     create_dataset(server, "eucaim", "--deidentify", "eucaim", "--provider-id", "SITE-1")
     create_dataset(server, "held", "--deidentify", "basic", "--burned-in", "quarantine")
     create_dataset(server, "plain", "--deidentify", "none")
+    create_dataset(server, "traits", "--deidentify", "basic",
+                   "--deid-option", "retain-patient-characteristics")  # fmt: skip
     yield server
     server.stop()
 
@@ -147,6 +149,8 @@ def test_study_url_compares_the_sent_study_uid(live: LiveServer) -> None:
     assert response.status_code == 200, response.text
     (item,) = seq(response.json(), REFERENCED)
     assert sent_study not in value(item, RETRIEVE_URL)
+    stored_study = value(item, RETRIEVE_URL).split("/studies/")[1].split("/")[0]
+    assert value(response.json(), RETRIEVE_URL).endswith(f"/studies/{stored_study}")
     other = planted(instances=1)
     refused = _post(live, path, other.parts())
     assert refused.status_code == 409
@@ -285,3 +289,49 @@ def test_plain_dataset_stores_as_sent(live: LiveServer) -> None:
     (item,) = seq(response.json(), REFERENCED)
     assert value(item, SOP_UID) == subject.datasets[0].SOPInstanceUID
     assert _retrieve(value(item, RETRIEVE_URL)) == sent
+
+
+def test_unreadable_and_hostile_parts_fail_and_leave_no_spool(live: LiveServer) -> None:
+    subject = planted(instances=1)
+    good = subject.parts()[0]
+    parts = [b"not dicom at all", good[: len(good) // 2], b"\0" * 132 + b"DICM" + b"\xff" * 64]
+    response = _post(live, "/datasets/basic/dicom-web/studies", parts)
+    assert response.status_code == 409, response.text
+    failed = seq(response.json(), FAILED)
+    assert len(failed) == 3 and {value(i, REASON) for i in failed} == {0xC000}
+    assert all(value(i, COMMENT) for i in failed)
+    assert files_holding(live.data_dir, subject.needles) == {}
+    assert spool_files(live) == []
+
+
+def test_index_failure_leaves_no_original_bytes(tmp_path: Path) -> None:
+    """An exception after de-identification (the index write fails): nothing stored, no spool."""
+    server = LiveServer(tmp_path / "data", extra_env={"GATEWAY_FAILPOINT": "index_write_fails"})
+    create_dataset(server, "basic", "--deidentify", "basic")
+    server.start()
+    try:
+        subject = planted()
+        response = _post(server, "/datasets/basic/dicom-web/studies", subject.parts())
+        assert response.status_code == 409, response.text
+        assert {value(i, REASON) for i in seq(response.json(), FAILED)} == {0x0110}
+        assert get(server, "/healthz").json()["instance"] == 0
+        assert files_holding(server.data_dir, subject.needles) == {}
+        assert spool_files(server) == []
+    finally:
+        server.stop()
+
+
+def test_fhir_patient_follows_retain_patient_characteristics(live: LiveServer) -> None:
+    subject = planted(instances=1, PatientBirthDate="19710912", PatientSex="F", PatientAge="054Y")
+    ((_, url),) = _stored(_client(live, "traits").store_instances(subject.datasets))
+    study = url.split("/studies/")[1].split("/")[0]
+    answers = _everything(live, study)
+    _assert_clean(live, subject, answers)
+    stored = pydicom.dcmread(io.BytesIO(_retrieve(url)))
+    assert stored.PatientSex == "F" and stored.PatientAge == "054Y"  # kept by the option
+    patient = Patient.model_validate_json(answers[-1])
+    assert patient.gender == "female"
+    kept_birth = bool(stored.get("PatientBirthDate"))
+    assert (patient.birthDate is not None) == kept_birth  # the Patient shows what is stored
+    qido = get(live, "/dicom-web/studies", StudyInstanceUID=study, includefield="all").json()
+    assert qido[0]["00100040"]["Value"] == ["F"]

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from server.api.deps import audit_note, dicomweb_root, gateway, principal
 from server.core.mediatypes import DICOM, DICOM_JSON, parse_media_type
 from server.core.multipart import MultipartSpooler, check_boundary
-from server.core.stow import deidentified, stow_response, stow_status
+from server.core.stow import PartOutcome, deidentified, stow_response, stow_status
 from server.core.uids import check_uid
 from server.errors import (
     BadRequest,
@@ -139,5 +139,13 @@ async def _store(request: Request, study_uid: str | None, dataset: str | None = 
         shutil.rmtree(spool, ignore_errors=True)
     audit_note(request, deidentified=deidentified(outcomes))
     root = dicomweb_root(request)
-    body = stow_response(outcomes, root, study_uid)
+    body = stow_response(outcomes, root, _stored_study(outcomes, study_uid))
     return Response(orjson.dumps(body), stow_status(outcomes), media_type=DICOM_JSON)
+
+
+def _stored_study(outcomes: list[PartOutcome], sent: str | None) -> str | None:
+    """The study RetrieveURL names the study as stored (pseudonymised), once one part is."""
+    if sent is None:
+        return None
+    stored = {o.study_uid for o in outcomes if o.stored}
+    return stored.pop() if len(stored) == 1 else sent

@@ -37,6 +37,7 @@ import pydicom
 
 from server.core import stow
 from server.core.blobkeys import new_blob_key
+from server.core.decoded_size import check_inflated_size
 from server.core.deid.engine import deidentify_file
 from server.core.deid.policy import (
     BurnedIn,
@@ -44,6 +45,7 @@ from server.core.deid.policy import (
     DeidPolicy,
     DeidRecord,
 )
+from server.core.limits import TooLarge
 from server.core.mediatypes import parse_media_type
 from server.core.records import InstanceRecord, UnreadableInstance, read_instance
 from server.core.stow import PartOutcome
@@ -166,6 +168,15 @@ class IngestService:
         if media.type != "application/dicom":
             outcome.failure = stow.CANNOT_UNDERSTAND
             outcome.message = f"part media type {media.type} is not application/dicom"
+            return None
+        try:  # a deflated data set is inflated (counted, capped) before any parser sees it
+            with item.path.open("rb") as f:
+                check_inflated_size(f, self.settings.stow.max_inflated_bytes)
+        except TooLarge as exc:
+            item.path.unlink(missing_ok=True)
+            outcome.failure = stow.CANNOT_UNDERSTAND
+            outcome.message = exc.message
+            log.info("refused part: %s", exc.message)
             return None
         sent_study = _sent_uids(item.path, outcome)
         if study_uid is not None and sent_study and sent_study != study_uid:

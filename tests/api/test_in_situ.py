@@ -15,7 +15,7 @@ import pytest
 
 from tests.api.test_bulkdata import BULK_ACCEPT, assert_no_pixels, hostile_instance
 from tests.live import LiveServer
-from tests.security.conftest import add_client, auth_env, bearer, cli_ok, stow_into, token
+from tests.security.conftest import AS_SENT, add_client, auth_env, bearer, cli_ok, stow_into, token
 
 IN_SITU, DOWNLOAD, HIDDEN = "insitu-ds", "download-ds", "hidden-ds"
 
@@ -31,7 +31,9 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     live = LiveServer(tmp_path_factory.mktemp("insitu") / "data", extra_env=auth_env())
     for dataset in (IN_SITU, DOWNLOAD, HIDDEN):
-        cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung")
+        # the test addresses instances by the UIDs it sent: stored as sent
+        cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung",
+               *AS_SENT)  # fmt: skip
     stores = [arg for d in (IN_SITU, DOWNLOAD, HIDDEN) for arg in ("--store", d)]
     pusher = add_client(live, "router", "--organization", "org-h", *stores)
     researcher = add_client(live, "researcher", "--organization", "org-r")

@@ -78,7 +78,8 @@ def _put_lung(live: LiveServer) -> None:
            {"url": f"{EXT}/dataset-collection-method", "valueUri": str(EUCAIM.SPEC1000004)},
            {"url": f"{EXT}/dataset-version", "valueString": "2.1.0"},
            {"url": f"{EXT}/dataset-access-url", "valueUrl": "https://negotiator.example.org/lung"},
-           {"url": f"{EXT}/dataset-deidentification", "extension": [{"url": "profile", "valueCode": "eucaim"}]}]  # fmt: skip
+           {"url": f"{EXT}/dataset-deidentification", "extension": [{"url": "profile", "valueCode": "eucaim"},
+                                                                     {"url": "providerId", "valueString": "SITE-LUNG-01"}]}]  # fmt: skip
     body = {"resourceType": "ResearchStudy", "id": "lung-r", "status": "active", "title": "Lung CT cohort",
             "description": "Low-dose chest CT of a screening programme.",
             "condition": [{"coding": [{"system": "http://snomed.info/sct", "code": "363358000"}]}],

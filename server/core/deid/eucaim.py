@@ -21,6 +21,7 @@ instance UID is hashed, an unlisted person name emptied. Rules apply at every de
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -62,6 +63,7 @@ _DATES = ("DA", "DT")
 _MODIFIED_DATES = frozenset({Option.retain_long_modified_dates})
 
 
+@lru_cache(maxsize=16384)
 def code_for(tag: int, vr: str) -> str:
     """The eucaim action for ``tag``: LETHE's rule, with two deviations.
 

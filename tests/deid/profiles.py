@@ -6,8 +6,11 @@ Read from the standard and from LETHE's script, never from the gateway's code:
   published by innolitics/dicom-standard. The Basic Profile protects the attributes it
   lists; an attribute it does not list is not protected, so its value may stay. An
   option column saying ``K`` keeps the attribute when that option is on.
-- ``data/lethe_keep.json``: the ``@keep()`` rules and kept groups (0018, 0020, 0028) of
-  EUCAIM LETHE's ``anon.script``; every other element is rewritten or removed by it.
+- ``data/lethe_keep.json``: the ``@keep()`` rules, kept groups (0018, 0020, 0028),
+  ``@remove()`` rules and other (rewriting) rules of EUCAIM LETHE's ``anon.script``.
+  The ``eucaim`` profile follows the script except where it removes an attribute
+  (``@remove()``, or an unchecked element outside the kept groups): there the Basic
+  Profile's action applies (a documented deviation that keeps references and structure).
 """
 
 from __future__ import annotations
@@ -68,14 +71,18 @@ def basic_may_keep(tag: int, options: frozenset[str] = frozenset()) -> bool:
 
 
 def eucaim_may_keep(tag: int) -> bool:
-    """May a value planted in ``tag`` survive LETHE's script (kept verbatim)?"""
+    """May a value planted in ``tag`` survive the eucaim profile (kept verbatim)?"""
     if (tag >> 16) % 2 == 1:
         return False  # LETHE removes every private group
     script = lethe()
     key = f"{tag:08X}"
     if key in set(script["keep"]):
         return True
-    return key[:4] in script["keep_groups"] and key not in set(script["scripted_in_keep_groups"])
+    if key in set(script["rewritten"]):
+        return False
+    if key[:4] in script["keep_groups"] and key not in set(script["removed"]):
+        return True
+    return basic_may_keep(tag)  # removed by the script: the Basic Profile's action
 
 
 def may_keep(profile: str, tag: int, options: frozenset[str] = frozenset()) -> bool:

@@ -137,11 +137,6 @@ def test_core_ctp_modifies_dates_as_ctp(value: str) -> None:
     assert ctp.modify_date(value) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server.core.deid.ctp trims with Python's str.strip (as LETHE's CSV hasher does), "
-    "which also removes U+00A0; CTP's Java trim does not, so such an ID differs from CTP's",
-)
 def test_non_breaking_space_is_not_trimmed_as_java_does_not() -> None:
     # Java's String.trim removes only characters <= U+0020; CTP keeps U+00A0 and hashes it
     assert ctp.hash_patient_id(SECRETS[0], "\u00a0123\u00a0") == pseudonym(

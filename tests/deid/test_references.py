@@ -202,14 +202,7 @@ def test_segmentation_still_overlays_its_ct(stored: dict[str, Any]) -> None:
     assert {r.ReferencedSOPClassUID for r in ref_series.ReferencedInstanceSequence} == {CT_IMAGE}
 
 
-def test_segmentation_frames_still_name_their_source_images(
-    stored: dict[str, Any], request: pytest.FixtureRequest
-) -> None:
-    if request.node.callspec.params["stored"] == "eucaim":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "eucaim removes Per-Frame/Shared Functional Groups (5200,9229/9230): LETHE's "
-            "script has no rule for them and removes unchecked elements, so a SEG loses "
-            "its frame geometry and source references")))  # fmt: skip
+def test_segmentation_frames_still_name_their_source_images(stored: dict[str, Any]) -> None:
     sops, _, _, _ = _ct_uids(stored)
     (seg,) = stored["stored"]["SEG"]
     sources = {
@@ -222,14 +215,7 @@ def test_segmentation_frames_still_name_their_source_images(
 
 
 @pytest.mark.parametrize("modality", ["SR", "KO"])
-def test_documents_still_reference_the_ct(
-    stored: dict[str, Any], modality: str, request: pytest.FixtureRequest
-) -> None:
-    if request.node.callspec.params["stored"] == "eucaim":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "eucaim removes CurrentRequestedProcedureEvidenceSequence and ContentSequence "
-            "(LETHE: ContentSeq @remove(), the evidence sequence unchecked), so an SR or a "
-            "KOS keeps no reference")))  # fmt: skip
+def test_documents_still_reference_the_ct(stored: dict[str, Any], modality: str) -> None:
     sops, series, study, _ = _ct_uids(stored)
     (doc,) = stored["stored"][modality]
     assert doc.StudyInstanceUID == study

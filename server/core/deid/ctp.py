@@ -36,6 +36,7 @@ EUCAIM_UID_ROOT = "1.3.6.1.4.1.58108.2023"
 EUCAIM_PREFIX = "EUCAIM-"
 UID_MAX = 64
 _HEX = "0123456789abcdef"
+_JAVA_WHITESPACE = "".join(chr(c) for c in range(0x21))
 
 
 def usmd5(text: str) -> str:
@@ -50,10 +51,16 @@ def ctp_hash(text: str | None, maxlen: int = 0) -> str:
     return result[:maxlen] if maxlen >= 1 else result
 
 
+def java_trim(text: str) -> str:
+    """Java ``String.trim``: strip characters <= U+0020 only (U+00A0 and other Unicode
+    spaces are kept, unlike Python's ``str.strip``)."""
+    return text.strip(_JAVA_WHITESPACE)
+
+
 def hash_ptid(site: str | None, patient_id: str | None, maxlen: int = 0) -> str:
     """CTP ``@hashptid(site, id)``: hash of ``"[" + trim(site) + "]" + trim(id)``."""
-    site_text = "" if site is None else site.strip()
-    pid = "null" if patient_id is None else patient_id.strip()
+    site_text = "" if site is None else java_trim(site)
+    pid = "null" if patient_id is None else java_trim(patient_id)
     return ctp_hash(f"[{site_text}]{pid}", maxlen)
 
 
@@ -69,7 +76,7 @@ def hash_patient_name(secret: str, patient_id: str | None) -> str:
 
 def hash_uid_raw(prefix: str, text: str) -> str:
     """CTP ``AnonymizerFunctions.hashUID(prefix, text)``."""
-    root = prefix.strip()
+    root = java_trim(prefix)
     if root and not root.endswith("."):
         root += "."
     digits = usmd5(text)

@@ -6,15 +6,22 @@ LETHE's defects are not copied: ReferencedSOPClassUID and every other definition
 "@" (``keep()`` on the contrast bolus times, ``hashuid`` on ManufacturerDeviceClassUID)
 do what they meant; the private elements the script keeps (diffusion b-value and
 direction, GE and Philips scaling) are kept only under the vendor creator they belong to
-(CTP keeps the raw tag whoever wrote it), with their creator element. Safety nets beyond the script, where it keeps a
-group unchecked (0018, 0020, 0028): an unlisted instance UID is hashed like the listed
-ones (so references stay consistent), an unlisted date gets the day-of-month rule, an
-unlisted person name is emptied. Rules apply at every sequence depth.
+(CTP keeps the raw tag whoever wrote it), with their creator element.
+
+Deviations from the script, named in DeidentificationMethod (see ``code_for``): every
+DA/DT value the profile keeps, LETHE's ``@keep()`` dates included, gets the
+``@modifydate(this,*,*,1)`` rule, so no original date is served; and where the script
+removes an attribute (``@remove()`` or "remove unchecked elements") the Annex E Basic
+action applies instead (dates as under Modified Dates), so a SEG keeps its functional
+groups and segments and an SR or KOS its content and evidence references, with their
+UIDs hashed like the listed ones. In the kept groups (0018, 0020, 0028) an unlisted
+instance UID is hashed, an unlisted person name emptied. Rules apply at every depth.
 """
 
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -22,6 +29,8 @@ from pydicom.dataset import Dataset
 from server.core.deid import actions, ctp
 from server.core.deid.actions import Context
 from server.core.deid.lethe_table import KEEP_GROUPS, RULES
+from server.core.deid.policy import Option
+from server.core.deid.rules import basic_action
 from server.core.deid.safe_private import is_safe
 
 PATIENT_ID = 0x00100020
@@ -50,19 +59,37 @@ def _private(ds: Dataset, ctx: Context) -> None:
             actions.drop(ds, tag, ctx)
 
 
+_DATES = ("DA", "DT")
+_MODIFIED_DATES = frozenset({Option.retain_long_modified_dates})
+
+
+@lru_cache(maxsize=16384)
 def code_for(tag: int, vr: str) -> str:
-    """LETHE's action for ``tag``; for unlisted attributes CTP's global switches."""
+    """The eucaim action for ``tag``: LETHE's rule, with two deviations.
+
+    Dates: every DA/DT value kept (LETHE's ``@keep()`` included) gets the day-of-month
+    rule. Removal: where LETHE removes an attribute (``@remove()``, or "remove unchecked
+    elements" outside its kept groups) the Annex E Basic action applies instead, so
+    non-identifying structure (functional groups, segments, SR content, evidence
+    references) survives, processed item by item.
+    """
     code = RULES.get(tag)
-    if code is not None:
-        return code
-    group = tag >> 16
-    if (group in KEEP_GROUPS or group == 0x7FE0) and actions.is_known(tag):
-        if vr == "UI":
-            return "U"
-        if vr in ("DA", "DT"):
-            return "M1"
-        return "Z" if vr == "PN" else "K"
-    return "X"  # overlays, curves and unspecified elements are removed
+    kept_group = tag >> 16 in KEEP_GROUPS or tag >> 16 == 0x7FE0
+    if code is None and kept_group and actions.is_known(tag):
+        code = "U" if vr == "UI" else "Z" if vr == "PN" else "K"
+    if code is None or code == "X":
+        return _basic_fallback(tag, vr)
+    if code == "K" and vr in _DATES:
+        return "M1"
+    return code
+
+
+def _basic_fallback(tag: int, vr: str) -> str:
+    """Annex E Basic for what LETHE removes; dates as under Modified Dates (day -> 1)."""
+    if vr in _DATES:
+        action = basic_action(tag, vr, _MODIFIED_DATES)
+        return "M1" if action in ("C", "K") else action
+    return basic_action(tag, vr, frozenset())
 
 
 def apply(ds: Dataset, secret: str, original_pid: str | None, ctx: Context) -> None:
@@ -104,11 +131,17 @@ def _value(
         # SITE and METHOD are written on the top level afterwards; nested copies go empty
         _simple("X" if code == "X" else "Z", ds, elem, ctx)
         return
-    if code == "U" or (code == "K" and elem.VR == "UI"):
+    if code == "U" or (code in ("K", "C", "D") and elem.VR == "UI"):
         actions.remap_uids(elem, ctx)
         return
     if code == "K":
         actions.keep(ds, elem, ctx)
+        return
+    if code == "D":
+        actions.dummy(ds, elem, ctx)
+        return
+    if code == "C":
+        actions.clean(ds, elem, ctx)
         return
     if code == "M1":
         actions.map_values(elem, ctp.modify_date)

@@ -40,6 +40,8 @@ BASIC_TEXT = [
 EUCAIM_TEXT = [
     "EUCAIM LETHE anon.script (RSNA CTP) compatible",
     "deviation: times kept, not shifted",
+    "deviation: every kept date, any depth: day of month -> 01",
+    "deviation: LETHE removals follow Annex E Basic (structure kept)",
     "deviation: SeriesDescription, ProtocolName kept",
     "kept free text loses this instance's names and IDs",
     "fix: SOP Class references kept; PatientIdentityRemoved set",

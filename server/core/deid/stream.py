@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.filewriter import dcmwrite, write_dataset, write_file_meta_info
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -169,6 +169,9 @@ def write_header(dst: BinaryIO, source: Source) -> None:
     ds = source.ds
     ds.file_meta = new_meta(ds, source.transfer_syntax)
     ds.preamble = b"\x00" * 128
+    if _plain(source):
+        _write_plain(dst, source)
+        return
     dcmwrite(
         dst,
         ds,
@@ -176,6 +179,28 @@ def write_header(dst: BinaryIO, source: Source) -> None:
         implicit_vr=source.implicit,
         little_endian=source.little,
     )
+
+
+def _plain(source: Source) -> bool:
+    """A standard, non-deflated transfer syntax agreeing with the parsed encoding and no
+    group 0000/0002 element in the dataset: what ``dcmwrite`` would write needs none of
+    its checks or conversions (nor its copy of the file meta)."""
+    ts = UID(source.transfer_syntax)
+    if ts == DeflatedExplicitVRLittleEndian or ts.is_private or not ts.is_transfer_syntax:
+        return False
+    if (ts.is_implicit_VR, ts.is_little_endian) != (source.implicit, source.little):
+        return False
+    return not any(t >> 16 in (0, 2) for t in source.ds._dict)
+
+
+def _write_plain(dst: BinaryIO, source: Source) -> None:
+    """Byte for byte what ``dcmwrite(enforce_file_format=True)`` writes in that case."""
+    out = DicomFileLike(dst)
+    out.is_implicit_VR, out.is_little_endian = source.implicit, source.little
+    out.write(b"\x00" * 128)  # the preamble write_header sets
+    out.write(b"DICM")
+    write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
+    write_dataset(out, source.ds)
 
 
 def write_trailing(dst: BinaryIO, trailing: Dataset, source: Source) -> None:

@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import dcmwrite, write_dataset, write_file_meta_info
+from pydicom.filewriter import (
+    dcmwrite,
+    write_data_element,
+    write_dataset,
+    write_file_meta_info,
+)
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -27,6 +34,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from server.core.records import UnreadableInstance
 
@@ -200,7 +208,42 @@ def _write_plain(dst: BinaryIO, source: Source) -> None:
     out.write(b"\x00" * 128)  # the preamble write_header sets
     out.write(b"DICM")
     write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
-    write_dataset(out, source.ds)
+    ds = source.ds
+    if ds.original_encoding != (source.implicit, source.little) or (
+        ds.original_character_set != ds._character_set
+    ):
+        write_dataset(out, ds)  # pydicom re-encodes every element then
+        return
+    charset = ds.get("SpecificCharacterSet", default_encoding)  # as write_dataset does
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # group lengths are not written (PS3.5 7.2)
+        elem = ds.get_item(tag)
+        if not (isinstance(elem, RawDataElement) and _raw(out, elem, source)):
+            write_data_element(out, elem, charset)
+
+
+def _raw(out: DicomFileLike, elem: RawDataElement, source: Source) -> bool:
+    """An element never decoded, written as read (what write_data_element writes for
+    it); False when pydicom's own handling is needed (undefined or oversized length)."""
+    value, vr = elem.value, elem.VR
+    if not isinstance(value, bytes) or elem.length == 0xFFFFFFFF:
+        return False
+    end = "<" if source.little else ">"
+    head = struct.pack(end + "HH", elem.tag >> 16, elem.tag & 0xFFFF)
+    if source.implicit:
+        out.write(head + struct.pack(end + "I", len(value)) + value)
+        return True
+    if not vr or len(vr) != 2:
+        return False
+    if vr in EXPLICIT_VR_LENGTH_32:
+        head += vr.encode() + struct.pack(end + "HI", 0, len(value))
+    elif len(value) <= 0xFFFF:
+        head += vr.encode() + struct.pack(end + "H", len(value))
+    else:
+        return False
+    out.write(head + value)
+    return True
 
 
 def write_trailing(dst: BinaryIO, trailing: Dataset, source: Source) -> None:

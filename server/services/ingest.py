@@ -34,6 +34,9 @@ from typing import Protocol
 
 import orjson
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
 
 from server.core import stow
 from server.core.blobkeys import new_blob_key
@@ -178,12 +181,11 @@ class IngestService:
             outcome.message = exc.message
             log.info("refused part: %s", exc.message)
             return None
-        sent_study = _sent_uids(item.path, outcome)
-        if study_uid is not None and sent_study and sent_study != study_uid:
-            outcome.failure = stow.DATA_SET_DOES_NOT_MATCH
-            outcome.message = "StudyInstanceUID does not match the URL"
-            return None
-        out = self._deidentify(item, outcome, dataset, policy, secret)
+        if not policy.active:  # the engine parses the header once and hands it over
+            sent_study = _sent_uids(item.path, outcome)
+            if _study_mismatch(study_uid, sent_study, outcome):
+                return None
+        out = self._deidentify(item, outcome, study_uid, dataset, policy, secret)
         if out is None:
             return None
         path, deid = out
@@ -199,6 +201,7 @@ class IngestService:
         self,
         item: IngestItem,
         outcome: PartOutcome,
+        study_uid: str | None,
         dataset: str | None,
         policy: DeidPolicy,
         secret: str,
@@ -207,8 +210,15 @@ class IngestService:
         if not policy.active:  # ``none``: the data arrives de-identified; the file is as sent
             return item.path, DeidRecord(profile="none", options=[], edition="")
         dst = item.path.with_name(item.path.name + ".deid")
+
+        def sent(ds: Dataset) -> None:
+            if _study_mismatch(study_uid, _sent_from(ds, outcome), outcome):
+                raise _Mismatch
+
         try:
-            return dst, deidentify_file(item.path, dst, policy, secret)
+            return dst, deidentify_file(item.path, dst, policy, secret, on_read=sent)
+        except _Mismatch:
+            dst.unlink(missing_ok=True)
         except BurnedInSuspected as exc:
             dst.unlink(missing_ok=True)
             if policy.burned_in is BurnedIn.quarantine:
@@ -345,6 +355,36 @@ def _stored(outcome: PartOutcome, record: InstanceRecord) -> None:
     outcome.study_uid, outcome.series_uid = record.study_uid, record.series_uid
     outcome.warnings = list(record.warnings)
     outcome.deid = record.deid
+
+
+class _Mismatch(Exception):
+    """The sent StudyInstanceUID is not the one in the URL (the outcome says so)."""
+
+
+def _study_mismatch(study_uid: str | None, sent_study: str, outcome: PartOutcome) -> bool:
+    if study_uid is not None and sent_study and sent_study != study_uid:
+        outcome.failure = stow.DATA_SET_DOES_NOT_MATCH
+        outcome.message = "StudyInstanceUID does not match the URL"
+        return True
+    return False
+
+
+def _sent_from(ds: Dataset, outcome: PartOutcome) -> str:
+    """``_sent_uids`` on the engine's parse of the header; values decoded aside, so the
+    parsed dataset is left exactly as read (a decoded element would be re-encoded)."""
+    values = []
+    for keyword in _SENT_TAGS:
+        tag = tag_for_keyword(keyword)
+        elem = ds.get_item(tag) if tag is not None and tag in ds else None
+        if isinstance(elem, RawDataElement):
+            elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+        value = elem.value if elem is not None else ""
+        values.append(str(value or "").strip().rstrip("\x00")[:64])
+    meta = getattr(ds, "file_meta", None)
+    readable = bool(ds.preamble) and meta is not None and "TransferSyntaxUID" in meta
+    if readable and all(values):  # a file the pipeline can read at all
+        outcome.sop_class_uid, outcome.sop_uid = values[0], values[1]
+    return values[2]
 
 
 def _sent_uids(path: Path, outcome: PartOutcome) -> str:

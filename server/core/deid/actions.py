@@ -55,8 +55,7 @@ def check_length(ds: Dataset, tag: int, vr: str) -> None:
     file are corrupt (the value would swallow the elements after it): refuse it."""
     if not is_known(tag):
         return
-    vm = dictionary_VM(tag)
-    count = int(vm) if vm.isdigit() else None
+    count = _vm_count(tag)
     raw = ds.get_item(tag)
     if isinstance(raw, DataElement):  # already decoded while reading
         if count is not None and count < raw.VM:
@@ -81,6 +80,14 @@ def check_length(ds: Dataset, tag: int, vr: str) -> None:
         raise UnreadableInstance(f"corrupt length for attribute {name_of(tag)} ({vr})")
 
 
+@lru_cache(maxsize=8192)
+def _vm_count(tag: int) -> int | None:
+    """The dictionary's fixed multiplicity of a known tag (None: a range like 1-n)."""
+    vm = dictionary_VM(tag)
+    return int(vm) if vm.isdigit() else None
+
+
+@lru_cache(maxsize=8192)
 def is_known(tag: int) -> bool:
     """Whether a public tag is in the data dictionary (repeating groups included)."""
     try:

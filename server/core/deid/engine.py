@@ -49,14 +49,26 @@ _MALFORMED = (ValueError, TypeError, UnicodeError, OverflowError, struct.error, 
 _MALFORMED_ITEMS = (*_MALFORMED, OSError, EOFError, NotImplementedError, IndexError)
 
 
-def deidentify_file(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> DeidRecord:
-    """PS3.15 Annex E / LETHE: write the de-identified copy of ``src`` to ``dst``."""
+def deidentify_file(
+    src: Path,
+    dst: Path,
+    policy: DeidPolicy,
+    secret: str,
+    on_read: Callable[[Dataset], None] | None = None,
+) -> DeidRecord:
+    """PS3.15 Annex E / LETHE: write the de-identified copy of ``src`` to ``dst``.
+
+    ``on_read`` sees the parsed header before anything is changed (the caller reads the
+    sent UIDs from it instead of parsing the file again); it must not change it, and
+    what it raises stops the work, nothing written."""
     if policy.profile is Profile.none:
         shutil.copyfile(src, dst)
         return DeidRecord(profile="none", options=[], edition="")
     changes = Changes()
     with open(src, "rb") as fin:
         source = read(fin)
+        if on_read is not None:
+            on_read(source.ds)
         try:
             trailing = _prepare(fin, source, policy, secret, changes)
         except (PolicyError, BurnedInSuspected, UnreadableInstance):

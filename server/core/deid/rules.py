@@ -25,6 +25,8 @@ Overlay groups (60xx) go entirely unless Clean Graphics; curves (50xx) likewise.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from server.core.deid.actions import is_known
 from server.core.deid.annex_e_table import MASKED, RULES
 from server.core.deid.policy import Option
@@ -78,6 +80,7 @@ def _unlisted(tag: int, vr: str, options: frozenset[Option]) -> str:
     return "K"
 
 
+@lru_cache(maxsize=16384)  # a pure function of its arguments: decided once per tag
 def basic_action(tag: int, vr: str, options: frozenset[Option]) -> str:
     """The single action (K X Z D C U) for a public attribute under ``basic``."""
     group = tag >> 16

@@ -15,10 +15,17 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.filewriter import (
+    dcmwrite,
+    write_data_element,
+    write_dataset,
+    write_file_meta_info,
+)
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -27,6 +34,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from server.core.records import UnreadableInstance
 
@@ -169,6 +177,9 @@ def write_header(dst: BinaryIO, source: Source) -> None:
     ds = source.ds
     ds.file_meta = new_meta(ds, source.transfer_syntax)
     ds.preamble = b"\x00" * 128
+    if _plain(source):
+        _write_plain(dst, source)
+        return
     dcmwrite(
         dst,
         ds,
@@ -176,6 +187,63 @@ def write_header(dst: BinaryIO, source: Source) -> None:
         implicit_vr=source.implicit,
         little_endian=source.little,
     )
+
+
+def _plain(source: Source) -> bool:
+    """A standard, non-deflated transfer syntax agreeing with the parsed encoding and no
+    group 0000/0002 element in the dataset: what ``dcmwrite`` would write needs none of
+    its checks or conversions (nor its copy of the file meta)."""
+    ts = UID(source.transfer_syntax)
+    if ts == DeflatedExplicitVRLittleEndian or ts.is_private or not ts.is_transfer_syntax:
+        return False
+    if (ts.is_implicit_VR, ts.is_little_endian) != (source.implicit, source.little):
+        return False
+    return not any(t >> 16 in (0, 2) for t in source.ds._dict)
+
+
+def _write_plain(dst: BinaryIO, source: Source) -> None:
+    """Byte for byte what ``dcmwrite(enforce_file_format=True)`` writes in that case."""
+    out = DicomFileLike(dst)
+    out.is_implicit_VR, out.is_little_endian = source.implicit, source.little
+    out.write(b"\x00" * 128)  # the preamble write_header sets
+    out.write(b"DICM")
+    write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
+    ds = source.ds
+    if ds.original_encoding != (source.implicit, source.little) or (
+        ds.original_character_set != ds._character_set
+    ):
+        write_dataset(out, ds)  # pydicom re-encodes every element then
+        return
+    charset = ds.get("SpecificCharacterSet", default_encoding)  # as write_dataset does
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # group lengths are not written (PS3.5 7.2)
+        elem = ds.get_item(tag)
+        if not (isinstance(elem, RawDataElement) and _raw(out, elem, source)):
+            write_data_element(out, elem, charset)
+
+
+def _raw(out: DicomFileLike, elem: RawDataElement, source: Source) -> bool:
+    """An element never decoded, written as read (what write_data_element writes for
+    it); False when pydicom's own handling is needed (undefined or oversized length)."""
+    value, vr = elem.value, elem.VR
+    if not isinstance(value, bytes) or elem.length == 0xFFFFFFFF:
+        return False
+    end = "<" if source.little else ">"
+    head = struct.pack(end + "HH", elem.tag >> 16, elem.tag & 0xFFFF)
+    if source.implicit:
+        out.write(head + struct.pack(end + "I", len(value)) + value)
+        return True
+    if not vr or len(vr) != 2:
+        return False
+    if vr in EXPLICIT_VR_LENGTH_32:
+        head += vr.encode() + struct.pack(end + "HI", 0, len(value))
+    elif len(value) <= 0xFFFF:
+        head += vr.encode() + struct.pack(end + "H", len(value))
+    else:
+        return False
+    out.write(head + value)
+    return True
 
 
 def write_trailing(dst: BinaryIO, trailing: Dataset, source: Source) -> None:

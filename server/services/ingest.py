@@ -403,21 +403,11 @@ def _sent_uids(path: Path, outcome: PartOutcome) -> str:
 def _deidentify_suspect(src: Path, dst: Path, policy: DeidPolicy, secret: str) -> DeidRecord:
     """De-identify an instance the burned-in check stopped, for the quarantine.
 
-    The engine refuses suspects before touching them, so the held copy is made from a
-    spool copy marked BurnedInAnnotation NO: the header is de-identified exactly as
-    usual, and the mark is what an administrator attests by releasing it (a held copy is
-    never served before). The record names BurnedInAnnotation as changed.
+    The header is de-identified exactly as usual and streamed like any other instance;
+    BurnedInAnnotation stays as sent. Releasing it is the administrator's statement that
+    the pixels carry no identifying text (a held copy is never served before).
     """
-    marked = src.with_name(src.name + ".held")
-    try:
-        ds = pydicom.dcmread(src)
-        ds.BurnedInAnnotation = "NO"
-        ds.save_as(marked, enforce_file_format=True)
-        deid = deidentify_file(marked, dst, policy, secret)
-    finally:
-        marked.unlink(missing_ok=True)
-    deid.changed = sorted({*deid.changed, "BurnedInAnnotation"})
-    return deid
+    return deidentify_file(src, dst, policy, secret, check_burned_in=False)
 
 
 def _sha256(path: Path) -> str:

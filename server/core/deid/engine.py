@@ -55,12 +55,16 @@ def deidentify_file(
     policy: DeidPolicy,
     secret: str,
     on_read: Callable[[Dataset], None] | None = None,
+    *,
+    check_burned_in: bool = True,
 ) -> DeidRecord:
     """PS3.15 Annex E / LETHE: write the de-identified copy of ``src`` to ``dst``.
 
     ``on_read`` sees the parsed header before anything is changed (the caller reads the
     sent UIDs from it instead of parsing the file again); it must not change it, and
-    what it raises stops the work, nothing written."""
+    what it raises stops the work, nothing written. ``check_burned_in=False``: the
+    header is de-identified although the instance is a burned-in suspect (for the
+    quarantine, which holds it for an administrator)."""
     if policy.profile is Profile.none:
         shutil.copyfile(src, dst)
         return DeidRecord(profile="none", options=[], edition="")
@@ -70,7 +74,7 @@ def deidentify_file(
         if on_read is not None:
             on_read(source.ds)
         try:
-            trailing = _prepare(fin, source, policy, secret, changes)
+            trailing = _prepare(fin, source, policy, secret, changes, check_burned_in)
         except (PolicyError, BurnedInSuspected, UnreadableInstance):
             raise
         except _MALFORMED_ITEMS as exc:  # a value pydicom cannot decode: the sender's bytes
@@ -81,10 +85,16 @@ def deidentify_file(
 
 
 def _prepare(
-    fin: BinaryIO, source: Source, policy: DeidPolicy, secret: str, changes: Changes
+    fin: BinaryIO,
+    source: Source,
+    policy: DeidPolicy,
+    secret: str,
+    changes: Changes,
+    check_burned_in: bool = True,
 ) -> Dataset:
     """Burned-in check, then the profile on the header and on any trailing elements."""
-    burned_in.check(source.ds, policy)
+    if check_burned_in:
+        burned_in.check(source.ds, policy)
     trailing = Dataset()
     if source.pixel_offset is not None:
         fin.seek(source.pixel_offset)

@@ -18,7 +18,15 @@ import httpx
 import pytest
 
 from tests.live import LiveServer
-from tests.security.conftest import add_client, auth_env, cli_ok, make_study, stow_into, token
+from tests.security.conftest import (
+    AS_SENT,
+    add_client,
+    auth_env,
+    cli_ok,
+    make_study,
+    stow_into,
+    token,
+)
 
 FHIR_JSON = "application/fhir+json"
 SNOMED = "http://snomed.info/sct"
@@ -115,9 +123,11 @@ NO_MATCH = {"token": "no-such-code", "string": "zzzz-no-such", "date": "1900-01-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = LiveServer(tmp_path_factory.mktemp("capability") / "data", extra_env=auth_env())
+    # the test reads studies by the UIDs it sent: stored as sent
     cli_ok(server, "dataset", "create", "breast-a", "--title", "Breast A", "--cancer-type",
-           "breast", "--access-condition", "download")  # fmt: skip
-    cli_ok(server, "dataset", "create", "lung-b", "--title", "Lung B", "--cancer-type", "lung")
+           "breast", "--access-condition", "download", *AS_SENT)  # fmt: skip
+    cli_ok(server, "dataset", "create", "lung-b", "--title", "Lung B", "--cancer-type", "lung",
+           *AS_SENT)  # fmt: skip
     for n, dataset in enumerate(("breast-a", "lung-b")):
         cli_ok(server, "daa", "create", f"daa-{n}", "--dataset", dataset,
                "--condition", "download", "--organization", "org-x")  # fmt: skip

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from tqdm import tqdm
 
 from server.app import Gateway
@@ -120,7 +121,9 @@ def load_demo(gateway: Gateway, *, patients: int = 6) -> int:
 
     if gateway.index.counts()["instance"]:
         return 0
-    gateway.fhir_store.put(DEMO_DATASET)
+    # through the FHIR write path, so the dataset gets (and shows) its de-identification
+    # policy like any other dataset
+    gateway.fhir_write.update("ResearchStudy", str(DEMO_DATASET["id"]), orjson.dumps(DEMO_DATASET))
     stored = 0
     datasets = list(
         generate_cohort(

@@ -9,34 +9,18 @@ of an event.
 
 from __future__ import annotations
 
-import getpass
 from typing import Any
 
-from server.security.audit_event import AccessRecord
-
-
-def _os_user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name for this uid
-        return None
+from server.cli.admin_audit import cli_audit
 
 
 def audit_admin(gateway: Any, command: str, dataset: str, status: int) -> None:
     """Record one run of ``imaging-gateway COMMAND`` on ``dataset`` (status as HTTP would say)."""
-    gateway.audit.record(
-        AccessRecord(
-            action="admin",
-            outcome=0 if status < 400 else 4,
-            http_status=status,
-            method="GET" if command == "dataset secret" else "POST",
-            path=f"imaging-gateway {command}",
-            query=None,
-            source_address=None,
-            client_id=None,
-            subject=_os_user(),
-            datasets=(dataset,),
-            entities=(f"ResearchStudy/{dataset}",),
-        )
+    cli_audit(
+        gateway,
+        command,
+        status,
+        method="GET" if command == "dataset secret" else "POST",
+        datasets=(dataset,),
+        entities=(f"ResearchStudy/{dataset}",),
     )
-    gateway.audit.flush()

@@ -19,7 +19,7 @@ import orjson
 from tqdm import tqdm
 
 from server.app import Gateway
-from server.cli.quarantine import cli_audit
+from server.cli.admin_audit import cli_audit
 from server.core.stow import PartOutcome, deidentified
 from server.services.ingest import IngestItem
 

@@ -9,7 +9,6 @@ account that ran it.
 
 from __future__ import annotations
 
-import getpass
 import time
 from pathlib import Path
 from typing import Any
@@ -17,49 +16,11 @@ from typing import Any
 import click
 import orjson
 
+from server.cli.admin_audit import cli_audit
 from server.cli.config import load_settings
 from server.errors import GatewayError, NotFound
-from server.security.audit_event import AccessRecord
 
 _DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-
-
-def _os_user() -> str | None:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name for this uid
-        return None
-
-
-def cli_audit(
-    gateway: Any,
-    command: str,
-    status: int,
-    *,
-    action: str = "admin",
-    method: str = "POST",
-    datasets: tuple[str, ...] = (),
-    entities: tuple[str, ...] = (),
-    deidentified: tuple[tuple[str, str], ...] = (),
-) -> None:
-    """Record one run of ``imaging-gateway COMMAND`` in the audit trail."""
-    gateway.audit.record(
-        AccessRecord(
-            action=action,
-            outcome=0 if status < 400 else (8 if status >= 500 else 4),
-            http_status=status,
-            method=method,
-            path=f"imaging-gateway {command}",
-            query=None,
-            source_address=None,
-            client_id=None,
-            subject=_os_user(),
-            datasets=datasets,
-            entities=entities,
-            deidentified=deidentified,
-        )
-    )
-    gateway.audit.flush()
 
 
 def _status(exc: GatewayError) -> int:

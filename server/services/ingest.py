@@ -24,7 +24,6 @@ a store client learns nothing about which dataset holds a UID or whether it is i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -55,6 +54,7 @@ from server.core.stow import PartOutcome
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, Index
 from server.security.keys import patient_id_key
+from server.services.backup_files import sha256_file
 from server.services.quarantine import Held, Quarantine
 from server.services.recovery import Recovery
 from server.settings import DuplicatePolicy, Settings
@@ -136,7 +136,7 @@ class IngestService:
         """Store one already de-identified file (quarantine release): parse, store, index."""
         outcome = PartOutcome()
         try:
-            record = self._read(path, _sha256(path), outcome)
+            record = self._read(path, sha256_file(path), outcome)
             if record is not None:
                 record.deid = orjson.dumps(deid.to_json())
                 self._store([(0, _Ready(record, path))], [outcome], dataset)
@@ -189,7 +189,7 @@ class IngestService:
         if out is None:
             return None
         path, deid = out
-        sha256 = item.sha256 if path == item.path else _sha256(path)
+        sha256 = item.sha256 if path == item.path else sha256_file(path)
         record = self._read(path, sha256, outcome)
         if record is None:
             path.unlink(missing_ok=True)
@@ -408,11 +408,3 @@ def _deidentify_suspect(src: Path, dst: Path, policy: DeidPolicy, secret: str) -
     the pixels carry no identifying text (a held copy is never served before).
     """
     return deidentify_file(src, dst, policy, secret, check_burned_in=False)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -18,10 +18,8 @@ from typing import Any
 import orjson
 from elasticsearch import (
     ApiError,
-    ConnectionError,
     Elasticsearch,
     NotFoundError,
-    TransportError,
     helpers,
 )
 
@@ -34,7 +32,6 @@ from server.core.attributes import (
 )
 from server.core.qido import QidoQuery
 from server.core.records import InstanceRecord
-from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, AddResult, Scope, SearchPage, StoredInstance
 from server.index.es_mapping import (
     ADDED_FIELDS,
@@ -44,6 +41,7 @@ from server.index.es_mapping import (
     mapping,
     settings,
 )
+from server.index.es_outage import outage_is_unavailable
 from server.index.es_query import qido_query
 from server.index.federation_es import series_facts, series_objects, study_facts
 
@@ -60,6 +58,7 @@ def _unb64(text: str | None) -> bytes | None:
     return base64.b64decode(text) if text else None
 
 
+@outage_is_unavailable
 class ElasticsearchIndex:
     def __init__(
         self,
@@ -76,19 +75,14 @@ class ElasticsearchIndex:
         self.shards, self.replicas = shards, replicas
         # Per level an alias over a versioned index, so `reindex` can switch atomically.
         self.names = names or {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
-        if names is None:
-            try:
-                for level, alias in self.names.items():
-                    if not self.es.indices.exists(index=alias):
-                        self.create_version(level, alias, with_alias=True)
-                    elif level in ADDED_FIELDS:  # indices made by an earlier version
-                        self.es.indices.put_mapping(index=alias, properties=ADDED_FIELDS[level])
-                # indices made by earlier releases: add the federated-search fields (idempotent)
-                self.es.indices.put_mapping(
-                    index=self.names[Level.STUDY], properties=FEDERATION_FIELDS
-                )
-            except (ConnectionError, TransportError) as exc:
-                raise ServiceUnavailable(f"Elasticsearch is unreachable: {exc}") from exc
+        if names is None:  # (an unreachable cluster is ServiceUnavailable: es_outage)
+            for level, alias in self.names.items():
+                if not self.es.indices.exists(index=alias):
+                    self.create_version(level, alias, with_alias=True)
+                elif level in ADDED_FIELDS:  # indices made by an earlier version
+                    self.es.indices.put_mapping(index=alias, properties=ADDED_FIELDS[level])
+            # indices made by earlier releases: add the federated-search fields (idempotent)
+            self.es.indices.put_mapping(index=self.names[Level.STUDY], properties=FEDERATION_FIELDS)
 
     def create_version(self, level: Level, alias: str, *, with_alias: bool) -> str:
         """A new concrete index ``<alias>-v<time>`` with the level's mapping."""
@@ -108,12 +102,7 @@ class ElasticsearchIndex:
     def add_instances(
         self, records: Sequence[InstanceRecord], *, overwrite: bool
     ) -> list[AddResult]:
-        try:
-            return self._add(records, overwrite)
-        except (ConnectionError, TransportError) as exc:
-            raise ServiceUnavailable(
-                f"Elasticsearch is unreachable: {exc}", retry_after=10
-            ) from exc
+        return self._add(records, overwrite)
 
     def _add(self, records: Sequence[InstanceRecord], overwrite: bool) -> list[AddResult]:
         existing = self._mget(

@@ -20,6 +20,7 @@ from server.core.federation import facts
 from server.core.federation.plan import And, Const, Diagnosis, Exists, Expr, Number, Or, Text
 from server.core.federation.vocabulary import Field
 from server.index.base import DatasetProfile
+from server.index.es_outage import outage_is_unavailable
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -63,6 +64,7 @@ def series_objects(tuples: Sequence[str]) -> list[dict[str, str]]:
     return out
 
 
+@outage_is_unavailable
 class EsFederation:
     def __init__(self, es: Elasticsearch, names: dict[Level, str]) -> None:
         self.es = es

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from elasticsearch import ConnectionError, Elasticsearch, NotFoundError, TransportError
+from elasticsearch import Elasticsearch, NotFoundError
 
 from server.core.attributes import Level
 from server.core.fhir.search import (
@@ -23,7 +23,8 @@ from server.core.fhir.search import (
     SearchRequest,
     TokenValue,
 )
-from server.errors import InvalidQuery, ServiceUnavailable
+from server.errors import InvalidQuery
+from server.index.es_outage import outage_is_unavailable
 from server.index.fhir_dicom import (
     BODY_PART_SYSTEM,
     DCM,
@@ -75,6 +76,7 @@ def _epoch(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
 
 
+@outage_is_unavailable
 class EsFhirQueries:
     def __init__(self, client: Elasticsearch, names: dict[Level, str], endpoint_id: str,
                  body_part_terms: Callable[[str], list[str]]) -> None:  # fmt: skip
@@ -311,12 +313,7 @@ class EsFhirQueries:
 
     # -- catalogue ----------------------------------------------------------
     def dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
-        try:
-            return self._dataset_statistics(dataset_ids)
-        except (ConnectionError, TransportError) as exc:
-            raise ServiceUnavailable(
-                f"Elasticsearch is unreachable: {exc}", retry_after=10
-            ) from exc
+        return self._dataset_statistics(dataset_ids)
 
     def _dataset_statistics(self, dataset_ids: list[str]) -> dict[str, dict[str, Any]]:
         out = empty_statistics(dataset_ids)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -20,10 +20,11 @@ from server import __version__
 from server.api import errors as api_errors
 from server.api import fdp as fdp_router
 from server.api import oauth as oauth_router
+from server.api import ops as ops_router
+from server.api.access_log import AccessLogMiddleware
 from server.api.audit import AuditMiddleware
 from server.api.bodies import BodyGuardMiddleware, describe_bodies
 from server.api.caching import NoStoreMiddleware
-from server.api.deps import principal
 from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
 from server.api.fhir import router as fhir_router
@@ -44,6 +45,7 @@ from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
+from server.logs import configure as configure_logging
 from server.quiet import silence_value_logging
 from server.security.agreements import AgreementCache, load_contracts
 from server.security.audit import AuditLog
@@ -363,6 +365,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) node for a cancer-imaging federation.",
         lifespan=lifespan,
+        docs_url=None,  # served by api/ops.py from local files (works offline)
+        redoc_url=None,
     )
     app.state.gateway = gateway
     api_errors.install(app)
@@ -372,6 +376,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
     app.include_router(fdp_router.router, prefix="/fdp")
     app.include_router(federation_router.router)
+    app.include_router(ops_router.router)
     # innermost: a request body is authorised and capped before any route reads it
     app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(
@@ -388,6 +393,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NoStoreMiddleware)
     # outermost: every layer inside (audit, rate limits, logs) sees the caller's address
     app.add_middleware(ProxyHeadersMiddleware, trusted=networks(settings.trusted_proxies))
+    # outermost of all: one log line and a request id per request, whatever happens inside
+    app.add_middleware(AccessLogMiddleware)
 
     plain_openapi = app.openapi
 
@@ -398,24 +405,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi_with_bodies  # type: ignore[method-assign]
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz(request: Request) -> dict[str, object]:
-        """Up and ready (the index answers) for anyone; version and counts for administrators.
-
-        The index is asked either way, so a replica that cannot reach it is not ready (an
-        unavailable index is a 503, as on every route); only administrators see the answer.
-        """
-        counts = gateway.index.counts()
-        if not request.headers.get("authorization") and settings.auth.enabled:
-            return {"status": "ok"}
-        caller = principal(request)  # a bad token is a 401, as everywhere
-        if not (caller.admin or caller.unrestricted):
-            return {"status": "ok"}
-        return {"status": "ok", "version": __version__, **counts}
-
     return app
 
 
 def app_from_environment() -> FastAPI:
     """Factory for uvicorn worker processes: settings from the environment."""
-    return create_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)  # a worker process of its own
+    return create_app(settings)

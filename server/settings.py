@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.core.deid.policy import Profile
 from server.core.limits import PixelLimits
+from server.logs import FORMATS as LOG_FORMATS
+from server.logs import LEVELS as LOG_LEVELS
 
 
 class Environment(StrEnum):
@@ -230,6 +232,22 @@ class AuthSettings(BaseModel):
         return value
 
 
+class MetricsSettings(BaseModel):
+    # GET /metrics (Prometheus text format) for callers in these networks, or administrators.
+    enabled: bool = True
+    allow: list[str] = ["127.0.0.1/32", "::1/128"]
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"metrics.allow: {item!r} is not an IP address or CIDR") from None
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GATEWAY_", env_nested_delimiter="__", extra="ignore"
@@ -241,6 +259,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     public_base_url: str | None = None
     log_level: str = "info"
+    # plain: one text line per record; json: one JSON object per line (log collectors).
+    log_format: str = "plain"
     # Server processes; 0 = one per CPU, at most 4. Each process is a full gateway
     # sharing the data directory (SQLite serialises writers across processes).
     workers: int = Field(default=0, ge=0, le=64)
@@ -262,9 +282,24 @@ class Settings(BaseSettings):
     catalogue: CatalogueSettings = CatalogueSettings()
     federation: FederationSettings = FederationSettings()
     dimse: DimseSettings = DimseSettings()
+    metrics: MetricsSettings = MetricsSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level {value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return value.lower()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in LOG_FORMATS:
+            raise ValueError(f"log_format {value!r} is not one of {', '.join(LOG_FORMATS)}")
+        return value.lower()
 
     @field_validator("index")
     @classmethod
@@ -324,3 +359,25 @@ class Settings(BaseSettings):
                 "authorisation can only be switched off (GATEWAY_AUTH__ENABLED=false) when "
                 "GATEWAY_ENVIRONMENT=development"
             )
+
+
+# Read outside Settings: the FHIR conformance folder override; docker-compose substitutions.
+OTHER_VARIABLES = frozenset({"GATEWAY_CONFORMANCE_DIR", "GATEWAY_HTTP_PORT", "GATEWAY_IMAGE"})
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``GATEWAY_*`` variables that name no setting (typos are otherwise silently ignored)."""
+    env = os.environ if environ is None else environ
+    unknown = []
+    for name in sorted(env):
+        if not name.startswith("GATEWAY_") or name in OTHER_VARIABLES:
+            continue
+        model: type[BaseModel] | None = Settings
+        for part in name[len("GATEWAY_") :].lower().split("__"):
+            field = model.model_fields.get(part) if model is not None else None
+            if field is None:
+                unknown.append(name)
+                break
+            kind = field.annotation
+            model = kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    return unknown

@@ -89,6 +89,7 @@ def access_record(scope: Scope, http_status: int) -> AccessRecord:
         datasets=datasets,
         entities=tuple(note.get("entities", ())),
         deidentified=tuple(note.get("deidentified", ())),
+        request_id=state.get("request_id"),
     )
 
 

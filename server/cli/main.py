@@ -27,12 +27,10 @@ if TYPE_CHECKING:
     from server.settings import Settings
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _logging(level: str, fmt: str = "plain") -> None:
+    from server.logs import configure
+
+    configure(level, fmt)
 
 
 @click.group()
@@ -74,29 +72,35 @@ def serve(
     settings.port = settings.port if port is None else port
     workers = settings.workers if workers_opt is None else workers_opt
     workers = workers or settings.effective_workers()
-    _logging(settings.log_level)
+    _logging(settings.log_level, settings.log_format)
     log = logging.getLogger("gateway")
+    if workers > 1:  # /metrics in any worker answers for all (before the first metric)
+        from server.metrics import use_multiprocess
+
+        use_multiprocess(settings.data_dir / "metrics")
     gateway = build_gateway(settings)
     try:
         gateway.store.clean_spool(older_than_seconds=3600)  # other replicas may be uploading
         gateway.recover()  # writes a killed server left in flight (no manual step)
         if demo:
             log.info("demo cohort: %d instance(s) stored", load_demo(gateway))
+        instances = gateway.index.counts().get("instance", 0)
     finally:
         gateway.close()
-    log.info(
-        "data dir %s; DICOMweb at http://%s:%d/dicom-web (%d worker process%s)",
-        settings.data_dir.resolve(),
-        settings.host,
-        settings.port,
-        workers,
-        "" if workers == 1 else "es",
-    )
+    from server.cli.banner import banner
+    from server.settings import unknown_variables
+
+    for line in banner(settings, workers, instances, settings.dimse.port):
+        log.info("%s", line)
+    unknown = unknown_variables()
+    if unknown:
+        log.warning("ignored: no setting is named %s (see the README)", ", ".join(unknown))
     options = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
-        "access_log": False,
+        "access_log": False,  # the gateway's own access log (gateway.access) replaces it
+        "log_config": None,  # uvicorn's loggers use the gateway's handler and format
         # Forwarding headers are read by the app, from GATEWAY_TRUSTED_PROXIES only: uvicorn's
         # own handling would believe any loopback peer (its forwarded_allow_ips default).
         "proxy_headers": False,

@@ -44,6 +44,7 @@ from server.index.es_mapping import (
 from server.index.es_outage import outage_is_unavailable
 from server.index.es_query import qido_query
 from server.index.federation_es import series_facts, series_objects, study_facts
+from server.metrics import metered
 
 PAGE = 1000
 _INSTANCE_FIELDS = ["studyinstanceuid", "seriesinstanceuid", "sop_uid", "sop_class_uid",
@@ -58,6 +59,7 @@ def _unb64(text: str | None) -> bytes | None:
     return base64.b64decode(text) if text else None
 
 
+@metered("elasticsearch")
 @outage_is_unavailable
 class ElasticsearchIndex:
     def __init__(

@@ -21,6 +21,7 @@ from server.core.federation.plan import And, Const, Diagnosis, Exists, Expr, Num
 from server.core.federation.vocabulary import Field
 from server.index.base import DatasetProfile
 from server.index.es_outage import outage_is_unavailable
+from server.metrics import metered
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
@@ -64,6 +65,7 @@ def series_objects(tuples: Sequence[str]) -> list[dict[str, str]]:
     return out
 
 
+@metered("elasticsearch")
 @outage_is_unavailable
 class EsFederation:
     def __init__(self, es: Elasticsearch, names: dict[Level, str]) -> None:

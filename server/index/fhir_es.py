@@ -37,6 +37,7 @@ from server.index.fhir_dicom import (
     started_floor,
 )
 from server.index.fhir_sql import approximate_range
+from server.metrics import metered
 
 _SORT = {"started": "started_lo", "_lastUpdated": "updated", "_id": "studyinstanceuid"}
 _FIELDS = ["json", "dataset", "patient_key", "updated", "modalities", "studyinstanceuid"]
@@ -76,6 +77,7 @@ def _epoch(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
 
 
+@metered("elasticsearch")
 @outage_is_unavailable
 class EsFhirQueries:
     def __init__(self, client: Elasticsearch, names: dict[Level, str], endpoint_id: str,

@@ -29,6 +29,7 @@ from server.core.values import fold
 from server.errors import InvalidQuery, PreconditionFailed
 from server.index.fhir_sql import date_sql, fetch_page
 from server.index.sqlite_db import SqliteDatabase
+from server.metrics import metered
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS resource (pk INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL,"
@@ -75,6 +76,7 @@ class Page:
     previous_cursor: PagePosition | None
 
 
+@metered("fhir-store")
 class FhirStore:
     def __init__(self, path: Path) -> None:
         self.db = SqliteDatabase(path, SCHEMA)

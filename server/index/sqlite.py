@@ -23,6 +23,7 @@ from server.index.base import AddOutcome, AddResult, Scope, SearchPage, StoredIn
 from server.index.sqlite_db import SqliteDatabase
 from server.index.sqlite_query import search_sql
 from server.index.sqlite_schema import SCHEMA_VERSION, create_statements, level_columns
+from server.metrics import metered
 
 _INSTANCE_FIELDS = (
     "st.studyinstanceuid, se.seriesinstanceuid, i.sopinstanceuid, i.sopclassuid,"
@@ -33,6 +34,7 @@ _ORDER = "ORDER BY se.seriesnumber, se.pk, i.instancenumber, i.pk"
 _REFUSED = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET, AddOutcome.IDENTICAL)
 
 
+@metered("sqlite")
 class SqliteIndex:
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -32,6 +32,7 @@ PARTICIPATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationTy
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
+REQUEST_ID_DETAIL = "request-id"  # entity.detail.type on the request entity: X-Request-ID
 DEID_DETAIL = "deidentification"  # entity.detail.type: the DeidRecord JSON of a stored instance
 
 OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
@@ -110,6 +111,7 @@ class AccessRecord:
     entities: tuple[str, ...] = ()  # "ImagingStudy/1.2.3", "study:1.2.3", "instance:..."
     recorded: float | None = None  # epoch seconds; filled in by the log if None
     issuer: str | None = None  # identity provider of ``subject``, if known
+    request_id: str | None = None  # the X-Request-ID of the HTTP request (access log join)
     # outcome in the caller's protocol when it is not HTTP, e.g. "DIMSE status 0xA900";
     # ``http_status`` then holds the HTTP equivalent (for searches by status)
     outcome_text: str | None = None
@@ -230,6 +232,8 @@ def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[s
         "type": _coding(ENTITY_TYPE_SYSTEM, "2", "System Object"),
         "description": f"{method} {record.path}",
     }
+    if record.request_id:
+        request["detail"] = [{"type": REQUEST_ID_DETAIL, "valueString": record.request_id}]
     if record.query:
         request["role"] = _coding(OBJECT_ROLE_SYSTEM, "24", "Query")
         request["query"] = base64.b64encode(record.query.encode()).decode("ascii")

@@ -64,7 +64,7 @@ def is_sqlite(path: Path) -> bool:
 def classify(data_dir: Path, rel: PurePosixPath) -> Kind:
     """The kind of the file ``data_dir/rel`` (see the module docstring)."""
     top, name = rel.parts[0], rel.name
-    if top in ("spool", "trash"):
+    if top in ("spool", "trash", "metrics"):  # metrics: per-process Prometheus values
         return Kind.transient
     if top == "blobs":
         return Kind.blob if len(rel.parts) == 4 else Kind.unclassified

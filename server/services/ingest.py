@@ -53,6 +53,7 @@ from server.core.records import InstanceRecord, UnreadableInstance, read_instanc
 from server.core.stow import PartOutcome
 from server.errors import ServiceUnavailable
 from server.index.base import AddOutcome, Index
+from server.metrics import observe_ingest
 from server.security.keys import patient_id_key
 from server.services.backup_files import sha256_file
 from server.services.quarantine import Held, Quarantine
@@ -119,6 +120,7 @@ class IngestService:
         """PS3.18 10.5.1: de-identify and store each item; one failing item never stops the others."""
         dataset = dataset if dataset is not None else self.settings.default_dataset
         outcomes = [PartOutcome() for _ in items]
+        sizes = [_size(item.path) for item in items]
         try:
             policy, secret = self.policies.for_dataset(dataset)
             ready: list[tuple[int, _Ready]] = []
@@ -130,6 +132,7 @@ class IngestService:
         finally:
             for item in items:  # original bytes never outlive the request, whatever happened
                 item.path.unlink(missing_ok=True)
+        observe_ingest(sizes, [o.failure for o in outcomes])
         return outcomes
 
     def store_deidentified(self, path: Path, deid: DeidRecord, dataset: str | None) -> PartOutcome:
@@ -347,6 +350,13 @@ class IngestService:
         if self.settings.failpoint == name:
             log.critical("failpoint %s reached: exiting without cleanup", name)
             os._exit(137)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _stored(outcome: PartOutcome, record: InstanceRecord) -> None:

@@ -32,3 +32,6 @@ class BlobStore(Protocol):
     def keys(self) -> Iterator[str]: ...
 
     def clean_spool(self, older_than_seconds: float = 0) -> int: ...
+
+    def ready(self) -> str | None:
+        """None when blobs can be read and written now, else what is wrong (no secrets)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from server.errors import NotFound
+from server.metrics import metered
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -50,6 +51,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+@metered("filesystem")
 class FilesystemBlobStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
@@ -62,6 +64,14 @@ class FilesystemBlobStore:
         self._made_dirs: set[Path] = set()
         for d in (self.blobs, self.quarantine_dir, self._spool):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def ready(self) -> str | None:
+        for d in (self.blobs, self._spool):
+            if not d.is_dir():
+                return f"{d.name} folder missing"
+            if not os.access(d, os.R_OK | os.W_OK | os.X_OK):
+                return f"{d.name} folder not writable"
+        return None
 
     def path(self, key: str) -> Path:
         if "/" in key or "\\" in key or key.startswith(".") or not key:

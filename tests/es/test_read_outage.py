@@ -98,6 +98,15 @@ def test_index_route_during_an_outage_is_503_not_500(
     assert "elasticsearch" in r.text.lower()
 
 
+def test_liveness_holds_and_readiness_names_the_index_during_an_outage(
+    cut_gateway: tuple[LiveServer, Proxy, dict[str, str]],
+) -> None:
+    live, _, _ = cut_gateway
+    assert httpx.get(f"{live.url}/healthz", timeout=60).status_code == 200
+    ready = httpx.get(f"{live.url}/readyz", timeout=60)
+    assert ready.status_code == 503 and ready.json()["failing"] == ["index"]
+
+
 def test_reads_recover_with_the_cluster(
     cut_gateway: tuple[LiveServer, Proxy, dict[str, str]],
 ) -> None:

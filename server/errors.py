@@ -6,7 +6,8 @@
     ├── BadRequest                 a client's request cannot be understood (400)
     │   ├── InvalidQuery           a QIDO parameter is unknown, unsupported or malformed
     │   ├── InvalidUID             a UID in a path or parameter is not a valid UID
-    │   └── MalformedMultipart     a multipart body is not well-formed
+    │   ├── MalformedMultipart     a multipart body is not well-formed
+    │   └── NoDataset              a store names no dataset and there is no default one
     ├── Unauthorized               no valid bearer token (401, WWW-Authenticate)
     ├── Forbidden                  a valid token without the scope the operation needs (403)
     ├── UnsupportedMediaType       the request's Content-Type is not accepted (415)
@@ -50,6 +51,18 @@ class InvalidUID(BadRequest):
 
 class MalformedMultipart(BadRequest):
     pass
+
+
+class NoDataset(BadRequest):
+    """A store names no dataset and ``GATEWAY_DEFAULT_DATASET`` is not set: nothing is stored
+    (a study outside every dataset would be visible to nobody)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "no dataset: store into /datasets/{id}/dicom-web/studies, or set"
+            " GATEWAY_DEFAULT_DATASET to the dataset that /dicom-web/studies stores into"
+        )
 
 
 class Unauthorized(GatewayError):

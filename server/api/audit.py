@@ -89,6 +89,7 @@ def access_record(scope: Scope, http_status: int) -> AccessRecord:
         datasets=datasets,
         entities=tuple(note.get("entities", ())),
         deidentified=tuple(note.get("deidentified", ())),
+        bases=principal.bases(datasets) if principal is not None else (),
     )
 
 

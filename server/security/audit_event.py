@@ -32,6 +32,8 @@ PARTICIPATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ParticipationTy
 DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
+# agent.policy of an access granted other than by an agreement (data holder, admin, public)
+BASIS_POLICY = "https://cancer-imaging-gateway.eu/fhir/access-basis#"
 DEID_DETAIL = "deidentification"  # entity.detail.type: the DeidRecord JSON of a stored instance
 
 OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
@@ -116,6 +118,8 @@ class AccessRecord:
     # (stored SOP Instance UID, DeidRecord JSON) of each instance an ingest stored: what
     # de-identification did (names of attributes, never values)
     deidentified: tuple[tuple[str, str], ...] = ()
+    # why the caller may use the datasets: "agreement", "data-holder", "admin", "public"
+    bases: tuple[str, ...] = ()
 
 
 # -- the AuditEvent ---------------------------------------------------------------------------
@@ -189,7 +193,9 @@ def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[s
         phrase = HTTPStatus(record.http_status).phrase
     except ValueError:
         phrase = ""
-    policy = [f"Contract/{agreement}" for agreement in record.agreements]
+    policy = [f"Contract/{agreement}" for agreement in record.agreements] + [
+        BASIS_POLICY + basis for basis in record.bases if basis != "agreement"
+    ]
 
     client: dict[str, Any] = {
         "type": {"coding": [_coding(DCM_SYSTEM, "110153", "Source Role ID")]},

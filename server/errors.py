@@ -10,6 +10,7 @@
     │   └── NoDataset              a store names no dataset and there is no default one
     ├── Unauthorized               no valid bearer token (401, WWW-Authenticate)
     ├── Forbidden                  a valid token without the scope the operation needs (403)
+    ├── TooManyAttempts            too many failed client authentications (429, Retry-After)
     ├── UnsupportedMediaType       the request's Content-Type is not accepted (415)
     ├── NotAcceptable              nothing in Accept can be produced (406)
     ├── PayloadTooLarge            the body exceeds the configured limit (413)
@@ -99,6 +100,12 @@ class ServiceUnavailable(GatewayError):
         self.retry_after = retry_after
 
 
+class TooManyAttempts(GatewayError):
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Gone(NotFound):
     pass
 
@@ -118,6 +125,7 @@ class Unprocessable(GatewayError):
 STATUS: list[tuple[type[GatewayError], int]] = [
     (Unauthorized, 401),
     (Forbidden, 403),
+    (TooManyAttempts, 429),
     (Gone, 410),
     (PreconditionFailed, 412),
     (MethodNotAllowed, 405),

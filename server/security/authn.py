@@ -7,6 +7,8 @@ intersected with the datasets the token names.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import time
 from collections.abc import Callable
 
@@ -22,6 +24,7 @@ from server.security.tokens import InvalidToken, TokenSettings, verify_access_to
 
 ANONYMOUS_SCOPES = frozenset({"system/*.rs"})
 SEEN_TOKENS = 10_000
+BASIC_REMEMBERED = 300.0  # seconds a verified Basic secret is not re-hashed
 
 
 class Authenticator:
@@ -41,6 +44,8 @@ class Authenticator:
         self.all_datasets = all_datasets  # every dataset id (the administrators' view)
         self._seen: dict[str, dict[str, object]] = {}
         self._principals: dict[str, tuple[float, Principal]] = {}
+        self._basic: dict[bytes, float] = {}  # verified Basic credentials (digest) -> until
+        self._basic_key = secrets.token_bytes(32)
 
     def principal(self, authorization: str | None) -> Principal:
         if not self.enabled:
@@ -82,6 +87,28 @@ class Authenticator:
         datasets = set(self.agreements.grants(Party(client_id=client.client_id, organization=client.organization)))  # fmt: skip
         scope = default_scope(client, datasets)
         return self._from_claims({"client_id": client.client_id, "scope": " ".join(scope)})
+
+    def basic_principal(self, client_id: str, secret: str) -> Principal | None:
+        """HTTP Basic (RFC 7617) with a client's id and secret, for clients that have it on.
+
+        The same Principal as :meth:`client_principal` (the rights its tokens would have).
+        None for an unknown client, a wrong secret, or a client without HTTP Basic. The
+        secret check (scrypt) is remembered for a few minutes by a keyed digest of the
+        credentials, never the secret itself; the client's registration (HTTP Basic still
+        on, still registered) is read again on every request.
+        """
+        key = hmac.new(self._basic_key, f"{client_id}:{secret}".encode(), "sha256").digest()
+        now = time.monotonic()
+        if self._basic.get(key, 0.0) <= now:
+            if self.clients.check_secret(client_id, secret) is None:
+                return None
+            if len(self._basic) >= SEEN_TOKENS:
+                self._basic.clear()
+            self._basic[key] = now + BASIC_REMEMBERED
+        client = self.clients.get(client_id)
+        if client is None or not client.http_basic:
+            return None
+        return self.client_principal(client_id)
 
     def invalidate(self) -> None:
         """Agreements, clients or datasets changed here: forget every cached principal now."""

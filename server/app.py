@@ -179,10 +179,12 @@ def build_gateway(settings: Settings) -> Gateway:
         lambda: load_contracts(fhir_store), ttl=auth.agreement_cache_seconds
     )
     public = TtlValue(lambda: public_datasets(fhir_store), ttl=auth.agreement_cache_seconds)
+    every = TtlValue(lambda: set(fhir_store.ids("ResearchStudy")), ttl=auth.agreement_cache_seconds)
     external = ExternalIssuers(auth.external_issuers)
     authenticator = Authenticator(
         enabled=auth.enabled, public_read=auth.public_read, keys=keys, tokens=tokens,
         clients=clients, agreements=agreements, public_datasets=public.get, external=external,
+        all_datasets=every.get,
     )  # fmt: skip
     fhir_write = FhirWriteService(fhir_store, fhir_read)
     deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir))
@@ -192,6 +194,7 @@ def build_gateway(settings: Settings) -> Gateway:
         deid_policies.invalidate(rtype)
         agreements.invalidate()
         public.invalidate()
+        every.invalidate()
         authenticator.invalidate()
         catalogue.invalidate()
 

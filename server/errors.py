@@ -6,9 +6,11 @@
     ├── BadRequest                 a client's request cannot be understood (400)
     │   ├── InvalidQuery           a QIDO parameter is unknown, unsupported or malformed
     │   ├── InvalidUID             a UID in a path or parameter is not a valid UID
-    │   └── MalformedMultipart     a multipart body is not well-formed
+    │   ├── MalformedMultipart     a multipart body is not well-formed
+    │   └── NoDataset              a store names no dataset and there is no default one
     ├── Unauthorized               no valid bearer token (401, WWW-Authenticate)
     ├── Forbidden                  a valid token without the scope the operation needs (403)
+    ├── TooManyAttempts            too many failed client authentications (429, Retry-After)
     ├── UnsupportedMediaType       the request's Content-Type is not accepted (415)
     ├── NotAcceptable              nothing in Accept can be produced (406)
     ├── PayloadTooLarge            the body exceeds the configured limit (413)
@@ -52,6 +54,18 @@ class MalformedMultipart(BadRequest):
     pass
 
 
+class NoDataset(BadRequest):
+    """A store names no dataset and ``GATEWAY_DEFAULT_DATASET`` is not set: nothing is stored
+    (a study outside every dataset would be visible to nobody)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "no dataset: store into /datasets/{id}/dicom-web/studies, or set"
+            " GATEWAY_DEFAULT_DATASET to the dataset that /dicom-web/studies stores into"
+        )
+
+
 class Unauthorized(GatewayError):
     """RFC 6750 3.1 invalid_token: answered 401 with a WWW-Authenticate challenge."""
 
@@ -86,6 +100,12 @@ class ServiceUnavailable(GatewayError):
         self.retry_after = retry_after
 
 
+class TooManyAttempts(GatewayError):
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Gone(NotFound):
     pass
 
@@ -105,6 +125,7 @@ class Unprocessable(GatewayError):
 STATUS: list[tuple[type[GatewayError], int]] = [
     (Unauthorized, 401),
     (Forbidden, 403),
+    (TooManyAttempts, 429),
     (Gone, 410),
     (PreconditionFailed, 412),
     (MethodNotAllowed, 405),

@@ -90,6 +90,7 @@ def access_record(scope: Scope, http_status: int) -> AccessRecord:
         entities=tuple(note.get("entities", ())),
         deidentified=tuple(note.get("deidentified", ())),
         request_id=state.get("request_id"),
+        bases=principal.bases(datasets) if principal is not None else (),
     )
 
 

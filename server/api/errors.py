@@ -55,7 +55,7 @@ def domain_response(request: Request, exc: errors.GatewayError) -> Response:
         response = error_response(
             status, exc.message, extra, reference=request.url.path.startswith(FEDERATION_PATHS)
         )
-    if isinstance(exc, errors.ServiceUnavailable):
+    if isinstance(exc, errors.ServiceUnavailable | errors.TooManyAttempts):
         response.headers["Retry-After"] = str(exc.retry_after)
     log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
     return response
@@ -88,7 +88,7 @@ def install(app: FastAPI) -> None:
 
 _ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                 406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-long",
-                415: "not-supported", 422: "processing", 503: "transient"}  # fmt: skip
+                415: "not-supported", 422: "processing", 429: "throttled", 503: "transient"}  # fmt: skip
 
 
 def _issue_code(status: int) -> str:
@@ -111,5 +111,8 @@ def _challenge(request: Request, exc: errors.GatewayError, status: int) -> Respo
         response = error_response(
             status, exc.message, reference=request.url.path.startswith(FEDERATION_PATHS)
         )
+    if status == 401 and getattr(request.state, "basic_tried", False):
+        # a DICOMweb request that sent HTTP Basic gets a Basic challenge too (RFC 7617 2)
+        header += ', Basic realm="imaging-gateway-dicomweb", charset="UTF-8"'
     response.headers["WWW-Authenticate"] = header
     return response

@@ -34,6 +34,14 @@ def clients() -> None:
 @click.option(
     "--store", "store", multiple=True, help="Dataset this client may push to (STOW); repeatable."
 )
+@click.option(
+    "--curate", "curate", multiple=True,
+    help="Dataset this client curates: push and correct (replace instances); repeatable.",
+)  # fmt: skip
+@click.option(
+    "--http-basic", is_flag=True,
+    help="Also accept the client id and secret as HTTP Basic credentials on DICOMweb routes.",
+)  # fmt: skip
 @click.option("--jwks", type=click.Path(exists=True, path_type=Path), default=None,
               help="The client's public keys (JWKS) for private_key_jwt; no secret is made.")  # fmt: skip
 @click.option("--ae-title", default=None,
@@ -48,6 +56,8 @@ def add(
     organization: str | None,
     admin: bool,
     store: tuple[str, ...],
+    curate: tuple[str, ...],
+    http_basic: bool,
     jwks: Path | None,
     ae_title: str | None,
     host: str | None,
@@ -62,6 +72,8 @@ def add(
         raise click.ClickException('--jwks must be a JSON Web Key Set ({"keys": [...]})')
     if (host is None) != (port is None):
         raise click.ClickException("--host and --port go together (a C-MOVE destination)")
+    if http_basic and keys is not None:
+        raise click.ClickException("--http-basic needs a client secret; a --jwks client has none")
     if host is not None and ae_title is None:
         raise click.ClickException("--host/--port need --ae-title")
     if ae_title is not None:
@@ -71,8 +83,9 @@ def add(
         if ae_title is not None and registry.dicom_node(ae_title) is not None:
             raise click.ClickException(f"AE title {ae_title!r} is already registered")
         client, secret = registry.add(
-            name, organization=organization, admin=admin, store=store, jwks=keys
-        )
+            name, organization=organization, admin=admin, store=store, jwks=keys,
+            curate=curate, http_basic=http_basic,
+        )  # fmt: skip
         if ae_title is not None:
             try:
                 registry.set_dicom_node(DicomNode(client.client_id, ae_title, host, port))
@@ -109,9 +122,15 @@ def list_(data_dir: Path | None) -> None:
         for c in registry.list():
             auth = "private_key_jwt" if c.jwks else "client_secret"
             roles = (
-                ",".join((["admin"] if c.admin else []) + [f"store:{d}" for d in c.store_datasets])
+                ",".join(
+                    (["admin"] if c.admin else [])
+                    + [f"store:{d}" for d in c.store_datasets]
+                    + [f"curate:{d}" for d in c.curate_datasets]
+                )
                 or "-"
             )
+            if c.http_basic:
+                auth += ",http_basic"
             node = nodes.get(c.client_id)
             ae = (
                 (node.ae_title + (f"@{node.host}:{node.port}" if node.host else ""))
@@ -121,6 +140,47 @@ def list_(data_dir: Path | None) -> None:
             click.echo(f"{c.client_id}\t{c.name}\t{c.organization or '-'}\t{auth}\t{roles}\t{ae}")
     finally:
         registry.close()
+
+
+@clients.command("update")
+@click.argument("client_id")
+@click.option("--store", "store_add", multiple=True, help="Also push to this dataset.")
+@click.option("--no-store", "store_remove", multiple=True, help="No longer push to this dataset.")
+@click.option("--curate", "curate_add", multiple=True, help="Also curate this dataset.")
+@click.option("--no-curate", "curate_remove", multiple=True, help="No longer curate it.")
+@click.option(
+    "--http-basic/--no-http-basic", default=None, help="Accept HTTP Basic on DICOMweb (or not)."
+)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def update(
+    client_id: str,
+    store_add: tuple[str, ...],
+    store_remove: tuple[str, ...],
+    curate_add: tuple[str, ...],
+    curate_remove: tuple[str, ...],
+    http_basic: bool | None,
+    data_dir: Path | None,
+) -> None:
+    """Change a client's store and curate datasets or HTTP Basic; effective at its next request."""
+    registry = _registry(data_dir)
+    try:
+        client = registry.get(client_id)
+        if client is None:
+            raise click.ClickException(f"no client {client_id}")
+        store = tuple(d for d in (*client.store_datasets, *store_add) if d not in store_remove)
+        curate = tuple(d for d in (*client.curate_datasets, *curate_add) if d not in curate_remove)
+        try:
+            changed = registry.update(client_id, store=store, curate=curate, http_basic=http_basic)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    finally:
+        registry.close()
+    assert changed is not None
+    click.echo(
+        f"updated {client_id}: store {','.join(changed.store_datasets) or '-'}; curate "
+        f"{','.join(changed.curate_datasets) or '-'}; http_basic "
+        f"{'on' if changed.http_basic else 'off'}"
+    )
 
 
 @clients.command("remove")

@@ -22,6 +22,7 @@ from server.cli.pseudonymize import pseudonymize_csv
 from server.cli.quarantine import instance, quarantine
 
 if TYPE_CHECKING:
+    from server.app import Gateway
     from server.dimse.service import DimseService
     from server.services.check import CheckPlan
     from server.settings import Settings
@@ -144,32 +145,56 @@ def _start_dimse(settings: Settings) -> DimseService | None:
 @click.option(
     "--dataset", default=None, help="ResearchStudy id the studies belong to (must exist)."
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Corrections: an instance stored with other content under the same SOP Instance "
+    "UID (in this dataset) is replaced; audited.",
+)
 def import_(
-    paths: tuple[Path, ...], data_dir: Path | None, quiet: bool, dataset: str | None
+    paths: tuple[Path, ...], data_dir: Path | None, quiet: bool, dataset: str | None, replace: bool
 ) -> None:
-    """Import DICOM files and folders (recursively) through the STOW ingest pipeline."""
+    """Import DICOM files and folders (recursively) through the STOW ingest pipeline.
+
+    DICOMDIR files and files that are not DICOM are skipped (counted, not failures);
+    instances already stored are counted apart from new ones.
+    """
     from server.app import build_gateway
     from server.cli.loader import import_paths
 
     settings = load_settings(data_dir)
     _logging("warning")
     gateway = build_gateway(settings)
-    if dataset is not None and gateway.fhir_store.read("ResearchStudy", dataset)[0] is None:
-        gateway.close()
-        raise click.ClickException(
-            f"dataset {dataset} is not known: create ResearchStudy/{dataset} first"
-        )
     try:
-        summary = import_paths(gateway, list(paths), progress=not quiet, dataset=dataset)
+        _check_import_dataset(gateway, dataset)
+        summary = import_paths(
+            gateway, list(paths), progress=not quiet, dataset=dataset, replace=replace
+        )
     finally:
         gateway.close()
-    click.echo(f"stored {summary.stored}, failed {summary.failed}")
+    click.echo(summary.line())
     for reason, count in summary.reasons.most_common():
         click.echo(f"  {count:6d} x {reason}")
     for path, message in summary.failures[:20]:
         click.echo(f"  failed: {path}: {message}")
     if summary.failed:
         sys.exit(1)
+
+
+def _check_import_dataset(gateway: Gateway, dataset: str | None) -> None:
+    """The dataset must exist; without one (and no default), refused when authorisation is on."""
+    if dataset is None and gateway.settings.default_dataset is None:
+        if gateway.ingest.needs_dataset:
+            raise click.ClickException(
+                "no dataset: pass --dataset ID (or set GATEWAY_DEFAULT_DATASET); studies in"
+                " no dataset would be visible to nobody"
+            )
+        return
+    target = dataset or gateway.settings.default_dataset
+    if target is not None and gateway.fhir_store.read("ResearchStudy", target)[0] is None:
+        raise click.ClickException(
+            f"dataset {target} is not known: create ResearchStudy/{target} first"
+        )
 
 
 @main.command()

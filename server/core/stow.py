@@ -26,6 +26,9 @@ class PartOutcome:
     warnings: list[int] = field(default_factory=list)
     message: str = ""
     deid: bytes | None = None  # the DeidRecord JSON of a stored part (audit; never values)
+    # a stored part: "stored" (new), "identical" (already stored, the same bytes) or
+    # "replaced" (a correction: new content under the same SOP Instance UID)
+    added: str = ""
 
     @property
     def stored(self) -> bool:

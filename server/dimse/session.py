@@ -106,6 +106,7 @@ def audit(
         purpose=purposes[0] if purposes else None,
         datasets=datasets,
         entities=entities,
+        bases=caller.principal.bases(datasets) if caller else (),
         outcome_text=f"DIMSE {method} status 0x{status:04X} (calling AE {calling_ae(event)!r})",
     )
     try:

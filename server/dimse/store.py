@@ -42,8 +42,8 @@ def target_dataset(gateway: Gateway, caller: Caller) -> str | None:
     for dataset in client.store_datasets:
         if caller.principal.allows(Action.STORE, dataset):
             return dataset
-    if caller.principal.unrestricted:
-        return gateway.settings.default_dataset
+    if caller.principal.unrestricted:  # authorisation off (development): stored as sent
+        return gateway.settings.default_dataset or ""
     return None
 
 
@@ -53,11 +53,14 @@ def handle_store(event: Any, gateway: Gateway) -> Any:
     dataset = target_dataset(gateway, caller) if caller else None
     sop_uid = str(event.request.AffectedSOPInstanceUID or "")
     entities = (f"instance:{sop_uid}",) if sop_uid else ()
-    if caller is None or (dataset is None and not caller.principal.unrestricted):
+    if caller is None or dataset is None:
+        # a registered AE with no store dataset, or (authorisation off) no default dataset:
+        # refused, nothing stored (a study in no dataset would be visible to nobody)
         audit(gateway, event, caller, action="store", method="C-STORE",
               status=REFUSED_NOT_AUTHORISED, entities=entities)  # fmt: skip
-        return _status(REFUSED_NOT_AUTHORISED, "this AE may not store into any dataset")
-    status, comment, study = _ingest(gateway, event, dataset)
+        reason = "no store dataset for this AE (clients add --store DATASET)"
+        return _status(REFUSED_NOT_AUTHORISED, reason)
+    status, comment, study = _ingest(gateway, event, dataset or None)
     if study:
         entities = (f"study:{study}", *entities)
     audit(gateway, event, caller, action="store", method="C-STORE", status=status,

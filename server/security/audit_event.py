@@ -33,6 +33,8 @@ DCM_SYSTEM = "http://dicom.nema.org/resources/ontology/DCM"
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 
 REQUEST_ID_DETAIL = "request-id"  # entity.detail.type on the request entity: X-Request-ID
+# agent.policy of an access granted other than by an agreement (data holder, admin, public)
+BASIS_POLICY = "https://cancer-imaging-gateway.eu/fhir/access-basis#"
 DEID_DETAIL = "deidentification"  # entity.detail.type: the DeidRecord JSON of a stored instance
 
 OUTCOMES = {0: "success", 4: "minor failure", 8: "serious failure", 12: "major failure"}
@@ -118,6 +120,8 @@ class AccessRecord:
     # (stored SOP Instance UID, DeidRecord JSON) of each instance an ingest stored: what
     # de-identification did (names of attributes, never values)
     deidentified: tuple[tuple[str, str], ...] = ()
+    # why the caller may use the datasets: "agreement", "data-holder", "admin", "public"
+    bases: tuple[str, ...] = ()
 
 
 # -- the AuditEvent ---------------------------------------------------------------------------
@@ -191,7 +195,9 @@ def audit_event(record: AccessRecord, *, event_id: str, observer: str) -> dict[s
         phrase = HTTPStatus(record.http_status).phrase
     except ValueError:
         phrase = ""
-    policy = [f"Contract/{agreement}" for agreement in record.agreements]
+    policy = [f"Contract/{agreement}" for agreement in record.agreements] + [
+        BASIS_POLICY + basis for basis in record.bases if basis != "agreement"
+    ]
 
     client: dict[str, Any] = {
         "type": {"coding": [_coding(DCM_SYSTEM, "110153", "Source Role ID")]},

@@ -7,6 +7,8 @@ intersected with the datasets the token names.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import time
 from collections.abc import Callable
 
@@ -15,19 +17,21 @@ from server.security import scopes as scope_syntax
 from server.security.agreements import AgreementCache
 from server.security.clients import Client, ClientRegistry
 from server.security.external import ExternalIssuers, unverified_issuer
+from server.security.holder import holder_grants, widen
 from server.security.keys import SigningKeys
-from server.security.model import Condition, Grant, Party, Principal
+from server.security.model import Basis, Condition, Grant, Party, Principal
 from server.security.tokens import InvalidToken, TokenSettings, verify_access_token
 
 ANONYMOUS_SCOPES = frozenset({"system/*.rs"})
 SEEN_TOKENS = 10_000
+BASIC_REMEMBERED = 300.0  # seconds a verified Basic secret is not re-hashed
 
 
 class Authenticator:
     def __init__(
         self, *, enabled: bool, public_read: bool, keys: SigningKeys, tokens: TokenSettings,
         clients: ClientRegistry, agreements: AgreementCache, public_datasets: Callable[[], set[str]],
-        external: ExternalIssuers | None = None,
+        external: ExternalIssuers | None = None, all_datasets: Callable[[], set[str]] = set,
     ) -> None:  # fmt: skip
         self.enabled = enabled
         self.public_read = public_read
@@ -37,8 +41,11 @@ class Authenticator:
         self.agreements = agreements
         self.public_datasets = public_datasets
         self.external = external
+        self.all_datasets = all_datasets  # every dataset id (the administrators' view)
         self._seen: dict[str, dict[str, object]] = {}
         self._principals: dict[str, tuple[float, Principal]] = {}
+        self._basic: dict[bytes, float] = {}  # verified Basic credentials (digest) -> until
+        self._basic_key = secrets.token_bytes(32)
 
     def principal(self, authorization: str | None) -> Principal:
         if not self.enabled:
@@ -80,6 +87,28 @@ class Authenticator:
         datasets = set(self.agreements.grants(Party(client_id=client.client_id, organization=client.organization)))  # fmt: skip
         scope = default_scope(client, datasets)
         return self._from_claims({"client_id": client.client_id, "scope": " ".join(scope)})
+
+    def basic_principal(self, client_id: str, secret: str) -> Principal | None:
+        """HTTP Basic (RFC 7617) with a client's id and secret, for clients that have it on.
+
+        The same Principal as :meth:`client_principal` (the rights its tokens would have).
+        None for an unknown client, a wrong secret, or a client without HTTP Basic. The
+        secret check (scrypt) is remembered for a few minutes by a keyed digest of the
+        credentials, never the secret itself; the client's registration (HTTP Basic still
+        on, still registered) is read again on every request.
+        """
+        key = hmac.new(self._basic_key, f"{client_id}:{secret}".encode(), "sha256").digest()
+        now = time.monotonic()
+        if self._basic.get(key, 0.0) <= now:
+            if self.clients.check_secret(client_id, secret) is None:
+                return None
+            if len(self._basic) >= SEEN_TOKENS:
+                self._basic.clear()
+            self._basic[key] = now + BASIC_REMEMBERED
+        client = self.clients.get(client_id)
+        if client is None or not client.http_basic:
+            return None
+        return self.client_principal(client_id)
 
     def invalidate(self) -> None:
         """Agreements, clients or datasets changed here: forget every cached principal now."""
@@ -126,8 +155,7 @@ class Authenticator:
         if client is None and not user_issuer:
             raise Unauthorized("the token's client is no longer registered")
         granted = str(claims.get("scope", "")).split()
-        named = {d for s in granted if (x := scope_syntax.dataset_scope(s)) and not x[1] for d in [x[0]]}  # fmt: skip
-        pushes = {d for s in granted if (x := scope_syntax.dataset_scope(s)) and x[1] for d in [x[0]]}  # fmt: skip
+        named, pushes, curates = _dataset_scopes(granted)
         if user_issuer:
             # RFC 8693: an exchanged token speaks for its subject only. The exchanging client
             # (the actor) narrows what the subject may do, never adds its own agreements,
@@ -135,32 +163,43 @@ class Authenticator:
             rights = Party(issuer=user_issuer, subject=user_subject, organization=_str(claims.get("org")))  # fmt: skip
             party = Party(client_id=client_id or None, issuer=user_issuer, subject=user_subject,
                           organization=rights.organization)  # fmt: skip
-            admin, store = False, frozenset[str]()
+            admin, store, curate = False, frozenset[str](), frozenset[str]()
         else:
             assert client is not None
             party = rights = Party(client_id=client_id, organization=client.organization)
             admin = "admin" in granted and client.admin
-            store = frozenset(pushes & set(client.store_datasets))
+            curate = frozenset(curates & set(client.curate_datasets))
+            store = frozenset(pushes & set(client.store_datasets)) | curate
         active = self.agreements.grants(rights)  # at request time: revocation is immediate
         grants = {d: g for d, g in active.items() if d in named}
         if self.public_read:
             grants = {**self._public(), **grants}
+        grants = self._holder(grants, store, admin)
         return Principal(
             party=party, anonymous=False, admin=admin,
             resource_scopes=frozenset(
                 s for s in granted
                 if scope_syntax.smart_permissions(s) or s == scope_syntax.FEDERATION_SEARCH
             ),
-            grants=grants, store_datasets=store, token_id=_str(claims.get("jti")),
+            grants=grants, store_datasets=store, curate_datasets=curate,
+            token_id=_str(claims.get("jti")),
         )  # fmt: skip
 
+    def _holder(
+        self, grants: dict[str, Grant], held: frozenset[str], admin: bool
+    ) -> dict[str, Grant]:
+        """The agreements' grants widened by the data-holder view (``security/holder.py``)."""
+        extra = holder_grants(self.all_datasets(), Basis.ADMIN) if admin else {}
+        extra.update(holder_grants(held, Basis.DATA_HOLDER))
+        return widen(grants, extra)
+
     def _public(self) -> dict[str, Grant]:
-        return {d: Grant(d, Condition.DOWNLOAD) for d in self.public_datasets()}
+        return {d: Grant(d, Condition.DOWNLOAD, basis=Basis.PUBLIC) for d in self.public_datasets()}
 
 
 def allowed_scopes(client: Client) -> set[str]:
     """The SMART scopes a client may hold (read everything its grants allow; push; admin)."""
-    allowed = {"system/*.rs"} | ({"system/ImagingStudy.c"} if client.store_datasets else set())
+    allowed = {"system/*.rs"} | ({"system/ImagingStudy.c"} if client.holds else set())
     if client.admin:
         allowed |= {"system/*.cruds"}
     return allowed
@@ -182,8 +221,19 @@ def default_scope(
     if not requested:
         requested = sorted(allowed) + (["admin"] if client.admin else [])
     return scope_syntax.grant(
-        requested, allowed, datasets, set(client.store_datasets), client.admin
-    )
+        requested, allowed, datasets, set(client.store_datasets), client.admin,
+        curate=set(client.curate_datasets),
+    )  # fmt: skip
+
+
+def _dataset_scopes(granted: list[str]) -> tuple[set[str], set[str], set[str]]:
+    """The datasets a token's scope names to read, to push into and to curate."""
+    kinds: dict[str, set[str]] = {"": set(), "store": set(), "curate": set()}
+    for scope in granted:
+        found = scope_syntax.dataset_scope(scope)
+        if found is not None:
+            kinds[found[1]].add(found[0])
+    return kinds[""], kinds["store"], kinds["curate"]
 
 
 def _str(value: object) -> str | None:

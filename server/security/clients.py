@@ -2,8 +2,12 @@
 
 A client authenticates with a secret (stored as a scrypt hash, shown once) or with
 its own keys (a JWKS, for ``private_key_jwt``, RFC 7523 / SMART Backend Services).
-Roles: ``admin`` (datasets, agreements, clients, audit, deletes) and the datasets it
-may push to (STOW). What it may *read* comes from data-access agreements.
+Roles: ``admin`` (datasets, agreements, clients, audit, deletes), the datasets it
+may push to (STOW) and the datasets it curates (push and correct: replace a stored
+instance). What it may *read* comes from data-access agreements, and - as the data
+holder - the datasets it pushes into or curates (``server/security/holder.py``).
+``http_basic``: the client may also present its id and secret as HTTP Basic
+credentials on DICOMweb routes (machine clients that only send static credentials).
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ SCHEMA = [
     " REFERENCES client(client_id) ON DELETE CASCADE, ae_title TEXT NOT NULL UNIQUE,"
     " host TEXT, port INTEGER)",
 ]
+# Columns added after the first release: (name, declaration), added to older files at open.
+_COLUMNS = [
+    ("curate", "TEXT NOT NULL DEFAULT '[]'"),
+    ("http_basic", "INTEGER NOT NULL DEFAULT 0"),
+]
+_SELECT = (
+    "SELECT client_id, name, organization, admin, store, jwks, secret_hash, curate, http_basic"
+    " FROM client"
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,13 @@ class Client:
     store_datasets: tuple[str, ...]
     jwks: dict[str, Any] | None
     has_secret: bool
+    curate_datasets: tuple[str, ...] = ()
+    http_basic: bool = False
+
+    @property
+    def holds(self) -> tuple[str, ...]:
+        """The datasets this client pushes into or curates (its data-holder view)."""
+        return tuple(dict.fromkeys((*self.store_datasets, *self.curate_datasets)))
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,11 @@ def _check_secret(secret: str, stored: str) -> bool:
 class ClientRegistry:
     def __init__(self, path: Path) -> None:
         self.db = SqliteDatabase(path, SCHEMA)
+        with self.db.write() as conn:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(client)")}
+            for name, declaration in _COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE client ADD COLUMN {name} {declaration}")
         _dummy_hash()  # computed at start, not during the first unknown client's request
 
     def close(self) -> None:
@@ -100,37 +125,61 @@ class ClientRegistry:
         admin: bool = False,
         store: tuple[str, ...] = (),
         jwks: dict[str, Any] | None = None,
+        curate: tuple[str, ...] = (),
+        http_basic: bool = False,
     ) -> tuple[Client, str | None]:
         """Register a client; returns it and its secret (None for a key-only client)."""
+        if http_basic and jwks:
+            raise ValueError("HTTP Basic needs a client secret; a key-only client has none")
         client_id = "c-" + secrets.token_hex(8)
         secret = None if jwks else secrets.token_urlsafe(32)
         with self.db.write() as conn:
             conn.execute(
-                "INSERT INTO client VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (client_id, name, organization, int(admin), orjson.dumps(list(store)).decode(),
+                "INSERT INTO client (client_id, name, organization, admin, store, secret_hash,"
+                " jwks, created, curate, http_basic) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (client_id, name, organization, int(admin), _json(store),
                  _hash_secret(secret) if secret else None,
-                 orjson.dumps(jwks).decode() if jwks else None, time.time()),
+                 orjson.dumps(jwks).decode() if jwks else None, time.time(), _json(curate),
+                 int(http_basic)),
             )  # fmt: skip
         client = self.get(client_id)
         assert client is not None
         return client, secret
 
     def get(self, client_id: str) -> Client | None:
-        row = (
-            self.db.reader()
-            .execute(
-                "SELECT client_id, name, organization, admin, store, jwks, secret_hash FROM client WHERE client_id = ?",
-                (client_id,),
-            )
-            .fetchone()
-        )
+        row = self.db.reader().execute(f"{_SELECT} WHERE client_id = ?", (client_id,)).fetchone()
         return _client(row) if row else None
 
     def list(self) -> list[Client]:
-        rows = self.db.reader().execute(
-            "SELECT client_id, name, organization, admin, store, jwks, secret_hash FROM client ORDER BY created"
-        )
+        rows = self.db.reader().execute(f"{_SELECT} ORDER BY created")
         return [_client(r) for r in rows]
+
+    def update(
+        self,
+        client_id: str,
+        *,
+        store: tuple[str, ...] | None = None,
+        curate: tuple[str, ...] | None = None,
+        http_basic: bool | None = None,
+    ) -> Client | None:
+        """Change a client's store and curate datasets and HTTP Basic switch (None: unchanged).
+
+        Takes effect at the client's next request (its tokens are checked against the
+        registry on every request). None if there is no such client.
+        """
+        current = self.get(client_id)
+        if current is None:
+            return None
+        if http_basic and not current.has_secret:
+            raise ValueError("HTTP Basic needs a client secret; a key-only client has none")
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE client SET store = ?, curate = ?, http_basic = ? WHERE client_id = ?",
+                (_json(current.store_datasets if store is None else store),
+                 _json(current.curate_datasets if curate is None else curate),
+                 int(current.http_basic if http_basic is None else http_basic), client_id),
+            )  # fmt: skip
+        return self.get(client_id)
 
     def remove(self, client_id: str) -> bool:
         with self.db.write() as conn:
@@ -197,9 +246,14 @@ class ClientRegistry:
         return True
 
 
+def _json(datasets: tuple[str, ...]) -> str:
+    return orjson.dumps(list(dict.fromkeys(datasets))).decode()
+
+
 def _client(row: tuple[Any, ...]) -> Client:
     return Client(
         client_id=row[0], name=row[1], organization=row[2], admin=bool(row[3]),
         store_datasets=tuple(orjson.loads(row[4])), jwks=orjson.loads(row[5]) if row[5] else None,
-        has_secret=bool(row[6]),
+        has_secret=bool(row[6]), curate_datasets=tuple(orjson.loads(row[7])),
+        http_basic=bool(row[8]),
     )  # fmt: skip

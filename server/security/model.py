@@ -30,6 +30,7 @@ class Action(StrEnum):
     METADATA = "metadata"  # WADO metadata, full ImagingStudy with instances
     RETRIEVE = "retrieve"  # instances, frames, bulk data, rendered images
     STORE = "store"  # STOW into a dataset
+    REPLACE = "replace"  # store new content under a SOP Instance UID already stored (corrections)
     DELETE = "delete"  # remove studies (admin)
     ADMIN = "admin"  # datasets, agreements, clients, audit
 
@@ -44,14 +45,25 @@ ALLOWED: dict[Condition, frozenset[Action]] = {
 RANK = {Condition.REMOTE: 0, Condition.IN_SITU: 1, Condition.DOWNLOAD: 2}
 
 
+class Basis(StrEnum):
+    """Why a caller may use a dataset (recorded in the audit of every access)."""
+
+    AGREEMENT = "agreement"  # an active data-access agreement names the caller
+    DATA_HOLDER = "data-holder"  # the caller pushes into (or curates) the dataset
+    ADMIN = "admin"  # an administrator's token
+    PUBLIC = "public"  # the dataset is PUBLIC and anonymous reads are allowed
+
+
 @dataclass(frozen=True)
 class Grant:
-    """One dataset a caller may use, under the most permissive of its active agreements."""
+    """One dataset a caller may use, under the most permissive of its active agreements (or as
+    the dataset's data holder, or as an administrator)."""
 
     dataset: str
     condition: Condition
-    agreement: str | None = None  # Contract id; None for public datasets
+    agreement: str | None = None  # Contract id; None unless the basis is an agreement
     purpose: str | None = None  # v3 PurposeOfUse code, e.g. HRESCH
+    basis: Basis = Basis.AGREEMENT
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,7 @@ class Principal:
     resource_scopes: frozenset[str] = frozenset()  # SMART v2, e.g. "system/ImagingStudy.rs"
     grants: dict[str, Grant] = field(default_factory=dict)
     store_datasets: frozenset[str] = frozenset()
+    curate_datasets: frozenset[str] = frozenset()  # may replace instances (corrections)
     token_id: str | None = None
     unrestricted: bool = False  # authorisation switched off (development only)
 
@@ -84,6 +97,8 @@ class Principal:
             return self.admin
         if action is Action.STORE:
             return self.admin or (dataset is not None and dataset in self.store_datasets)
+        if action is Action.REPLACE:
+            return self.admin or (dataset is not None and dataset in self.curate_datasets)
         grant = self.grants.get(dataset or "")
         return grant is not None and action in ALLOWED[grant.condition]
 
@@ -92,3 +107,9 @@ class Principal:
         if self.unrestricted:
             return None
         return frozenset(d for d, g in self.grants.items() if action in ALLOWED[g.condition])
+
+    def bases(self, datasets: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """The bases of the grants on ``datasets`` (all grants if none named), for the audit."""
+        return tuple(
+            sorted({g.basis.value for d, g in self.grants.items() if not datasets or d in datasets})
+        )

@@ -9,6 +9,9 @@ scope                       meaning
 ``system/ImagingStudy.c``   create: DICOMweb STOW (with a ``dataset:<id>:store``)
 ``dataset:<id>``            use dataset ``id`` under its active agreement
 ``dataset:<id>:store``      push (STOW) into dataset ``id``
+``dataset:<id>:curate``     correct dataset ``id``: replace a stored instance
+                            (same SOP Instance UID, new content) with a STOW
+                            ``?replace=true``; implies ``:store``
 ``admin``                   datasets, agreements, clients, audit, deletes
 ``federation:search``       EUCAIM federated search (protected counts of every
                             dataset that answers it; clients listed in
@@ -17,7 +20,7 @@ scope                       meaning
 
 A token's scope is requested ∩ allowed; a request naming no dataset scope gets
 every dataset the caller's agreements allow (and a pusher every dataset it may
-push to). SMART v1 forms (``system/*.read``) are accepted as ``rs``.
+push to or curate). SMART v1 forms (``system/*.read``) are accepted as ``rs``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from collections.abc import Iterable
 
 _SMART = re.compile(r"^(system|user|patient)/(\*|[A-Z][A-Za-z]+)\.(c?r?u?d?s?|read|write|\*)$")
 FEDERATION_SEARCH = "federation:search"
-_DATASET = re.compile(r"^dataset:([A-Za-z0-9\-.]{1,64})(:store)?$")
+_DATASET = re.compile(r"^dataset:([A-Za-z0-9\-.]{1,64})(?::(store|curate))?$")
 
 
 def is_valid(scope: str) -> bool:
@@ -60,13 +63,30 @@ def allows_resource(scopes: Iterable[str], resource_type: str, op: str) -> bool:
     return False
 
 
-def dataset_scope(scope: str) -> tuple[str, bool] | None:
+def dataset_scope(scope: str) -> tuple[str, str] | None:
+    """``dataset:x`` → ("x", ""); ``dataset:x:store`` → ("x", "store"); ``:curate`` alike."""
     m = _DATASET.match(scope)
-    return (m.group(1), bool(m.group(2))) if m else None
+    return (m.group(1), m.group(2) or "") if m else None
+
+
+def _dataset_allowed(
+    named: tuple[str, str], datasets: set[str], store: set[str], curate: set[str]
+) -> bool:
+    dataset, kind = named
+    if kind == "store":
+        return dataset in store
+    if kind == "curate":
+        return dataset in curate
+    return dataset in datasets
 
 
 def grant(
-    requested: list[str], allowed_smart: set[str], datasets: set[str], store: set[str], admin: bool
+    requested: list[str],
+    allowed_smart: set[str],
+    datasets: set[str],
+    store: set[str],
+    admin: bool,
+    curate: set[str] | frozenset[str] = frozenset(),
 ) -> list[str]:
     """The scope to put in a token: requested ∩ allowed (RFC 6749 3.3)."""
     out: list[str] = []
@@ -76,10 +96,7 @@ def grant(
         if (
             (scope == "admin" and admin)
             or (scope == FEDERATION_SEARCH and scope in allowed_smart)
-            or (
-                named
-                and ((named[1] and named[0] in store) or (not named[1] and named[0] in datasets))
-            )
+            or (named and _dataset_allowed(named, datasets, store, set(curate)))
             or (smart_permissions(scope) and scope in allowed_smart)
             or (
                 (found := smart_permissions(scope))
@@ -91,7 +108,9 @@ def grant(
         ):
             out.append(scope)
     if not wants_datasets:
-        out += [f"dataset:{d}" for d in sorted(datasets)] + [
-            f"dataset:{d}:store" for d in sorted(store)
-        ]
+        out += (
+            [f"dataset:{d}" for d in sorted(datasets)]
+            + [f"dataset:{d}:store" for d in sorted(store)]
+            + [f"dataset:{d}:curate" for d in sorted(curate)]
+        )
     return list(dict.fromkeys(out))

@@ -51,7 +51,7 @@ from server.core.limits import TooLarge
 from server.core.mediatypes import parse_media_type
 from server.core.records import InstanceRecord, UnreadableInstance, read_instance
 from server.core.stow import PartOutcome
-from server.errors import ServiceUnavailable
+from server.errors import NoDataset, ServiceUnavailable
 from server.index.base import AddOutcome, Index
 from server.metrics import observe_ingest
 from server.security.keys import patient_id_key
@@ -115,25 +115,46 @@ class IngestService:
         self.quarantine = Quarantine(settings.data_dir)
 
     def store_instances(
-        self, items: list[IngestItem], study_uid: str | None = None, dataset: str | None = None
+        self,
+        items: list[IngestItem],
+        study_uid: str | None = None,
+        dataset: str | None = None,
+        *,
+        replace: bool = False,
     ) -> list[PartOutcome]:
-        """PS3.18 10.5.1: de-identify and store each item; one failing item never stops the others."""
+        """PS3.18 10.5.1: de-identify and store each item; one failing item never stops the others.
+
+        ``replace``: an instance whose SOP Instance UID is already stored in this dataset
+        with other content replaces it (a correction; the caller checked the right to).
+        The old content is served until the new one is stored and indexed, in one index
+        transaction; its blob is removed after. Raises NoDataset (nothing stored) when
+        neither ``dataset`` nor GATEWAY_DEFAULT_DATASET names one (see ``needs_dataset``).
+        """
         dataset = dataset if dataset is not None else self.settings.default_dataset
         outcomes = [PartOutcome() for _ in items]
         sizes = [_size(item.path) for item in items]
         try:
+            if dataset is None and self.needs_dataset:
+                raise NoDataset
             policy, secret = self.policies.for_dataset(dataset)
             ready: list[tuple[int, _Ready]] = []
             for n, item in enumerate(items):
                 prepared = self._prepare(item, outcomes[n], study_uid, dataset, policy, secret)
                 if prepared is not None:
                     ready.append((n, prepared))
-            self._store(ready, outcomes, dataset)
+            self._store(ready, outcomes, dataset, replace)
         finally:
             for item in items:  # original bytes never outlive the request, whatever happened
                 item.path.unlink(missing_ok=True)
         observe_ingest(sizes, [o.failure for o in outcomes])
         return outcomes
+
+    @property
+    def needs_dataset(self) -> bool:
+        """Whether a store must name a dataset: with authorisation on, a study in no dataset
+        would be visible to nobody (not even administrators), so it is refused. With
+        authorisation off (development only) every study is visible and none is needed."""
+        return self.settings.auth.enabled
 
     def store_deidentified(self, path: Path, deid: DeidRecord, dataset: str | None) -> PartOutcome:
         """Store one already de-identified file (quarantine release): parse, store, index."""
@@ -283,7 +304,11 @@ class IngestService:
     # -- store and index ---------------------------------------------------------------------
 
     def _store(
-        self, ready: list[tuple[int, _Ready]], outcomes: list[PartOutcome], dataset: str | None
+        self,
+        ready: list[tuple[int, _Ready]],
+        outcomes: list[PartOutcome],
+        dataset: str | None,
+        replace: bool = False,
     ) -> None:
         pending: list[tuple[int, InstanceRecord, Entry]] = []
         for n, item in ready:
@@ -305,12 +330,15 @@ class IngestService:
             self.store.sync()
         self._failpoint("after_blob_write")
         if pending:
-            self._index(pending, outcomes)
+            self._index(pending, outcomes, replace)
 
     def _index(
-        self, pending: list[tuple[int, InstanceRecord, Entry]], outcomes: list[PartOutcome]
+        self,
+        pending: list[tuple[int, InstanceRecord, Entry]],
+        outcomes: list[PartOutcome],
+        replace: bool,
     ) -> None:
-        overwrite = self.settings.stow.duplicate_policy is DuplicatePolicy.overwrite
+        overwrite = replace or self.settings.stow.duplicate_policy is DuplicatePolicy.overwrite
         entries = [entry for _, _, entry in pending]
         try:
             if self.settings.failpoint == "index_write_fails":  # tests: a failing index write
@@ -340,6 +368,7 @@ class IngestService:
             self.journal.end(entry)
             if outcomes[n].stored:
                 _stored(outcomes[n], record)
+                outcomes[n].added = result.outcome.value
 
     def _drop(self, key: str) -> None:
         """Remove the blob of a replaced instance (its row is gone; keys are never reused)."""

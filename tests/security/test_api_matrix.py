@@ -217,14 +217,19 @@ def test_stow_needs_a_store_scope(world: World) -> None:
     plain = httpx.post(f"{w.live.url}/dicom-web/studies", headers={
         **bearer(w.x_token), "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'
     }, content=b"--b--\r\n")  # fmt: skip
-    expect(plain, 403, w.hidden)
+    # no dataset in the URL and no GATEWAY_DEFAULT_DATASET: refused, saying where to store
+    assert "/datasets/{id}/dicom-web/studies" in expect(plain, 400, w.hidden).text
+    assert "GATEWAY_DEFAULT_DATASET" in plain.text
     # the pusher may store into A; X then sees it (agreements cover the dataset, not the study)
     pusher = token(w.live, w.pusher)
     assert stow_into(w.live, A, pusher, instances).status_code == 200
     listed = w.get("/dicom-web/studies", w.x_token, StudyInstanceUID=study.study_uid)
     assert _qido_uids(expect(listed, 200, w.hidden)) == {study.study_uid}
-    # a pusher's token reads nothing: no agreement
-    assert w.get("/dicom-web/studies", pusher).json() == []
+    # a pusher's token reads what it pushes into (the data-holder view), nothing else
+    held = w.get("/dicom-web/studies", pusher, StudyInstanceUID=study.study_uid)
+    assert _qido_uids(held) == {study.study_uid}
+    narrowed = token(w.live, w.pusher, f"system/*.rs system/ImagingStudy.c dataset:{B}:store")
+    assert w.get("/dicom-web/studies", narrowed, StudyInstanceUID=study.study_uid).json() == []
 
 
 def test_delete_is_for_administrators(world: World) -> None:

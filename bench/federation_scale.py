@@ -2,7 +2,10 @@
 
 Bulk-inserts study and series rows straight into a fresh index (synthetic values, 20
 datasets, two series per study), then times ``federation_counts`` for typical query
-trees (what one ``POST /api/datasets/eucaimSearch`` asks of the index).
+trees (what one ``POST /api/datasets/eucaimSearch`` asks of the index). Also times opening
+the federation on that index (adds and fills the patients' first-study age and year: the
+migration of an index made before them) and writing studies afterwards, one transaction
+each (the first-study triggers run then).
 
     .venv/bin/python bench/federation_scale.py --studies 200000
 """
@@ -55,6 +58,29 @@ def load(index: SqliteIndex, studies: int) -> None:
         conn.execute("ANALYZE")
 
 
+def writes(index: SqliteIndex, studies: int, n: int) -> list[float]:
+    """Insert ``n`` studies of existing patients (earlier dates: they become first), one
+    transaction each, and delete them again; the time of each insert."""
+    rng = random.Random(2)
+    times = []
+    for k in range(n):
+        pk = studies + 1 + k
+        patient = rng.randint(1, studies) // 2
+        blob = orjson.dumps({"00101010": {"vr": "AS", "Value": [f"{rng.randint(20, 90):03d}Y"]}})
+        t0 = time.perf_counter()
+        with index.db.write() as conn:
+            conn.execute(
+                "INSERT INTO study (pk, studyinstanceuid, dataset, patient_key, patientsex,"
+                " studydate, patientbirthdate, json, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (pk, f"1.3.{pk}", rng.choice(DATASETS), f"p{patient}", "F", "20000101",
+                 "19500101", blob),
+            )  # fmt: skip
+        times.append(time.perf_counter() - t0)
+    with index.db.write() as conn:
+        conn.execute("DELETE FROM study WHERE pk > ?", (studies,))
+    return times
+
+
 def tree(*conds: dict[str, object]) -> dict[str, object]:
     return {"operand": "OR", "children": [{"operand": "AND", "children": [
         {"operand": "OR", "children": [c]} for c in conds]}]}  # fmt: skip
@@ -79,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--studies", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--writes", type=int, default=1000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         index = SqliteIndex(Path(tmp) / "index.sqlite")
@@ -87,7 +114,15 @@ def main() -> None:
         print(
             f"loaded {args.studies} studies, {2 * args.studies} series in {time.perf_counter() - started:.1f} s"
         )
+        t0 = time.perf_counter()
         fed = SqlFederation(index.db)
+        print(f"{'open (first-study backfill)':40s}        {time.perf_counter() - t0:8.1f} s")
+        write_times = writes(index, args.studies, args.writes)
+        print(
+            f"{f'write {args.writes} studies (1 per transaction)':40s} median"
+            f" {statistics.median(write_times) * 1000:8.2f} ms"
+            f"  p95 {sorted(write_times)[int(len(write_times) * 0.95)] * 1000:.2f} ms"
+        )
         for name, ast in QUERIES.items():
             plan = resolve(parse(ast).plan, frozenset())
             times = []

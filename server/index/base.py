@@ -99,7 +99,7 @@ class Index(Protocol):
 class DatasetProfile:
     """Whole-dataset figures of a federated-search answer (not narrowed by the query)."""
 
-    age_min: int | None = None  # completed years at the study, over the dataset's studies
+    age_min: int | None = None  # age at diagnosis (first study), over the dataset's patients
     age_max: int | None = None
     sexes: set[str | None] = field(default_factory=set)  # PatientSex values; None: absent
 

@@ -43,7 +43,15 @@ from server.index.es_mapping import (
 )
 from server.index.es_outage import outage_is_unavailable
 from server.index.es_query import qido_query
-from server.index.federation_es import series_facts, series_objects, study_facts
+from server.index.federation_es import (
+    FirstStudies,
+    Patient,
+    StudyFacts,
+    first_facts,
+    series_facts,
+    series_objects,
+    study_facts,
+)
 from server.metrics import metered
 
 PAGE = 1000
@@ -77,6 +85,7 @@ class ElasticsearchIndex:
         self.shards, self.replicas = shards, replicas
         # Per level an alias over a versioned index, so `reindex` can switch atomically.
         self.names = names or {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
+        self.first_studies = FirstStudies(self.es, self.names[Level.STUDY])
         if names is None:  # (an unreachable cluster is ServiceUnavailable: es_outage)
             for level, alias in self.names.items():
                 if not self.es.indices.exists(index=alias):
@@ -84,7 +93,9 @@ class ElasticsearchIndex:
                 elif level in ADDED_FIELDS:  # indices made by an earlier version
                     self.es.indices.put_mapping(index=alias, properties=ADDED_FIELDS[level])
             # indices made by earlier releases: add the federated-search fields (idempotent)
+            # and the patients' first-study values (one count when there is nothing to do)
             self.es.indices.put_mapping(index=self.names[Level.STUDY], properties=FEDERATION_FIELDS)
+            self.first_studies.backfill()
 
     def create_version(self, level: Level, alias: str, *, with_alias: bool) -> str:
         """A new concrete index ``<alias>-v<time>`` with the level's mapping."""
@@ -113,7 +124,7 @@ class ElasticsearchIndex:
         series = self._mget(Level.SERIES, [r.series_uid for r in records], ["studyinstanceuid"])
         studies = self._mget(Level.STUDY, [r.study_uid for r in records], ["dataset", *_STUDY_SETS])
         results: list[AddResult] = []
-        actions: list[dict[str, Any]] = []
+        accepted: list[tuple[InstanceRecord, dict[str, list[str]]]] = []
         for rec in records:
             result = self._outcome(rec, existing, series, studies, overwrite)
             results.append(result)
@@ -121,16 +132,33 @@ class ElasticsearchIndex:
                 study = studies.setdefault(rec.study_uid, {"dataset": rec.dataset})
                 for name, value in _study_facts(rec).items():
                     study[name] = sorted({*study.get(name, []), *([value] if value else [])})
-                actions += self._actions(rec, {n: study[n] for n in _STUDY_SETS})
+                accepted.append((rec, {n: study[n] for n in _STUDY_SETS}))
                 existing[rec.sop_uid] = {
                     "sha256": rec.sha256,
                     "blob_key": rec.blob_key,
                     "dataset": rec.dataset,
                 }
                 series[rec.series_uid] = {"studyinstanceuid": rec.study_uid}
+        first, actions = self._first_values([rec for rec, _ in accepted])
+        for rec, sets in accepted:
+            actions += self._actions(rec, sets, first.get(rec.study_uid, {}))
         if actions:
             helpers.bulk(self.es, actions, refresh=self.refresh, max_retries=5, initial_backoff=1)
+            if self.refresh is not False:  # bulk loads (reindex) backfill after their refresh
+                self.first_studies.recompute({r.patient_key for r, _ in accepted}, self.refresh)
         return results
+
+    def _first_values(
+        self, written: list[InstanceRecord]
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """First-study values of the studies written (by study uid), and the updates of
+        their patients' other studies, both for the same bulk."""
+        if not written or self.refresh is False:
+            return {}, []
+        incoming: dict[str, tuple[Patient, StudyFacts]] = {}
+        for rec in written:  # the last instance of a study wins, as the bulk's updates do
+            incoming[rec.study_uid] = ((rec.dataset, rec.patient_key), first_facts(rec))
+        return self.first_studies.for_records(incoming)
 
     @staticmethod
     def _outcome(rec: InstanceRecord, existing: dict[str, Any], series: dict[str, Any],
@@ -152,7 +180,9 @@ class ElasticsearchIndex:
             return AddResult(AddOutcome.REPLACED, old["blob_key"])
         return AddResult(AddOutcome.STORED)
 
-    def _actions(self, rec: InstanceRecord, sets: dict[str, list[str]]) -> list[dict[str, Any]]:
+    def _actions(
+        self, rec: InstanceRecord, sets: dict[str, list[str]], first: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         now = time.time()
         base = {"study_uid": rec.study_uid, "dataset": rec.dataset, "patient_key": rec.patient_key,
                 "started_lo": rec.started[0], "started_hi": rec.started[1], "updated": now,
@@ -160,7 +190,7 @@ class ElasticsearchIndex:
         fields = {lvl: _fields(rec, lvl) for lvl in Level}
         study_doc = {**base, **fields[Level.STUDY], "json": _b64(rec.level_json[Level.STUDY])}
         derived: dict[str, Any] = {**sets, "fed_series": series_objects(sets["series_facts"]),
-                                   **study_facts(rec)}  # fmt: skip
+                                   **study_facts(rec), **first}  # fmt: skip
         series_doc = {**base, **fields[Level.SERIES], "series_uid": rec.series_uid,
                       "json": _b64(rec.level_json[Level.SERIES])}  # fmt: skip
         instance_doc = {
@@ -220,6 +250,11 @@ class ElasticsearchIndex:
         return len(rows)
 
     def _remove(self, sops: list[str], series: set[str], studies: set[str]) -> None:
+        patients = {
+            doc["patient_key"]
+            for doc in self._mget(Level.STUDY, sorted(studies), ["patient_key"]).values()
+            if doc.get("patient_key") is not None
+        }
         actions = [
             {"_op_type": "delete", "_index": self.names[Level.INSTANCE], "_id": s} for s in sops
         ]
@@ -245,6 +280,8 @@ class ElasticsearchIndex:
                 self.es.update(
                     index=self.names[Level.STUDY], id=uid, doc=facts, refresh=self.refresh
                 )
+        if patients:  # a deleted study may have been its patient's first
+            self.first_studies.recompute(patients, self.refresh)
 
     # -- reads -------------------------------------------------------------
     def find_by_sop(self, sop_uid: str) -> StoredInstance | None:

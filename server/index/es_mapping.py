@@ -19,10 +19,13 @@ _ABOVE = {Level.STUDY: (Level.STUDY,), Level.SERIES: (Level.STUDY, Level.SERIES)
           Level.INSTANCE: (Level.STUDY, Level.SERIES, Level.INSTANCE)}  # fmt: skip
 _STORED = {"type": "binary"}  # base64 in _source, neither indexed nor aggregated
 # Study-document facts of the EUCAIM federated search (server/index/federation_es.py): age and
-# year at the study, and each distinct (modality, body part, manufacturer) of its series as a
-# nested object, so "some series is MR and PROSTATE" is one nested query on the study.
+# year at the study, the patient's first-study age and year (and which study that is), and
+# each distinct (modality, body part, manufacturer) of its series as a nested object, so
+# "some series is MR and PROSTATE" is one nested query on the study.
 FEDERATION_FIELDS: dict[str, Any] = {
     "fed_age": {"type": "long"}, "fed_year": {"type": "long"},
+    "fed_first_age": {"type": "long"}, "fed_first_year": {"type": "long"},
+    "fed_first_study": {"type": "keyword"},
     "series_facts": {"type": "keyword", "index": False, "doc_values": False},
     "fed_series": {"type": "nested", "properties": {
         "modality": {"type": "keyword"}, "bodypart": {"type": "keyword"},

@@ -4,6 +4,13 @@ One ``SELECT dataset, count(*), count(DISTINCT patient_key) ... GROUP BY dataset
 distinct plan; series conditions are ``EXISTS`` over the study's series (the reference
 mediator's SQL shape). Age and year are computed here exactly as
 ``server.core.federation.facts`` computes them for the Elasticsearch index.
+
+Age and year at diagnosis are the patient's first-study values (``facts.first_study``),
+stored on every study of the patient (``fed_first_age``, ``fed_first_year``) by triggers:
+inserting, deleting or re-keying a study recomputes them for the patient's studies in the
+dataset, in the writing transaction, whichever code path writes (ingest, replace, delete,
+repair). Indexes made before get the columns, a one-statement backfill and the triggers
+at start.
 """
 
 from __future__ import annotations
@@ -32,21 +39,55 @@ _AGE = (
 _YEAR = f"CASE WHEN studydate GLOB {_DA} THEN CAST(substr(studydate, 1, 4) AS INTEGER) END"
 _COLUMN = {
     Field.SEX: "nullif(st.patientsex, '')",
-    Field.AGE: "st.fed_age",
-    Field.YEAR: "st.fed_year",
+    Field.AGE: "st.fed_first_age",
+    Field.YEAR: "st.fed_first_year",
     Field.MODALITY: "se.modality",
     Field.BODY_PART: "upper(se.bodypartexamined)",
     Field.MANUFACTURER: "se.manufacturer",
 }
 
 
-# Age and year are virtual generated columns of ``study`` with indexes, so a range or a
-# per-dataset min/max is an index scan rather than a JSON parse per row. Added once to
-# index databases made before (idempotent; the write lock serialises worker processes).
+# Age and year at each study are virtual generated columns of ``study`` (a JSON parse when
+# read); the patient's first-study values are plain indexed columns kept by triggers, so a
+# range or a per-dataset min/max is an index scan. Added once to index databases made
+# before (idempotent; the write lock serialises worker processes).
 _GENERATED = {"fed_age": _AGE, "fed_year": _YEAR}
+# The first-study order (facts.first_order): dated studies first, earliest, then the UID.
+_FIRST_ORDER = (
+    f"ORDER BY (studydate GLOB {_DA}) DESC, CASE WHEN studydate GLOB {_DA} THEN studydate END,"
+    " studyinstanceuid"
+)
+
+
+def _recompute(row: str) -> str:
+    """The statement a trigger runs for the patient of ``row`` (NEW or OLD)."""
+    return (
+        "UPDATE study SET fed_first_age = f.a, fed_first_year = f.y FROM (SELECT fed_age AS a,"
+        f" fed_year AS y FROM study WHERE dataset IS {row}.dataset AND patient_key ="
+        f" {row}.patient_key {_FIRST_ORDER} LIMIT 1) AS f WHERE dataset IS {row}.dataset AND"
+        f" patient_key = {row}.patient_key AND (fed_first_age IS NOT f.a OR fed_first_year IS NOT f.y);"
+    )
+
+
+_FIRST = {"fed_first_age", "fed_first_year"}
+_BACKFILL = (
+    "WITH w AS (SELECT pk, first_value(fed_age) OVER p AS a, first_value(fed_year) OVER p AS y"
+    f" FROM study WINDOW p AS (PARTITION BY dataset, patient_key {_FIRST_ORDER}))"
+    " UPDATE study SET fed_first_age = w.a, fed_first_year = w.y FROM w WHERE study.pk = w.pk"
+)
+# Triggers are versioned by name: a changed rule gets a new name and drops the old one.
+_TRIGGERS = {
+    "fed_first_v1_insert": f"AFTER INSERT ON study BEGIN {_recompute('NEW')} END",
+    "fed_first_v1_delete": f"AFTER DELETE ON study BEGIN {_recompute('OLD')} END",
+    "fed_first_v1_update": "AFTER UPDATE OF studyinstanceuid, studydate, patientbirthdate, json,"
+    f" dataset, patient_key ON study BEGIN {_recompute('OLD')} {_recompute('NEW')} END",
+}
 _INDEXES = [
-    "CREATE INDEX IF NOT EXISTS ix_study_dataset_fed_age ON study(dataset, fed_age)",
-    "CREATE INDEX IF NOT EXISTS ix_study_dataset_fed_year ON study(dataset, fed_year)",
+    # per-study age/year are no longer searched: their indexes (earlier releases) go
+    "DROP INDEX IF EXISTS ix_study_dataset_fed_age",
+    "DROP INDEX IF EXISTS ix_study_dataset_fed_year",
+    "CREATE INDEX IF NOT EXISTS ix_study_dataset_first_age ON study(dataset, fed_first_age)",
+    "CREATE INDEX IF NOT EXISTS ix_study_dataset_first_year ON study(dataset, fed_first_year)",
     "CREATE INDEX IF NOT EXISTS ix_study_dataset_patient ON study(dataset, patient_key)",
     "CREATE INDEX IF NOT EXISTS ix_study_dataset_sex ON study(dataset, patientsex, patient_key)",
 ]
@@ -63,6 +104,18 @@ class SqlFederation:
                         f"ALTER TABLE study ADD COLUMN {name} INTEGER"
                         f" GENERATED ALWAYS AS ({expression}) VIRTUAL"
                     )
+            if _FIRST - present:  # databases made before: add, then fill once
+                for name in sorted(_FIRST - present):
+                    conn.execute(f"ALTER TABLE study ADD COLUMN {name} INTEGER")
+                conn.execute(_BACKFILL)
+            triggers = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'fed_first_%'"
+            ).fetchall()
+            for (old,) in triggers:
+                if old not in _TRIGGERS:
+                    conn.execute(f"DROP TRIGGER {old}")
+            for name, body in _TRIGGERS.items():
+                conn.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
             for statement in _INDEXES:
                 conn.execute(statement)
 
@@ -87,15 +140,17 @@ class SqlFederation:
         return out
 
     def federation_profiles(self, datasets: Sequence[str]) -> dict[str, DatasetProfile]:
-        """Whole-dataset age range (completed years) and sexes (None: some study has none)."""
+        """Whole-dataset range of the age at diagnosis (completed years at each patient's
+        first study) and sexes (None: some study has none)."""
         out = {d: DatasetProfile() for d in datasets}
         conn = self.db.reader()
         for dataset in datasets:  # per dataset: each is an index seek, not a scan
             p = out[dataset]
             for order in ("ASC", "DESC"):
                 row = conn.execute(
-                    "SELECT fed_age FROM study INDEXED BY ix_study_dataset_fed_age WHERE dataset = ?"
-                    f" AND fed_age IS NOT NULL ORDER BY fed_age {order} LIMIT 1",
+                    "SELECT fed_first_age FROM study INDEXED BY ix_study_dataset_first_age"
+                    " WHERE dataset = ? AND fed_first_age IS NOT NULL"
+                    f" ORDER BY fed_first_age {order} LIMIT 1",
                     (dataset,),
                 ).fetchone()
                 if row is not None:

@@ -57,6 +57,7 @@ def reindex(
     done = _load(target, store, store.keys(), datasets, report, progress, patient_secret, index)
     report.indexed = done
     es.indices.refresh(index=list(new_names.values()))
+    target.first_studies.backfill()  # patients' first-study values, once all studies are in
     actions: list[dict[str, object]] = []
     for level, alias in index.names.items():
         actions += [{"remove": {"index": name, "alias": alias}} for name in old[level]]

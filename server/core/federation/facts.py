@@ -2,6 +2,13 @@
 for the Elasticsearch index; the SQLite index computes the same in SQL, see
 ``server/index/federation_sql.py``; the contract suite checks they agree).
 
+The search's "age at diagnosis" and "year of diagnosis" are the age and year at the
+patient's FIRST study in the dataset (``first_study``), for every study of that patient:
+the earliest StudyDate, a tie broken by the smallest Study Instance UID, studies without a
+(valid) date last. Both index backends store that patient-level value on each study at
+write time and recompute it for all of the patient's studies when one is added, replaced
+or deleted.
+
 Age is in completed years at the study: from PatientAge (0010,1010; ``nnnY``, ``nnnM``,
 ``nnnW``, ``nnnD``) when present, because de-identification may remove or coarsen the birth
 date while keeping the age; otherwise StudyDate minus PatientBirthDate (a birth date
@@ -11,6 +18,8 @@ Year is the year of the StudyDate. Missing or malformed values give None (unknow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 DAYS_PER_YEAR = 365  # PatientAge in days or weeks -> completed years (integer division)
@@ -62,3 +71,25 @@ def patient_age_of(study_json: dict[str, Any]) -> str | None:
     element = study_json.get("00101010") or {}
     values = element.get("Value") or []
     return str(values[0]).strip() if values else None
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """One study of a patient, as the first-study choice sees it."""
+
+    study_uid: str
+    study_date: str | None
+    age: int | None
+    year: int | None
+
+
+def first_order(study_date: str | None, study_uid: str) -> tuple[int, str, str]:
+    """Sort key of the first-study choice: dated studies first (earliest date), then UID."""
+    if _is_da(study_date):
+        return (0, str(study_date), study_uid)
+    return (1, "", study_uid)
+
+
+def first_study(studies: Sequence[StudyFacts]) -> StudyFacts | None:
+    """The patient's first study (None if there is none)."""
+    return min(studies, key=lambda s: first_order(s.study_date, s.study_uid), default=None)

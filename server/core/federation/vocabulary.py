@@ -15,8 +15,8 @@ class Field(StrEnum):
     """What a condition is about, and where the gateway finds it."""
 
     SEX = "sex"  # study: PatientSex
-    AGE = "age"  # study: completed years at the study (PatientAge, else StudyDate - BirthDate)
-    YEAR = "year"  # study: year of the StudyDate
+    AGE = "age"  # patient: completed years at the first study (PatientAge, else dates)
+    YEAR = "year"  # patient: year of the first study's StudyDate
     DIAGNOSIS = "diagnosis"  # dataset: the ResearchStudy's cancer types (SNOMED CT)
     MODALITY = "modality"  # series: Modality
     BODY_PART = "body_part"  # series: BodyPartExamined

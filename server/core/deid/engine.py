@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -44,6 +45,7 @@ from server.core.deid.stream import (
 from server.core.records import UnreadableInstance
 
 PADDING = 0xFFFCFFFC
+_IDENTIFYING_TAGS = [int(tag_for_keyword(k) or 0) for k in values.IDENTIFYING]
 _MALFORMED = (ValueError, TypeError, UnicodeError, OverflowError, struct.error, KeyError)
 # sequences are parsed lazily, while the profile walks them: their parse errors too
 _MALFORMED_ITEMS = (*_MALFORMED, OSError, EOFError, NotImplementedError, IndexError)
@@ -176,8 +178,10 @@ def _context(ds: Dataset, changes: Changes, map_uid: Callable[[str], str]) -> Co
 def _identifying_values(ds: Dataset) -> list[str]:
     """This instance's identifying values (before de-identification) for C cleaning."""
     found: list[str] = []
-    for keyword in values.IDENTIFYING:
-        value = ds.get(keyword)
+    for tag in _IDENTIFYING_TAGS:
+        if tag not in ds:
+            continue
+        value = ds[tag].value
         if value is None:
             continue
         if isinstance(value, MultiValue | list):

@@ -44,6 +44,9 @@ PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
 _ITEM, _SEQ_END = 0xFFFEE000, 0xFFFEE0DD
 IMPLEMENTATION_VERSION = "CIG_DEID_1"
+_IMPLEMENTATION_UID = PYDICOM_IMPLEMENTATION_UID.encode("ascii") + b"\x00" * (
+    len(PYDICOM_IMPLEMENTATION_UID) % 2
+)
 
 
 @dataclass
@@ -175,10 +178,15 @@ def new_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
 def write_header(dst: BinaryIO, source: Source) -> None:
     """Preamble (zeros), the new file meta and the de-identified dataset."""
     ds = source.ds
+    if _plain(source):
+        meta = _meta_bytes(ds, source.transfer_syntax)
+        if meta is not None:
+            _write_plain(dst, source, meta)
+            return
     ds.file_meta = new_meta(ds, source.transfer_syntax)
     ds.preamble = b"\x00" * 128
     if _plain(source):
-        _write_plain(dst, source)
+        _write_plain(dst, source, None)
         return
     dcmwrite(
         dst,
@@ -201,13 +209,60 @@ def _plain(source: Source) -> bool:
     return not any(t >> 16 in (0, 2) for t in source.ds._dict)
 
 
-def _write_plain(dst: BinaryIO, source: Source) -> None:
-    """Byte for byte what ``dcmwrite(enforce_file_format=True)`` writes in that case."""
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of the file meta group."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr == b"OB":
+        return head + struct.pack("<HI", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _ui(value: object) -> bytes | None:
+    """A UI value as pydicom's writer encodes it (NUL-padded to even length); None when
+    it is not one plain ASCII string (pydicom's own writer handles that case)."""
+    if type(value) not in (str, UID) or not value or not str(value).isascii():
+        return None  # empty: pydicom's validation refuses it
+    raw = str(value).encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _meta_bytes(ds: Dataset, transfer_syntax: str) -> bytes | None:
+    """The file meta group of ``new_meta`` exactly as ``write_file_meta_info`` writes it
+    (group length first, elements in tag order), without building a FileMetaDataset."""
+    try:
+        uids = [_ui(ds.SOPClassUID), _ui(ds.SOPInstanceUID), _ui(transfer_syntax)]
+    except (AttributeError, KeyError):
+        return None
+    if any(u is None or len(u) > 0xFFFF for u in uids):
+        return None
+    sop_class, sop_instance, syntax = uids
+    name = IMPLEMENTATION_VERSION.encode("ascii")
+    body = b"".join(
+        (
+            _meta_element(0x00020001, b"OB", b"\x00\x01"),
+            _meta_element(0x00020002, b"UI", sop_class or b""),
+            _meta_element(0x00020003, b"UI", sop_instance or b""),
+            _meta_element(0x00020010, b"UI", syntax or b""),
+            _meta_element(0x00020012, b"UI", _IMPLEMENTATION_UID),
+            _meta_element(0x00020013, b"SH", name + b" " * (len(name) % 2)),
+        )
+    )
+    return _meta_element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _write_plain(dst: BinaryIO, source: Source, meta: bytes | None) -> None:
+    """Byte for byte what ``dcmwrite(enforce_file_format=True)`` writes in that case.
+
+    ``meta``: the file meta group already encoded (``_meta_bytes``); None: written from
+    ``ds.file_meta`` by pydicom."""
     out = DicomFileLike(dst)
     out.is_implicit_VR, out.is_little_endian = source.implicit, source.little
     out.write(b"\x00" * 128)  # the preamble write_header sets
     out.write(b"DICM")
-    write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
+    if meta is not None:
+        out.write(meta)
+    else:
+        write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
     ds = source.ds
     if ds.original_encoding != (source.implicit, source.little) or (
         ds.original_character_set != ds._character_set

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom import dcmread
-from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
@@ -26,6 +26,7 @@ from pydicom.filewriter import (
     write_dataset,
     write_file_meta_info,
 )
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -34,7 +35,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, IS, DSdecimal, DSfloat
 
 from server.core.records import UnreadableInstance
 
@@ -270,12 +271,72 @@ def _write_plain(dst: BinaryIO, source: Source, meta: bytes | None) -> None:
         write_dataset(out, ds)  # pydicom re-encodes every element then
         return
     charset = ds.get("SpecificCharacterSet", default_encoding)  # as write_dataset does
+    ascii_text = convert_encodings(charset) in _ASCII_CHARSETS
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # group lengths are not written (PS3.5 7.2)
         elem = ds.get_item(tag)
-        if not (isinstance(elem, RawDataElement) and _raw(out, elem, source)):
-            write_data_element(out, elem, charset)
+        if isinstance(elem, RawDataElement):
+            if _raw(out, elem, source):
+                continue
+        elif _string(out, elem, source, ascii_text):
+            continue
+        write_data_element(out, elem, charset)
+
+
+# character sets whose encoding of ASCII text is ASCII (what write_text then writes)
+_ASCII_CHARSETS = (["iso8859"], ["latin_1"], ["UTF8"], ["utf_8"])
+# VRs pydicom writes with write_string (DA/DT/TM: when their values are str) or, for
+# the second set, write_text: both join values with a backslash and pad to even length
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR"})
+_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
+_NUMBER_STRING_VRS = frozenset({"DS", "IS"})
+_INT_VRS = {"US": "H", "UL": "L", "SL": "l"}
+
+
+def _string(out: DicomFileLike, elem: DataElement, source: Source, ascii_text: bool) -> bool:
+    """A decoded string element of ASCII text, encoded as ``write_data_element`` encodes
+    it; False for anything else (pydicom's writer handles it)."""
+    vr = elem.VR
+    value = elem.value
+    if vr in _INT_VRS:
+        return _ints(out, elem, source)
+    if vr in _NUMBER_STRING_VRS:  # write_number_string: the strings as read
+        value = [value] if isinstance(value, IS | DSfloat | DSdecimal) else value
+        if not isinstance(value, MultiValue | list) or not all(
+            isinstance(v, IS | DSfloat | DSdecimal) and hasattr(v, "original_string") for v in value
+        ):
+            return False
+        value = [v.original_string for v in value]
+    elif vr not in _STRING_VRS and (vr not in _TEXT_VRS or not ascii_text):
+        return False
+    if value is None:
+        text = ""
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, MultiValue | list | tuple) and all(isinstance(v, str) for v in value):
+        text = "\\".join(value)
+    else:
+        return False
+    if not text.isascii():
+        return False
+    if len(text) % 2:
+        text += "\x00" if vr == "UI" else " "
+    return _raw_value(out, int(elem.tag), vr, text.encode("ascii"), source)
+
+
+def _ints(out: DicomFileLike, elem: DataElement, source: Source) -> bool:
+    """write_numbers for US/UL/SL: one int or a list of ints, packed."""
+    value = elem.value
+    values = [value] if type(value) is int else value
+    if not isinstance(values, MultiValue | list) or not all(type(v) is int for v in values):
+        return False
+    end = "<" if source.little else ">"
+    try:
+        packed = struct.pack(f"{end}{len(values)}{_INT_VRS[elem.VR]}", *values)
+    except struct.error:
+        return False  # out of range: pydicom's writer reports it
+    return _raw_value(out, int(elem.tag), elem.VR, packed, source)
 
 
 def _raw(out: DicomFileLike, elem: RawDataElement, source: Source) -> bool:
@@ -284,8 +345,13 @@ def _raw(out: DicomFileLike, elem: RawDataElement, source: Source) -> bool:
     value, vr = elem.value, elem.VR
     if not isinstance(value, bytes) or elem.length == 0xFFFFFFFF:
         return False
+    return _raw_value(out, int(elem.tag), vr, value, source)
+
+
+def _raw_value(out: DicomFileLike, tag: int, vr: str | None, value: bytes, source: Source) -> bool:
+    """Tag, VR (explicit), length and ``value``; False when the length does not fit."""
     end = "<" if source.little else ">"
-    head = struct.pack(end + "HH", elem.tag >> 16, elem.tag & 0xFFFF)
+    head = struct.pack(end + "HH", tag >> 16, tag & 0xFFFF)
     if source.implicit:
         out.write(head + struct.pack(end + "I", len(value)) + value)
         return True

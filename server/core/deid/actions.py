@@ -36,7 +36,7 @@ def tags(ds: Dataset) -> list[int]:
 
 def vr_of(ds: Dataset, tag: int) -> str:
     """An element's VR without converting its value (dictionary VR for implicit files)."""
-    vr = ds._dict[tag].VR  # the element as stored: no value read or converted
+    vr = ds.get_item(tag).VR
     if vr and vr != "UN":
         return str(vr)
     try:  # implicit VR, or explicit "UN" for a public attribute: the dictionary's VR
@@ -56,7 +56,7 @@ def check_length(ds: Dataset, tag: int, vr: str) -> None:
     if not is_known(tag):
         return
     count = _vm_count(tag)
-    raw = ds._dict[tag]  # a deferred value stays unread: its length is known
+    raw = ds.get_item(tag)
     if isinstance(raw, DataElement):  # already decoded while reading
         if count is not None and count < raw.VM:
             raise UnreadableInstance(f"corrupt length for attribute {name_of(tag)} ({vr})")

@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 from server.core import stow
 from server.core.blobkeys import new_blob_key
 from server.core.decoded_size import check_inflated_size
-from server.core.deid.engine import deidentify_file
+from server.core.deid.engine import deidentify_file, deidentify_hashed
 from server.core.deid.policy import (
     BurnedIn,
     BurnedInSuspected,
@@ -212,8 +212,8 @@ class IngestService:
         out = self._deidentify(item, outcome, study_uid, dataset, policy, secret)
         if out is None:
             return None
-        path, deid = out
-        sha256 = item.sha256 if path == item.path else sha256_file(path)
+        path, deid, digest = out
+        sha256 = item.sha256 if path == item.path else digest or sha256_file(path)
         record = self._read(path, sha256, outcome)
         if record is None:
             path.unlink(missing_ok=True)
@@ -229,10 +229,11 @@ class IngestService:
         dataset: str | None,
         policy: DeidPolicy,
         secret: str,
-    ) -> tuple[Path, DeidRecord] | None:
-        """The de-identified copy of the item (the original is deleted), or None (failed)."""
+    ) -> tuple[Path, DeidRecord, str | None] | None:
+        """The de-identified copy of the item (the original is deleted), its record and
+        sha256 (None: not known yet), or None (failed)."""
         if not policy.active:  # ``none``: the data arrives de-identified; the file is as sent
-            return item.path, DeidRecord(profile="none", options=[], edition="")
+            return item.path, DeidRecord(profile="none", options=[], edition=""), item.sha256
         dst = item.path.with_name(item.path.name + ".deid")
 
         def sent(ds: Dataset) -> None:
@@ -240,7 +241,8 @@ class IngestService:
                 raise _Mismatch
 
         try:
-            return dst, deidentify_file(item.path, dst, policy, secret, on_read=sent)
+            record, digest = deidentify_hashed(item.path, dst, policy, secret, on_read=sent)
+            return dst, record, digest
         except _Mismatch:
             dst.unlink(missing_ok=True)
         except BurnedInSuspected as exc:

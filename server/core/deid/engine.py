@@ -13,12 +13,14 @@ does not clean it (``PolicyError`` when it asks for cleaning: no OCR step here),
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
@@ -44,6 +46,7 @@ from server.core.deid.stream import (
 from server.core.records import UnreadableInstance
 
 PADDING = 0xFFFCFFFC
+_IDENTIFYING_TAGS = [int(tag_for_keyword(k) or 0) for k in values.IDENTIFYING]
 _MALFORMED = (ValueError, TypeError, UnicodeError, OverflowError, struct.error, KeyError)
 # sequences are parsed lazily, while the profile walks them: their parse errors too
 _MALFORMED_ITEMS = (*_MALFORMED, OSError, EOFError, NotImplementedError, IndexError)
@@ -58,16 +61,35 @@ def deidentify_file(
     *,
     check_burned_in: bool = True,
 ) -> DeidRecord:
+    """See ``deidentify_hashed``; only the record."""
+    record, _ = deidentify_hashed(
+        src, dst, policy, secret, on_read, check_burned_in=check_burned_in
+    )
+    return record
+
+
+def deidentify_hashed(
+    src: Path,
+    dst: Path,
+    policy: DeidPolicy,
+    secret: str,
+    on_read: Callable[[Dataset], None] | None = None,
+    *,
+    check_burned_in: bool = True,
+) -> tuple[DeidRecord, str | None]:
     """PS3.15 Annex E / LETHE: write the de-identified copy of ``src`` to ``dst``.
 
     ``on_read`` sees the parsed header before anything is changed (the caller reads the
     sent UIDs from it instead of parsing the file again); it must not change it, and
     what it raises stops the work, nothing written. ``check_burned_in=False``: the
     header is de-identified although the instance is a burned-in suspect (for the
-    quarantine, which holds it for an administrator)."""
+    quarantine, which holds it for an administrator).
+
+    Also returns the sha256 (hex) of ``dst``, computed while it was written (None when
+    the writer had to seek back: hash the file then)."""
     if policy.profile is Profile.none:
         shutil.copyfile(src, dst)
-        return DeidRecord(profile="none", options=[], edition="")
+        return DeidRecord(profile="none", options=[], edition=""), None
     changes = Changes()
     with open(src, "rb") as fin:
         source = read(fin)
@@ -80,8 +102,8 @@ def deidentify_file(
         except _MALFORMED_ITEMS as exc:  # a value pydicom cannot decode: the sender's bytes
             name = type(exc).__name__
             raise UnreadableInstance(f"malformed value in the instance ({name})") from exc
-        _write(fin, dst, source, trailing)
-    return _record(policy, changes)
+        digest = _write(fin, dst, source, trailing)
+    return _record(policy, changes), digest
 
 
 def _prepare(
@@ -107,14 +129,42 @@ def _prepare(
     return trailing
 
 
-def _write(fin: BinaryIO, dst: Path, source: Source, trailing: Dataset) -> None:
+class _Hashing:
+    """A write-only file that hashes what goes through it (a seek spoils the hash)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.seeked = False
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.seeked = True
+        return self.raw.seek(offset, whence)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def hexdigest(self) -> str | None:
+        return None if self.seeked else self.sha256.hexdigest()
+
+
+def _write(fin: BinaryIO, dst: Path, source: Source, trailing: Dataset) -> str | None:
     """New header, raw pixel element, trailing elements; nothing left half-written."""
     try:
-        with open(dst, "wb") as fout:
+        with open(dst, "wb") as raw:
+            fout = cast(BinaryIO, _Hashing(raw))
             write_header(fout, source)
             if source.pixel_offset is not None:
                 copy_pixels(fin, fout, source)
                 write_trailing(fout, trailing, source)
+        return cast(_Hashing, fout).hexdigest()
     except BaseException as exc:
         dst.unlink(missing_ok=True)
         if isinstance(exc, _MALFORMED):
@@ -176,8 +226,10 @@ def _context(ds: Dataset, changes: Changes, map_uid: Callable[[str], str]) -> Co
 def _identifying_values(ds: Dataset) -> list[str]:
     """This instance's identifying values (before de-identification) for C cleaning."""
     found: list[str] = []
-    for keyword in values.IDENTIFYING:
-        value = ds.get(keyword)
+    for tag in _IDENTIFYING_TAGS:
+        if tag not in ds:
+            continue
+        value = ds[tag].value
         if value is None:
             continue
         if isinstance(value, MultiValue | list):

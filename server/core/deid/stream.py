@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from pydicom import dcmread
-from pydicom.charset import default_encoding
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
@@ -26,6 +26,7 @@ from pydicom.filewriter import (
     write_dataset,
     write_file_meta_info,
 )
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -34,7 +35,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, IS, DSdecimal, DSfloat
 
 from server.core.records import UnreadableInstance
 
@@ -44,6 +45,9 @@ PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
 _ITEM, _SEQ_END = 0xFFFEE000, 0xFFFEE0DD
 IMPLEMENTATION_VERSION = "CIG_DEID_1"
+_IMPLEMENTATION_UID = PYDICOM_IMPLEMENTATION_UID.encode("ascii") + b"\x00" * (
+    len(PYDICOM_IMPLEMENTATION_UID) % 2
+)
 
 
 @dataclass
@@ -175,10 +179,15 @@ def new_meta(ds: Dataset, transfer_syntax: str) -> FileMetaDataset:
 def write_header(dst: BinaryIO, source: Source) -> None:
     """Preamble (zeros), the new file meta and the de-identified dataset."""
     ds = source.ds
+    if _plain(source):
+        meta = _meta_bytes(ds, source.transfer_syntax)
+        if meta is not None:
+            _write_plain(dst, source, meta)
+            return
     ds.file_meta = new_meta(ds, source.transfer_syntax)
     ds.preamble = b"\x00" * 128
     if _plain(source):
-        _write_plain(dst, source)
+        _write_plain(dst, source, None)
         return
     dcmwrite(
         dst,
@@ -201,13 +210,60 @@ def _plain(source: Source) -> bool:
     return not any(t >> 16 in (0, 2) for t in source.ds._dict)
 
 
-def _write_plain(dst: BinaryIO, source: Source) -> None:
-    """Byte for byte what ``dcmwrite(enforce_file_format=True)`` writes in that case."""
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of the file meta group."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr == b"OB":
+        return head + struct.pack("<HI", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _ui(value: object) -> bytes | None:
+    """A UI value as pydicom's writer encodes it (NUL-padded to even length); None when
+    it is not one plain ASCII string (pydicom's own writer handles that case)."""
+    if type(value) not in (str, UID) or not value or not str(value).isascii():
+        return None  # empty: pydicom's validation refuses it
+    raw = str(value).encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _meta_bytes(ds: Dataset, transfer_syntax: str) -> bytes | None:
+    """The file meta group of ``new_meta`` exactly as ``write_file_meta_info`` writes it
+    (group length first, elements in tag order), without building a FileMetaDataset."""
+    try:
+        uids = [_ui(ds.SOPClassUID), _ui(ds.SOPInstanceUID), _ui(transfer_syntax)]
+    except (AttributeError, KeyError):
+        return None
+    if any(u is None or len(u) > 0xFFFF for u in uids):
+        return None
+    sop_class, sop_instance, syntax = uids
+    name = IMPLEMENTATION_VERSION.encode("ascii")
+    body = b"".join(
+        (
+            _meta_element(0x00020001, b"OB", b"\x00\x01"),
+            _meta_element(0x00020002, b"UI", sop_class or b""),
+            _meta_element(0x00020003, b"UI", sop_instance or b""),
+            _meta_element(0x00020010, b"UI", syntax or b""),
+            _meta_element(0x00020012, b"UI", _IMPLEMENTATION_UID),
+            _meta_element(0x00020013, b"SH", name + b" " * (len(name) % 2)),
+        )
+    )
+    return _meta_element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _write_plain(dst: BinaryIO, source: Source, meta: bytes | None) -> None:
+    """Byte for byte what ``dcmwrite(enforce_file_format=True)`` writes in that case.
+
+    ``meta``: the file meta group already encoded (``_meta_bytes``); None: written from
+    ``ds.file_meta`` by pydicom."""
     out = DicomFileLike(dst)
     out.is_implicit_VR, out.is_little_endian = source.implicit, source.little
     out.write(b"\x00" * 128)  # the preamble write_header sets
     out.write(b"DICM")
-    write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
+    if meta is not None:
+        out.write(meta)
+    else:
+        write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
     ds = source.ds
     if ds.original_encoding != (source.implicit, source.little) or (
         ds.original_character_set != ds._character_set
@@ -215,12 +271,72 @@ def _write_plain(dst: BinaryIO, source: Source) -> None:
         write_dataset(out, ds)  # pydicom re-encodes every element then
         return
     charset = ds.get("SpecificCharacterSet", default_encoding)  # as write_dataset does
+    ascii_text = convert_encodings(charset) in _ASCII_CHARSETS
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # group lengths are not written (PS3.5 7.2)
         elem = ds.get_item(tag)
-        if not (isinstance(elem, RawDataElement) and _raw(out, elem, source)):
-            write_data_element(out, elem, charset)
+        if isinstance(elem, RawDataElement):
+            if _raw(out, elem, source):
+                continue
+        elif _string(out, elem, source, ascii_text):
+            continue
+        write_data_element(out, elem, charset)
+
+
+# character sets whose encoding of ASCII text is ASCII (what write_text then writes)
+_ASCII_CHARSETS = (["iso8859"], ["latin_1"], ["UTF8"], ["utf_8"])
+# VRs pydicom writes with write_string (DA/DT/TM: when their values are str) or, for
+# the second set, write_text: both join values with a backslash and pad to even length
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR"})
+_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
+_NUMBER_STRING_VRS = frozenset({"DS", "IS"})
+_INT_VRS = {"US": "H", "UL": "L", "SL": "l"}
+
+
+def _string(out: DicomFileLike, elem: DataElement, source: Source, ascii_text: bool) -> bool:
+    """A decoded string element of ASCII text, encoded as ``write_data_element`` encodes
+    it; False for anything else (pydicom's writer handles it)."""
+    vr = elem.VR
+    value = elem.value
+    if vr in _INT_VRS:
+        return _ints(out, elem, source)
+    if vr in _NUMBER_STRING_VRS:  # write_number_string: the strings as read
+        value = [value] if isinstance(value, IS | DSfloat | DSdecimal) else value
+        if not isinstance(value, MultiValue | list) or not all(
+            isinstance(v, IS | DSfloat | DSdecimal) and hasattr(v, "original_string") for v in value
+        ):
+            return False
+        value = [v.original_string for v in value]
+    elif vr not in _STRING_VRS and (vr not in _TEXT_VRS or not ascii_text):
+        return False
+    if value is None:
+        text = ""
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, MultiValue | list | tuple) and all(isinstance(v, str) for v in value):
+        text = "\\".join(value)
+    else:
+        return False
+    if not text.isascii():
+        return False
+    if len(text) % 2:
+        text += "\x00" if vr == "UI" else " "
+    return _raw_value(out, int(elem.tag), vr, text.encode("ascii"), source)
+
+
+def _ints(out: DicomFileLike, elem: DataElement, source: Source) -> bool:
+    """write_numbers for US/UL/SL: one int or a list of ints, packed."""
+    value = elem.value
+    values = [value] if type(value) is int else value
+    if not isinstance(values, MultiValue | list) or not all(type(v) is int for v in values):
+        return False
+    end = "<" if source.little else ">"
+    try:
+        packed = struct.pack(f"{end}{len(values)}{_INT_VRS[elem.VR]}", *values)
+    except struct.error:
+        return False  # out of range: pydicom's writer reports it
+    return _raw_value(out, int(elem.tag), elem.VR, packed, source)
 
 
 def _raw(out: DicomFileLike, elem: RawDataElement, source: Source) -> bool:
@@ -229,8 +345,13 @@ def _raw(out: DicomFileLike, elem: RawDataElement, source: Source) -> bool:
     value, vr = elem.value, elem.VR
     if not isinstance(value, bytes) or elem.length == 0xFFFFFFFF:
         return False
+    return _raw_value(out, int(elem.tag), vr, value, source)
+
+
+def _raw_value(out: DicomFileLike, tag: int, vr: str | None, value: bytes, source: Source) -> bool:
+    """Tag, VR (explicit), length and ``value``; False when the length does not fit."""
     end = "<" if source.little else ">"
-    head = struct.pack(end + "HH", elem.tag >> 16, elem.tag & 0xFFFF)
+    head = struct.pack(end + "HH", tag >> 16, tag & 0xFFFF)
     if source.implicit:
         out.write(head + struct.pack(end + "I", len(value)) + value)
         return True

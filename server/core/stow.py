@@ -26,6 +26,7 @@ class PartOutcome:
     warnings: list[int] = field(default_factory=list)
     message: str = ""
     deid: bytes | None = None  # the DeidRecord JSON of a stored part (audit; never values)
+    present: bool = False  # stored before with the same content: nothing changed
 
     @property
     def stored(self) -> bool:

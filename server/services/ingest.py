@@ -337,6 +337,7 @@ class IngestService:
             self.journal.end(entry)
             if outcomes[n].stored:
                 _stored(outcomes[n], record)
+                outcomes[n].present = result.outcome is AddOutcome.IDENTICAL
 
     def _drop(self, key: str) -> None:
         """Remove the blob of a replaced instance (its row is gone; keys are never reused)."""

@@ -151,9 +151,25 @@ def _instances() -> Iterator[bytes]:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.PatientID, ds.StudyDate = last.PatientID, last.StudyDate
         ds.PatientName = "Pull^Test"
+        _as_dcmtk_sends(ds)
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         yield buffer.getvalue()
+
+
+def _as_dcmtk_sends(ds: pydicom.Dataset) -> None:
+    """Orthanc sends over DIMSE with dcmtk, which drops Data Set Trailing Padding, writes
+    sequences with explicit lengths and encapsulated Pixel Data as OB (PS3.5 A.4): the
+    files are written that way already, so what DIMSE carries can be compared byte for byte."""
+    if 0xFFFCFFFC in ds:
+        del ds[0xFFFCFFFC]
+    if ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
+        ds["PixelData"].VR = "OB"
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            elem.is_undefined_length = False
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = False
 
 
 @pytest.fixture(scope="session")

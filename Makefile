@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck unit e2e-setup dimse-setup fhir-validator openapi bench fuzz fuzz-api clean
+.PHONY: run test lint typecheck unit e2e-setup dimse-setup pull-setup fhir-validator openapi bench fuzz fuzz-api clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ e2e-setup:
 dimse-setup:
 	bash tests/dimse/setup.sh
 
+# Orthanc + its DICOMweb plugin (Debian), the archive tests/pull pulls from; idempotent.
+pull-setup:
+	bash tests/pull/setup.sh
+
 # The HL7 FHIR validator (HAPI FHIR, Maven, system JDK 17), built once per version of its
 # sources and cached in ~/.cache/imaging-gateway-validator; the FHIR tests start it.
 fhir-validator:
@@ -39,7 +43,7 @@ fhir-validator:
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
-test: $(STAMP) e2e-setup dimse-setup fhir-validator lint typecheck
+test: $(STAMP) e2e-setup dimse-setup pull-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m pytest -q
 	# The API suites again (DICOMweb, FHIR, access control, CLI, catalogue, federation, DIMSE),

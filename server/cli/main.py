@@ -19,6 +19,7 @@ from server.cli.daa import daa
 from server.cli.datasets import dataset
 from server.cli.federation import federation
 from server.cli.pseudonymize import pseudonymize_csv
+from server.cli.pull import pull
 from server.cli.quarantine import instance, quarantine
 
 if TYPE_CHECKING:
@@ -299,6 +300,7 @@ main.add_command(pseudonymize_csv)
 main.add_command(federation)
 main.add_command(quarantine)
 main.add_command(instance)
+main.add_command(pull)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ class PartOutcome:
     added: str = ""
 
     @property
+    def present(self) -> bool:
+        """Stored before with the same content: nothing changed."""
+        return self.added == "identical"
+
+    @property
     def stored(self) -> bool:
         return self.failure is None
 

@@ -18,6 +18,7 @@
     ├── Conflict                   the request conflicts with stored state (409)
     │   └── PreconditionFailed     If-Match / conditional create did not hold (412)
     ├── Unprocessable              well-formed but invalid content, e.g. a FHIR resource (422)
+    ├── TooManyRequests            too many concurrent jobs of one caller (429, Retry-After)
     └── ServiceUnavailable         a backend cannot serve now (503)
 
 Anything else escaping a service is a bug and becomes a 500.
@@ -86,6 +87,12 @@ class ServiceUnavailable(GatewayError):
         self.retry_after = retry_after
 
 
+class TooManyRequests(GatewayError):
+    def __init__(self, message: str, retry_after: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Gone(NotFound):
     pass
 
@@ -115,6 +122,7 @@ STATUS: list[tuple[type[GatewayError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (ServiceUnavailable, 503),
+    (TooManyRequests, 429),
     (BadRequest, 400),
     (GatewayError, 400),
 ]

@@ -47,7 +47,10 @@ def domain_response(request: Request, exc: errors.GatewayError) -> Response:
     if isinstance(exc, errors.Unauthorized | errors.Forbidden):
         return _challenge(request, exc, status)
     if request.url.path.startswith("/fhir"):
-        return outcome_response(status, exc.message, _issue_code(status))
+        answer = outcome_response(status, exc.message, _issue_code(status))
+        if isinstance(exc, errors.TooManyRequests):
+            answer.headers["Retry-After"] = str(exc.retry_after)
+        return answer
     extra = {}
     if isinstance(exc, errors.InvalidQuery) and exc.parameter:
         extra["parameter"] = exc.parameter
@@ -87,7 +90,7 @@ def install(app: FastAPI) -> None:
 
 _ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                 406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-long",
-                415: "not-supported", 422: "processing"}  # fmt: skip
+                415: "not-supported", 422: "processing", 429: "throttled"}  # fmt: skip
 
 
 def _issue_code(status: int) -> str:

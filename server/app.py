@@ -238,6 +238,7 @@ def build_gateway(settings: Settings) -> Gateway:
             audit,
             settings.bulk,
             settings.data_dir / "bulk",
+            settings.failpoint,
         ),
     )
 

@@ -12,6 +12,7 @@ one page. Jobs live in a :class:`JobStore`; a job whose worker stopped renewing 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -84,6 +85,7 @@ class BulkExportService:
         audit: AuditLog,
         settings: BulkSettings,
         root: Path,
+        failpoint: str | None = None,
     ) -> None:
         self.jobs = jobs
         self.read = read
@@ -91,6 +93,7 @@ class BulkExportService:
         self.audit = audit
         self.settings = settings
         self.root = root
+        self.failpoint = failpoint  # tests: "bulk_after_first_page" kills the process there
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -98,7 +101,7 @@ class BulkExportService:
     # -- requests ----------------------------------------------------------
     def kickoff(self, principal: Principal, req: ExportRequest, request_url: str) -> Job:
         """Bulk Data v2.0.0 kick-off: checks access, then queues the job (202)."""
-        self.check_access(principal, req)
+        req = self.check_access(principal, req)
         owner = owner_of(principal)
         if self.jobs.active_of(owner) >= self.settings.max_jobs_per_caller:
             raise TooManyRequests(
@@ -112,9 +115,13 @@ class BulkExportService:
         self._wake.set()
         return job
 
-    def check_access(self, principal: Principal, req: ExportRequest) -> None:
+    def check_access(self, principal: Principal, req: ExportRequest) -> ExportRequest:
+        """``req`` if the caller may run it (types without ``_type``: those the scope allows)."""
         if principal.anonymous and not principal.unrestricted:
             raise Unauthorized("a bulk export needs an access token")
+        if not req.types_named:  # Bulk Data 2.0.0: all supported types within the scope
+            scoped = tuple(t for t in req.types if _in_scope(principal, t))
+            req = replace(req, types=scoped or req.types)
         for rtype in req.types:
             narrow(parse_search(rtype, []), principal)  # the scope checks a search makes
         for f in req.type_filters:  # a _typeFilter is a search: 400 now, not a failed job
@@ -130,6 +137,7 @@ class BulkExportService:
             found, deleted = self.fhir_store.read("ResearchStudy", group)
             if found is None or deleted or (rows is not None and group not in rows):
                 raise NotFound(f"Group/{group} is not known")
+        return req
 
     def job_of(self, job_id: str, principal: Principal) -> Job:
         """The caller's own job; 404 for another caller's, an expired or an unknown one."""
@@ -253,6 +261,9 @@ class BulkExportService:
                     note = progress(done, rtype, index, len(req.types))
                     if not self.jobs.renew(job.id, worker, self.settings.lease_seconds, note):
                         raise _Cancelled
+                    if self.failpoint == "bulk_after_first_page":
+                        log.critical("failpoint bulk_after_first_page: exiting without cleanup")
+                        os._exit(137)
             finally:
                 files.close()
             outputs += [{"type": rtype, "name": n, "count": c} for n, c in files.written]
@@ -300,6 +311,14 @@ class BulkExportService:
             entities=(f"export:{job.id}", *(f"export-file:{f['name']}" for f in job.output)),
             outcome_text=f"export {job.state.value}: {count} resources",
         ))  # fmt: skip
+
+
+def _in_scope(principal: Principal, rtype: str) -> bool:
+    try:
+        narrow(parse_search(rtype, []), principal)
+    except (Forbidden, Unauthorized):
+        return False
+    return True
 
 
 class _Cancelled(Exception):

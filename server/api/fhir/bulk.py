@@ -83,6 +83,7 @@ async def export_status(request: Request, job_id: str) -> Response:
     service = _service(request)
     job = await run_in_threadpool(service.job_of, job_id, principal(request))
     audit_note(request, entities=(f"export:{job.id}",))
+    request.state.audit_note["action"] = "export"
     if job.state in (JobState.QUEUED, JobState.RUNNING):
         retry = str(service.settings.retry_after_seconds)
         return Response(status_code=202, headers={"X-Progress": job.progress, "Retry-After": retry})
@@ -96,6 +97,7 @@ async def export_delete(request: Request, job_id: str) -> Response:
     """Bulk Data v2.0.0 delete request: cancels a running export or removes a finished one."""
     await run_in_threadpool(_service(request).cancel, job_id, principal(request))
     audit_note(request, entities=(f"export:{job_id}",))
+    request.state.audit_note["action"] = "export"
     body = {"resourceType": "OperationOutcome", "issue": [
         {"severity": "information", "code": "informational", "diagnostics": "export deleted"}]}  # fmt: skip
     return Response(orjson.dumps(body), 202, media_type=FHIR_JSON)

@@ -66,6 +66,7 @@ class ExportRequest:
     elements: tuple[str, ...]  # ``Type.elem`` or ``elem``, as sent
     type_filters: tuple[TypeFilter, ...] = ()
     ignored: tuple[str, ...] = ()  # parameters ignored under Prefer: handling=lenient
+    types_named: bool = False  # _type was sent (else: every type the token's scope allows)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +85,7 @@ class ExportRequest:
             elements=tuple(data.get("elements", ())),
             type_filters=filters,
             ignored=tuple(data.get("ignored", ())),
+            types_named=bool(data.get("types_named")),
         )
 
     def elements_for(self, rtype: str) -> tuple[str, ...]:
@@ -149,7 +151,8 @@ def parse_kickoff(
         if not name or (owner and owner not in allowed) or "." in owner:
             raise InvalidQuery(f"_elements {e!r}: use 'Type.element' or 'element'", "_elements")
     filters = tuple(_type_filter(f, types) for f in _split(by_name.get("_typeFilter", [])))
-    return ExportRequest(level, group, types, since, elements, filters, tuple(ignored))
+    named = bool(by_name.get("_type"))
+    return ExportRequest(level, group, types, since, elements, filters, tuple(ignored), named)
 
 
 def _types(

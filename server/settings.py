@@ -69,6 +69,26 @@ class FhirSettings(BaseModel):
     max_body_bytes: int = Field(default=16 * 1024**2, ge=1024)
 
 
+class BulkSettings(BaseModel):
+    """FHIR Bulk Data export ($export): jobs, files and the in-process workers."""
+
+    # Seconds a completed export's files (and its status) stay available.
+    expiry_seconds: int = Field(default=4 * 3600, ge=10, le=30 * 24 * 3600)
+    # Exports running at the same time in each server process (the rest wait, queued).
+    concurrency: int = Field(default=1, ge=1, le=16)
+    # A file of one resource type is split when it reaches this size.
+    max_file_bytes: int = Field(default=256 * 1024**2, ge=1024)
+    # Resources read from the index per page (memory is bounded by one page).
+    page_size: int = Field(default=500, ge=1, le=5000)
+    # A running job whose worker has not reported for this long (a process that died,
+    # a restart) is taken over and re-run by a live worker.
+    lease_seconds: float = Field(default=60, ge=1, le=3600)
+    # Retry-After (seconds) suggested to clients polling a running export.
+    retry_after_seconds: int = Field(default=2, ge=1, le=3600)
+    # Exports one caller may have queued or running at once (429 beyond).
+    max_jobs_per_caller: int = Field(default=4, ge=1, le=1000)
+
+
 class CorsSettings(BaseModel):
     allow_origins: list[str] = ["*"]
     max_age: int = 600
@@ -272,6 +292,7 @@ class Settings(BaseSettings):
     qido: QidoSettings = QidoSettings()
     pixels: PixelSettings = PixelSettings()
     fhir: FhirSettings = FhirSettings()
+    bulk: BulkSettings = BulkSettings()
     cors: CorsSettings = CorsSettings()
     # Proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto headers are believed
     # (IP addresses or CIDR networks). Default none: the TCP peer is the caller.

@@ -5,7 +5,9 @@ process by default, with the environment, umask, logging and streams of a fresh
 process: a ``python -m server.cli.main`` start-up costs seconds of imports, hundreds of
 times per suite. ``GATEWAY_TEST_CLI=subprocess`` runs every one as a real process
 instead; tests of the entry point itself (exit on signals, the console script, a
-process's memory) call :func:`run_cli_process`.
+process's memory) call :func:`run_cli_process`. Gateways (``serve``) are processes of
+their own, forked from one that has already imported the gateway (tests/forkserver.py);
+``GATEWAY_TEST_SERVER=subprocess`` starts each with ``python -m server.cli.main serve``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.forkserver import ForkedProcess
 
 CLI_MODULE = ("-m", "server.cli.main")
 
@@ -112,7 +116,7 @@ class LiveServer:
     extra_env: dict[str, str] = field(default_factory=dict)
     demo: bool = False
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -163,8 +167,13 @@ class LiveServer:
         args = [sys.executable, "-m", "server.cli.main", "serve", "--port", str(self.port)]
         if self.demo:
             args.append("--demo")
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        if os.environ.get("GATEWAY_TEST_SERVER") == "subprocess":
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    args, env=self.env(), stdout=log, stderr=subprocess.STDOUT
+                )
+        else:  # the same command line, forked from a process that has imported the gateway
+            self.process = ForkedProcess(args[3:], self.env(), self.log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

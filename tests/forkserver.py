@@ -18,6 +18,7 @@ session ends, the fork server's stdin closes: it terminates its children and exi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -149,11 +150,22 @@ class ForkServer:
             self.process.stdin.flush()
             return self._read()
 
+    def close(self) -> None:
+        """End the fork server (it terminates the gateways still running) and wait for it."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
     @classmethod
     def get(cls) -> ForkServer:
         with cls._lock:
             if cls._instance is None or cls._instance.process.poll() is not None:
                 cls._instance = ForkServer()
+                atexit.register(cls._instance.close)
             return cls._instance
 
 

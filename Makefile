@@ -50,13 +50,12 @@ fhir-validator:
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
+# The whole suite on SQLite and the API suites again on Elasticsearch (ES_URL, or one node
+# started on loopback by tests/es/start.sh), both passes at once (TEST_JOBS=1: one after the
+# other); see tests/run_passes.py.
 test: $(STAMP) e2e-setup dimse-setup pull-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
-	$(PY) -m pytest -q
-	# The API suites again (DICOMweb, FHIR, access control, CLI, catalogue, federation, DIMSE),
-	# every live gateway on a real Elasticsearch (ES_URL, or one started on loopback by tests/es/start.sh).
-	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage tests/catalogue tests/federation tests/dimse --index-backend elasticsearch \
-		--ignore=tests/fhir/test_validator_served.py --ignore=tests/fhir/test_validator_validate.py
+	$(PY) -m tests.run_passes
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"

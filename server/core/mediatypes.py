@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from server.errors import NotAcceptable
+from server.errors import BadRequest, NotAcceptable
 
 _TOKEN_PARAM = re.compile(r';\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,]*)')
 
@@ -156,3 +156,40 @@ def _not_acceptable(header: str | None, supported: str) -> NotAcceptable:
     return NotAcceptable(
         f"cannot produce any of Accept: {header!r}; this resource offers {supported}"
     )
+
+
+ZIP = "application/zip"
+EXPLICIT_LE_UID = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True)
+class ZipRequest:
+    layout: str  # "flat" or "dicomdir"
+    transfer_syntax: str | None  # None or "*": as stored
+
+
+def negotiate_zip(
+    header: str | None, accept_param: str | None, layout: str | None
+) -> ZipRequest | None:
+    """``application/zip`` wanted (Accept header or ``accept`` query parameter), else None.
+
+    The archive layout comes from the ``layout`` query parameter or media-type parameter
+    (``flat`` or ``dicomdir``); ``transfer-syntax`` may be ``*`` (as stored, the default) or
+    Explicit VR Little Endian.
+    """
+    ranges = parse_accept(accept_param) if accept_param else []
+    if not ranges or ranges[0].type != ZIP:
+        ranges = parse_accept(header) if header else []
+    best = ranges[0] if ranges else None
+    if best is None or best.type != ZIP:
+        return None
+    chosen = (layout or best.params.get("layout") or "flat").lower()
+    if chosen not in ("flat", "dicomdir"):
+        raise BadRequest(f"layout must be 'flat' or 'dicomdir', got {chosen[:40]!r}")
+    syntax = best.transfer_syntax
+    if syntax not in (None, "*", EXPLICIT_LE_UID):
+        raise NotAcceptable(
+            f"a ZIP download holds the instances as stored (transfer-syntax=*) or in "
+            f"Explicit VR Little Endian ({EXPLICIT_LE_UID}); {syntax[:80]!r} is not offered"
+        )
+    return ZipRequest(chosen, syntax)

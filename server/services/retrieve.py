@@ -100,7 +100,7 @@ class RetrieveService:
         pieces of at most ``CHUNK`` bytes for big ones.
         """
         for inst in instances:
-            data, ts = self._converted(inst, transfer_syntax)
+            data, ts = self.converted(inst, transfer_syntax)
             size = len(data) if data is not None else inst.size
             head = write_part_header(boundary, f"application/dicom; transfer-syntax={ts}", size)
             if data is not None:
@@ -119,7 +119,7 @@ class RetrieveService:
             yield b"\r\n"
         yield close_delimiter(boundary)
 
-    def _converted(
+    def converted(
         self, inst: StoredInstance, transfer_syntax: str | None
     ) -> tuple[bytes | None, str]:
         """Bytes re-encoded for the wanted syntax, or None to send the stored bytes."""

@@ -65,6 +65,8 @@ def pixel_routes(ds: pydicom.Dataset) -> dict[str, tuple[str, str | None]]:
     return {
         "study": (study, dicom),
         "series": (series, dicom),
+        "study zip": (study, "application/zip"),
+        "series zip": (series, "application/zip; layout=dicomdir"),
         "instance": (instance, dicom),
         "frames": (f"{instance}/frames/1", "multipart/related; type=application/octet-stream"),
         "rendered instance": (f"{instance}/rendered", "image/jpeg"),

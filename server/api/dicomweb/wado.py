@@ -15,11 +15,14 @@ from server.core import pixels, rendering
 from server.core.mediatypes import (
     DICOM_JSON,
     OCTET,
+    ZIP,
+    ZipRequest,
     negotiate_bulkdata,
     negotiate_frames,
     negotiate_instances,
     negotiate_json,
     negotiate_rendered,
+    negotiate_zip,
 )
 from server.core.multipart import close_delimiter, write_part_header
 from server.core.uids import check_uid
@@ -27,6 +30,7 @@ from server.errors import BadRequest, NotFound
 from server.index.base import Scope
 from server.security.enforce import require_admin
 from server.security.model import Action
+from server.services.archive import stream_archive
 from server.services.retrieve import FramePart
 
 router = APIRouter(tags=["WADO-RS"])
@@ -49,6 +53,13 @@ def _allowed(request: Request, scope: Scope, action: Action) -> Scope:
 
 def _retrieve(request: Request, scope: Scope) -> Response:
     gw = gateway(request)
+    if scope.sop_uid is None:
+        query = request.query_params
+        wanted = negotiate_zip(
+            request.headers.get("accept"), query.get("accept"), query.get("layout")
+        )
+        if wanted is not None:
+            return _zip(request, scope, wanted)
     transfer_syntax = negotiate_instances(request.headers.get("accept"))
     found = gw.retrieve.instances(scope)
     boundary = uuid.uuid4().hex
@@ -57,13 +68,38 @@ def _retrieve(request: Request, scope: Scope) -> Response:
     return StreamingResponse(body, media_type=media)
 
 
-@router.get("/studies/{study}", summary="Retrieve a study (PS3.18 10.4.1.1.1)")
+def _zip(request: Request, scope: Scope, wanted: ZipRequest) -> Response:
+    """The study or series as one ZIP (``Accept: application/zip``), streamed."""
+    gw = gateway(request)
+    found = gw.retrieve.instances(scope)
+    body = stream_archive(gw.retrieve, found, wanted.layout, wanted.transfer_syntax)
+    name = scope.series_uid or scope.study_uid
+    disposition = f'attachment; filename="{name}.zip"'
+    return StreamingResponse(body, media_type=ZIP, headers={"Content-Disposition": disposition})
+
+
+_ZIP_DOC = (
+    " With `Accept: application/zip` (or `?accept=application/zip`) the instances come as one"
+    " streamed ZIP: `<SOPInstanceUID>.dcm` files, or a DICOMDIR with PS3.10 file IDs when"
+    " `layout=dicomdir` (query or media-type parameter)."
+)
+
+
+@router.get(
+    "/studies/{study}",
+    summary="Retrieve a study (PS3.18 10.4.1.1.1)",
+    description="PS3.18 10.4.1.1.1: all instances of a study." + _ZIP_DOC,
+)
 def retrieve_study(request: Request, study: str) -> Response:
     """PS3.18 10.4.1.1.1: all instances of a study."""
     return _retrieve(request, _allowed(request, _scope(study), Action.RETRIEVE))
 
 
-@router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+@router.get(
+    "/studies/{study}/series/{series}",
+    summary="Retrieve a series",
+    description="PS3.18 10.4.1.1.1: all instances of a series." + _ZIP_DOC,
+)
 def retrieve_series(request: Request, study: str, series: str) -> Response:
     """PS3.18 10.4.1.1.1: all instances of a series."""
     return _retrieve(request, _allowed(request, _scope(study, series), Action.RETRIEVE))

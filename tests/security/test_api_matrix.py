@@ -133,6 +133,8 @@ def _retrieve_paths(s: Study) -> dict[str, str]:
         "frames": f"{_instance(s)}/frames/1",
         "rendered": f"{_instance(s)}/rendered",
         "thumbnail": f"/dicom-web/studies/{s.study_uid}/thumbnail",
+        "wado-uri": f"/wado?requestType=WADO&studyUID={s.study_uid}&seriesUID={s.series_uid}"
+        f"&objectUID={s.sop_uid}&contentType=application/dicom",
     }
 
 
@@ -178,7 +180,7 @@ def test_qido_paging_stays_inside_the_grant(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", ["study", "study zip", "instance", "frames", "rendered", "thumbnail"]
+    "kind", ["study", "study zip", "instance", "frames", "rendered", "thumbnail", "wado-uri"]
 )
 def test_retrieval_needs_download(world: World, kind: str) -> None:
     w = world

@@ -193,3 +193,24 @@ def negotiate_zip(
             f"Explicit VR Little Endian ({EXPLICIT_LE_UID}); {syntax[:80]!r} is not offered"
         )
     return ZipRequest(chosen, syntax)
+
+
+def negotiate_rendered_multipart(header: str | None, accept_param: str | None) -> str:
+    """PS3.18 10.4.1.1.4 rendered study/series: ``multipart/related; type=image/jpeg|png``.
+
+    A bare ``image/jpeg`` or ``image/png`` range is taken as the part type too.
+    """
+    source = accept_param if accept_param else header
+    for r in parse_accept(source):
+        if r.type == "multipart/related":
+            related = r.related_type
+            if related is None:
+                return RENDERED_TYPES[0]
+            for media in RENDERED_TYPES:
+                if related == media or related in ("*/*", "image/*"):
+                    return media
+            continue
+        for media in RENDERED_TYPES:
+            if r.matches(media) or r.type == "multipart/*":
+                return media
+    raise _not_acceptable(source, 'multipart/related; type="image/jpeg" or "image/png"')

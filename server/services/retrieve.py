@@ -16,7 +16,7 @@ from server.core.limits import PixelLimits
 from server.core.multipart import close_delimiter, iter_file, write_part_header
 from server.core.qido import QidoQuery
 from server.core.transcode import is_lossy, transcode_to_explicit_le
-from server.errors import Forbidden, NotAcceptable, NotFound
+from server.errors import BadRequest, Forbidden, NotAcceptable, NotFound, PayloadTooLarge
 from server.index.base import Index, Scope, SearchPage, StoredInstance
 from server.security.enforce import require
 from server.security.model import Action, Principal
@@ -239,6 +239,22 @@ class RetrieveService:
         index = self._pixel_index(inst)
         path = self.store.path(inst.blob_key)
         return rendering.render_frame(path, frame, params, self.limits, index)
+
+    def render_each(
+        self, instances: list[StoredInstance], params: rendering.RenderParams
+    ) -> Iterator[bytes]:
+        """PS3.18 10.4.1.1.4 rendered study/series: each image instance's first frame, in
+        order; instances without pixel data or that cannot be rendered are left out."""
+        for inst in instances:
+            if inst.pixel_index is None:
+                continue
+            index = pixels.PixelIndex.from_json(inst.pixel_index)
+            try:
+                yield rendering.render_frame(
+                    self.store.path(inst.blob_key), 1, params, self.limits, index
+                )
+            except (NotAcceptable, NotFound, PayloadTooLarge, BadRequest) as exc:
+                log.warning("rendered series: %s left out: %s", inst.sop_uid, exc)
 
     def thumbnail(self, scope: Scope, size: int, media_type: str) -> bytes:
         """PS3.18 10.4.1.1.5: a thumbnail of the middle image of the scope."""

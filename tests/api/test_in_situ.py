@@ -73,6 +73,8 @@ def pixel_routes(ds: pydicom.Dataset) -> dict[str, tuple[str, str | None]]:
         "wado-uri jpeg": (uri, None),
         "instance": (instance, dicom),
         "frames": (f"{instance}/frames/1", "multipart/related; type=application/octet-stream"),
+        "rendered study": (f"{study}/rendered", 'multipart/related; type="image/jpeg"'),
+        "rendered series": (f"{series}/rendered", "image/png"),
         "rendered instance": (f"{instance}/rendered", "image/jpeg"),
         "rendered frame": (f"{instance}/frames/1/rendered", "image/png"),
         "study thumbnail": (f"{study}/thumbnail", "image/jpeg"),

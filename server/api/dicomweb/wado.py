@@ -22,6 +22,7 @@ from server.core.mediatypes import (
     negotiate_instances,
     negotiate_json,
     negotiate_rendered,
+    negotiate_rendered_multipart,
     negotiate_zip,
 )
 from server.core.multipart import close_delimiter, write_part_header
@@ -208,6 +209,35 @@ def _rendered(request: Request, scope: Scope, frame: int) -> Response:
     params = rendering.parse_render_params(request.query_params, media_type)
     data = gateway(request).retrieve.render(scope, frame, params)
     return Response(data, media_type=media_type)
+
+
+def _rendered_many(request: Request, scope: Scope) -> Response:
+    query = request.query_params
+    media_type = negotiate_rendered_multipart(request.headers.get("accept"), query.get("accept"))
+    params = rendering.parse_render_params(query, media_type)
+    gw = gateway(request)
+    images = gw.retrieve.render_each(gw.retrieve.instances(scope), params)
+    boundary = uuid.uuid4().hex
+
+    def body() -> Iterator[bytes]:
+        for data in images:
+            yield write_part_header(boundary, media_type, len(data)) + data + b"\r\n"
+        yield close_delimiter(boundary)
+
+    media = f'multipart/related; type="{media_type}"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=media)
+
+
+@router.get("/studies/{study}/rendered", summary="Rendered study (PS3.18 10.4.1.1.4)")
+def retrieve_rendered_study(request: Request, study: str) -> Response:
+    """PS3.18 10.4.1.1.4: every image instance of the study rendered (first frame), one part each."""
+    return _rendered_many(request, _allowed(request, _scope(study), Action.RETRIEVE))
+
+
+@router.get("/studies/{study}/series/{series}/rendered", summary="Rendered series")
+def retrieve_rendered_series(request: Request, study: str, series: str) -> Response:
+    """PS3.18 10.4.1.1.4: every image instance of the series rendered (first frame), one part each."""
+    return _rendered_many(request, _allowed(request, _scope(study, series), Action.RETRIEVE))
 
 
 @router.get(

@@ -13,7 +13,7 @@ from server.core.multipart import iter_file
 from server.errors import NotAcceptable, NotFound
 from server.index.base import Scope, StoredInstance
 from server.security.model import Action
-from server.services.retrieve import EXPLICIT_LE, RetrieveService
+from server.services.retrieve import RetrieveService
 
 router = APIRouter(tags=["WADO-URI"])
 
@@ -23,7 +23,7 @@ router = APIRouter(tags=["WADO-URI"])
     summary="WADO-URI (PS3.18 9)",
     description=(
         "`requestType=WADO&studyUID=&seriesUID=&objectUID=` with `contentType` "
-        "application/dicom (+ `transferSyntax`) or image/jpeg, image/png, image/gif (+ `frameNumber`, "
+        "application/dicom (+ `transferSyntax`: as stored, Explicit VR LE, or one of the transcoding targets of WADO-RS) or image/jpeg, image/png, image/gif (+ `frameNumber`, "
         "`rows`, `columns`, `region`, `windowCenter`/`windowWidth`, `imageQuality`). "
         "Same access rules and audit as WADO-RS."
     ),
@@ -50,12 +50,7 @@ def retrieve_wado_uri(request: Request) -> Response:
 
 def _dicom_file(retrieve: RetrieveService, inst: StoredInstance, wanted: str | None) -> Response:
     """PS3.18 9.1.2.2.3: the Part-10 file, as stored or in Explicit VR Little Endian."""
-    offered = sorted({inst.transfer_syntax, EXPLICIT_LE})
-    if wanted not in (None, "*", *offered):
-        raise NotAcceptable(
-            f"transferSyntax {wanted} is not offered for this object; offered: "
-            + ", ".join(offered)
-        )
+    retrieve.check_syntax([inst], wanted)  # 406 naming what is offered
     data, syntax = retrieve.converted(inst, wanted)
     if wanted not in (None, "*") and syntax != wanted:
         raise NotAcceptable(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from server.core.encode import DEFAULT_FOR_MEDIA, TARGETS, supported_list
 from server.errors import BadRequest, NotAcceptable
 
 _TOKEN_PARAM = re.compile(r';\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,]*)')
@@ -108,26 +109,41 @@ def negotiate_instances(header: str | None) -> str | None:
     raise _not_acceptable(header, 'multipart/related; type="application/dicom"')
 
 
-def negotiate_frames(header: str | None, stored_type: str) -> tuple[str | None, bool]:
-    """PS3.18 8.7.3.5.3: (media type wanted, whether the stored bytes may be sent).
+def negotiate_frames(
+    header: str | None, stored_type: str, stored_syntax: str = ""
+) -> tuple[str | None, bool, str | None]:
+    """PS3.18 8.7.3.5.3: (media type wanted, whether the stored bytes may be sent, syntax to
+    transcode to or None).
 
     ``transfer-syntax=*`` or the stored media type means the frame goes out as
-    stored; ``application/octet-stream`` without it means native (decoded) bytes.
+    stored; ``application/octet-stream`` without it means native (decoded) bytes; an
+    image media type other than the stored one (or a ``transfer-syntax`` other than the
+    stored one) asks for the frame encoded anew (:data:`server.core.encode.TARGETS`).
     """
     for r in parse_accept(header):
         if r.type in ("*/*", "multipart/*") or (
             r.type == "multipart/related" and r.related_type is None
         ):
-            return None, True
+            return None, True, None
         if r.type != "multipart/related":
             continue
         related = r.related_type
+        syntax = r.transfer_syntax
         if related == OCTET:
-            return OCTET, r.transfer_syntax == "*"
-        if related == stored_type or (related and related.endswith("/*")):
-            return stored_type, True
+            return OCTET, syntax == "*", None
+        if related and related.endswith("/*"):
+            return stored_type, True, None
+        if related == stored_type and syntax in (None, "*", stored_syntax):
+            return stored_type, True, None
+        target = syntax or DEFAULT_FOR_MEDIA.get(related or "")
+        if target in TARGETS and TARGETS[target].media_type == related:
+            return related, False, target
     raise _not_acceptable(
-        header, 'multipart/related; type="application/octet-stream" or ' + stored_type
+        header,
+        'multipart/related; type="application/octet-stream" or '
+        + stored_type
+        + " as stored, or frames encoded in "
+        + supported_list(),
     )
 
 

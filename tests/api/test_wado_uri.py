@@ -131,7 +131,7 @@ def test_frame_number_selects_the_frame(server: LiveServer, multiframe: pydicom.
         ({"anonymize": "yes"}, 400, "not supported"),
         ({"bogus": "1"}, 400, "unknown WADO-URI parameter"),
         (
-            {"contentType": "application/dicom", "transferSyntax": "1.2.840.10008.1.2.4.80"},
+            {"contentType": "application/dicom", "transferSyntax": "1.2.840.10008.1.2.4.81"},
             406,
             "offered",
         ),
@@ -156,3 +156,15 @@ def test_unknown_object_or_wrong_series_is_404(
     ds, _ = ct
     assert _get(server, _query(ds, objectUID="1.2.3.4.5.6")).status_code == 404
     assert _get(server, _query(ds, seriesUID="1.2.3.4.5.7")).status_code == 404
+
+
+def test_transfer_syntax_jpeg_ls_gives_a_lossless_jpeg_ls_file(
+    server: LiveServer, ct: tuple[pydicom.Dataset, bytes]
+) -> None:
+    ds, _ = ct
+    jls = "1.2.840.10008.1.2.4.80"
+    answer = _get(server, _query(ds, contentType="application/dicom", transferSyntax=jls))
+    assert answer.status_code == 200, answer.text[:300]
+    got = pydicom.dcmread(io.BytesIO(answer.content))
+    assert got.file_meta.TransferSyntaxUID == jls
+    assert np.array_equal(got.pixel_array, ds.pixel_array)

@@ -63,6 +63,7 @@ def _retrieve(request: Request, scope: Scope) -> Response:
             return _zip(request, scope, wanted)
     transfer_syntax = negotiate_instances(request.headers.get("accept"))
     found = gw.retrieve.instances(scope)
+    gw.retrieve.check_syntax(found, transfer_syntax)
     boundary = uuid.uuid4().hex
     body = gw.retrieve.stream_instances(found, boundary, transfer_syntax)
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -181,8 +182,10 @@ def retrieve_instance_frames(
     numbers = _frame_numbers(frames)
     inst = gw.retrieve.one_instance(scope)
     stored_type = pixels.frame_media_type(inst.transfer_syntax)
-    media_type, want_stored = negotiate_frames(request.headers.get("accept"), stored_type)
-    parts = gw.retrieve.frames(scope, numbers, want_stored, media_type)
+    media_type, want_stored, target = negotiate_frames(
+        request.headers.get("accept"), stored_type, inst.transfer_syntax
+    )
+    parts = gw.retrieve.frames(scope, numbers, want_stored, media_type, target)
     related = stored_type if want_stored else (media_type or OCTET)
     return _multipart(parts, related)
 

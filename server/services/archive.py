@@ -2,21 +2,19 @@
 
 Two layouts: ``flat`` (``<SOPInstanceUID>.dcm``, the default) and ``dicomdir``
 (PS3.10 media: a DICOMDIR at the root and the instances under PS3.10 file IDs,
-``PT000000/ST000000/SE000000/IM000000``). The DICOMDIR is built by pydicom's
-FileSet from the instances' headers before the first byte goes out, so the
-archive is still written as one stream.
+``PT000000/ST000000/SE000000/IM000000``). The DICOMDIR is built from the
+instances' headers (:mod:`server.core.dicomdir`) before the first byte goes out,
+so the archive is still written as one stream.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pydicom
-from pydicom.fileset import FileSet
 
+from server.core.dicomdir import DicomdirBuilder
 from server.core.ziparchive import ZipStream, file_chunks
 from server.errors import NotFound
 from server.index.base import StoredInstance
@@ -69,20 +67,14 @@ def _dicomdir(
     retrieve: RetrieveService, instances: list[StoredInstance]
 ) -> tuple[bytes, dict[str, str]]:
     """PS3.10 8.6 / PS3.3 F: the DICOMDIR and each instance's file ID, from the headers."""
-    fileset = FileSet()
-    fileset.ID = "GATEWAY"
+    builder = DicomdirBuilder()
+    names: dict[str, str] = {}
     for inst in instances:
         try:
-            header = pydicom.dcmread(retrieve.store.path(inst.blob_key), stop_before_pixels=True)
-            fileset.add(header)
+            with retrieve.store.open(inst.blob_key) as f:
+                header = pydicom.dcmread(f, stop_before_pixels=True)
+            names[inst.sop_uid] = builder.add(header, inst.transfer_syntax)
         except (NotFound, OSError, ValueError, AttributeError, KeyError) as exc:
             log.warning("instance %s left out of the DICOMDIR: %s", inst.sop_uid, exc)
-    names: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="dicomdir-") as tmp:
-        fileset.write(tmp)
-        for staged in fileset:
-            names[str(staged.SOPInstanceUID)] = str(staged.FileID).replace("\\", "/")
-        data = (Path(tmp) / "DICOMDIR").read_bytes()
-    for inst in instances:  # not in the DICOMDIR (unreadable header): still in the archive
-        names.setdefault(inst.sop_uid, f"OTHER/{inst.sop_uid}.dcm")
-    return data, names
+            names[inst.sop_uid] = f"OTHER/{inst.sop_uid}.dcm"
+    return builder.encode(), names

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.encaps import encapsulate
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from server.core import encode
 from server.errors import NotAcceptable
@@ -46,8 +46,9 @@ def is_lossy(transfer_syntax: str) -> bool:
     return transfer_syntax in _LOSSY
 
 
-def transcode_to_explicit_le(path: Path) -> bytes | None:
-    """Re-encode a stored instance as Explicit VR Little Endian; None if it cannot be decoded."""
+def transcode_to_explicit_le(path: Path, implicit: bool = False) -> bytes | None:
+    """Re-encode a stored instance as Explicit (or, with ``implicit``, Implicit) VR Little
+    Endian; None if it cannot be decoded."""
     try:
         ds = pydicom.dcmread(path)
         ts = UID(str(ds.file_meta.TransferSyntaxUID))
@@ -55,9 +56,11 @@ def transcode_to_explicit_le(path: Path) -> bytes | None:
             ds.decompress()  # pixel data is decoded and re-encoded natively
         elif ts == "1.2.840.10008.1.2.2" and "PixelData" in ds:
             return None  # big-endian OW swapping is not done here; served as stored
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        )
         buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True, implicit_vr=False, little_endian=True)
+        ds.save_as(buffer, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
         return buffer.getvalue()
     except Exception:
         return None

@@ -29,6 +29,7 @@ from server.storage.base import BlobStore
 
 log = logging.getLogger("gateway.retrieve")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
 CHUNK = 4 * 1024 * 1024
 
 
@@ -141,15 +142,16 @@ class RetrieveService:
             index = pixels.PixelIndex.from_json(inst.pixel_index)
             if not check_instance_decodable(path, index, self.limits):
                 return None, ts  # too large to decode in memory: sent as stored
-        data = transcode_to_explicit_le(path)
-        return (data, EXPLICIT_LE) if data is not None else (None, ts)
+        implicit = wanted == IMPLICIT_LE
+        data = transcode_to_explicit_le(path, implicit)
+        return (data, wanted if implicit else EXPLICIT_LE) if data is not None else (None, ts)
 
     def check_syntax(self, instances: list[StoredInstance], transfer_syntax: str | None) -> None:
         """PS3.18 8.7.3.5: NotAcceptable (406) before any byte is sent unless every instance
         can go out in ``transfer_syntax`` (as stored, Explicit VR LE, or an encoder target)."""
-        if transfer_syntax in (None, "*", EXPLICIT_LE):
+        if transfer_syntax in (None, "*", EXPLICIT_LE, IMPLICIT_LE):
             return
-        offered = "as stored (*), " + EXPLICIT_LE + ", " + encode.supported_list()
+        offered = f"as stored (*), {EXPLICIT_LE}, {IMPLICIT_LE}, {encode.supported_list()}"
         for inst in instances:
             if inst.transfer_syntax == transfer_syntax:
                 continue

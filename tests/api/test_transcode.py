@@ -180,3 +180,18 @@ def test_frame_of_16_bit_data_as_baseline_jpeg_is_406(client: DICOMwebClient) ->
     answer = httpx.get(url, headers={"Accept": 'multipart/related; type="image/jpeg"'})
     assert answer.status_code == 406
     assert "8-bit" in answer.json()["message"]
+
+
+def test_implicit_vr_little_endian_is_offered_and_decodes_compressed_data(
+    client: DICOMwebClient,
+) -> None:
+    source = _source("MR_small_RLE.dcm")
+    implicit = "1.2.840.10008.1.2"  # dicomweb-client refuses to ask for it: httpx does
+    study, series, sop = _uids(source)
+    url = f"{client.base_url}/studies/{study}/series/{series}/instances/{sop}"
+    accept = f'multipart/related; type="application/dicom"; transfer-syntax={implicit}'
+    ((_, body),) = _parts(httpx.get(url, headers={"Accept": accept}))
+    got = pydicom.dcmread(io.BytesIO(body))
+    assert got.file_meta.TransferSyntaxUID == implicit
+    assert got.original_encoding == (True, True)
+    assert np.array_equal(got.pixel_array, source.pixel_array)

@@ -21,6 +21,7 @@ from server.api import errors as api_errors
 from server.api import fdp as fdp_router
 from server.api import oauth as oauth_router
 from server.api import ops as ops_router
+from server.api import wado_uri as wado_uri_router
 from server.api.access_log import AccessLogMiddleware
 from server.api.audit import AuditMiddleware
 from server.api.bodies import BodyGuardMiddleware, describe_bodies
@@ -390,6 +391,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gateway = gateway
     api_errors.install(app)
     app.include_router(dicomweb_router.router, prefix="/dicom-web")
+    app.include_router(wado_uri_router.router)
     app.include_router(oauth_router.router)
     app.include_router(bulk_router.router, prefix="/fhir")  # before /fhir/{type}/{id}
     app.include_router(fhir_router.router, prefix="/fhir")

@@ -15,7 +15,14 @@ from server.security.audit import AccessRecord, AuditLog
 from server.security.model import Principal
 
 log = logging.getLogger("gateway.audit")
-AUDITED = ("/dicom-web", "/datasets/", "/fhir", "/oauth/token", "/api/datasets/eucaimSearch")
+AUDITED = (
+    "/dicom-web",
+    "/wado",
+    "/datasets/",
+    "/fhir",
+    "/oauth/token",
+    "/api/datasets/eucaimSearch",
+)
 NOT_AUDITED = ("/fhir/metadata", "/fhir/.well-known")
 _ACTIONS = {"GET": "read", "POST": "create", "PUT": "update", "DELETE": "delete"}
 
@@ -98,6 +105,8 @@ def _action(scope: Scope) -> str:
     method, path = str(scope.get("method", "")), str(scope.get("path", ""))
     if method == "GET" and path.endswith(("/studies", "/series", "/instances")):
         return "search"
+    if method == "GET" and path == "/wado":
+        return "retrieve"
     if method == "GET" and "/dicom-web/" in path:
         return "metadata" if path.endswith("/metadata") else "retrieve"
     if (method == "POST" and path.endswith("/studies")) or (

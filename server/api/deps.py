@@ -42,9 +42,10 @@ def principal(request: Request) -> Principal:
 
 
 def dicomweb_path(path: str) -> bool:
-    """DICOMweb routes (``/dicom-web/...``, ``/datasets/{id}/dicom-web/...``): the only ones
+    """DICOMweb routes (``/dicom-web/...``, ``/datasets/{id}/dicom-web/...``, WADO-URI's
+    ``/wado``): the only ones
     that accept HTTP Basic (never FHIR, never /oauth)."""
-    if path.startswith("/dicom-web"):
+    if path.startswith("/dicom-web") or path == "/wado":
         return True
     parts = path.split("/", 4)
     return len(parts) >= 4 and parts[1] == "datasets" and parts[3] == "dicom-web"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from server.errors import NotAcceptable
+from server.core.encode import DEFAULT_FOR_MEDIA, TARGETS, supported_list
+from server.errors import BadRequest, NotAcceptable
 
 _TOKEN_PARAM = re.compile(r';\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,]*)')
 
@@ -108,26 +109,41 @@ def negotiate_instances(header: str | None) -> str | None:
     raise _not_acceptable(header, 'multipart/related; type="application/dicom"')
 
 
-def negotiate_frames(header: str | None, stored_type: str) -> tuple[str | None, bool]:
-    """PS3.18 8.7.3.5.3: (media type wanted, whether the stored bytes may be sent).
+def negotiate_frames(
+    header: str | None, stored_type: str, stored_syntax: str = ""
+) -> tuple[str | None, bool, str | None]:
+    """PS3.18 8.7.3.5.3: (media type wanted, whether the stored bytes may be sent, syntax to
+    transcode to or None).
 
     ``transfer-syntax=*`` or the stored media type means the frame goes out as
-    stored; ``application/octet-stream`` without it means native (decoded) bytes.
+    stored; ``application/octet-stream`` without it means native (decoded) bytes; an
+    image media type other than the stored one (or a ``transfer-syntax`` other than the
+    stored one) asks for the frame encoded anew (:data:`server.core.encode.TARGETS`).
     """
     for r in parse_accept(header):
         if r.type in ("*/*", "multipart/*") or (
             r.type == "multipart/related" and r.related_type is None
         ):
-            return None, True
+            return None, True, None
         if r.type != "multipart/related":
             continue
         related = r.related_type
+        syntax = r.transfer_syntax
         if related == OCTET:
-            return OCTET, r.transfer_syntax == "*"
-        if related == stored_type or (related and related.endswith("/*")):
-            return stored_type, True
+            return OCTET, syntax == "*", None
+        if related and related.endswith("/*"):
+            return stored_type, True, None
+        if related == stored_type and syntax in (None, "*", stored_syntax):
+            return stored_type, True, None
+        target = syntax or DEFAULT_FOR_MEDIA.get(related or "")
+        if target in TARGETS and TARGETS[target].media_type == related:
+            return related, False, target
     raise _not_acceptable(
-        header, 'multipart/related; type="application/octet-stream" or ' + stored_type
+        header,
+        'multipart/related; type="application/octet-stream" or '
+        + stored_type
+        + " as stored, or frames encoded in "
+        + supported_list(),
     )
 
 
@@ -156,3 +172,61 @@ def _not_acceptable(header: str | None, supported: str) -> NotAcceptable:
     return NotAcceptable(
         f"cannot produce any of Accept: {header!r}; this resource offers {supported}"
     )
+
+
+ZIP = "application/zip"
+EXPLICIT_LE_UID = "1.2.840.10008.1.2.1"
+
+
+@dataclass(frozen=True)
+class ZipRequest:
+    layout: str  # "flat" or "dicomdir"
+    transfer_syntax: str | None  # None or "*": as stored
+
+
+def negotiate_zip(
+    header: str | None, accept_param: str | None, layout: str | None
+) -> ZipRequest | None:
+    """``application/zip`` wanted (Accept header or ``accept`` query parameter), else None.
+
+    The archive layout comes from the ``layout`` query parameter or media-type parameter
+    (``flat`` or ``dicomdir``); ``transfer-syntax`` may be ``*`` (as stored, the default) or
+    Explicit VR Little Endian.
+    """
+    ranges = parse_accept(accept_param) if accept_param else []
+    if not ranges or ranges[0].type != ZIP:
+        ranges = parse_accept(header) if header else []
+    best = ranges[0] if ranges else None
+    if best is None or best.type != ZIP:
+        return None
+    chosen = (layout or best.params.get("layout") or "flat").lower()
+    if chosen not in ("flat", "dicomdir"):
+        raise BadRequest(f"layout must be 'flat' or 'dicomdir', got {chosen[:40]!r}")
+    syntax = best.transfer_syntax
+    if syntax not in (None, "*", EXPLICIT_LE_UID):
+        raise NotAcceptable(
+            f"a ZIP download holds the instances as stored (transfer-syntax=*) or in "
+            f"Explicit VR Little Endian ({EXPLICIT_LE_UID}); {syntax[:80]!r} is not offered"
+        )
+    return ZipRequest(chosen, syntax)
+
+
+def negotiate_rendered_multipart(header: str | None, accept_param: str | None) -> str:
+    """PS3.18 10.4.1.1.4 rendered study/series: ``multipart/related; type=image/jpeg|png``.
+
+    A bare ``image/jpeg`` or ``image/png`` range is taken as the part type too.
+    """
+    source = accept_param if accept_param else header
+    for r in parse_accept(source):
+        if r.type == "multipart/related":
+            related = r.related_type
+            if related is None:
+                return RENDERED_TYPES[0]
+            for media in RENDERED_TYPES:
+                if related == media or related in ("*/*", "image/*"):
+                    return media
+            continue
+        for media in RENDERED_TYPES:
+            if r.matches(media) or r.type == "multipart/*":
+                return media
+    raise _not_acceptable(source, 'multipart/related; type="image/jpeg" or "image/png"')

@@ -9,14 +9,19 @@ from typing import Any
 
 import orjson
 
-from server.core import bulkdata, pixels, rendering
+from server.core import bulkdata, encode, pixels, rendering
 from server.core.decoded_size import check_frame_decodable, check_instance_decodable
 from server.core.instance_json import read_bulk_value
 from server.core.limits import PixelLimits
 from server.core.multipart import close_delimiter, iter_file, write_part_header
 from server.core.qido import QidoQuery
-from server.core.transcode import is_lossy, transcode_to_explicit_le
-from server.errors import Forbidden, NotAcceptable, NotFound
+from server.core.transcode import (
+    is_lossy,
+    transcode_frame,
+    transcode_instance,
+    transcode_to_explicit_le,
+)
+from server.errors import BadRequest, Forbidden, NotAcceptable, NotFound, PayloadTooLarge
 from server.index.base import Index, Scope, SearchPage, StoredInstance
 from server.security.enforce import require
 from server.security.model import Action, Principal
@@ -24,6 +29,7 @@ from server.storage.base import BlobStore
 
 log = logging.getLogger("gateway.retrieve")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
 CHUNK = 4 * 1024 * 1024
 
 
@@ -100,7 +106,7 @@ class RetrieveService:
         pieces of at most ``CHUNK`` bytes for big ones.
         """
         for inst in instances:
-            data, ts = self._converted(inst, transfer_syntax)
+            data, ts = self.converted(inst, transfer_syntax)
             size = len(data) if data is not None else inst.size
             head = write_part_header(boundary, f"application/dicom; transfer-syntax={ts}", size)
             if data is not None:
@@ -119,7 +125,7 @@ class RetrieveService:
             yield b"\r\n"
         yield close_delimiter(boundary)
 
-    def _converted(
+    def converted(
         self, inst: StoredInstance, transfer_syntax: str | None
     ) -> tuple[bytes | None, str]:
         """Bytes re-encoded for the wanted syntax, or None to send the stored bytes."""
@@ -130,12 +136,40 @@ class RetrieveService:
         if wanted in ("*", ts):
             return None, ts
         path = self.store.path(inst.blob_key)
+        if wanted in encode.TARGETS:  # checked by check_syntax before the response started
+            return transcode_instance(path, wanted), wanted
         if inst.pixel_index is not None:
             index = pixels.PixelIndex.from_json(inst.pixel_index)
             if not check_instance_decodable(path, index, self.limits):
                 return None, ts  # too large to decode in memory: sent as stored
-        data = transcode_to_explicit_le(path)
-        return (data, EXPLICIT_LE) if data is not None else (None, ts)
+        implicit = wanted == IMPLICIT_LE
+        data = transcode_to_explicit_le(path, implicit)
+        return (data, wanted if implicit else EXPLICIT_LE) if data is not None else (None, ts)
+
+    def check_syntax(self, instances: list[StoredInstance], transfer_syntax: str | None) -> None:
+        """PS3.18 8.7.3.5: NotAcceptable (406) before any byte is sent unless every instance
+        can go out in ``transfer_syntax`` (as stored, Explicit VR LE, or an encoder target)."""
+        if transfer_syntax in (None, "*", EXPLICIT_LE, IMPLICIT_LE):
+            return
+        offered = f"as stored (*), {EXPLICIT_LE}, {IMPLICIT_LE}, {encode.supported_list()}"
+        for inst in instances:
+            if inst.transfer_syntax == transfer_syntax:
+                continue
+            if transfer_syntax not in encode.TARGETS:
+                raise NotAcceptable(
+                    f"instances cannot be converted to {transfer_syntax[:80]}; offered: {offered}"
+                )
+            if inst.pixel_index is None:
+                continue
+            index = self._pixel_index(inst)
+            reason = encode.why_not(transfer_syntax, index.bits_allocated,
+                                    index.bits_allocated, index.samples_per_pixel)  # fmt: skip
+            path = self.store.path(inst.blob_key)
+            if reason is None and not check_instance_decodable(path, index, self.limits):
+                reason = "it is too large to decode in memory (GATEWAY_PIXELS__*)"
+            if reason:
+                raise NotAcceptable(f"instance {inst.sop_uid} cannot be sent in "
+                                    f"{transfer_syntax}: {reason}; offered: {offered}")  # fmt: skip
 
     def metadata(self, scope: Scope, dicomweb_root: str) -> Iterator[bytes]:
         """PS3.18 10.4.1.1.2: precomputed metadata, BulkDataURIs made absolute."""
@@ -167,7 +201,12 @@ class RetrieveService:
         return found[0]
 
     def frames(
-        self, scope: Scope, numbers: list[int], want_stored: bool, media_type: str | None
+        self,
+        scope: Scope,
+        numbers: list[int],
+        want_stored: bool,
+        media_type: str | None,
+        target: str | None = None,
     ) -> list[FramePart]:
         """PS3.18 10.4.1.1.3: frames as stored (compressed) or decoded to native bytes."""
         inst = self.one_instance(scope)
@@ -180,7 +219,11 @@ class RetrieveService:
                     f"frame {number} does not exist (the instance has {index.number_of_frames})"
                 )
         native = not index.encapsulated and index.transfer_syntax != pixels.EXPLICIT_VR_BE
-        if media_type not in (None, stored_type, "application/octet-stream"):
+        if target is not None and target != inst.transfer_syntax:
+            return [self._encoded_frame(inst, index, n, target) for n in numbers]
+        if target is not None:
+            want_stored = True
+        elif media_type not in (None, stored_type, "application/octet-stream"):
             raise NotAcceptable(
                 f"frames of this instance are stored as {stored_type}; {media_type} cannot be produced"
             )
@@ -194,6 +237,16 @@ class RetrieveService:
                 ctype = "application/octet-stream; transfer-syntax=" + EXPLICIT_LE
             parts.append(FramePart(ctype, data))
         return parts
+
+    def _encoded_frame(
+        self, inst: StoredInstance, index: pixels.PixelIndex, number: int, target: str
+    ) -> FramePart:
+        """PS3.18 8.7.3.5.3: one frame decoded, then encoded in ``target``."""
+        path = self.store.path(inst.blob_key)
+        check_frame_decodable(path, index, number, self.limits)
+        frame = pixels.decode_frame_array(path, index, number, rgb=True)
+        data = transcode_frame(path, frame, target)
+        return FramePart(f"{encode.TARGETS[target].media_type}; transfer-syntax={target}", data)
 
     def _pixel_index(self, inst: StoredInstance) -> pixels.PixelIndex:
         if inst.pixel_index is None:
@@ -239,6 +292,22 @@ class RetrieveService:
         index = self._pixel_index(inst)
         path = self.store.path(inst.blob_key)
         return rendering.render_frame(path, frame, params, self.limits, index)
+
+    def render_each(
+        self, instances: list[StoredInstance], params: rendering.RenderParams
+    ) -> Iterator[bytes]:
+        """PS3.18 10.4.1.1.4 rendered study/series: each image instance's first frame, in
+        order; instances without pixel data or that cannot be rendered are left out."""
+        for inst in instances:
+            if inst.pixel_index is None:
+                continue
+            index = pixels.PixelIndex.from_json(inst.pixel_index)
+            try:
+                yield rendering.render_frame(
+                    self.store.path(inst.blob_key), 1, params, self.limits, index
+                )
+            except (NotAcceptable, NotFound, PayloadTooLarge, BadRequest) as exc:
+                log.warning("rendered series: %s left out: %s", inst.sop_uid, exc)
 
     def thumbnail(self, scope: Scope, size: int, media_type: str) -> bytes:
         """PS3.18 10.4.1.1.5: a thumbnail of the middle image of the scope."""

@@ -62,11 +62,19 @@ def pixel_routes(ds: pydicom.Dataset) -> dict[str, tuple[str, str | None]]:
     series = f"{study}/series/{ds.SeriesInstanceUID}"
     instance = f"{series}/instances/{ds.SOPInstanceUID}"
     dicom = 'multipart/related; type="application/dicom"'
+    uri = (f"/wado?requestType=WADO&studyUID={ds.StudyInstanceUID}"
+           f"&seriesUID={ds.SeriesInstanceUID}&objectUID={ds.SOPInstanceUID}")  # fmt: skip
     return {
         "study": (study, dicom),
         "series": (series, dicom),
+        "study zip": (study, "application/zip"),
+        "series zip": (series, "application/zip; layout=dicomdir"),
+        "wado-uri dicom": (f"{uri}&contentType=application/dicom", None),
+        "wado-uri jpeg": (uri, None),
         "instance": (instance, dicom),
         "frames": (f"{instance}/frames/1", "multipart/related; type=application/octet-stream"),
+        "rendered study": (f"{study}/rendered", 'multipart/related; type="image/jpeg"'),
+        "rendered series": (f"{series}/rendered", "image/png"),
         "rendered instance": (f"{instance}/rendered", "image/jpeg"),
         "rendered frame": (f"{instance}/frames/1/rendered", "image/png"),
         "study thumbnail": (f"{study}/thumbnail", "image/jpeg"),

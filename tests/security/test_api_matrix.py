@@ -128,10 +128,13 @@ def _fhir_ids(response: httpx.Response, rtype: str | None = None) -> set[str]:
 def _retrieve_paths(s: Study) -> dict[str, str]:
     return {
         "study": f"/dicom-web/studies/{s.study_uid}",
+        "study zip": f"/dicom-web/studies/{s.study_uid}?accept=application/zip",
         "instance": _instance(s),
         "frames": f"{_instance(s)}/frames/1",
         "rendered": f"{_instance(s)}/rendered",
         "thumbnail": f"/dicom-web/studies/{s.study_uid}/thumbnail",
+        "wado-uri": f"/wado?requestType=WADO&studyUID={s.study_uid}&seriesUID={s.series_uid}"
+        f"&objectUID={s.sop_uid}&contentType=application/dicom",
     }
 
 
@@ -176,7 +179,9 @@ def test_qido_paging_stays_inside_the_grant(world: World) -> None:
     assert seen == {s.study_uid for s in (*w.a, w.b, w.spare)}
 
 
-@pytest.mark.parametrize("kind", ["study", "instance", "frames", "rendered", "thumbnail"])
+@pytest.mark.parametrize(
+    "kind", ["study", "study zip", "instance", "frames", "rendered", "thumbnail", "wado-uri"]
+)
 def test_retrieval_needs_download(world: World, kind: str) -> None:
     w = world
     answer = expect(w.get(_retrieve_paths(w.a[0])[kind], w.x_token), 200, w.hidden)

@@ -15,11 +15,15 @@ from server.core import pixels, rendering
 from server.core.mediatypes import (
     DICOM_JSON,
     OCTET,
+    ZIP,
+    ZipRequest,
     negotiate_bulkdata,
     negotiate_frames,
     negotiate_instances,
     negotiate_json,
     negotiate_rendered,
+    negotiate_rendered_multipart,
+    negotiate_zip,
 )
 from server.core.multipart import close_delimiter, write_part_header
 from server.core.uids import check_uid
@@ -27,6 +31,7 @@ from server.errors import BadRequest, NotFound
 from server.index.base import Scope
 from server.security.enforce import require_admin
 from server.security.model import Action
+from server.services.archive import stream_archive
 from server.services.retrieve import FramePart
 
 router = APIRouter(tags=["WADO-RS"])
@@ -49,21 +54,54 @@ def _allowed(request: Request, scope: Scope, action: Action) -> Scope:
 
 def _retrieve(request: Request, scope: Scope) -> Response:
     gw = gateway(request)
+    if scope.sop_uid is None:
+        query = request.query_params
+        wanted = negotiate_zip(
+            request.headers.get("accept"), query.get("accept"), query.get("layout")
+        )
+        if wanted is not None:
+            return _zip(request, scope, wanted)
     transfer_syntax = negotiate_instances(request.headers.get("accept"))
     found = gw.retrieve.instances(scope)
+    gw.retrieve.check_syntax(found, transfer_syntax)
     boundary = uuid.uuid4().hex
     body = gw.retrieve.stream_instances(found, boundary, transfer_syntax)
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(body, media_type=media)
 
 
-@router.get("/studies/{study}", summary="Retrieve a study (PS3.18 10.4.1.1.1)")
+def _zip(request: Request, scope: Scope, wanted: ZipRequest) -> Response:
+    """The study or series as one ZIP (``Accept: application/zip``), streamed."""
+    gw = gateway(request)
+    found = gw.retrieve.instances(scope)
+    body = stream_archive(gw.retrieve, found, wanted.layout, wanted.transfer_syntax)
+    name = scope.series_uid or scope.study_uid
+    disposition = f'attachment; filename="{name}.zip"'
+    return StreamingResponse(body, media_type=ZIP, headers={"Content-Disposition": disposition})
+
+
+_ZIP_DOC = (
+    " With `Accept: application/zip` (or `?accept=application/zip`) the instances come as one"
+    " streamed ZIP: `<SOPInstanceUID>.dcm` files, or a DICOMDIR with PS3.10 file IDs when"
+    " `layout=dicomdir` (query or media-type parameter)."
+)
+
+
+@router.get(
+    "/studies/{study}",
+    summary="Retrieve a study (PS3.18 10.4.1.1.1)",
+    description="PS3.18 10.4.1.1.1: all instances of a study." + _ZIP_DOC,
+)
 def retrieve_study(request: Request, study: str) -> Response:
     """PS3.18 10.4.1.1.1: all instances of a study."""
     return _retrieve(request, _allowed(request, _scope(study), Action.RETRIEVE))
 
 
-@router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+@router.get(
+    "/studies/{study}/series/{series}",
+    summary="Retrieve a series",
+    description="PS3.18 10.4.1.1.1: all instances of a series." + _ZIP_DOC,
+)
 def retrieve_series(request: Request, study: str, series: str) -> Response:
     """PS3.18 10.4.1.1.1: all instances of a series."""
     return _retrieve(request, _allowed(request, _scope(study, series), Action.RETRIEVE))
@@ -144,8 +182,10 @@ def retrieve_instance_frames(
     numbers = _frame_numbers(frames)
     inst = gw.retrieve.one_instance(scope)
     stored_type = pixels.frame_media_type(inst.transfer_syntax)
-    media_type, want_stored = negotiate_frames(request.headers.get("accept"), stored_type)
-    parts = gw.retrieve.frames(scope, numbers, want_stored, media_type)
+    media_type, want_stored, target = negotiate_frames(
+        request.headers.get("accept"), stored_type, inst.transfer_syntax
+    )
+    parts = gw.retrieve.frames(scope, numbers, want_stored, media_type, target)
     related = stored_type if want_stored else (media_type or OCTET)
     return _multipart(parts, related)
 
@@ -172,6 +212,35 @@ def _rendered(request: Request, scope: Scope, frame: int) -> Response:
     params = rendering.parse_render_params(request.query_params, media_type)
     data = gateway(request).retrieve.render(scope, frame, params)
     return Response(data, media_type=media_type)
+
+
+def _rendered_many(request: Request, scope: Scope) -> Response:
+    query = request.query_params
+    media_type = negotiate_rendered_multipart(request.headers.get("accept"), query.get("accept"))
+    params = rendering.parse_render_params(query, media_type)
+    gw = gateway(request)
+    images = gw.retrieve.render_each(gw.retrieve.instances(scope), params)
+    boundary = uuid.uuid4().hex
+
+    def body() -> Iterator[bytes]:
+        for data in images:
+            yield write_part_header(boundary, media_type, len(data)) + data + b"\r\n"
+        yield close_delimiter(boundary)
+
+    media = f'multipart/related; type="{media_type}"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=media)
+
+
+@router.get("/studies/{study}/rendered", summary="Rendered study (PS3.18 10.4.1.1.4)")
+def retrieve_rendered_study(request: Request, study: str) -> Response:
+    """PS3.18 10.4.1.1.4: every image instance of the study rendered (first frame), one part each."""
+    return _rendered_many(request, _allowed(request, _scope(study), Action.RETRIEVE))
+
+
+@router.get("/studies/{study}/series/{series}/rendered", summary="Rendered series")
+def retrieve_rendered_series(request: Request, study: str, series: str) -> Response:
+    """PS3.18 10.4.1.1.4: every image instance of the series rendered (first frame), one part each."""
+    return _rendered_many(request, _allowed(request, _scope(study, series), Action.RETRIEVE))
 
 
 @router.get(

@@ -3,18 +3,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# `make run` installs the runtime dependencies only; `make test` adds the test tools.
+# PYTHONWARNINGS=ignore: setuptools' notices about editable installs are not for operators.
+RUN_STAMP := $(VENV)/.runtime-$(SUM)
+STAMP := $(VENV)/.installed-$(SUM)
 
-.PHONY: run test lint typecheck unit e2e-setup dimse-setup pull-setup fhir-validator openapi bench fuzz fuzz-api clean
-
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q --upgrade pip
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e .
+	rm -f $(VENV)/.runtime-*
+	touch $@
+
+$(STAMP): $(RUN_STAMP)
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(if $(DEMO),GATEWAY_DIMSE__PORT=$${GATEWAY_DIMSE__PORT:-11112},) $(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
 
 lint: $(STAMP)
@@ -43,13 +50,12 @@ fhir-validator:
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
+# The whole suite on SQLite and the API suites again on Elasticsearch (ES_URL, or one node
+# started on loopback by tests/es/start.sh), both passes at once (TEST_JOBS=1: one after the
+# other); see tests/run_passes.py.
 test: $(STAMP) e2e-setup dimse-setup pull-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
-	$(PY) -m pytest -q
-	# The API suites again (DICOMweb, FHIR, access control, CLI, catalogue, federation, DIMSE),
-	# every live gateway on a real Elasticsearch (ES_URL, or one started on loopback by tests/es/start.sh).
-	$(PY) -m pytest -q tests/api tests/fhir tests/security tests/cli tests/storage tests/catalogue tests/federation tests/dimse --index-backend elasticsearch \
-		--ignore=tests/fhir/test_validator_served.py --ignore=tests/fhir/test_validator_validate.py
+	$(PY) -m tests.run_passes
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not e2e"

@@ -27,6 +27,7 @@ from server.api.bodies import BodyGuardMiddleware, describe_bodies
 from server.api.caching import NoStoreMiddleware
 from server.api.dicomweb import router as dicomweb_router
 from server.api.dicomweb import stow as stow_router
+from server.api.fhir import bulk as bulk_router
 from server.api.fhir import router as fhir_router
 from server.api.proxies import ProxyHeadersMiddleware, networks
 from server.core.fhir.conformance import Conformance, default_conformance
@@ -57,6 +58,8 @@ from server.security.model import Principal
 from server.security.pseudonym_secrets import PseudonymSecrets
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
+from server.services.bulk_export import BulkExportService
+from server.services.bulk_jobs import SqliteJobStore
 from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies
@@ -103,6 +106,7 @@ class Gateway:
     deid_policies: DeidPolicies
     catalogue: CatalogueService
     federation: FederatedSearch
+    bulk: BulkExportService
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -138,6 +142,8 @@ class Gateway:
         self.audit.close()
         self.throttle.close()
         self.federation.noise.close()
+        self.bulk.stop()
+        self.bulk.jobs.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -229,6 +235,15 @@ def build_gateway(settings: Settings) -> Gateway:
             queries.dataset_statistics,
             settings.federation,
             NoiseStore(settings.data_dir / "federation.sqlite"),
+        ),
+        bulk=BulkExportService(
+            SqliteJobStore(settings.data_dir / "bulk.sqlite"),
+            fhir_read,
+            fhir_store,
+            audit,
+            settings.bulk,
+            settings.data_dir / "bulk",
+            settings.failpoint,
         ),
     )
 
@@ -360,6 +375,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("removed %d abandoned upload spool(s)", cleaned)
         # Writes of dead processes only (a live worker holds its journal's lock).
         await run_in_threadpool(gateway.recover)
+        gateway.bulk.start()  # export workers: threads, never on the event loop
         yield
         gateway.close()
 
@@ -375,6 +391,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api_errors.install(app)
     app.include_router(dicomweb_router.router, prefix="/dicom-web")
     app.include_router(oauth_router.router)
+    app.include_router(bulk_router.router, prefix="/fhir")  # before /fhir/{type}/{id}
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")
     app.include_router(fdp_router.router, prefix="/fdp")
@@ -387,7 +404,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.cors.allow_origins,
         allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
         allow_headers=["*"],
-        expose_headers=["Content-Type", "Content-Length", "Warning", "Location", "ETag"],
+        expose_headers=[
+            "Content-Type",
+            "Content-Length",
+            "Warning",
+            "Location",
+            "ETag",
+            "Content-Location",
+            "X-Progress",
+            "Retry-After",
+            "Expires",
+        ],
         max_age=settings.cors.max_age,
     )
 

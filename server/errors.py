@@ -11,6 +11,7 @@
     ├── Unauthorized               no valid bearer token (401, WWW-Authenticate)
     ├── Forbidden                  a valid token without the scope the operation needs (403)
     ├── TooManyAttempts            too many failed client authentications (429, Retry-After)
+    │   └── TooManyRequests        too many concurrent jobs of one caller (429, Retry-After)
     ├── UnsupportedMediaType       the request's Content-Type is not accepted (415)
     ├── NotAcceptable              nothing in Accept can be produced (406)
     ├── PayloadTooLarge            the body exceeds the configured limit (413)
@@ -104,6 +105,11 @@ class TooManyAttempts(GatewayError):
     def __init__(self, message: str, retry_after: int = 60) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class TooManyRequests(TooManyAttempts):
+    def __init__(self, message: str, retry_after: int = 10) -> None:
+        super().__init__(message, retry_after)
 
 
 class Gone(NotFound):

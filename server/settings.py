@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from server.core.deid.policy import Profile
 from server.core.limits import PixelLimits
@@ -67,6 +76,26 @@ class FhirSettings(BaseModel):
     # Request bodies (create, update, batch/transaction, $validate, POST _search) above this
     # answer 413 OperationOutcome, checked on Content-Length and while a chunked body streams.
     max_body_bytes: int = Field(default=16 * 1024**2, ge=1024)
+
+
+class BulkSettings(BaseModel):
+    """FHIR Bulk Data export ($export): jobs, files and the in-process workers."""
+
+    # Seconds a completed export's files (and its status) stay available.
+    expiry_seconds: int = Field(default=4 * 3600, ge=10, le=30 * 24 * 3600)
+    # Exports running at the same time in each server process (the rest wait, queued).
+    concurrency: int = Field(default=1, ge=1, le=16)
+    # A file of one resource type is split when it reaches this size.
+    max_file_bytes: int = Field(default=256 * 1024**2, ge=1024)
+    # Resources read from the index per page (memory is bounded by one page).
+    page_size: int = Field(default=500, ge=1, le=5000)
+    # A running job whose worker has not reported for this long (a process that died,
+    # a restart) is taken over and re-run by a live worker.
+    lease_seconds: float = Field(default=60, ge=1, le=3600)
+    # Retry-After (seconds) suggested to clients polling a running export.
+    retry_after_seconds: int = Field(default=2, ge=1, le=3600)
+    # Exports one caller may have queued or running at once (429 beyond).
+    max_jobs_per_caller: int = Field(default=4, ge=1, le=1000)
 
 
 class CorsSettings(BaseModel):
@@ -231,6 +260,11 @@ class AuthSettings(BaseModel):
             raise ValueError("signing_alg must be ES256 or RS256")
         return value
 
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        return _http_url("auth.issuer", value)
+
 
 class MetricsSettings(BaseModel):
     # GET /metrics (Prometheus text format) for callers in these networks, or administrators.
@@ -246,6 +280,34 @@ class MetricsSettings(BaseModel):
             except ValueError:
                 raise ValueError(f"metrics.allow: {item!r} is not an IP address or CIDR") from None
         return value
+
+
+class _Environment(EnvSettingsSource):
+    """Environment variables, where a list may also be written as ``a, b, c``."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            kind = field.annotation if field is not None else None
+            plain_list = typing.get_origin(kind) is list and typing.get_args(kind) == (str,)
+            if isinstance(value, str) and plain_list:
+                return [item.strip() for item in value.split(",") if item.strip()]
+            raise ValueError(
+                f"{field_name}: JSON expected (a list of objects: '[{{...}}]')"
+            ) from None
+
+
+def _http_url(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            f"{name} must be an absolute http(s) URL without query or fragment, e.g. "
+            f"https://imaging.example.org (got {value!r})"
+        )
+    return value
 
 
 class Settings(BaseSettings):
@@ -272,6 +334,7 @@ class Settings(BaseSettings):
     qido: QidoSettings = QidoSettings()
     pixels: PixelSettings = PixelSettings()
     fhir: FhirSettings = FhirSettings()
+    bulk: BulkSettings = BulkSettings()
     cors: CorsSettings = CorsSettings()
     # Proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto headers are believed
     # (IP addresses or CIDR networks). Default none: the TCP peer is the caller.
@@ -286,6 +349,22 @@ class Settings(BaseSettings):
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _Environment(settings_cls), dotenv_settings, file_secret_settings)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return _http_url("public_base_url", value)
 
     @field_validator("log_level")
     @classmethod

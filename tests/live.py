@@ -1,17 +1,107 @@
-"""A real gateway process on a free loopback port, for tests that talk HTTP."""
+"""A real gateway process on a free loopback port, for tests that talk HTTP.
+
+Administrative commands (``imaging-gateway ARGS``, :func:`run_cli`) run in the test
+process by default, with the environment, umask, logging and streams of a fresh
+process: a ``python -m server.cli.main`` start-up costs seconds of imports, hundreds of
+times per suite. ``GATEWAY_TEST_CLI=subprocess`` runs every one as a real process
+instead; tests of the entry point itself (exit on signals, the console script, a
+process's memory) call :func:`run_cli_process`. Gateways (``serve``) are processes of
+their own, forked from one that has already imported the gateway (tests/forkserver.py);
+``GATEWAY_TEST_SERVER=subprocess`` starts each with ``python -m server.cli.main serve``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import socket
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.forkserver import ForkedProcess
+
+CLI_MODULE = ("-m", "server.cli.main")
+
+
+def run_cli_process(
+    args: Sequence[str], env: Mapping[str, str], input: str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``imaging-gateway ARGS`` as a process of its own."""
+    return subprocess.run(
+        [sys.executable, *CLI_MODULE, *args],
+        env=dict(env),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _in_process_allowed(env: Mapping[str, str]) -> bool:
+    # A failpoint ends its process (os._exit): never the test runner's.
+    return os.environ.get("GATEWAY_TEST_CLI") != "subprocess" and not env.get("GATEWAY_FAILPOINT")
+
+
+@contextlib.contextmanager
+def _as_fresh_process(env: Mapping[str, str]) -> Iterator[None]:
+    """os.environ exactly ``env``, the umask and root logger of a new process; all restored."""
+    saved_env = dict(os.environ)
+    saved_umask = os.umask(0o022)
+    os.umask(saved_umask)  # a new process inherits the runner's umask, as a child would
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = []  # so the command's logging.basicConfig writes to its own stderr
+    root.setLevel(logging.WARNING)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.umask(saved_umask)
+        for handler in root.handlers:
+            if handler not in saved_handlers:
+                handler.close()
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], input: str | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``imaging-gateway ARGS`` with environment ``env``: exit code, stdout and stderr as a
+    process would give them (an uncaught exception: its traceback on stderr, exit code 1)."""
+    if not _in_process_allowed(env):
+        return run_cli_process(args, env, input=input, timeout=timeout)
+    from click.testing import CliRunner
+
+    from server.cli.main import main
+
+    runner = CliRunner()
+    with _as_fresh_process(env):
+        result = runner.invoke(
+            main, list(args), input=input, prog_name="python -m server.cli.main",
+            catch_exceptions=True,
+        )  # fmt: skip
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        assert result.exc_info is not None
+        stderr += "Traceback (most recent call last):\n" + "".join(
+            traceback.format_exception(*result.exc_info)
+        )
+    return subprocess.CompletedProcess(
+        [sys.executable, *CLI_MODULE, *args], result.exit_code, result.stdout, stderr
+    )
 
 
 def free_port() -> int:
@@ -26,7 +116,7 @@ class LiveServer:
     extra_env: dict[str, str] = field(default_factory=dict)
     demo: bool = False
     port: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -77,8 +167,13 @@ class LiveServer:
         args = [sys.executable, "-m", "server.cli.main", "serve", "--port", str(self.port)]
         if self.demo:
             args.append("--demo")
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        if os.environ.get("GATEWAY_TEST_SERVER") == "subprocess":
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    args, env=self.env(), stdout=log, stderr=subprocess.STDOUT
+                )
+        else:  # the same command line, forked from a process that has imported the gateway
+            self.process = ForkedProcess(args[3:], self.env(), self.log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -100,12 +195,10 @@ class LiveServer:
                 self.process.wait()
         self.process = None
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run ``imaging-gateway ARGS`` against this server's data dir."""
-        return subprocess.run(
-            [sys.executable, "-m", "server.cli.main", *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``imaging-gateway ARGS`` against this server's data dir (see :func:`run_cli`)."""
+        return run_cli(args, self.env(), input=input)
+
+    def cli_process(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``imaging-gateway ARGS`` as a process of its own (the real entry point)."""
+        return run_cli_process(args, self.env(), input=input)

@@ -17,4 +17,5 @@ def load_settings(data_dir: Path | None) -> Settings:
     try:
         return Settings()
     except ValueError as exc:
-        raise click.ClickException(f"invalid settings: {exc}") from exc
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise click.ClickException(f"invalid settings: {exc}{cause}") from exc

@@ -73,6 +73,9 @@ def date_query(low: str, high: str, v: DateValue) -> dict[str, Any]:
     return {"bool": {"filter": [rng(low, "lte", wide_high), rng(high, "gte", wide_low)]}}
 
 
+_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"})
+
+
 def _epoch(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
 
@@ -160,8 +163,11 @@ class EsFhirQueries:
     def _value(self, name: str, v: Any) -> dict[str, Any]:
         if name == "_id":
             return _term("studyinstanceuid", v.code)
-        if name == "_lastUpdated":
-            return {"range": {"updated": {"gte": _epoch(v.low), "lte": _epoch(v.high)}}}
+        if name == "_lastUpdated":  # one instant per study: its range is [updated, updated]
+            if v.prefix not in _PREFIXES:  # ap: the approximate window, as a plain range
+                v = DateValue("eq", *approximate_range(v))
+            epochs = DateValue(v.prefix, repr(_epoch(v.low)), repr(_epoch(v.high)))
+            return date_query("updated", "updated", epochs)
         if name == "identifier":
             uid = (v.code or "").removeprefix("urn:oid:")
             if v.system == "urn:dicom:uid":

@@ -56,6 +56,8 @@ _INTERACTIONS: dict[str, tuple[str, str]] = {
     "delete": ("delete", "D"),
     "token": ("operation", "E"),
     "associate": ("operation", "E"),
+    "export": ("operation", "E"),
+    "export-download": ("read", "R"),
 }
 # The codes of the gateway's access-action CodeSystem (terminology/CodeSystem-access-action.json).
 ACTIONS: dict[str, str] = {
@@ -75,6 +77,8 @@ ACTIONS: dict[str, str] = {
     "token": "A request for an access token",
     "admin": "An administrative action (datasets, agreements, clients, audit)",
     "associate": "A DICOM association request (DIMSE A-ASSOCIATE)",
+    "export": "A FHIR bulk export: its kick-off, status requests and completion",
+    "export-download": "A download of a FHIR bulk export file",
 }
 # anything else (e.g. "admin") is classified by its HTTP method
 _BY_METHOD: dict[str, tuple[str, str]] = {

@@ -8,7 +8,7 @@ fhir_paging; building derived resources: fhir_derived.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -183,6 +183,18 @@ class FhirReadService:
             previous_cursor=self.cursors.seal(prev_p, binding),
             outcome=outcome,
         )
+
+    def pages(
+        self, req: SearchRequest, root: str, principal: Principal
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every match of an already narrowed ``req``, one keyset page after another (exports)."""
+        req = self.chains.resolve(replace(req, total="none", cursor=None, position=None))
+        while True:
+            found, _, next_p, _ = self._matches(req, root, principal)
+            yield found
+            if next_p is None or not found:
+                return
+            req = replace(req, position=next_p)
 
     def _matches(self, req: SearchRequest, root: str, principal: Principal) -> Matches:
         rtype = req.resource_type

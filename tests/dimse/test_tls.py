@@ -12,6 +12,8 @@ import pytest
 from tests.dimse.conftest import GATEWAY_AE, DimseGateway, start_dimse_gateway
 from tests.security.conftest import add_client
 
+pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
+
 
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)

@@ -11,6 +11,8 @@ from server.core.federation import facts
 from server.core.federation.datasets import age_range
 from server.core.federation.obfuscation import Protection, laplace, protect, round_to_step
 
+pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
+
 
 @pytest.mark.parametrize(
     ("count", "expected"), [(0, 0), (1, 10), (9, 10), (10, 10), (11, 11), (57, 57)]

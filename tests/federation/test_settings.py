@@ -11,6 +11,8 @@ from server.services.backup_files import Kind, classify
 from server.settings import Settings
 from tests.live import LiveServer
 
+pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
+
 
 def test_defaults_are_safe(tmp_path: Path) -> None:
     f = Settings(data_dir=tmp_path).federation

@@ -12,6 +12,7 @@ batch, transaction) is then exercised and must answer with success.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -240,6 +241,50 @@ def test_every_declared_search_parameter_changes_the_result(live: LiveServer) ->
                                     f"with no match {sorted(without)[:5]}")  # fmt: skip
     print(f"walked {walked} declared search parameters")
     assert walked > 50
+    assert not problems, "\n".join(problems)
+
+
+def _shift(day: str, steps: int) -> str:
+    """The value one unit of its own precision (year, month or day) away."""
+    if len(day) == 4:
+        return str(int(day) + steps)
+    if len(day) == 7:
+        months = int(day[:4]) * 12 + int(day[5:]) - 1 + steps
+        return f"{months // 12:04d}-{months % 12 + 1:02d}"
+    return (date.fromisoformat(day) + timedelta(days=steps)).isoformat()
+
+
+def test_every_declared_date_parameter_honours_every_prefix(live: LiveServer) -> None:
+    """FHIR R4 3.1.1.4 prefixes on a day value, for every date parameter of every type and
+    on every index backend: the resource whose value falls on day D is found by eqD, geD,
+    leD, gt(D-1), lt(D+1), sa(D-1), eb(D+1) and not by neD, gt(D+1), lt(D-1)."""
+    problems, walked = [], 0
+    with _client(live) as client:
+        client.get("AuditEvent", params={"_count": "1"})
+        for declared in _declared(live):
+            rtype = declared["type"]
+            for param in declared.get("searchParam", []):
+                name = param["name"]
+                get = {**COMMON, **VALUES.get(rtype, {})}.get(name)
+                if param["type"] != "date" or get is None:
+                    continue
+                found = _probe(client, rtype, get)
+                if found is None:
+                    continue
+                resource, day = found
+                if not day[:1].isdigit():  # a period (ResearchStudy.date): not one day
+                    continue
+                walked += 1
+                expect = {f"eq{day}": True, f"ge{day}": True, f"le{day}": True,
+                          f"gt{_shift(day, -1)}": True, f"lt{_shift(day, 1)}": True,
+                          f"sa{_shift(day, -1)}": True, f"eb{_shift(day, 1)}": True,
+                          f"ne{day}": False, f"gt{_shift(day, 1)}": False,
+                          f"lt{_shift(day, -1)}": False}  # fmt: skip
+                for value, hit in expect.items():
+                    got = resource["id"] in _ids(client, rtype, {name: value})
+                    if got != hit:
+                        problems.append(f"{rtype}?{name}={value}: found={got}, expected {hit}")
+    assert walked >= 4
     assert not problems, "\n".join(problems)
 
 

@@ -18,6 +18,8 @@ from server.core.fhir.conformance import (
 )
 from server.synthetic import CANCER_TYPES
 
+pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACT_FILES = sorted([*REPO.glob("profiles/*.json"), *REPO.glob("terminology/*.json")])
 SEARCH_PARAM_TYPES = {

@@ -11,6 +11,7 @@ error-level issue is allowed in any of them.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -129,6 +130,26 @@ def _collect(s: Served) -> None:
     _searches(s)
     _writes(s)
     _errors(s)
+    _bulk_export(s)
+
+
+def _bulk_export(s: Served) -> None:
+    """A bulk export's kick-off outcome and every resource of its NDJSON files."""
+    s.request("GET", "$export", expect=400)  # no Prefer: respond-async
+    s.request("GET", "$export", expect=202, headers={"Prefer": "respond-async"})
+    location = httpx.get(f"{s.live.url}/fhir/$export", headers={"Prefer": "respond-async",
+                         **bearer(s.researcher)}).headers["content-location"]  # fmt: skip
+    for _ in range(300):
+        status = httpx.get(location, headers=bearer(s.researcher), timeout=30)
+        if status.status_code == 200:
+            break
+        time.sleep(0.1)
+    for item in status.json()["output"]:
+        lines = httpx.get(item["url"], headers=bearer(s.researcher), timeout=60).text
+        for n, line in enumerate(lines.splitlines()):
+            s.answers[f"GET $export-file/{item['type']}/{n} -> 200 #{len(s.answers)}"] = (
+                orjson.loads(line)
+            )
 
 
 def _searches(s: Served) -> None:

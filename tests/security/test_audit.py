@@ -26,6 +26,8 @@ from server.security.audit import (
     verify,
 )
 
+pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -9,6 +9,8 @@ import pytest
 from server.settings import Settings
 from tests.live import LiveServer
 
+pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
+
 
 @pytest.mark.parametrize("environment", ["production", "test"])
 def test_authorisation_cannot_be_switched_off_outside_development(

@@ -30,6 +30,8 @@ from server.security.tokens import (
     verify_external_token,
 )
 
+pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
+
 NOW = 1_700_000_000
 SETTINGS = TokenSettings(issuer="https://gateway.example", audience="https://gateway.example/api")
 TOKEN_ENDPOINT = "https://gateway.example/auth/token"

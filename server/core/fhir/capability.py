@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from server.core.fhir.bulk import CAPABILITY_URL, OPERATION_URLS
 from server.core.fhir.params import DERIVED, INCLUDES, PARAMS, SORTS, WRITABLE, params_of
 
 PROFILES = {
@@ -25,6 +26,7 @@ def capability_statement(
         "date": published,
         "publisher": "Cancer-imaging interoperability gateway",
         "kind": "instance",
+        "instantiates": [CAPABILITY_URL],
         "software": {"name": "cancer-imaging-gateway", "version": version},
         "implementation": {"description": "Cancer-imaging interoperability gateway FHIR facade", "url": base},
         "fhirVersion": "4.0.1",
@@ -36,6 +38,7 @@ def capability_statement(
             "security": _security(token_endpoint),
             "resource": resources,
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
+            "operation": [{"name": "export", "definition": OPERATION_URLS["system"]}],
         }],
     }  # fmt: skip
 
@@ -89,6 +92,8 @@ def _resource(rtype: str) -> dict[str, Any]:
                 "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
             }
         ]
+    if rtype in ("Patient", "Group"):  # Bulk Data v2.0.0 (Group/[id]: a dataset's cohort)
+        entry["operation"] = [{"name": "export", "definition": OPERATION_URLS[rtype.lower()]}]
     entry["searchParam"] += [_param(p, "special", f"sort key; supported: {', '.join(SORTS.get(rtype, ()))}")
                              for p in ("_sort",)]  # fmt: skip
     return entry

@@ -1,0 +1,115 @@
+"""FHIR Bulk Data Access v2.0.0 export under ``/fhir`` (kick-off, status, cancel, files).
+
+Registered before the FHIR REST router, so ``/fhir/$export`` and
+``/fhir/Patient/$export`` are never read as a search or a read.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse, Response
+
+from server.api.deps import audit_note, gateway, principal
+from server.api.fhir.router import FHIR_JSON, fhir_base
+from server.core.fhir.bulk import NDJSON, Level, parse_kickoff
+from server.core.mediatypes import parse_accept
+from server.errors import MethodNotAllowed, NotAcceptable
+from server.services.bulk_export import BulkExportService
+from server.services.bulk_jobs import JobState
+
+router = APIRouter(tags=["FHIR Bulk Data export"])
+
+
+def _service(request: Request) -> BulkExportService:
+    return gateway(request).bulk
+
+
+def _accept_outcome(request: Request) -> None:
+    """Kick-off and status answer JSON (manifest) or an OperationOutcome."""
+    for r in parse_accept(request.headers.get("accept")):
+        if r.type in ("*/*", "application/*", "application/json", FHIR_JSON, "application/json+fhir"):  # fmt: skip
+            return
+    raise NotAcceptable(f"Accept {request.headers.get('accept')!r}: $export answers {FHIR_JSON}")
+
+
+async def _kickoff(request: Request, level: Level, group: str | None = None) -> Response:
+    _accept_outcome(request)
+    pairs = list(request.query_params.multi_items())
+    req = parse_kickoff(level, group, pairs, request.headers.get("prefer"))
+    caller = principal(request)
+    job = await run_in_threadpool(_service(request).kickoff, caller, req, str(request.url))
+    audit_note(request, datasets=(group,) if group else (), entities=(f"export:{job.id}",))
+    request.state.audit_note["action"] = "export"
+    location = f"{fhir_base(request)}/$export-status/{job.id}"
+    body = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "information", "code": "informational",
+         "diagnostics": "export accepted; poll the Content-Location URL"
+         + (f" (ignored: {', '.join(req.ignored)})" if req.ignored else "")}]}  # fmt: skip
+    return Response(orjson.dumps(body), 202, {"Content-Location": location}, FHIR_JSON)
+
+
+@router.get("/$export", summary="system export (Bulk Data v2.0.0)")
+async def export_system(request: Request) -> Response:
+    """Bulk Data v2.0.0 system-level export: every dataset the caller may export."""
+    return await _kickoff(request, Level.SYSTEM)
+
+
+@router.get("/Patient/$export", summary="patient export (Bulk Data v2.0.0)")
+async def export_patients(request: Request) -> Response:
+    """Bulk Data v2.0.0 all-patients export: the compartments of every patient the caller may see."""
+    return await _kickoff(request, Level.PATIENT)
+
+
+@router.get("/Group/{group}/$export", summary="group export: a dataset's cohort")
+async def export_group(request: Request, group: str) -> Response:
+    """Bulk Data v2.0.0 group export; the Group id is a dataset's (ResearchStudy) id."""
+    return await _kickoff(request, Level.GROUP, group)
+
+
+@router.post("/$export", include_in_schema=False)
+@router.post("/Patient/$export", include_in_schema=False)
+@router.post("/Group/{group}/$export", include_in_schema=False)
+async def export_post(request: Request) -> Response:
+    raise MethodNotAllowed("$export is kicked off with GET (POST with Parameters is not supported)")
+
+
+@router.get("/$export-status/{job_id}", summary="export status / manifest")
+async def export_status(request: Request, job_id: str) -> Response:
+    """Bulk Data v2.0.0 status request: 202 while running, 200 and the manifest when done."""
+    service = _service(request)
+    job = await run_in_threadpool(service.job_of, job_id, principal(request))
+    audit_note(request, entities=(f"export:{job.id}",))
+    request.state.audit_note["action"] = "export"
+    if job.state in (JobState.QUEUED, JobState.RUNNING):
+        retry = str(service.settings.retry_after_seconds)
+        return Response(status_code=202, headers={"X-Progress": job.progress, "Retry-After": retry})
+    headers = {"Expires": formatdate(job.expires or 0, usegmt=True)}
+    body = service.manifest(job, fhir_base(request))
+    return Response(orjson.dumps(body), 200, headers, "application/json")
+
+
+@router.delete("/$export-status/{job_id}", summary="cancel or delete an export")
+async def export_delete(request: Request, job_id: str) -> Response:
+    """Bulk Data v2.0.0 delete request: cancels a running export or removes a finished one."""
+    await run_in_threadpool(_service(request).cancel, job_id, principal(request))
+    audit_note(request, entities=(f"export:{job_id}",))
+    request.state.audit_note["action"] = "export"
+    body = {"resourceType": "OperationOutcome", "issue": [
+        {"severity": "information", "code": "informational", "diagnostics": "export deleted"}]}  # fmt: skip
+    return Response(orjson.dumps(body), 202, media_type=FHIR_JSON)
+
+
+@router.get("/$export-file/{job_id}/{name}", summary="download an export file (NDJSON)")
+async def export_file(request: Request, job_id: str, name: str) -> Response:
+    """Bulk Data v2.0.0 file request: ``application/fhir+ndjson``, for the exporting caller only."""
+    accepted = [r.type for r in parse_accept(request.headers.get("accept"))]
+    if accepted and not any(t in ("*/*", "application/*", NDJSON, "application/ndjson") for t in accepted):  # fmt: skip
+        raise NotAcceptable(f"export files are {NDJSON}")
+    job, path = await run_in_threadpool(_service(request).file, job_id, name, principal(request))
+    audit_note(request, entities=(f"export:{job.id}", f"export-file:{name}"))
+    request.state.audit_note["action"] = "export-download"
+    return FileResponse(path, media_type=NDJSON)

@@ -9,7 +9,6 @@ words as one that does not exist; a deletion removes index rows and blobs as
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from server.security.audit import tail
 from server.synthetic import write_cohort
-from tests.live import LiveServer
+from tests.live import LiveServer, run_cli
 
 
 @dataclass
@@ -112,12 +111,10 @@ def test_delete_asks_first_then_removes_rows_and_blobs_and_is_audited(holding: H
     target = sorted(holding.studies["ds-b"])[0]
     blobs = _blobs(holding.live)
     live = holding.live
-    declined = subprocess.run([*_cli(live), "studies", "delete", "--dataset", "ds-b", target],
-                              env=live.env(), input="n\n", capture_output=True, text=True)  # fmt: skip
+    declined = run_cli(["studies", "delete", "--dataset", "ds-b", target], live.env(), input="n\n")
     assert declined.returncode == 1 and "Aborted" in declined.stderr
     assert target in {str(r["studyInstanceUID"]) for r in _listed(live, "--dataset", "ds-b")}
-    done = subprocess.run([*_cli(live), "studies", "delete", "--dataset", "ds-b", target],
-                          env=live.env(), input="y\n", capture_output=True, text=True)  # fmt: skip
+    done = run_cli(["studies", "delete", "--dataset", "ds-b", target], live.env(), input="y\n")
     assert done.returncode == 0, done.stderr
     assert f"deleted {target}: {holding.instances[target]} instance(s)" in done.stdout
     left = {str(r["studyInstanceUID"]) for r in _listed(live, "--dataset", "ds-b")}
@@ -130,7 +127,3 @@ def test_delete_asks_first_then_removes_rows_and_blobs_and_is_audited(holding: H
     assert deleted and deleted[-1]["outcome"] == "0"
     assert _ok(live.cli("check")).returncode == 0  # no orphan blob, no dangling row
     holding.studies["ds-b"].discard(target)
-
-
-def _cli(live: LiveServer) -> list[str]:
-    return [sys.executable, "-m", "server.cli.main"]

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pydicom
 import pytest
 
 from server.synthetic import generate_cohort, to_part10_bytes
-from tests.dimse.conftest import start_dimse_gateway
+from tests.dimse.conftest import start_dimse_gateway, wait_for_audit
 from tests.live import LiveServer, free_port
 from tests.pull.conftest import GATEWAY_AE, ORTHANC_AE, PASSWORD, USER, Orthanc, dataset_bytes
 from tests.security.conftest import Registered, add_client, cli_ok
@@ -171,6 +172,9 @@ def test_orthanc_stow_with_a_wrong_secret_fails_the_job_and_stores_nothing(bridg
     assert _stow(bridge, "gateway-wrong", study)["State"] == "Failure"
     assert set(_served(bridge, bridge.raw)) == set(before)
     assert not set(sent) & set(before)
+    # the failed Basic check is audited with the client id tried
+    wait_for_audit(bridge.live, lambda e: e.get("outcome") == "4"
+                   and bridge.raw.client_id in orjson.dumps(e).decode())  # fmt: skip
 
 
 def test_orthanc_pushes_with_c_store_into_the_ae_clients_dataset(bridge: Bridge) -> None:

@@ -21,6 +21,7 @@ from server.cli.federation import federation
 from server.cli.pseudonymize import pseudonymize_csv
 from server.cli.pull import pull
 from server.cli.quarantine import instance, quarantine
+from server.cli.studies import studies
 
 if TYPE_CHECKING:
     from server.app import Gateway
@@ -301,6 +302,7 @@ main.add_command(federation)
 main.add_command(quarantine)
 main.add_command(instance)
 main.add_command(pull)
+main.add_command(studies)
 
 
 if __name__ == "__main__":

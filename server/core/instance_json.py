@@ -53,7 +53,7 @@ def _dataset_json(
     if not path or 0x00080005 in ds:  # top level, or an item with its own character set
         codec = dicom_json.codec_for(_charset(ds))
     out: dict[str, Any] = {}
-    for tag in ds.keys():  # noqa: SIM118 - a Dataset iterates elements, not tags
+    for tag in sorted(ds.keys()):  # in tag order, as written (also after in-memory changes)
         key = f"{int(tag):08X}"
         raw = ds.get_item(tag)
         vr = _vr_of(raw, int(tag))

@@ -97,6 +97,34 @@ def read_instance(
         raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
 
 
+def record_from_parsed(
+    path: Path,
+    ds: Dataset,
+    pixel_offset: int | None,
+    sha256: str,
+    limits: PixelLimits | None = None,
+    *,
+    patient_secret: bytes,
+) -> InstanceRecord:
+    """As ``read_instance``, from a header already in memory: ``ds`` is what parsing
+    ``path`` (not deflated) before its pixel data gives, ``pixel_offset`` where its pixel
+    element starts in ``path`` (None: none). The de-identification engine has that
+    header after writing the file, so the file is not parsed a second time."""
+    limits = limits or PixelLimits()
+    try:
+        with path.open("rb") as f:
+            f.seek(0 if pixel_offset is None else pixel_offset, 2 if pixel_offset is None else 0)
+            return _from_parsed(f, ds, path, sha256, limits, patient_secret)
+    except UnreadableInstance:
+        raise
+    except TooLarge as exc:
+        raise UnreadableInstance(exc.message) from exc
+    except RecursionError as exc:
+        raise UnreadableInstance("the data set is nested too deeply to be read") from exc
+    except Exception as exc:
+        raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
+
+
 def _read_instance(
     path: Path, sha256: str, limits: PixelLimits, patient_secret: bytes
 ) -> InstanceRecord:
@@ -104,12 +132,19 @@ def _read_instance(
         if limits.max_inflated_bytes is not None:
             check_inflated_size(f, limits.max_inflated_bytes)
         ds = _parse(f)
-        size = os.fstat(f.fileno()).st_size
-        study, series, sop, sop_class = _uids(ds)
-        try:
-            pixel_index = pixels.index_parsed(f, ds, path)
-        except Exception as exc:  # a pixel layout we cannot index is unreadable for frame access
-            raise UnreadableInstance(f"pixel data cannot be read: {exc}", sop_class, sop) from exc
+        return _from_parsed(f, ds, path, sha256, limits, patient_secret)
+
+
+def _from_parsed(
+    f: BinaryIO, ds: Dataset, path: Path, sha256: str, limits: PixelLimits, patient_secret: bytes
+) -> InstanceRecord:
+    """The record of ``ds`` parsed from ``f``, which stands where the header ends."""
+    size = os.fstat(f.fileno()).st_size
+    study, series, sop, sop_class = _uids(ds)
+    try:
+        pixel_index = pixels.index_parsed(f, ds, path)
+    except Exception as exc:  # a pixel layout we cannot index is unreadable for frame access
+        raise UnreadableInstance(f"pixel data cannot be read: {exc}", sop_class, sop) from exc
     if pixel_index is not None:
         _check_pixels_fit(pixel_index, size, sop_class, sop)
         _check_decoded_size(pixel_index, limits, sop_class, sop)

@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 from server.core import stow
 from server.core.blobkeys import new_blob_key
 from server.core.decoded_size import check_inflated_size
-from server.core.deid.engine import deidentify_file, deidentify_hashed
+from server.core.deid.engine import Written, deidentify_file, deidentify_parsed
 from server.core.deid.policy import (
     BurnedIn,
     BurnedInSuspected,
@@ -49,7 +49,12 @@ from server.core.deid.policy import (
 )
 from server.core.limits import TooLarge
 from server.core.mediatypes import parse_media_type
-from server.core.records import InstanceRecord, UnreadableInstance, read_instance
+from server.core.records import (
+    InstanceRecord,
+    UnreadableInstance,
+    read_instance,
+    record_from_parsed,
+)
 from server.core.stow import PartOutcome
 from server.errors import NoDataset, ServiceUnavailable
 from server.index.base import AddOutcome, Index
@@ -212,9 +217,9 @@ class IngestService:
         out = self._deidentify(item, outcome, study_uid, dataset, policy, secret)
         if out is None:
             return None
-        path, deid, digest = out
+        path, deid, digest, written = out
         sha256 = item.sha256 if path == item.path else digest or sha256_file(path)
-        record = self._read(path, sha256, outcome)
+        record = self._read(path, sha256, outcome, written)
         if record is None:
             path.unlink(missing_ok=True)
             return None
@@ -229,11 +234,13 @@ class IngestService:
         dataset: str | None,
         policy: DeidPolicy,
         secret: str,
-    ) -> tuple[Path, DeidRecord, str | None] | None:
-        """The de-identified copy of the item (the original is deleted), its record and
-        sha256 (None: not known yet), or None (failed)."""
+    ) -> tuple[Path, DeidRecord, str | None, Written | None] | None:
+        """The de-identified copy of the item (the original is deleted), its record,
+        sha256 (None: not known yet) and header as written (None: parse the file), or
+        None (failed)."""
         if not policy.active:  # ``none``: the data arrives de-identified; the file is as sent
-            return item.path, DeidRecord(profile="none", options=[], edition=""), item.sha256
+            none = DeidRecord(profile="none", options=[], edition="")
+            return item.path, none, item.sha256, None
         dst = item.path.with_name(item.path.name + ".deid")
 
         def sent(ds: Dataset) -> None:
@@ -241,8 +248,10 @@ class IngestService:
                 raise _Mismatch
 
         try:
-            record, digest = deidentify_hashed(item.path, dst, policy, secret, on_read=sent)
-            return dst, record, digest
+            record, digest, written = deidentify_parsed(
+                item.path, dst, policy, secret, on_read=sent
+            )
+            return dst, record, digest, written
         except _Mismatch:
             dst.unlink(missing_ok=True)
         except BurnedInSuspected as exc:
@@ -291,11 +300,22 @@ class IngestService:
             dst.unlink(missing_ok=True)
         log.info("quarantined instance %s: burned-in text suspected (%s)", held, reason)
 
-    def _read(self, path: Path, sha256: str, outcome: PartOutcome) -> InstanceRecord | None:
+    def _read(
+        self, path: Path, sha256: str, outcome: PartOutcome, written: Written | None = None
+    ) -> InstanceRecord | None:
+        limits = self.settings.pixel_limits()
         try:
-            record = read_instance(
-                path, sha256, self.settings.pixel_limits(), patient_secret=self.patient_secret
-            )
+            if written is None:
+                record = read_instance(path, sha256, limits, patient_secret=self.patient_secret)
+            else:  # the engine's header is the written file's: no second parse
+                record = record_from_parsed(
+                    path,
+                    written.ds,
+                    written.pixel_offset,
+                    sha256,
+                    limits,
+                    patient_secret=self.patient_secret,
+                )
         except UnreadableInstance as exc:
             outcome.failure = stow.CANNOT_UNDERSTAND
             outcome.message = exc.message

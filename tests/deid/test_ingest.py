@@ -269,7 +269,7 @@ def test_import_deidentifies(live: LiveServer, tmp_path: Path) -> None:
         (tmp_path / f"f{n}.dcm").write_bytes(data)
     done = live.cli("import", "--quiet", "--dataset", "basic", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert "stored 2, failed 0" in done.stdout
+    assert "stored 2 new" in done.stdout and "failed 0" in done.stdout
     rows = get(live, "/dicom-web/studies", PatientName=subject.name).json()
     assert rows == []
     assert files_holding(live.data_dir, subject.needles) == {}

@@ -17,6 +17,7 @@ import hashlib
 import shutil
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -38,10 +39,12 @@ from server.core.deid.policy import (
 from server.core.deid.stream import (
     Source,
     copy_pixels,
+    new_meta,
     read,
     read_trailing,
     write_header,
     write_trailing,
+    written_as_parsed,
 )
 from server.core.records import UnreadableInstance
 
@@ -77,6 +80,32 @@ def deidentify_hashed(
     *,
     check_burned_in: bool = True,
 ) -> tuple[DeidRecord, str | None]:
+    """See ``deidentify_parsed``; the record and the sha256."""
+    record, digest, _ = deidentify_parsed(
+        src, dst, policy, secret, on_read, check_burned_in=check_burned_in
+    )
+    return record, digest
+
+
+@dataclass
+class Written:
+    """The de-identified header as written to ``dst`` (its file meta is the new one) and
+    where the pixel element starts in ``dst`` (None: no pixel data): what parsing ``dst``
+    up to its pixel data would give, so the index record is built without that parse."""
+
+    ds: Dataset
+    pixel_offset: int | None
+
+
+def deidentify_parsed(
+    src: Path,
+    dst: Path,
+    policy: DeidPolicy,
+    secret: str,
+    on_read: Callable[[Dataset], None] | None = None,
+    *,
+    check_burned_in: bool = True,
+) -> tuple[DeidRecord, str | None, Written | None]:
     """PS3.15 Annex E / LETHE: write the de-identified copy of ``src`` to ``dst``.
 
     ``on_read`` sees the parsed header before anything is changed (the caller reads the
@@ -86,10 +115,11 @@ def deidentify_hashed(
     quarantine, which holds it for an administrator).
 
     Also returns the sha256 (hex) of ``dst``, computed while it was written (None when
-    the writer had to seek back: hash the file then)."""
+    the writer had to seek back: hash the file then), and the header as written (None
+    when the writer re-encoded it, e.g. deflated: parse ``dst`` then)."""
     if policy.profile is Profile.none:
         shutil.copyfile(src, dst)
-        return DeidRecord(profile="none", options=[], edition=""), None
+        return DeidRecord(profile="none", options=[], edition=""), None, None
     changes = Changes()
     with open(src, "rb") as fin:
         source = read(fin)
@@ -102,8 +132,16 @@ def deidentify_hashed(
         except _MALFORMED_ITEMS as exc:  # a value pydicom cannot decode: the sender's bytes
             name = type(exc).__name__
             raise UnreadableInstance(f"malformed value in the instance ({name})") from exc
-        digest = _write(fin, dst, source, trailing)
-    return _record(policy, changes), digest
+        plain = written_as_parsed(source)
+        digest, pixel_at = _write(fin, dst, source, trailing)
+    written = None
+    if plain:  # the sender's file meta is not what was written: the new one, as written
+        try:
+            source.ds.file_meta = new_meta(source.ds, source.transfer_syntax)
+            written = Written(source.ds, pixel_at)
+        except _MALFORMED:
+            written = None  # ingest parses the written file instead
+    return _record(policy, changes), digest, written
 
 
 def _prepare(
@@ -155,16 +193,21 @@ class _Hashing:
         return None if self.seeked else self.sha256.hexdigest()
 
 
-def _write(fin: BinaryIO, dst: Path, source: Source, trailing: Dataset) -> str | None:
-    """New header, raw pixel element, trailing elements; nothing left half-written."""
+def _write(
+    fin: BinaryIO, dst: Path, source: Source, trailing: Dataset
+) -> tuple[str | None, int | None]:
+    """New header, raw pixel element, trailing elements; nothing left half-written.
+    Returns the sha256 (None: unknown) and where the pixel element starts in ``dst``."""
+    pixel_at = None
     try:
         with open(dst, "wb") as raw:
             fout = cast(BinaryIO, _Hashing(raw))
             write_header(fout, source)
             if source.pixel_offset is not None:
+                pixel_at = fout.tell()
                 copy_pixels(fin, fout, source)
                 write_trailing(fout, trailing, source)
-        return cast(_Hashing, fout).hexdigest()
+        return cast(_Hashing, fout).hexdigest(), pixel_at
     except BaseException as exc:
         dst.unlink(missing_ok=True)
         if isinstance(exc, _MALFORMED):

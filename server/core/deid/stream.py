@@ -210,6 +210,20 @@ def _plain(source: Source) -> bool:
     return not any(t >> 16 in (0, 2) for t in source.ds._dict)
 
 
+def _same_encoding(source: Source) -> bool:
+    ds = source.ds
+    return bool(
+        ds.original_encoding == (source.implicit, source.little)
+        and ds.original_character_set == ds._character_set
+    )
+
+
+def written_as_parsed(source: Source) -> bool:
+    """``write_header`` will write the dataset's elements in the encoding and character
+    set they were read in: parsing the written header gives back ``source.ds``."""
+    return _plain(source) and _same_encoding(source)
+
+
 def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
     """One explicit VR little endian element of the file meta group."""
     head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
@@ -265,9 +279,7 @@ def _write_plain(dst: BinaryIO, source: Source, meta: bytes | None) -> None:
     else:
         write_file_meta_info(out, source.ds.file_meta, enforce_standard=True)
     ds = source.ds
-    if ds.original_encoding != (source.implicit, source.little) or (
-        ds.original_character_set != ds._character_set
-    ):
+    if not _same_encoding(source):
         write_dataset(out, ds)  # pydicom re-encodes every element then
         return
     charset = ds.get("SpecificCharacterSet", default_encoding)  # as write_dataset does

@@ -162,7 +162,7 @@ class LiveServer:
             env.pop("GATEWAY_DEID__DEFAULT_PROFILE")  # privacy by default, as shipped
         return env
 
-    def start(self, timeout: float = 60) -> LiveServer:
+    def start(self, timeout: float = 180) -> LiveServer:
         self.port = self.port or free_port()
         args = [sys.executable, "-m", "server.cli.main", "serve", "--port", str(self.port)]
         if self.demo:
@@ -183,6 +183,7 @@ class LiveServer:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
+        self.stop()  # a gateway that never answered must not outlive the test
         raise RuntimeError(f"gateway did not start: {self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:

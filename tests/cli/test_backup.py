@@ -372,7 +372,7 @@ def test_elasticsearch_backup_restore_and_reindex_keep_dataset_membership(
         for dataset, n in (("lung", 3), ("colon", 2)):
             answer = stow_into(live, dataset, None, cohort(instances_per_series=n))
             assert answer.status_code == 200, answer.text
-        httpx.post(f"{elasticsearch_url}/{prefix}-*/_refresh")
+        httpx.post(f"{elasticsearch_url}/{prefix}-*/_refresh", timeout=60)
         original = _es_counts(elasticsearch_url, prefix)
         assert original == {"lung": 3, "colon": 2}
         done = live.cli("backup", "--quiet", str(tmp_path / "bk"))
@@ -383,8 +383,10 @@ def test_elasticsearch_backup_restore_and_reindex_keep_dataset_membership(
     manifest = _manifest(tmp_path / "bk")
     assert manifest["index_backend"] == "elasticsearch"
     assert "elasticsearch-datasets.jsonl" in _paths(manifest)
-    for name in httpx.get(f"{elasticsearch_url}/_alias/{prefix}-*").json():  # the cluster is lost
-        httpx.delete(f"{elasticsearch_url}/{name}")
+    for name in httpx.get(
+        f"{elasticsearch_url}/_alias/{prefix}-*", timeout=60
+    ).json():  # the cluster is lost
+        httpx.delete(f"{elasticsearch_url}/{name}", timeout=120)
 
     target = LiveServer(tmp_path / "restored", extra_env=env)
     told = target.cli("restore", "--quiet", str(tmp_path / "bk"))
@@ -403,4 +405,4 @@ def test_elasticsearch_backup_restore_and_reindex_keep_dataset_membership(
     finally:
         target.stop()
         for name in httpx.get(f"{elasticsearch_url}/_alias/{prefix}-*").json():
-            httpx.delete(f"{elasticsearch_url}/{name}")
+            httpx.delete(f"{elasticsearch_url}/{name}", timeout=120)

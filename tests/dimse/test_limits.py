@@ -24,7 +24,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DimseGat
         tmp_path_factory.mktemp("limits") / "data",
         GATEWAY_DIMSE__MAX_ASSOCIATIONS="2",
         GATEWAY_DIMSE__ACSE_TIMEOUT="2",
-        GATEWAY_DIMSE__IDLE_TIMEOUT="3",
+        GATEWAY_DIMSE__IDLE_TIMEOUT="6",  # short, but a loaded machine may pause a sender for seconds
     )
     cli_ok(gw.live, "dataset", "create", "site", "--title", "site", "--cancer-type", "lung")
     add_client(gw.live, "modality", "--ae-title", "MODALITY", "--store", "site")

@@ -37,4 +37,4 @@ def test_fdp_during_an_outage_is_503_not_cached(elasticsearch_url: str, tmp_path
     finally:
         live.stop()
         proxy.cut()
-        httpx.delete(f"{elasticsearch_url}/fdpoutage{proxy.port}-*")
+        httpx.delete(f"{elasticsearch_url}/fdpoutage{proxy.port}-*", timeout=120)

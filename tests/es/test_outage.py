@@ -108,4 +108,4 @@ def test_stow_during_an_outage_is_503_and_leaves_nothing_stored(
     finally:
         live.stop()
         proxy.cut()
-        httpx.delete(f"{elasticsearch_url}/outage{proxy.port}-*")
+        httpx.delete(f"{elasticsearch_url}/outage{proxy.port}-*", timeout=120)

@@ -51,7 +51,7 @@ def cut_gateway(
     finally:
         live.stop()
         proxy.cut()
-        httpx.delete(f"{elasticsearch_url}/readoutage{proxy.port}-*")
+        httpx.delete(f"{elasticsearch_url}/readoutage{proxy.port}-*", timeout=120)
 
 
 ROUTES = [

@@ -70,4 +70,4 @@ def test_reindex_rebuilds_identical_answers_and_switches_aliases(
         assert len(_studies(live)) == len(before) + 1
     finally:
         live.stop()
-        httpx.delete(f"{elasticsearch_url}/{prefix}-*")
+        httpx.delete(f"{elasticsearch_url}/{prefix}-*", timeout=120)

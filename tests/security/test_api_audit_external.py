@@ -320,6 +320,29 @@ def test_tokens_of_unconfigured_issuers_are_401(fed: Federation) -> None:
 # ---------------------------------------------------------------------- tamper check (last)
 
 
+def test_zip_and_wado_uri_downloads_are_audited_as_retrievals_of_the_study(
+    fed: Federation,
+) -> None:
+    study = f"/dicom-web/studies/{fed.a.study_uid}"
+    assert fed.get(f"{study}?accept=application/zip", fed.x_token).status_code == 200
+    uri = (f"/wado?requestType=WADO&studyUID={fed.a.study_uid}&seriesUID={fed.a.series_uid}"
+           f"&objectUID={fed.a.sop_uid}&contentType=application/dicom")  # fmt: skip
+    assert fed.get(uri, fed.x_token).status_code == 200
+    assert fed.get(uri.replace(fed.a.study_uid, fed.c.study_uid), fed.x_token).status_code == 404
+    _wait_for(fed, lambda e: _request_line(e) == "GET /wado", agent=fed.x.client_id)
+    events = _events(fed, agent=fed.x.client_id)
+    for line, query in ((f"GET {study}", "accept=application/zip"), ("GET /wado", uri[6:])):
+        found = [e for e in events if _request_line(e) == line and _query(e) == query]
+        assert found, line
+        event = found[-1]
+        assert event.outcome == "0" and _action(event) == "retrieve"
+        assert {p for agent in event.agent for p in agent.policy or []} == {"Contract/daa-x-a"}
+        assert fed.a.study_uid in event.model_dump_json()
+    refused = [e for e in events if _request_line(e) == "GET /wado" and e.outcome == "4"]
+    assert refused and refused[-1].outcomeDesc.startswith("HTTP 404")
+
+
+# last: it stops the gateway
 def test_audit_verify_detects_an_edited_event(fed: Federation) -> None:
     fed.gateway.stop()  # the writer has flushed; nothing appends while the file is checked
     intact = fed.gateway.cli("audit", "verify")
@@ -345,25 +368,3 @@ def test_audit_verify_detects_an_edited_event(fed: Federation) -> None:
     tampered = fed.gateway.cli("audit", "verify")
     assert tampered.returncode == 1, tampered.stdout + tampered.stderr
     assert "TAMPERED" in tampered.stdout
-
-
-def test_zip_and_wado_uri_downloads_are_audited_as_retrievals_of_the_study(
-    fed: Federation,
-) -> None:
-    study = f"/dicom-web/studies/{fed.a.study_uid}"
-    assert fed.get(f"{study}?accept=application/zip", fed.x_token).status_code == 200
-    uri = (f"/wado?requestType=WADO&studyUID={fed.a.study_uid}&seriesUID={fed.a.series_uid}"
-           f"&objectUID={fed.a.sop_uid}&contentType=application/dicom")  # fmt: skip
-    assert fed.get(uri, fed.x_token).status_code == 200
-    assert fed.get(uri.replace(fed.a.study_uid, fed.c.study_uid), fed.x_token).status_code == 404
-    _wait_for(fed, lambda e: _request_line(e) == "GET /wado", agent=fed.x.client_id)
-    events = _events(fed, agent=fed.x.client_id)
-    for line, query in ((f"GET {study}", "accept=application/zip"), ("GET /wado", uri[6:])):
-        found = [e for e in events if _request_line(e) == line and _query(e) == query]
-        assert found, line
-        event = found[-1]
-        assert event.outcome == "0" and _action(event) == "retrieve"
-        assert {p for agent in event.agent for p in agent.policy or []} == {"Contract/daa-x-a"}
-        assert fed.a.study_uid in event.model_dump_json()
-    refused = [e for e in events if _request_line(e) == "GET /wado" and e.outcome == "4"]
-    assert refused and refused[-1].outcomeDesc.startswith("HTTP 404")

@@ -151,8 +151,9 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     live = LiveServer(tmp_path_factory.mktemp("bodies") / "data", extra_env=auth_env(
         public_read=True, GATEWAY_FHIR__MAX_BODY_BYTES=str(FHIR_LIMIT),
-        GATEWAY_STOW__MAX_BODY_BYTES=str(STOW_LIMIT),
+        GATEWAY_STOW__MAX_BODY_BYTES=str(STOW_LIMIT), GATEWAY_DEFAULT_DATASET=DATASET,
         GATEWAY_FEDERATION__EUCAIM_SEARCH_TOKEN=EUCAIM_SECRET))  # fmt: skip
+    # (a default dataset: /dicom-web/studies would otherwise be refused as naming none, 400)
     cli_ok(
         live, "dataset", "create", DATASET, "--title", DATASET, "--cancer-type", "lung", *AS_SENT
     )

@@ -97,7 +97,11 @@ def _normalised(answer: httpx.Response) -> tuple[int, dict[str, str], Any]:
     for item in body.get("00081198", {}).get("Value", []):
         for tag in UID_TAGS:
             item.pop(tag, None)
-    headers = {k: v for k, v in answer.headers.items() if k not in ("date", "content-length")}
+    headers = {
+        k: v
+        for k, v in answer.headers.items()
+        if k not in ("date", "content-length", "x-request-id")
+    }
     return answer.status_code, headers, body
 
 

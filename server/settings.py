@@ -269,17 +269,13 @@ class AuthSettings(BaseModel):
 class MetricsSettings(BaseModel):
     # GET /metrics (Prometheus text format) for callers in these networks, or administrators.
     enabled: bool = True
-    allow: list[str] = ["127.0.0.1/32", "::1/128"]
+    # none by default: behind a reverse proxy on the same host every caller looks local
+    allow: list[str] = []
 
     @field_validator("allow")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item.strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"metrics.allow: {item!r} is not an IP address or CIDR") from None
-        return value
+    def _allow(cls, value: list[str]) -> list[str]:
+        return _networks("metrics.allow", value)
 
 
 class _Environment(EnvSettingsSource):
@@ -296,6 +292,21 @@ class _Environment(EnvSettingsSource):
             raise ValueError(
                 f"{field_name}: JSON expected (a list of objects: '[{{...}}]')"
             ) from None
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")
+    return value.lower()
+
+
+def _networks(name: str, value: list[str]) -> list[str]:
+    for item in value:
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{name}: {item!r} is not an IP address or CIDR") from None
+    return value
 
 
 def _http_url(name: str, value: str | None) -> str | None:
@@ -369,16 +380,12 @@ class Settings(BaseSettings):
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
-        if value.lower() not in LOG_LEVELS:
-            raise ValueError(f"log_level {value!r} is not one of {', '.join(LOG_LEVELS)}")
-        return value.lower()
+        return _one_of("log_level", value, LOG_LEVELS)
 
     @field_validator("log_format")
     @classmethod
     def _log_format(cls, value: str) -> str:
-        if value.lower() not in LOG_FORMATS:
-            raise ValueError(f"log_format {value!r} is not one of {', '.join(LOG_FORMATS)}")
-        return value.lower()
+        return _one_of("log_format", value, LOG_FORMATS)
 
     @field_validator("index")
     @classmethod
@@ -389,15 +396,8 @@ class Settings(BaseSettings):
 
     @field_validator("trusted_proxies")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item.strip(), strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"trusted_proxies: {item!r} is not an IP address or CIDR"
-                ) from None
-        return value
+    def _proxies(cls, value: list[str]) -> list[str]:
+        return _networks("trusted_proxies", value)
 
     @field_validator("storage")
     @classmethod

@@ -47,8 +47,12 @@ def route_template(scope: Scope) -> str:
             if raw == static or raw.startswith(static + "/"):
                 return static
         return "(unmatched)"
-    names = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
-    return "/".join(f"{{{names[s]}}}" if s in names else s for s in raw.split("/"))
+    template = raw
+    params = (scope.get("path_params") or {}).items()
+    for name, value in sorted(params, key=lambda item: -len(str(item[1]))):
+        if str(value):  # whole segments only; a {path:path} value may span several
+            template = re.sub(rf"(?<=/){re.escape(str(value))}(?=/|$)", f"{{{name}}}", template)
+    return template
 
 
 def caller(scope: Scope) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -85,16 +87,8 @@ def read_instance(
     ``patient_secret`` keys the pseudonymous Patient id (server.core.fhir.imaging.patient_id).
     """
     limits = limits or PixelLimits()
-    try:
+    with _unreadable():
         return _read_instance(path, sha256, limits, patient_secret)
-    except UnreadableInstance:
-        raise
-    except TooLarge as exc:
-        raise UnreadableInstance(exc.message) from exc
-    except RecursionError as exc:
-        raise UnreadableInstance("the data set is nested too deeply to be read") from exc
-    except Exception as exc:
-        raise UnreadableInstance(f"DICOM parse error: {type(exc).__name__}: {exc}") from exc
 
 
 def record_from_parsed(
@@ -111,10 +105,16 @@ def record_from_parsed(
     element starts in ``path`` (None: none). The de-identification engine has that
     header after writing the file, so the file is not parsed a second time."""
     limits = limits or PixelLimits()
+    with _unreadable(), path.open("rb") as f:
+        f.seek(0 if pixel_offset is None else pixel_offset, 2 if pixel_offset is None else 0)
+        return _from_parsed(f, ds, path, sha256, limits, patient_secret)
+
+
+@contextmanager
+def _unreadable() -> Iterator[None]:
+    """Every failure of reading an instance as UnreadableInstance, with a reason."""
     try:
-        with path.open("rb") as f:
-            f.seek(0 if pixel_offset is None else pixel_offset, 2 if pixel_offset is None else 0)
-            return _from_parsed(f, ds, path, sha256, limits, patient_secret)
+        yield
     except UnreadableInstance:
         raise
     except TooLarge as exc:

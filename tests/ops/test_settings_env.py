@@ -92,3 +92,25 @@ def test_unknown_variables_are_named_known_ones_are_not() -> None:
         "GATEWAY_PORT__X",
         "GATEWAY_STOW__MAX_PART",
     ]
+
+
+def test_route_templates_hide_every_path_value_even_multi_segment_ones() -> None:
+    from server.api.access_log import route_template
+
+    uid, sop = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.12"
+    scope = {
+        "route": object(),
+        "path": f"/dicom-web/studies/{uid}/series/{uid}9/instances/{sop}/bulkdata/00420011/0/x",
+        "path_params": {"study": uid, "series": uid + "9", "sop": sop, "path": "00420011/0/x"},
+    }
+    assert route_template(scope) == (
+        "/dicom-web/studies/{study}/series/{series}/instances/{sop}/bulkdata/{path}"
+    )
+    assert route_template({"path": f"/dicom-web/{uid}"}) == "(unmatched)"
+
+
+def test_metrics_are_closed_to_anonymous_networks_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GATEWAY_METRICS__ALLOW", raising=False)
+    assert Settings().metrics.allow == []  # a reverse proxy on loopback must not open it

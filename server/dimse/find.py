@@ -27,7 +27,7 @@ from server.dimse.session import (
     caller_of,
     patient_root,
 )
-from server.errors import GatewayError, InvalidQuery
+from server.errors import GatewayError, InvalidQuery, ServiceUnavailable
 from server.security.model import Action
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ LEVELS = {
 }
 _SKIP = {0x00080052, 0x00080005, 0x00080054}  # QueryRetrieveLevel, charset, RetrieveAETitle
 _PATIENT_COUNT = 0x00201200  # NumberOfPatientRelatedStudies
+OUT_OF_RESOURCES = 0xA700  # C-FIND: Refused: Out of Resources (PS3.4 C.4.1.1.4)
 
 
 class IdentifierRefused(GatewayError):
@@ -169,6 +170,11 @@ def handle_find(event: Any, gateway: Gateway) -> Iterator[tuple[Any, Dataset | N
                 yield CANCEL, None
                 return
             yield PENDING, response(row, request, gateway.settings.dimse.ae_title)
+    except ServiceUnavailable as exc:  # the index cannot answer: not the peer's fault
+        audit(gateway, event, caller, action="search", method="C-FIND",
+              status=OUT_OF_RESOURCES, query=text)  # fmt: skip
+        yield failure(OUT_OF_RESOURCES, exc.message), None
+        return
     except GatewayError as exc:
         audit(gateway, event, caller, action="search", method="C-FIND",
               status=IDENTIFIER_DOES_NOT_MATCH, query=text)  # fmt: skip

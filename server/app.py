@@ -60,7 +60,7 @@ from server.security.pseudonym_secrets import PseudonymSecrets
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService
-from server.services.bulk_jobs import SqliteJobStore
+from server.services.bulk_jobs import SqlJobStore
 from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies
@@ -155,7 +155,7 @@ def build_gateway(settings: Settings) -> Gateway:
     sqlite_index = SqliteIndex(settings.data_dir / "index.sqlite")
     index: Index = sqlite_index if settings.index == "sqlite" else elasticsearch_index(settings)
     conformance = default_conformance()
-    fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
+    fhir_store = FhirStore(settings.data_dir / "fhir.sqlite", settings.database())
     queries: DicomFhirQueries | EsFhirQueries
     federation_index: FederationIndex
     if isinstance(index, ElasticsearchIndex):  # FHIR searches the same backend as QIDO
@@ -164,7 +164,7 @@ def build_gateway(settings: Settings) -> Gateway:
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
         federation_index = SqlFederation(sqlite_index.db)
-    audit = AuditLog(settings.data_dir / "audit.sqlite")
+    audit = AuditLog(settings.data_dir / "audit.sqlite", database_url=settings.database())
     secret = InstallationSecret.load_or_create(settings.data_dir)
     _current_patient_keys(queries, secret.patient_id_key())
     cursors = SearchCursors(secret.derive("fhir-cursor"), settings.privacy.cursor_lifetime)
@@ -181,7 +181,7 @@ def build_gateway(settings: Settings) -> Gateway:
         auth.issuer or settings.public_base_url or f"http://{settings.host}:{settings.port}"
     ).rstrip("/")
     tokens = TokenSettings(issuer=issuer, audience=issuer, lifetime_seconds=auth.token_lifetime)
-    clients = ClientRegistry(settings.data_dir / "security.sqlite")
+    clients = ClientRegistry(settings.data_dir / "security.sqlite", settings.database())
     agreements = AgreementCache(
         lambda: load_contracts(fhir_store), ttl=auth.agreement_cache_seconds
     )
@@ -227,7 +227,9 @@ def build_gateway(settings: Settings) -> Gateway:
         authenticator=authenticator,
         external=external,
         audit=audit,
-        throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
+        throttle=FailureThrottle(
+            settings.data_dir / "throttle.sqlite", token_limits(settings), settings.database()
+        ),
         deid_policies=deid_policies,
         catalogue=catalogue,
         federation=FederatedSearch(
@@ -238,7 +240,7 @@ def build_gateway(settings: Settings) -> Gateway:
             NoiseStore(settings.data_dir / "federation.sqlite"),
         ),
         bulk=BulkExportService(
-            SqliteJobStore(settings.data_dir / "bulk.sqlite"),
+            SqlJobStore(settings.data_dir / "bulk.sqlite", settings.database()),
             fhir_read,
             fhir_store,
             audit,

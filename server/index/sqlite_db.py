@@ -10,6 +10,8 @@ from pathlib import Path
 
 
 class SqliteDatabase:
+    dialect = "sqlite"
+
     def __init__(self, path: Path, statements: list[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path

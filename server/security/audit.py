@@ -32,6 +32,14 @@ when the process dies is lost - the flush interval bounds that window - and an
 operating-system crash or power loss may lose the last committed flushes, after
 which :func:`verify` reports the tail as removed. Several processes may share one
 log: the next seq and hash are read inside the write transaction.
+
+On a shared PostgreSQL database (``GATEWAY_DATABASE_URL``) the same rows live in the
+``audit_event`` table and the anchor is the one-row ``audit_head`` table, moved in the
+same transaction as the rows it anchors. Appends from every replica are serialised by
+the store's advisory lock and a ``SELECT ... FOR UPDATE`` of the head, so the chain stays
+one sequence; ``imaging-gateway audit verify`` recomputes it from the database. The
+anchor sitting in the same database protects less than a file elsewhere: keep copies of
+the printed head hash outside the database when that matters.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from typing import Any
 import orjson
 
 from server.core.fhir.search import SearchRequest
+from server.database import Connection, Database, open_store
 from server.security.audit_event import (
     CLIENT_ID_SYSTEM,
     OUTCOMES,
@@ -94,6 +103,18 @@ _SCHEMA = [
        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
 ]
 _COLUMNS = "client_id, subject, action, outcome, recorded, datasets, entities"
+# The same table on a shared database, plus the anchor as a row and append-only triggers.
+_SHARED_SCHEMA = [
+    *_SCHEMA[:-2],
+    "CREATE TABLE IF NOT EXISTS audit_head (id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),"
+    " seq INTEGER NOT NULL, hash TEXT NOT NULL)",
+    f"INSERT INTO audit_head VALUES (1, 0, '{GENESIS}') ON CONFLICT (id) DO NOTHING",
+    "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql"
+    " AS $$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$",
+    "CREATE OR REPLACE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE OR TRUNCATE"
+    " ON audit_event FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
+]
+_CHUNK = 5000  # rows read per query while verifying
 
 
 def canonical(event: dict[str, Any]) -> bytes:
@@ -177,6 +198,7 @@ class AuditLog:
         self,
         path: Path,
         *,
+        database_url: str | None = None,
         observer: str = "cancer-imaging-gateway",
         flush_interval: float = 0.05,
     ) -> None:
@@ -188,14 +210,21 @@ class AuditLog:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
-        self._conn = _connect(path, read_only=False)
-        for statement in _SCHEMA:
-            self._conn.execute(statement)
-        self._check_anchor()
+        self._conn: sqlite3.Connection | None = None
+        self.db: Database | None = None
+        if database_url:
+            self.db = open_shared(database_url)
+            _check_head(self.db)
+        else:
+            self._conn = _connect(path, read_only=False)
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self._check_anchor()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
     def _check_anchor(self) -> None:
+        assert self._conn is not None
         last = self._conn.execute(
             "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1"
         ).fetchone()
@@ -239,7 +268,10 @@ class AuditLog:
         try:
             self._write_queued()
         finally:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+            if self.db is not None:
+                self.db.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
@@ -273,7 +305,11 @@ class AuditLog:
         events = list(self._events(batch))
         if not events:
             return
+        if self.db is not None:
+            _append_shared(self.db, events)
+            return
         conn = self._conn
+        assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
             last = conn.execute(
@@ -328,8 +364,7 @@ class AuditLog:
         ``since``/``until`` are instants or dates (a date as ``until`` includes that day);
         ``entity`` and ``dataset`` match one of the event's values exactly.
         """
-        conn = _connect(self.path, read_only=True)
-        try:
+        with self._reading() as conn:
             return search_rows(
                 conn,
                 client_id=client_id,
@@ -343,34 +378,78 @@ class AuditLog:
                 limit=limit,
                 after_seq=after_seq,
             )
-        finally:
-            conn.close()
 
     def read(self, event_id: str) -> dict[str, Any] | None:
         """The stored AuditEvent with this id, or None."""
-        conn = _connect(self.path, read_only=True)
-        try:
+        with self._reading() as conn:
             return read_event(conn, event_id)
-        finally:
-            conn.close()
 
     def fhir_search(
         self, req: SearchRequest, after_seq: int | None = None
     ) -> list[tuple[int, dict[str, Any]]]:
         """FHIR R4 AuditEvent search: up to ``req.count + 1`` events after ``after_seq``."""
-        conn = _connect(self.path, read_only=True)
-        try:
+        with self._reading() as conn:
             return fhir_rows(conn, req, after_seq=after_seq)
-        finally:
-            conn.close()
 
     def count(self) -> int:
         """Stored events (queued ones are not counted until flushed)."""
+        with self._reading() as conn:
+            return int(conn.execute("SELECT count(*) FROM audit_event").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        if self.db is not None:
+            yield self.db.reader()
+            return
         conn = _connect(self.path, read_only=True)
         try:
-            return int(conn.execute("SELECT count(*) FROM audit_event").fetchone()[0])
+            yield conn
         finally:
             conn.close()
+
+
+# -- the log on a shared database -------------------------------------------------------------
+
+
+def open_shared(database_url: str) -> Database:
+    """The audit store on a shared database (tables created on first use)."""
+    return open_store(database_url, Path(AUDIT_FILE), "audit", [_SHARED_SCHEMA])
+
+
+def _last_row(conn: Connection) -> tuple[int, str]:
+    last = conn.execute("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(last[0]), str(last[1])) if last else (0, GENESIS)
+
+
+def _check_head(db: Database) -> None:
+    conn = db.reader()
+    head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+    end = _last_row(conn)
+    if head is not None and end != (head[0], head[1]):
+        log.warning(
+            "audit log ends at %s but its head says %s; run 'imaging-gateway audit verify'",
+            end[0],
+            head[0],
+        )
+
+
+def _append_shared(db: Database, events: list[tuple[bytes, tuple[Any, ...]]]) -> None:
+    """Append after the head, moving it in the same transaction (one writer at a time)."""
+    with db.write() as conn:
+        head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE").fetchone()
+        seq, prev = int(head[0]), str(head[1])
+        rows = []
+        for data, columns in events:
+            seq += 1
+            digest = chain_hash(prev, data)
+            rows.append((seq, data, prev, digest, *columns))
+            prev = digest
+        conn.executemany(
+            f"INSERT INTO audit_event (seq, event, prev_hash, hash, {_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.execute("UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (seq, prev))
 
 
 def tail(path: Path, limit: int = 20) -> list[tuple[int, dict[str, Any]]]:
@@ -403,72 +482,132 @@ def _span(first: int, last: int) -> str:
     return f"event {first} missing" if first == last else f"events {first}-{last} missing"
 
 
+class _Chain:
+    """Walks stored rows in seq order and notes every break in the chain."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.events = 0
+        self.expected = 1
+        self.last_seq, self.last_hash = 0, GENESIS
+
+    def check(self, row: tuple[Any, ...]) -> None:
+        seq, data, prev_hash, stored, *columns = row
+        self.events += 1
+        if isinstance(data, str):
+            data = data.encode()
+        data = bytes(data)
+        gap = seq > self.expected
+        if seq < self.expected:
+            self.problems.append(f"event {seq}: out of sequence (inserted)")
+        elif gap:
+            self.problems.append(f"{_span(self.expected, seq - 1)} (removed)")
+        if chain_hash(prev_hash, data) != stored:
+            self.problems.append(f"event {seq}: hash mismatch (changed)")
+        elif prev_hash != self.last_hash and not gap and seq >= self.expected:
+            self.problems.append(
+                f"event {seq}: does not follow event {self.last_seq} (inserted or rewritten)"
+            )
+        try:
+            if tuple(columns) != index_values(orjson.loads(data)):
+                self.problems.append(f"event {seq}: search columns differ from the event")
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+            self.problems.append(f"event {seq}: not a readable AuditEvent (changed)")
+        self.expected = max(self.expected, seq + 1)
+        self.last_seq, self.last_hash = seq, stored
+
+    def walk(self, conn: Connection) -> None:
+        """Every row, a chunk at a time (memory does not grow with the log)."""
+        after = None
+        while True:
+            where = "" if after is None else "WHERE seq > ? "
+            rows = conn.execute(
+                f"SELECT seq, event, prev_hash, hash, {_COLUMNS} FROM audit_event {where}"
+                "ORDER BY seq LIMIT ?",
+                [*([] if after is None else [after]), _CHUNK],
+            ).fetchall()
+            for row in rows:
+                self.check(tuple(row))
+            if len(rows) < _CHUNK:
+                return
+            after = rows[-1][0]
+
+    def against(self, anchor: tuple[int, str] | None) -> None:
+        if anchor is None:
+            if self.events:
+                self.problems.append(
+                    "anchor: missing (cannot tell whether the last events were removed)"
+                )
+        elif anchor[0] > self.last_seq:
+            self.problems.append(
+                f"anchor: log ends at {self.last_seq}, anchor says {anchor[0]} (tail removed)"
+            )
+        elif anchor[0] < self.last_seq:
+            self.problems.append(
+                f"anchor: log ends at {self.last_seq}, anchor says {anchor[0]} "
+                "(events added after the anchor, or the writer stopped before updating it)"
+            )
+        elif anchor[1] != self.last_hash:
+            self.problems.append(f"anchor: event {self.last_seq} is not the one anchored (changed)")
+
+    def report(self) -> VerifyReport:
+        return VerifyReport(
+            events=self.events,
+            ok=not self.problems,
+            problems=self.problems,
+            last_seq=self.last_seq,
+            last_hash=self.last_hash,
+        )
+
+
 def verify(path: Path) -> VerifyReport:
     """Recompute the hash chain from the database file (opened read-only) and check the anchor."""
-    problems: list[str] = []
-    events = 0
-    last_seq, last_hash = 0, GENESIS
+    chain = _Chain()
     if path.exists():
         conn = _connect(path, read_only=True)
         try:
-            rows = conn.execute(
-                f"SELECT seq, event, prev_hash, hash, {_COLUMNS} FROM audit_event ORDER BY seq"
-            )
-            expected = 1
-            for seq, data, prev_hash, stored, *columns in rows:
-                events += 1
-                if isinstance(data, str):
-                    data = data.encode()
-                gap = seq > expected
-                if seq < expected:
-                    problems.append(f"event {seq}: out of sequence (inserted)")
-                elif gap:
-                    problems.append(f"{_span(expected, seq - 1)} (removed)")
-                if chain_hash(prev_hash, data) != stored:
-                    problems.append(f"event {seq}: hash mismatch (changed)")
-                elif prev_hash != last_hash and not gap and seq >= expected:
-                    problems.append(
-                        f"event {seq}: does not follow event {last_seq} (inserted or rewritten)"
-                    )
-                try:
-                    if tuple(columns) != index_values(orjson.loads(data)):
-                        problems.append(f"event {seq}: search columns differ from the event")
-                except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-                    problems.append(f"event {seq}: not a readable AuditEvent (changed)")
-                expected = max(expected, seq + 1)
-                last_seq, last_hash = seq, stored
+            chain.walk(conn)
         except sqlite3.DatabaseError as exc:
-            problems.append(f"database unreadable: {exc}")
+            chain.problems.append(f"database unreadable: {exc}")
         finally:
             conn.close()
     try:
         anchor = read_anchor(path)
     except ValueError as exc:
-        problems.append(f"anchor: {exc}")
+        chain.problems.append(f"anchor: {exc}")
     else:
-        if anchor is None:
-            if events:
-                problems.append(
-                    "anchor: missing (cannot tell whether the last events were removed)"
-                )
-        elif anchor[0] > last_seq:
-            problems.append(
-                f"anchor: log ends at {last_seq}, anchor says {anchor[0]} (tail removed)"
+        chain.against(anchor)
+    return chain.report()
+
+
+def verify_shared(database_url: str) -> VerifyReport:
+    """Recompute the chain stored on a shared database and check it against ``audit_head``."""
+    db = open_shared(database_url)
+    try:
+        conn = db.reader()
+        chain = _Chain()
+        chain.walk(conn)
+        head = conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+        chain.against((int(head[0]), str(head[1])) if head else None)
+        return chain.report()
+    finally:
+        db.close()
+
+
+def tail_shared(database_url: str, limit: int = 20) -> list[tuple[int, dict[str, Any]]]:
+    """The last ``limit`` events of the log on a shared database (oldest of them first)."""
+    db = open_shared(database_url)
+    try:
+        rows = (
+            db.reader()
+            .execute(
+                "SELECT seq, event FROM audit_event ORDER BY seq DESC LIMIT ?", (max(0, limit),)
             )
-        elif anchor[0] < last_seq:
-            problems.append(
-                f"anchor: log ends at {last_seq}, anchor says {anchor[0]} "
-                "(events added after the anchor, or the writer stopped before updating it)"
-            )
-        elif anchor[1] != last_hash:
-            problems.append(f"anchor: event {last_seq} is not the one anchored (changed)")
-    return VerifyReport(
-        events=events,
-        ok=not problems,
-        problems=problems,
-        last_seq=last_seq,
-        last_hash=last_hash,
-    )
+            .fetchall()
+        )
+    finally:
+        db.close()
+    return [(seq, orjson.loads(bytes(event))) for seq, event in reversed(rows)]
 
 
 __all__ = [
@@ -482,5 +621,7 @@ __all__ = [
     "index_values",
     "instant",
     "tail",
+    "tail_shared",
     "verify",
+    "verify_shared",
 ]

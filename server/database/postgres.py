@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from server.errors import ServiceUnavailable
 
 _MIGRATION_LOCK = 0x1A6E_0001  # the advisory lock key schema changes take
 _DDL = [
@@ -76,6 +78,15 @@ class _Rows:
         return iter(self._rows)
 
 
+@contextmanager
+def unavailable_as_503() -> Iterator[None]:
+    """A database that cannot be reached is the server's trouble, not the client's: 503."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise ServiceUnavailable("the database is unavailable; retry later") from exc
+
+
 def _run(cur: psycopg.Cursor[Any], sql: str, parameters: Sequence[Any]) -> _Rows:
     cur.execute(translate(sql), list(parameters))
     rows = cur.fetchall() if cur.description is not None else []
@@ -105,7 +116,7 @@ class _PooledReader:
         self._pool = pool
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> _Rows:
-        with self._pool.connection() as conn, conn.cursor() as cur:
+        with unavailable_as_503(), self._pool.connection() as conn, conn.cursor() as cur:
             return _run(cur, sql, parameters)
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> _Rows:
@@ -130,7 +141,7 @@ class PostgresStore:
     @contextmanager
     def write(self) -> Iterator[_Transaction]:
         """One transaction, serialised with every other writer of this store (any process)."""
-        with self.engine.pool.connection() as conn, conn.transaction():
+        with unavailable_as_503(), self.engine.pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
             yield _Transaction(conn)
 
@@ -150,7 +161,8 @@ class Engine:
             url,
             min_size=1,
             max_size=8,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "connect_timeout": 5},
+            timeout=5,  # waiting for a connection: then 503
             open=False,
             name="gateway",
         )

@@ -171,3 +171,24 @@ def test_replicas_starting_at_once_create_the_schema_once(database_url: str) -> 
     with psycopg.connect(database_url) as conn:
         rows = conn.execute("SELECT store, version FROM schema_version ORDER BY store").fetchall()
     assert rows == [("audit", 1), ("clients", 2), ("fhir", 1)]
+
+
+def test_a_database_that_goes_away_answers_503_and_readyz_names_it(tmp_path: Path) -> None:
+    from tests.live import free_port
+    from tests.pg_server import new_database, start_postgres
+
+    admin, stop = start_postgres(free_port())
+    live = LiveServer(tmp_path / "one", extra_env={"GATEWAY_DATABASE_URL": new_database(admin)})
+    try:
+        live.start()
+        assert httpx.get(f"{live.url}/fhir/ResearchStudy").status_code == 200
+        stop()
+        answer = httpx.get(f"{live.url}/fhir/ResearchStudy/any", timeout=60)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["resourceType"] == "OperationOutcome"
+        assert "Retry-After" in answer.headers
+        ready = httpx.get(f"{live.url}/readyz", timeout=60)
+        assert ready.status_code == 503 and "database" in ready.json()["failing"]
+    finally:
+        live.stop()
+        stop()

@@ -57,6 +57,7 @@ from server.security.external import ExternalIssuers
 from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
 from server.security.pseudonym_secrets import PseudonymSecrets
+from server.security.shared_secrets import SharedSecrets
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService
@@ -108,6 +109,7 @@ class Gateway:
     catalogue: CatalogueService
     federation: FederatedSearch
     bulk: BulkExportService
+    shared_secrets: SharedSecrets | None = None  # with a shared database (see shared_secrets)
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -145,6 +147,8 @@ class Gateway:
         self.federation.noise.close()
         self.bulk.stop()
         self.bulk.jobs.close()
+        if self.shared_secrets is not None:
+            self.shared_secrets.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -165,7 +169,13 @@ def build_gateway(settings: Settings) -> Gateway:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
         federation_index = SqlFederation(sqlite_index.db)
     audit = AuditLog(settings.data_dir / "audit.sqlite", database_url=settings.database())
-    secret = InstallationSecret.load_or_create(settings.data_dir)
+    database_url = settings.database()
+    shared = SharedSecrets(database_url) if database_url else None
+    secret = (
+        InstallationSecret.load_or_create_shared(shared)
+        if shared
+        else InstallationSecret.load_or_create(settings.data_dir)
+    )
     _current_patient_keys(queries, secret.patient_id_key())
     cursors = SearchCursors(secret.derive("fhir-cursor"), settings.privacy.cursor_lifetime)
     fhir_read = FhirReadService(
@@ -175,6 +185,8 @@ def build_gateway(settings: Settings) -> Gateway:
     keys = (
         SigningKeys.from_jwk_file(auth.signing_key_file)
         if auth.signing_key_file
+        else SigningKeys.load_or_create_shared(shared, auth.signing_alg)
+        if shared
         else SigningKeys.load_or_create(settings.data_dir, auth.signing_alg)
     )
     issuer = (
@@ -194,7 +206,7 @@ def build_gateway(settings: Settings) -> Gateway:
         all_datasets=every.get,
     )  # fmt: skip
     fhir_write = FhirWriteService(fhir_store, fhir_read)
-    deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir))
+    deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir, shared))
     fhir_write.prepare = deid_policies.settle
 
     def changed(rtype: str) -> None:
@@ -248,6 +260,7 @@ def build_gateway(settings: Settings) -> Gateway:
             settings.data_dir / "bulk",
             settings.failpoint,
         ),
+        shared_secrets=shared,
     )
 
 

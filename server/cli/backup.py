@@ -189,7 +189,7 @@ def _after_restore(report, settings, run_reindex: bool, quiet: bool) -> None:  #
     try:
         done = reindex(
             gateway.index, gateway.store, progress=bar.update, memberships=memberships,
-            patient_secret=patient_id_key(settings.data_dir),
+            patient_secret=patient_id_key(settings.data_dir, settings.database()),
         )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc

@@ -279,7 +279,7 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: P
     try:
         report = run_reindex(
             gateway.index, gateway.store, keep_old=keep_old, progress=bar.update,
-            memberships=memberships, patient_secret=patient_id_key(settings.data_dir),
+            memberships=memberships, patient_secret=patient_id_key(settings.data_dir, settings.database()),
         )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc

@@ -82,6 +82,25 @@ def test_a_token_issued_by_one_replica_is_accepted_by_the_other(
         two.stop()
 
 
+def test_replicas_without_a_key_file_sign_with_the_key_in_the_database(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = auth_env(GATEWAY_AUTH__ISSUER="https://gateway.example")
+    one, two = _pair(tmp_path, database_url, **env)
+    try:
+        admin = add_client(two, "admin", "--admin")
+        issued = token(two, admin)
+        answer = httpx.get(f"{one.url}/fhir/ResearchStudy", headers=bearer(issued))
+        assert answer.status_code == 200, answer.text
+        assert (
+            httpx.get(f"{one.url}/oauth/jwks").json() == httpx.get(f"{two.url}/oauth/jwks").json()
+        )
+        assert not (one.data_dir / "keys").exists() and not (two.data_dir / "keys").exists()
+    finally:
+        one.stop()
+        two.stop()
+
+
 def test_two_replicas_appending_audit_events_at_once_keep_one_verifiable_chain(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -7,7 +7,8 @@ the PostgreSQL/SQLite ratio and the load average.
 
     .venv/bin/python bench/database_engines.py [--rounds 3] [--n 500] [--pg-url URL]
 
-Without --pg-url a throwaway cluster is started (tests/pg_server.py).
+Without --pg-url a throwaway cluster is started (tests/pg_server.py) with PostgreSQL's
+durable defaults (fsync on), as the SQLite stores run with synchronous=FULL.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def main() -> None:
     stop: Callable[[], None] = lambda: None  # noqa: E731
     admin = args.pg_url
     if admin is None:
-        admin, stop = start_postgres(free_port())
+        admin, stop = start_postgres(free_port(), durable=True)  # commits flushed, as SQLite's
     results: dict[str, dict[str, list[float]]] = {"sqlite": {}, "postgresql": {}}
     try:
         for _ in range(args.rounds):

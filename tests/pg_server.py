@@ -42,8 +42,12 @@ def _as_owner(args: list[str], owner: str | None) -> list[str]:
     return ["runuser", "-u", owner, "--", *args] if owner else args
 
 
-def start_postgres(port: int) -> tuple[str, Callable[[], None]]:
-    """A new cluster on 127.0.0.1:``port``; returns (URL of its ``postgres`` database, stop)."""
+def start_postgres(port: int, *, durable: bool = False) -> tuple[str, Callable[[], None]]:
+    """A new cluster on 127.0.0.1:``port``; returns (URL of its ``postgres`` database, stop).
+
+    Not ``durable`` (tests): no fsync, as nothing must survive a power loss; ``durable``
+    (benchmarks): PostgreSQL's defaults, every commit flushed, as in production.
+    """
     bin_dir = _bin_dir()
     owner = "postgres" if os.geteuid() == 0 else None
     work = Path(tempfile.mkdtemp(prefix="imaging-gateway-pg."))
@@ -57,8 +61,9 @@ def start_postgres(port: int) -> tuple[str, Callable[[], None]]:
     )
     run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, "-A", "trust", "-E", "UTF8",
          "--locale=C", "--no-sync"])  # fmt: skip
-    options = (f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-               " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")  # fmt: skip
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(work / "log"), "-w", "-t", "60",
          "-o", options, "start"])  # fmt: skip
 

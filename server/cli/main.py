@@ -36,7 +36,17 @@ def _logging(level: str, fmt: str = "plain") -> None:
     configure(level, fmt)
 
 
-@click.group()
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        from server.database import DatabaseUnreachable
+
+        try:
+            return super().invoke(ctx)
+        except DatabaseUnreachable as exc:  # a clear line, not a traceback
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="cancer-imaging-gateway")
 def main() -> None:
     """Cancer-imaging interoperability gateway."""

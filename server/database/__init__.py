@@ -34,6 +34,11 @@ except ImportError:  # pragma: no cover
     pass
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The shared database cannot be reached at start-up (the message names host, port and
+    database, never the password)."""
+
+
 class Cursor(Protocol):
     @property
     def rowcount(self) -> int: ...

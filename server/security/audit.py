@@ -274,11 +274,18 @@ class AuditLog:
                 self.db.close()
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(self.flush_interval):
             try:
                 self._write_queued()
             except Exception:  # never let the writer die; the batch stays queued
-                log.exception("audit writer: write failed; retrying")
+                if not failing:  # once per outage, not every flush interval
+                    log.exception("audit writer: write failed; retrying")
+                failing = True
+            else:
+                if failing:
+                    log.warning("audit writer: writing again")
+                failing = False
 
     def _write_queued(self) -> None:
         with self._write_lock:

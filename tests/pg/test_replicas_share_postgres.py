@@ -211,3 +211,15 @@ def test_a_database_that_goes_away_answers_503_and_readyz_names_it(tmp_path: Pat
     finally:
         live.stop()
         stop()
+
+
+def test_an_unreachable_database_stops_the_start_with_a_clear_line(tmp_path: Path) -> None:
+    from tests.live import free_port
+
+    url = f"postgresql://gateway:hunter2-secret@127.0.0.1:{free_port()}/gateway"
+    live = LiveServer(tmp_path / "one", extra_env={"GATEWAY_DATABASE_URL": url})
+    done = live.cli_process("clients", "list")
+    assert done.returncode == 1
+    assert "cannot connect to the database at 127.0.0.1:" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "hunter2-secret" not in done.stdout + done.stderr

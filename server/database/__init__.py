@@ -77,7 +77,7 @@ def open_store(
 
         assert url is not None
         return engine(url).store(store, migrations)
-    from server.index.sqlite_db import SqliteDatabase
+    from server.database.sqlite import SqliteDatabase
 
     return SqliteDatabase(path, [s for version in migrations for s in version])
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.database import Database, open_store
-from server.index.sqlite_db import SqliteDatabase
+from server.database.sqlite import SqliteDatabase
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS token_failure (key TEXT NOT NULL, at REAL NOT NULL)",

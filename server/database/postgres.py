@@ -62,7 +62,10 @@ def _functions(sql: str) -> str:
 
 
 def translate(sql: str) -> str:
-    """Portable SQL (``?`` placeholders) as psycopg's (``%s``; a literal ``%`` doubled)."""
+    """Portable SQL (``?`` placeholders) as psycopg's (``%s``; a literal ``%`` doubled).
+
+    Values travel as parameters, so no ``?`` appears inside a string literal of a store.
+    """
     return _functions(sql).replace("%", "%%").replace("?", "%s")
 
 

@@ -46,7 +46,7 @@ class Job:
 
 
 class JobStore(Protocol):
-    """Where export jobs live (SQLite here; a PostgreSQL store implements the same)."""
+    """Where export jobs live (SqlJobStore: SQLite, or the shared PostgreSQL database)."""
 
     def add(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...

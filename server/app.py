@@ -249,7 +249,7 @@ def build_gateway(settings: Settings) -> Gateway:
             federation_index,
             queries.dataset_statistics,
             settings.federation,
-            NoiseStore(settings.data_dir / "federation.sqlite"),
+            NoiseStore(settings.data_dir / "federation.sqlite", database_url),
         ),
         bulk=BulkExportService(
             SqlJobStore(settings.data_dir / "bulk.sqlite", settings.database()),

@@ -46,6 +46,7 @@ _DDL = [
 # SQLite functions the stores use, as PostgreSQL spells them (json_field: see _BOOTSTRAP).
 _FUNCTIONS = [
     (re.compile(r"\binstr\(", re.I), "strpos("),
+    (re.compile(r"\bunixepoch\(\)", re.I), "extract(epoch from now())"),
     (re.compile(r"json_extract\(CAST\((\w+) AS TEXT\), '\$\.(\w+)'\)", re.I), r"json_field(\1, '\2')"),
 ]  # fmt: skip
 _BOOTSTRAP = [

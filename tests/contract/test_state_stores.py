@@ -18,6 +18,7 @@ import pytest
 
 from server.core.fhir.search import parse_search
 from server.errors import PreconditionFailed
+from server.index.federation_noise import NoiseStore
 from server.index.fhir_store import FhirStore
 from server.peers.base import RemoteInstance
 from server.security.audit import AccessRecord, AuditLog, verify, verify_shared
@@ -268,6 +269,22 @@ def test_pull_jobs_resume_and_count(engine: Engine) -> None:
         assert got is not None and got.state == "done"
     finally:
         jobs.close()
+
+
+# -- federated-search noise ------------------------------------------------------------------
+
+
+def test_a_noise_sample_is_drawn_once_per_key_whoever_asks(engine: Engine) -> None:
+    first = NoiseStore(engine.path("federation.sqlite"), engine.url)
+    second = NoiseStore(engine.path("federation.sqlite"), engine.url)  # another replica
+    try:
+        key = ("d1", "studies", 42, 0.5, 1e-6)
+        assert first.sample(key, lambda: 1.25) == 1.25
+        assert second.sample(key, lambda: -7.0) == 1.25
+        assert second.sample(("d1", "studies", 43, 0.5, 1e-6), lambda: -7.0) == -7.0
+    finally:
+        first.close()
+        second.close()
 
 
 # -- the audit chain --------------------------------------------------------------------------

@@ -47,6 +47,15 @@ pull-setup:
 pg-setup:
 	bash tests/pg/setup.sh
 
+# nginx (Debian), the load balancer in front of the replicas of tests/replicas; idempotent.
+replicas-setup:
+	bash tests/replicas/setup.sh
+
+# A real helm binary (built from its Go module once per version, cached in
+# ~/.cache/imaging-gateway-helm) for tests/deploy: helm lint + helm template of deploy/helm.
+deploy-setup:
+	bash tests/deploy/helm.sh >/dev/null
+
 # The HL7 FHIR validator (HAPI FHIR, Maven, system JDK 17), built once per version of its
 # sources and cached in ~/.cache/imaging-gateway-validator; the FHIR tests start it.
 fhir-validator:
@@ -58,7 +67,7 @@ openapi: $(STAMP)
 # The whole suite on SQLite and the API suites again on Elasticsearch (ES_URL, or one node
 # started on loopback by tests/es/start.sh), both passes at once (TEST_JOBS=1: one after the
 # other); see tests/run_passes.py.
-test: $(STAMP) e2e-setup dimse-setup pull-setup pg-setup fhir-validator lint typecheck
+test: $(STAMP) e2e-setup dimse-setup pull-setup pg-setup replicas-setup deploy-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m tests.run_passes
 

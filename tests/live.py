@@ -117,6 +117,7 @@ class LiveServer:
     demo: bool = False
     port: int = 0
     process: subprocess.Popen[bytes] | ForkedProcess | None = None
+    name: str = ""  # replicas sharing one data dir keep logs of their own
 
     @property
     def url(self) -> str:
@@ -128,7 +129,8 @@ class LiveServer:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        suffix = f"-{self.name}" if self.name else ""
+        return self.data_dir.parent / f"{self.data_dir.name}{suffix}-server.log"
 
     def env(self) -> dict[str, str]:
         backend: dict[str, str] = {}

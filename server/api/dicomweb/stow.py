@@ -142,7 +142,8 @@ def _may_store(request: Request, dataset: str | None, replace: bool) -> str | No
 async def _store(
     request: Request, study_uid: str | None, dataset: str | None = None, *, replace: bool = False
 ) -> Response:
-    dataset = _may_store(request, dataset, replace)
+    # in a worker thread: HTTP Basic's first secret check (scrypt) must not hold the loop
+    dataset = await run_in_threadpool(_may_store, request, dataset, replace)
     gw = gateway(request)
     boundary = _boundary(request.headers.get("content-type"))
     limit = gw.settings.stow.max_body_bytes

@@ -302,7 +302,7 @@ def retrieve_instance_thumbnail(request: Request, study: str, series: str, sop: 
 
 
 async def _delete(request: Request, scope: Scope) -> Response:
-    require_admin(principal(request))
+    require_admin(await run_in_threadpool(principal, request))  # scrypt off the loop
     audit_note(request, entities=(f"study:{scope.study_uid}",))
     removed = await run_in_threadpool(gateway(request).deleter.delete, scope)
     body = {"deleted": len(removed)}

@@ -1,0 +1,157 @@
+"""The deployment files say what the gateway reads: every ``GATEWAY_*`` variable that the
+compose files, the example env files and the Helm chart (rendered by a real helm binary)
+set names a setting; the chart lints, renders the production shape, and refuses the
+shapes that would lose data or split state."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from server.settings import unknown_variables
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+CHART = DEPLOY / "helm" / "imaging-gateway"
+# a helm built with `go install` has no cluster version stamped in (it would say 1.20)
+KUBE = ["--kube-version", "1.31.0"]
+# the least a production release needs (the chart refuses to render without them)
+REQUIRED = [*KUBE, "--set", "gateway.publicBaseUrl=https://imaging.example.org",
+            "--set", "signingKey.existingSecret=signing-key"]  # fmt: skip
+
+
+def _env_file_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        found = re.match(r"\s*#?\s*(GATEWAY_[A-Z0-9_]+)=", line)
+        if found:
+            names.add(found[1])
+    return names
+
+
+def _compose_names(path: Path) -> set[str]:
+    doc = yaml.safe_load(path.read_text())
+    names: set[str] = set()
+    for service in doc["services"].values():
+        env = service.get("environment") or {}
+        keys = env if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
+        names |= {k for k in keys if k.startswith("GATEWAY_")}
+    text = path.read_text()  # ${GATEWAY_...} substitutions too
+    names |= set(re.findall(r"\$\{(GATEWAY_[A-Z0-9_]+)", text))
+    return names
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted([*DEPLOY.glob("*.env.example"), *DEPLOY.glob("docker-compose*.yml")]),
+    ids=lambda p: p.name,
+)
+def test_every_gateway_variable_in_the_deployment_files_names_a_setting(path: Path) -> None:
+    names = _env_file_names(path) if path.name.endswith(".example") else _compose_names(path)
+    assert names, f"{path.name} sets no GATEWAY_ variable: the parser is wrong"
+    assert unknown_variables(dict.fromkeys(names, "x")) == []
+
+
+@cache
+def _helm() -> str:
+    done = subprocess.run(["bash", str(ROOT / "tests/deploy/helm.sh")], capture_output=True,
+                          text=True, timeout=3000)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _helm_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_helm(), *args], capture_output=True, text=True, timeout=120)
+
+
+def _render(*values: str) -> list[dict[str, Any]]:
+    done = _helm_run("template", "gw", str(CHART), *REQUIRED, *values)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def _kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, [d["kind"] for d in docs]
+    return found[0]
+
+
+def _container_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every variable the gateway container gets: its env entries and its ConfigMap's."""
+    pod = _kind(docs, "Deployment")["spec"]["template"]["spec"]
+    gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
+    env: dict[str, Any] = {e["name"]: e.get("value", e.get("valueFrom")) for e in gateway.get("env", [])}  # fmt: skip
+    for source in gateway.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(_kind(docs, "ConfigMap")["data"])
+    return env
+
+
+def test_the_chart_lints_with_the_required_values() -> None:
+    done = _helm_run("lint", "--strict", str(CHART), *REQUIRED)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        ["--set", "index=sqlite", "--set", "replicaCount=1"],
+        ["--set", "replicaCount=3", "--set", "ingress.enabled=true"],
+    ],
+    ids=["default", "sqlite-one-replica", "three-replicas-ingress"],
+)
+def test_every_variable_the_chart_sets_names_a_setting(values: list[str]) -> None:
+    env = _container_env(_render(*values))
+    assert env, "the chart sets no variable: the renderer or this test is wrong"
+    names = [n for n in env if n.startswith("GATEWAY_")]
+    assert names and unknown_variables(dict.fromkeys(names, "x")) == []
+
+
+def test_the_default_release_is_replicas_on_elasticsearch_probed_on_readyz_and_healthz() -> None:
+    docs = _render()
+    deployment = _kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["securityContext"]["readOnlyRootFilesystem"] is True
+    env = _container_env(docs)
+    assert env["GATEWAY_INDEX"] == "elasticsearch"
+    assert env["GATEWAY_PUBLIC_BASE_URL"] == "https://imaging.example.org"
+    assert env["GATEWAY_ENVIRONMENT"] == "production"
+    assert _kind(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "index=sqlite"], "replicaCount to 1"),
+        (["--set", "signingKey.existingSecret="], "ONE token signing key"),
+        (["--set", "gateway.publicBaseUrl="], "publicBaseUrl is required"),
+        (["--set", "persistence.enabled=false"], "persistence.enabled must be true"),
+        (["--set", "index=mysql"], "index must be"),
+        (["--set", "replicaCount=0"], "at least 1"),
+    ],
+    ids=[
+        "sqlite-with-replicas",
+        "no-shared-key",
+        "no-base-url",
+        "no-volume",
+        "bad-index",
+        "no-pods",
+    ],
+)
+def test_the_chart_refuses_shapes_that_split_state_or_lose_data(
+    values: list[str], message: str
+) -> None:
+    done = _helm_run("template", "gw", str(CHART), *REQUIRED, *values)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr

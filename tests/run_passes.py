@@ -40,7 +40,7 @@ ES_PASS = [
 PG_PASS = [
     "tests/fhir/test_api_rest.py", "tests/fhir/test_bulk_export_restart.py",
     "tests/security/test_api_matrix.py", "tests/security/test_api_oauth.py",
-    "tests/deid/test_ingest.py", "tests/replicas",
+    "tests/deid/test_ingest.py", "tests/replicas", "tests/pull/test_pull_dicomweb.py",
     "--deselect", "tests/security/test_api_oauth.py::test_secret_is_stored_hashed",
     "--database", "postgresql",
 ]  # fmt: skip

@@ -42,6 +42,11 @@ dimse-setup:
 pull-setup:
 	bash tests/pull/setup.sh
 
+# PostgreSQL server binaries (Debian) for the shared-database tests, which start a
+# throwaway cluster of their own; idempotent.
+pg-setup:
+	bash tests/pg/setup.sh
+
 # nginx (Debian), the load balancer in front of the replicas of tests/replicas; idempotent.
 replicas-setup:
 	bash tests/replicas/setup.sh
@@ -62,7 +67,7 @@ openapi: $(STAMP)
 # The whole suite on SQLite and the API suites again on Elasticsearch (ES_URL, or one node
 # started on loopback by tests/es/start.sh), both passes at once (TEST_JOBS=1: one after the
 # other); see tests/run_passes.py.
-test: $(STAMP) e2e-setup dimse-setup pull-setup replicas-setup deploy-setup fhir-validator lint typecheck
+test: $(STAMP) e2e-setup dimse-setup pull-setup pg-setup replicas-setup deploy-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m tests.run_passes
 

@@ -57,10 +57,11 @@ from server.security.external import ExternalIssuers
 from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
 from server.security.pseudonym_secrets import PseudonymSecrets
+from server.security.shared_secrets import SharedSecrets
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService
-from server.services.bulk_jobs import SqliteJobStore
+from server.services.bulk_jobs import SqlJobStore
 from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies
@@ -108,6 +109,7 @@ class Gateway:
     catalogue: CatalogueService
     federation: FederatedSearch
     bulk: BulkExportService
+    shared_secrets: SharedSecrets | None = None  # with a shared database (see shared_secrets)
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -145,6 +147,8 @@ class Gateway:
         self.federation.noise.close()
         self.bulk.stop()
         self.bulk.jobs.close()
+        if self.shared_secrets is not None:
+            self.shared_secrets.close()
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -155,7 +159,7 @@ def build_gateway(settings: Settings) -> Gateway:
     sqlite_index = SqliteIndex(settings.data_dir / "index.sqlite")
     index: Index = sqlite_index if settings.index == "sqlite" else elasticsearch_index(settings)
     conformance = default_conformance()
-    fhir_store = FhirStore(settings.data_dir / "fhir.sqlite")
+    fhir_store = FhirStore(settings.data_dir / "fhir.sqlite", settings.database())
     queries: DicomFhirQueries | EsFhirQueries
     federation_index: FederationIndex
     if isinstance(index, ElasticsearchIndex):  # FHIR searches the same backend as QIDO
@@ -164,8 +168,14 @@ def build_gateway(settings: Settings) -> Gateway:
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
         federation_index = SqlFederation(sqlite_index.db)
-    audit = AuditLog(settings.data_dir / "audit.sqlite")
-    secret = InstallationSecret.load_or_create(settings.data_dir)
+    audit = AuditLog(settings.data_dir / "audit.sqlite", database_url=settings.database())
+    database_url = settings.database()
+    shared = SharedSecrets(database_url) if database_url else None
+    secret = (
+        InstallationSecret.load_or_create_shared(shared)
+        if shared
+        else InstallationSecret.load_or_create(settings.data_dir)
+    )
     _current_patient_keys(queries, secret.patient_id_key())
     cursors = SearchCursors(secret.derive("fhir-cursor"), settings.privacy.cursor_lifetime)
     fhir_read = FhirReadService(
@@ -175,13 +185,15 @@ def build_gateway(settings: Settings) -> Gateway:
     keys = (
         SigningKeys.from_jwk_file(auth.signing_key_file)
         if auth.signing_key_file
+        else SigningKeys.load_or_create_shared(shared, auth.signing_alg)
+        if shared
         else SigningKeys.load_or_create(settings.data_dir, auth.signing_alg)
     )
     issuer = (
         auth.issuer or settings.public_base_url or f"http://{settings.host}:{settings.port}"
     ).rstrip("/")
     tokens = TokenSettings(issuer=issuer, audience=issuer, lifetime_seconds=auth.token_lifetime)
-    clients = ClientRegistry(settings.data_dir / "security.sqlite")
+    clients = ClientRegistry(settings.data_dir / "security.sqlite", settings.database())
     agreements = AgreementCache(
         lambda: load_contracts(fhir_store), ttl=auth.agreement_cache_seconds
     )
@@ -194,7 +206,7 @@ def build_gateway(settings: Settings) -> Gateway:
         all_datasets=every.get,
     )  # fmt: skip
     fhir_write = FhirWriteService(fhir_store, fhir_read)
-    deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir))
+    deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir, shared))
     fhir_write.prepare = deid_policies.settle
 
     def changed(rtype: str) -> None:
@@ -227,7 +239,9 @@ def build_gateway(settings: Settings) -> Gateway:
         authenticator=authenticator,
         external=external,
         audit=audit,
-        throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
+        throttle=FailureThrottle(
+            settings.data_dir / "throttle.sqlite", token_limits(settings), settings.database()
+        ),
         deid_policies=deid_policies,
         catalogue=catalogue,
         federation=FederatedSearch(
@@ -235,10 +249,10 @@ def build_gateway(settings: Settings) -> Gateway:
             federation_index,
             queries.dataset_statistics,
             settings.federation,
-            NoiseStore(settings.data_dir / "federation.sqlite"),
+            NoiseStore(settings.data_dir / "federation.sqlite", database_url),
         ),
         bulk=BulkExportService(
-            SqliteJobStore(settings.data_dir / "bulk.sqlite"),
+            SqlJobStore(settings.data_dir / "bulk.sqlite", settings.database()),
             fhir_read,
             fhir_store,
             audit,
@@ -246,6 +260,7 @@ def build_gateway(settings: Settings) -> Gateway:
             settings.data_dir / "bulk",
             settings.failpoint,
         ),
+        shared_secrets=shared,
     )
 
 

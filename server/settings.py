@@ -341,6 +341,9 @@ class Settings(BaseSettings):
     default_dataset: str | None = None
     index: str = "sqlite"
     storage: str = "filesystem"
+    # Shared database for all non-index state (FHIR store, clients, jti, jobs, audit):
+    # a postgresql:// URL (libpq form); unset: SQLite files in data_dir (embedded default).
+    database_url: SecretStr | None = None
     stow: StowSettings = StowSettings()
     qido: QidoSettings = QidoSettings()
     pixels: PixelSettings = PixelSettings()
@@ -393,6 +396,19 @@ class Settings(BaseSettings):
         if value not in {"sqlite", "elasticsearch"}:
             raise ValueError(f"unknown index backend {value!r} (supported: sqlite, elasticsearch)")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("database_url must be a postgresql:// URL (unset: embedded SQLite)")
+        return value
+
+    def database(self) -> str | None:
+        """The shared database URL (it may carry a password: never log it), or None."""
+        return self.database_url.get_secret_value() if self.database_url else None
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -19,6 +19,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="sqlite",
         help="index backend of every live gateway (the DICOMweb suites run on both)",
     )
+    parser.addoption(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="database of every live gateway's non-index state (postgresql: a database of "
+        "its own on a throwaway cluster per gateway data directory)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -40,6 +47,16 @@ def index_backend(request: pytest.FixtureRequest) -> Iterator[str]:
         os.environ["GATEWAY_TEST_ES_URL"] = request.getfixturevalue("elasticsearch_url")
     yield backend
     os.environ.pop("GATEWAY_TEST_ES_URL", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """With --database=postgresql, every LiveServer keeps its state in PostgreSQL."""
+    backend = str(request.config.getoption("--database"))
+    if backend == "postgresql":
+        os.environ["GATEWAY_TEST_PG_ADMIN_URL"] = request.getfixturevalue("postgres_admin_url")
+    yield backend
+    os.environ.pop("GATEWAY_TEST_PG_ADMIN_URL", None)
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +118,34 @@ def elasticsearch_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         pytest.skip(f"no Elasticsearch: {exc}")
     yield url
     stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the session (tests/pg_server.py); PG_URL if given.
+
+    Skips only on a developer machine without the server binaries; in CI (CI=true) it fails.
+    """
+    if os.environ.get("PG_URL"):
+        yield os.environ["PG_URL"]
+        return
+    from tests.es_server import must_run
+    from tests.live import free_port
+    from tests.pg_server import PostgresUnavailable, start_postgres
+
+    try:
+        url, stop = start_postgres(free_port())
+    except PostgresUnavailable as exc:
+        if must_run():
+            raise
+        pytest.skip(f"no PostgreSQL: {exc}")
+    yield url
+    stop()
+
+
+@pytest.fixture
+def database_url(postgres_admin_url: str) -> str:
+    """A new, empty PostgreSQL database of its own for one test."""
+    from tests.pg_server import new_database
+
+    return new_database(postgres_admin_url)

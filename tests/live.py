@@ -142,6 +142,11 @@ class LiveServer:
                 "GATEWAY_ELASTICSEARCH__HOSTS": f'["{es_url}"]',
                 "GATEWAY_ELASTICSEARCH__INDEX_PREFIX": prefix,
             }
+        pg_admin = os.environ.get("GATEWAY_TEST_PG_ADMIN_URL")
+        if pg_admin and "GATEWAY_DATABASE_URL" not in self.extra_env:  # --database=postgresql
+            from tests.pg_server import database_for
+
+            backend["GATEWAY_DATABASE_URL"] = database_for(pg_admin, str(self.data_dir))
         env = {
             **os.environ,
             "GATEWAY_DATA_DIR": str(self.data_dir),

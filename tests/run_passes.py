@@ -1,4 +1,5 @@
-"""``make test``'s two pytest passes: the whole suite on SQLite, the API suites on Elasticsearch.
+"""``make test``'s pytest passes: the whole suite on SQLite, the API suites on Elasticsearch,
+and a slice of them with the shared state in PostgreSQL (after the SQLite pass).
 
 Both passes share one Elasticsearch (ES_URL, or one started here with tests/es/start.sh)
 and run at the same time by default: most of a pass's wall time is spent waiting for
@@ -30,6 +31,18 @@ ES_PASS = [
     "tests/replicas",
     "--index-backend", "elasticsearch",
     "--ignore=tests/fhir/test_validator_served.py", "--ignore=tests/fhir/test_validator_validate.py",
+]  # fmt: skip
+
+
+# A slice of the API suites again with every live gateway's non-index state (FHIR store,
+# clients, jti, jobs, audit chain) in PostgreSQL: a throwaway cluster started by the pass
+# (tests/pg_server.py). Tests that open the SQLite files themselves are left out.
+PG_PASS = [
+    "tests/fhir/test_api_rest.py", "tests/fhir/test_bulk_export_restart.py",
+    "tests/security/test_api_matrix.py", "tests/security/test_api_oauth.py",
+    "tests/deid/test_ingest.py", "tests/replicas", "tests/pull/test_pull_dicomweb.py",
+    "--deselect", "tests/security/test_api_oauth.py::test_secret_is_stored_hashed",
+    "--database", "postgresql",
 ]  # fmt: skip
 
 
@@ -65,6 +78,8 @@ def main(extra: list[str]) -> int:
             print("== SQLite pass", flush=True)
             sqlite_rc = subprocess.run(pytest, cwd=ROOT, env=env).returncode
             sqlite_time = time.monotonic() - started
+            print("== PostgreSQL pass", flush=True)
+            pg_rc = subprocess.run([*pytest, *PG_PASS], cwd=ROOT, env=env).returncode
             if es_pass is None:
                 print("== Elasticsearch pass", flush=True)
                 es_rc = subprocess.run([*pytest, *ES_PASS], cwd=ROOT, env=env).returncode
@@ -80,10 +95,11 @@ def main(extra: list[str]) -> int:
         stop()
     total = time.monotonic() - started
     print(
-        f"== SQLite pass: exit {sqlite_rc} after {sqlite_time:.0f} s; Elasticsearch pass: exit "
-        f"{es_rc}; {total:.0f} s in all ({'concurrent' if concurrent else 'one after the other'})"
+        f"== SQLite pass: exit {sqlite_rc} after {sqlite_time:.0f} s; PostgreSQL pass: exit "
+        f"{pg_rc}; Elasticsearch pass: exit {es_rc}; {total:.0f} s in all "
+        f"({'concurrent' if concurrent else 'one after the other'})"
     )
-    return 0 if sqlite_rc == 0 and es_rc == 0 else 1
+    return 0 if sqlite_rc == 0 and pg_rc == 0 and es_rc == 0 else 1
 
 
 if __name__ == "__main__":

@@ -10,12 +10,23 @@ from typing import Any
 
 import click
 
-from server.security.audit import AUDIT_FILE, index_values, tail, verify
+from server.security.audit import (
+    AUDIT_FILE,
+    index_values,
+    tail,
+    tail_shared,
+    verify,
+    verify_shared,
+)
 
 _OUTCOME_WORDS = {0: "ok", 4: "refused", 8: "error", 12: "error"}
 
 
 def _audit_path(data_dir: Path | None) -> Path:
+    return _settings(data_dir).data_dir / AUDIT_FILE
+
+
+def _settings(data_dir: Path | None):  # type: ignore[no-untyped-def]
     from server.settings import Settings
 
     if data_dir is not None:
@@ -24,7 +35,7 @@ def _audit_path(data_dir: Path | None) -> Path:
         settings = Settings()
     except ValueError as exc:
         raise click.ClickException(f"invalid settings: {exc}") from exc
-    return settings.data_dir / AUDIT_FILE
+    return settings
 
 
 def _request(event: dict[str, Any]) -> str:
@@ -61,9 +72,15 @@ def audit() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None)
 def verify_command(data_dir: Path | None) -> None:
     """Recompute the hash chain; exit 1 if events were changed, removed or inserted."""
-    path = _audit_path(data_dir)
-    report = verify(path)
-    click.echo(f"audit log: {path}" + ("" if path.exists() else " (not created yet)"))
+    settings = _settings(data_dir)
+    url = settings.database()
+    if url:
+        report = verify_shared(url)
+        click.echo("audit log: the shared database (GATEWAY_DATABASE_URL)")
+    else:
+        path = settings.data_dir / AUDIT_FILE
+        report = verify(path)
+        click.echo(f"audit log: {path}" + ("" if path.exists() else " (not created yet)"))
     click.echo(f"events: {report.events}; last: {report.last_seq} {report.last_hash}")
     for problem in report.problems:
         click.echo(f"  {problem}")
@@ -78,7 +95,10 @@ def verify_command(data_dir: Path | None) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def show_command(data_dir: Path | None, limit: int) -> None:
     """The last LIMIT events, one line each, oldest first."""
-    for seq, event in tail(_audit_path(data_dir), limit):
+    settings = _settings(data_dir)
+    url = settings.database()
+    events = tail_shared(url, limit) if url else tail(settings.data_dir / AUDIT_FILE, limit)
+    for seq, event in events:
         click.echo(summary_line(seq, event))
 
 

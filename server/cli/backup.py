@@ -61,6 +61,7 @@ def backup(dest: Path, data_dir: Path | None, link: bool, quiet: bool) -> None:
     from server.services.backup import BackupService, MembershipSource, es_membership
 
     settings = load_settings(data_dir)
+    _refuse_shared_database(settings, "backup")
     membership: MembershipSource | None = None
     index = None
     if settings.index == "elasticsearch":
@@ -110,6 +111,16 @@ def backup(dest: Path, data_dir: Path | None, link: bool, quiet: bool) -> None:
         sys.exit(2)
 
 
+def _refuse_shared_database(settings, command: str) -> None:  # type: ignore[no-untyped-def]
+    """backup/restore copy SQLite files; a shared PostgreSQL database is pg_dump's job."""
+    if settings.database():
+        raise click.ClickException(
+            f"{command} copies the embedded SQLite databases, but GATEWAY_DATABASE_URL points "
+            "at PostgreSQL: back it up with pg_dump / restore it with pg_restore (see README, "
+            "Backups), and the blobs and data directory with your storage's own tools"
+        )
+
+
 @click.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
@@ -127,6 +138,8 @@ def restore(source: Path, data_dir: Path | None, force: bool, verify_only: bool,
     from server.services.restore import verify_backup
 
     settings = load_settings(data_dir)
+    if not verify_only:
+        _refuse_shared_database(settings, "restore")
     progress = TqdmProgress(not quiet)
     try:
         if verify_only:
@@ -176,7 +189,7 @@ def _after_restore(report, settings, run_reindex: bool, quiet: bool) -> None:  #
     try:
         done = reindex(
             gateway.index, gateway.store, progress=bar.update, memberships=memberships,
-            patient_secret=patient_id_key(settings.data_dir),
+            patient_secret=patient_id_key(settings.data_dir, settings.database()),
         )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc

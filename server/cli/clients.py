@@ -17,7 +17,7 @@ def _registry(data_dir: Path | None):  # type: ignore[no-untyped-def]
         os.environ["GATEWAY_DATA_DIR"] = str(data_dir)
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return ClientRegistry(settings.data_dir / "security.sqlite")
+    return ClientRegistry(settings.data_dir / "security.sqlite", settings.database())
 
 
 @click.group()

@@ -36,7 +36,17 @@ def _logging(level: str, fmt: str = "plain") -> None:
     configure(level, fmt)
 
 
-@click.group()
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        from server.database import DatabaseUnreachable
+
+        try:
+            return super().invoke(ctx)
+        except DatabaseUnreachable as exc:  # a clear line, not a traceback
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="cancer-imaging-gateway")
 def main() -> None:
     """Cancer-imaging interoperability gateway."""
@@ -279,7 +289,7 @@ def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: P
     try:
         report = run_reindex(
             gateway.index, gateway.store, keep_old=keep_old, progress=bar.update,
-            memberships=memberships, patient_secret=patient_id_key(settings.data_dir),
+            memberships=memberships, patient_secret=patient_id_key(settings.data_dir, settings.database()),
         )  # fmt: skip
     except GatewayError as exc:
         raise click.ClickException(exc.message) from exc

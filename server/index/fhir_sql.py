@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from server.core.fhir.search import DateValue, PagePosition, SearchRequest
+from server.database import Connection
 from server.errors import InvalidQuery
 
 
@@ -95,7 +95,7 @@ class SqlPage:
 
 
 def fetch_page(
-    conn: sqlite3.Connection, columns: str, source: str, where: str, params: list[Any],
+    conn: Connection, columns: str, source: str, where: str, params: list[Any],
     order: list[tuple[str, bool]], req: SearchRequest,
 ) -> SqlPage:  # fmt: skip
     """One keyset page of ``SELECT columns FROM source WHERE where`` with its paging links.

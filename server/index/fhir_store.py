@@ -6,7 +6,6 @@ index of extracted entries (server.core.fhir.extract) so that searches run as SQ
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,9 +25,9 @@ from server.core.fhir.search import (
     TokenValue,
 )
 from server.core.values import fold
+from server.database import Connection, Database, open_store
 from server.errors import InvalidQuery, PreconditionFailed
 from server.index.fhir_sql import date_sql, fetch_page
-from server.index.sqlite_db import SqliteDatabase
 from server.metrics import metered
 
 SCHEMA = [
@@ -78,8 +77,8 @@ class Page:
 
 @metered("fhir-store")
 class FhirStore:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
+    def __init__(self, path: Path, database_url: str | None = None) -> None:
+        self.db: Database = open_store(database_url, path, "fhir", [SCHEMA])
 
     def close(self) -> None:
         self.db.close()
@@ -98,7 +97,7 @@ class FhirStore:
             return _delete(conn, rtype, rid)
 
     def transaction(self, work: Callable[[Writer], T]) -> T:
-        """Run several writes in one SQLite transaction: all of them happen or none."""
+        """Run several writes in one database transaction: all of them happen or none."""
         with self.db.write() as conn:
             return work(Writer(conn))
 
@@ -208,7 +207,7 @@ class FhirStore:
 class Writer:
     """Writes inside an open transaction (see :meth:`FhirStore.transaction`)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def put(
@@ -229,7 +228,7 @@ class Writer:
         return row is not None
 
 
-def _last_content(conn: sqlite3.Connection, rtype: str, rid: str) -> dict[str, Any] | None:
+def _last_content(conn: Connection, rtype: str, rid: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT content FROM resource WHERE type = ? AND id = ?", (rtype, rid)
     ).fetchone()
@@ -237,7 +236,7 @@ def _last_content(conn: sqlite3.Connection, rtype: str, rid: str) -> dict[str, A
 
 
 def _put(
-    conn: sqlite3.Connection, resource: dict[str, Any], if_match: int | None
+    conn: Connection, resource: dict[str, Any], if_match: int | None
 ) -> tuple[dict[str, Any], bool]:
     rtype, rid = resource["resourceType"], resource["id"]
     row = conn.execute(
@@ -252,9 +251,10 @@ def _put(
     last = stored["meta"]["lastUpdated"]
     if row is None:
         pk = conn.execute(
-            "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO resource (type, id, version, last_updated, content) VALUES (?, ?, ?, ?, ?)"
+            " RETURNING pk",
             (rtype, rid, version, last, content),
-        ).lastrowid
+        ).fetchone()[0]
     else:
         pk = row[0]
         conn.execute(
@@ -277,7 +277,7 @@ def _put(
     return stored, current is None
 
 
-def _delete(conn: sqlite3.Connection, rtype: str, rid: str) -> bool:
+def _delete(conn: Connection, rtype: str, rid: str) -> bool:
     row = conn.execute(
         "SELECT pk, version, deleted FROM resource WHERE type = ? AND id = ?", (rtype, rid)
     ).fetchone()

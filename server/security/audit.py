@@ -32,27 +32,47 @@ when the process dies is lost - the flush interval bounds that window - and an
 operating-system crash or power loss may lose the last committed flushes, after
 which :func:`verify` reports the tail as removed. Several processes may share one
 log: the next seq and hash are read inside the write transaction.
+
+On a shared PostgreSQL database (``GATEWAY_DATABASE_URL``) the same rows live in the
+``audit_event`` table and the anchor is the one-row ``audit_head`` table, moved in the
+same transaction as the rows it anchors. Appends from every replica are serialised by
+the store's advisory lock and a ``SELECT ... FOR UPDATE`` of the head, so the chain stays
+one sequence; ``imaging-gateway audit verify`` recomputes it from the database. The
+anchor sitting in the same database protects less than a file elsewhere: keep copies of
+the printed head hash outside the database when that matters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import sqlite3
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from server.core.fhir.search import SearchRequest
+from server.database import Connection, Database
+from server.security.audit_chain import (
+    ANCHOR_SUFFIX,
+    AUDIT_FILE,
+    COLUMNS,
+    GENESIS,
+    SCHEMA,
+    append_shared,
+    canonical,
+    chain_hash,
+    check_head,
+    connect,
+    open_shared,
+    read_anchor,
+    write_anchor,
+)
 from server.security.audit_event import (
     CLIENT_ID_SYSTEM,
     OUTCOMES,
@@ -61,113 +81,10 @@ from server.security.audit_event import (
     index_values,
     instant,
 )
-from server.security.audit_search import ID_INDEX, fhir_rows, read_event, search_rows
+from server.security.audit_search import fhir_rows, read_event, search_rows
+from server.security.audit_verify import VerifyReport, tail, tail_shared, verify, verify_shared
 
 log = logging.getLogger("gateway.audit")
-
-AUDIT_FILE = "audit.sqlite"
-ANCHOR_SUFFIX = ".head"
-GENESIS = "0" * 64
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS audit_event (
-        seq INTEGER PRIMARY KEY,
-        recorded TEXT NOT NULL,
-        event BLOB NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        client_id TEXT,
-        subject TEXT,
-        action TEXT,
-        outcome INTEGER,
-        datasets TEXT NOT NULL DEFAULT '',
-        entities TEXT NOT NULL DEFAULT ''
-    )""",
-    "CREATE INDEX IF NOT EXISTS audit_event_client ON audit_event(client_id, seq)",
-    "CREATE INDEX IF NOT EXISTS audit_event_subject ON audit_event(subject, seq)",
-    "CREATE INDEX IF NOT EXISTS audit_event_action ON audit_event(action, seq)",
-    "CREATE INDEX IF NOT EXISTS audit_event_recorded ON audit_event(recorded)",
-    ID_INDEX,
-    """CREATE TRIGGER IF NOT EXISTS audit_event_no_update BEFORE UPDATE ON audit_event
-       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
-    """CREATE TRIGGER IF NOT EXISTS audit_event_no_delete BEFORE DELETE ON audit_event
-       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
-]
-_COLUMNS = "client_id, subject, action, outcome, recorded, datasets, entities"
-
-
-def canonical(event: dict[str, Any]) -> bytes:
-    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
-
-
-def chain_hash(prev_hash: str, event: bytes) -> str:
-    return hashlib.sha256(prev_hash.encode("ascii") + event).hexdigest()
-
-
-# -- the anchor -------------------------------------------------------------------------------
-
-
-def anchor_path(path: Path) -> Path:
-    return path.with_suffix(ANCHOR_SUFFIX)
-
-
-def read_anchor(path: Path) -> tuple[int, str] | None:
-    """(seq, hash) from the anchor next to the database ``path``; None if there is none."""
-    try:
-        data = orjson.loads(anchor_path(path).read_bytes())
-        return int(data["seq"]), str(data["hash"])
-    except FileNotFoundError:
-        return None
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"unreadable anchor {anchor_path(path).name}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _anchor_lock(path: Path) -> Iterator[None]:
-    """Serialise anchor updates between processes sharing the log (POSIX only)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fd = os.open(
-        anchor_path(path).with_suffix(ANCHOR_SUFFIX + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-    )
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _write_anchor(path: Path, seq: int, digest: str) -> None:
-    """Move the anchor forward to (seq, digest), never back (another process may be ahead)."""
-    target = anchor_path(path)
-    with _anchor_lock(path):
-        try:
-            current = read_anchor(path)
-        except ValueError:
-            current = None
-        if current is not None and current[0] >= seq:
-            return
-        partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        partial.write_bytes(orjson.dumps({"seq": seq, "hash": digest}))
-        os.replace(partial, target)
-
-
-# -- the log ----------------------------------------------------------------------------------
-
-
-def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
-    if read_only:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    else:
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
 
 
 class AuditLog:
@@ -177,6 +94,7 @@ class AuditLog:
         self,
         path: Path,
         *,
+        database_url: str | None = None,
         observer: str = "cancer-imaging-gateway",
         flush_interval: float = 0.05,
     ) -> None:
@@ -188,14 +106,21 @@ class AuditLog:
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
-        self._conn = _connect(path, read_only=False)
-        for statement in _SCHEMA:
-            self._conn.execute(statement)
-        self._check_anchor()
+        self._conn: sqlite3.Connection | None = None
+        self.db: Database | None = None
+        if database_url:
+            self.db = open_shared(database_url)
+            check_head(self.db)
+        else:
+            self._conn = connect(path, read_only=False)
+            for statement in SCHEMA:
+                self._conn.execute(statement)
+            self._check_anchor()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
     def _check_anchor(self) -> None:
+        assert self._conn is not None
         last = self._conn.execute(
             "SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1"
         ).fetchone()
@@ -206,7 +131,7 @@ class AuditLog:
             return
         end = (last[0], last[1]) if last else (0, GENESIS)
         if last is None and anchor is None:
-            _write_anchor(self.path, 0, GENESIS)
+            write_anchor(self.path, 0, GENESIS)
         elif end != anchor:
             log.warning(
                 "audit log %s ends at %s but its anchor says %s; run 'imaging-gateway audit verify'",
@@ -239,14 +164,24 @@ class AuditLog:
         try:
             self._write_queued()
         finally:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+            if self.db is not None:
+                self.db.close()
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(self.flush_interval):
             try:
                 self._write_queued()
             except Exception:  # never let the writer die; the batch stays queued
-                log.exception("audit writer: write failed; retrying")
+                if not failing:  # once per outage, not every flush interval
+                    log.exception("audit writer: write failed; retrying")
+                failing = True
+            else:
+                if failing:
+                    log.warning("audit writer: writing again")
+                failing = False
 
     def _write_queued(self) -> None:
         with self._write_lock:
@@ -273,7 +208,11 @@ class AuditLog:
         events = list(self._events(batch))
         if not events:
             return
+        if self.db is not None:
+            append_shared(self.db, events)
+            return
         conn = self._conn
+        assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
         try:
             last = conn.execute(
@@ -295,7 +234,7 @@ class AuditLog:
                 prev = digest
             conn.executemany(
                 "INSERT INTO audit_event (seq, recorded, event, prev_hash, hash, "
-                f"{_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"{COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             conn.execute("COMMIT")
@@ -303,7 +242,7 @@ class AuditLog:
             conn.execute("ROLLBACK")
             raise
         try:
-            _write_anchor(self.path, seq, prev)
+            write_anchor(self.path, seq, prev)
         except OSError:
             log.exception("audit writer: could not update the anchor")
 
@@ -328,8 +267,7 @@ class AuditLog:
         ``since``/``until`` are instants or dates (a date as ``until`` includes that day);
         ``entity`` and ``dataset`` match one of the event's values exactly.
         """
-        conn = _connect(self.path, read_only=True)
-        try:
+        with self._reading() as conn:
             return search_rows(
                 conn,
                 client_id=client_id,
@@ -343,144 +281,53 @@ class AuditLog:
                 limit=limit,
                 after_seq=after_seq,
             )
-        finally:
-            conn.close()
 
     def read(self, event_id: str) -> dict[str, Any] | None:
         """The stored AuditEvent with this id, or None."""
-        conn = _connect(self.path, read_only=True)
-        try:
+        with self._reading() as conn:
             return read_event(conn, event_id)
-        finally:
-            conn.close()
 
     def fhir_search(
         self, req: SearchRequest, after_seq: int | None = None
     ) -> list[tuple[int, dict[str, Any]]]:
         """FHIR R4 AuditEvent search: up to ``req.count + 1`` events after ``after_seq``."""
-        conn = _connect(self.path, read_only=True)
-        try:
+        with self._reading() as conn:
             return fhir_rows(conn, req, after_seq=after_seq)
-        finally:
-            conn.close()
 
     def count(self) -> int:
         """Stored events (queued ones are not counted until flushed)."""
-        conn = _connect(self.path, read_only=True)
-        try:
+        with self._reading() as conn:
             return int(conn.execute("SELECT count(*) FROM audit_event").fetchone()[0])
-        finally:
-            conn.close()
 
-
-def tail(path: Path, limit: int = 20) -> list[tuple[int, dict[str, Any]]]:
-    """The last ``limit`` stored events (oldest of them first), read without writing anything."""
-    if not path.exists():
-        return []
-    conn = _connect(path, read_only=True)
-    try:
-        rows = conn.execute(
-            "SELECT seq, event FROM audit_event ORDER BY seq DESC LIMIT ?", (max(0, limit),)
-        ).fetchall()
-    finally:
-        conn.close()
-    return [(seq, orjson.loads(event)) for seq, event in reversed(rows)]
-
-
-# -- verification -----------------------------------------------------------------------------
-
-
-@dataclass
-class VerifyReport:
-    events: int
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    last_seq: int = 0
-    last_hash: str = GENESIS
-
-
-def _span(first: int, last: int) -> str:
-    return f"event {first} missing" if first == last else f"events {first}-{last} missing"
-
-
-def verify(path: Path) -> VerifyReport:
-    """Recompute the hash chain from the database file (opened read-only) and check the anchor."""
-    problems: list[str] = []
-    events = 0
-    last_seq, last_hash = 0, GENESIS
-    if path.exists():
-        conn = _connect(path, read_only=True)
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        if self.db is not None:
+            yield self.db.reader()
+            return
+        conn = connect(self.path, read_only=True)
         try:
-            rows = conn.execute(
-                f"SELECT seq, event, prev_hash, hash, {_COLUMNS} FROM audit_event ORDER BY seq"
-            )
-            expected = 1
-            for seq, data, prev_hash, stored, *columns in rows:
-                events += 1
-                if isinstance(data, str):
-                    data = data.encode()
-                gap = seq > expected
-                if seq < expected:
-                    problems.append(f"event {seq}: out of sequence (inserted)")
-                elif gap:
-                    problems.append(f"{_span(expected, seq - 1)} (removed)")
-                if chain_hash(prev_hash, data) != stored:
-                    problems.append(f"event {seq}: hash mismatch (changed)")
-                elif prev_hash != last_hash and not gap and seq >= expected:
-                    problems.append(
-                        f"event {seq}: does not follow event {last_seq} (inserted or rewritten)"
-                    )
-                try:
-                    if tuple(columns) != index_values(orjson.loads(data)):
-                        problems.append(f"event {seq}: search columns differ from the event")
-                except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-                    problems.append(f"event {seq}: not a readable AuditEvent (changed)")
-                expected = max(expected, seq + 1)
-                last_seq, last_hash = seq, stored
-        except sqlite3.DatabaseError as exc:
-            problems.append(f"database unreadable: {exc}")
+            yield conn
         finally:
             conn.close()
-    try:
-        anchor = read_anchor(path)
-    except ValueError as exc:
-        problems.append(f"anchor: {exc}")
-    else:
-        if anchor is None:
-            if events:
-                problems.append(
-                    "anchor: missing (cannot tell whether the last events were removed)"
-                )
-        elif anchor[0] > last_seq:
-            problems.append(
-                f"anchor: log ends at {last_seq}, anchor says {anchor[0]} (tail removed)"
-            )
-        elif anchor[0] < last_seq:
-            problems.append(
-                f"anchor: log ends at {last_seq}, anchor says {anchor[0]} "
-                "(events added after the anchor, or the writer stopped before updating it)"
-            )
-        elif anchor[1] != last_hash:
-            problems.append(f"anchor: event {last_seq} is not the one anchored (changed)")
-    return VerifyReport(
-        events=events,
-        ok=not problems,
-        problems=problems,
-        last_seq=last_seq,
-        last_hash=last_hash,
-    )
 
 
 __all__ = [
+    "ANCHOR_SUFFIX",
     "AUDIT_FILE",
     "CLIENT_ID_SYSTEM",
     "GENESIS",
     "OUTCOMES",
     "AccessRecord",
     "AuditLog",
+    "VerifyReport",
     "audit_event",
+    "canonical",
+    "chain_hash",
     "index_values",
     "instant",
+    "read_anchor",
     "tail",
+    "tail_shared",
     "verify",
+    "verify_shared",
 ]

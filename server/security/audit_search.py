@@ -10,13 +10,13 @@ each with ``:not``; values of one parameter are ORed, parameters ANDed.
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from server.core.fhir.search import Criterion, DateValue, SearchRequest, TokenValue
+from server.database import Connection
 from server.errors import InvalidQuery
 from server.index.fhir_sql import date_sql
 from server.security.audit_event import OUTCOMES, instant, needle
@@ -44,7 +44,7 @@ def _instant_bound(value: str, *, upper: bool) -> tuple[str, str]:
 
 
 def search_rows(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     client_id: str | None = None,
     subject: str | None = None,
@@ -93,7 +93,7 @@ def search_rows(
     return [(seq, orjson.loads(event)) for seq, event in conn.execute(sql, args)]
 
 
-def read_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None:
+def read_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
     """The stored AuditEvent with this id (FHIR R4 3.1.0.1 read), or None."""
     row = conn.execute(
         f"SELECT event FROM audit_event WHERE {EVENT_ID} = ?", (event_id,)
@@ -102,7 +102,7 @@ def read_event(conn: sqlite3.Connection, event_id: str) -> dict[str, Any] | None
 
 
 def fhir_rows(
-    conn: sqlite3.Connection, req: SearchRequest, *, after_seq: int | None
+    conn: Connection, req: SearchRequest, *, after_seq: int | None
 ) -> list[tuple[int, dict[str, Any]]]:
     """FHIR R4 AuditEvent search: up to ``req.count + 1`` events after ``after_seq``, oldest first."""
     where, args = [], []

@@ -16,7 +16,6 @@ import builtins
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from server.index.sqlite_db import SqliteDatabase
+from server.database import INTEGRITY_ERRORS, Database, is_postgres_url, open_store
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS client (client_id TEXT PRIMARY KEY, name TEXT NOT NULL,"
@@ -42,6 +41,8 @@ _COLUMNS = [
     ("curate", "TEXT NOT NULL DEFAULT '[]'"),
     ("http_basic", "INTEGER NOT NULL DEFAULT 0"),
 ]
+# Schema versions on a shared database (see server.database): the tables, then the columns.
+MIGRATIONS = [SCHEMA, [f"ALTER TABLE client ADD COLUMN {n} {d}" for n, d in _COLUMNS]]
 _SELECT = (
     "SELECT client_id, name, organization, admin, store, jwks, secret_hash, curate, http_basic"
     " FROM client"
@@ -105,13 +106,16 @@ def _check_secret(secret: str, stored: str) -> bool:
 
 
 class ClientRegistry:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
-        with self.db.write() as conn:
-            have = {row[1] for row in conn.execute("PRAGMA table_info(client)")}
-            for name, declaration in _COLUMNS:
-                if name not in have:
-                    conn.execute(f"ALTER TABLE client ADD COLUMN {name} {declaration}")
+    def __init__(self, path: Path, database_url: str | None = None) -> None:
+        self.db: Database = open_store(
+            database_url, path, "clients", MIGRATIONS if is_postgres_url(database_url) else [SCHEMA]
+        )
+        if self.db.dialect == "sqlite":  # files older than schema versions: add what is missing
+            with self.db.write() as conn:
+                have = {row[1] for row in conn.execute("PRAGMA table_info(client)")}
+                for name, declaration in _COLUMNS:
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE client ADD COLUMN {name} {declaration}")
         _dummy_hash()  # computed at start, not during the first unknown client's request
 
     def close(self) -> None:
@@ -190,10 +194,12 @@ class ClientRegistry:
         try:
             with self.db.write() as conn:
                 conn.execute(
-                    "INSERT OR REPLACE INTO dicom_node VALUES (?, ?, ?, ?)",
+                    "INSERT INTO dicom_node VALUES (?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE"
+                    " SET ae_title = excluded.ae_title, host = excluded.host,"
+                    " port = excluded.port",
                     (node.client_id, node.ae_title, node.host, node.port),
                 )
-        except sqlite3.IntegrityError as exc:
+        except INTEGRITY_ERRORS as exc:
             raise AeTitleInUse(f"AE title {node.ae_title!r} is already registered") from exc
 
     def dicom_node(self, ae_title: str) -> DicomNode | None:
@@ -237,13 +243,11 @@ class ClientRegistry:
         now = time.time()
         with self.db.write() as conn:
             conn.execute("DELETE FROM used_jti WHERE expires < ?", (now,))
-            try:
-                conn.execute(
-                    "INSERT INTO used_jti VALUES (?, ?)", (f"{client_id} {jti}", keep_until)
-                )
-            except sqlite3.IntegrityError:
-                return False
-        return True
+            added = conn.execute(
+                "INSERT INTO used_jti VALUES (?, ?) ON CONFLICT (jti) DO NOTHING",
+                (f"{client_id} {jti}", keep_until),
+            )
+            return added.rowcount == 1
 
 
 def _json(datasets: tuple[str, ...]) -> str:

@@ -27,13 +27,17 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+if TYPE_CHECKING:
+    from server.security.shared_secrets import SharedSecrets
+
 SigningKey = ECKey | RSAKey
+SHARED_KEYS = "signing-keys"  # their name in the shared database (a JSON list of JWKs)
 
 # alg -> how to generate a key for it: (kty, curve or RSA modulus size)
 GENERATE: dict[str, tuple[str, str | int]] = {
@@ -89,6 +93,27 @@ class SigningKeys:
                 _write_key_file(key_dir, key, _next_stamp(key_dir))
                 loaded.append((key, alg))
         return cls(loaded, key_dir)
+
+    @classmethod
+    def load_or_create_shared(cls, secrets: SharedSecrets, alg: str = "ES256") -> SigningKeys:
+        """The keys in the shared database (every replica signs with the newest), created
+        or rotated to ``alg`` as :meth:`load_or_create` does with files."""
+        if alg not in GENERATE:
+            raise ValueError(
+                f"cannot create signing keys for alg {alg!r}; use one of {sorted(GENERATE)}"
+            )
+
+        def settle(current: bytes | None) -> bytes:
+            stored = json.loads(current) if current else []
+            if stored and stored[-1].get("alg") == alg:
+                return current or b""
+            key = _generate(alg)
+            stored.append({**key.as_dict(private=True), "alg": alg, "use": "sig"})
+            return json.dumps(stored, sort_keys=True).encode("utf-8")
+
+        data, _ = secrets.settle(SHARED_KEYS, settle)
+        source = Path("database:" + SHARED_KEYS)
+        return cls([_import(item, source, True) for item in json.loads(data)])
 
     @classmethod
     def from_jwk_file(cls, path: Path) -> SigningKeys:
@@ -173,6 +198,12 @@ class InstallationSecret:
         _refuse_shared(path)
         return cls(path.read_bytes())
 
+    @classmethod
+    def load_or_create_shared(cls, secrets: SharedSecrets) -> InstallationSecret:
+        """The installation secret in the shared database, created on first use."""
+        value, _ = secrets.get_or_create(SECRET_FILE, lambda: os.urandom(SECRET_BYTES))
+        return cls(value)
+
     def patient_id_key(self) -> bytes:
         """The key of pseudonymous Patient ids (server.core.fhir.imaging.patient_id)."""
         return self.derive("patient-id")
@@ -182,9 +213,23 @@ class InstallationSecret:
         return hmac.new(self._secret, b"gateway-key:" + purpose.encode(), hashlib.sha256).digest()
 
 
-def patient_id_key(data_dir: Path) -> bytes:
-    """The patient-id key of the installation whose data directory is ``data_dir``."""
-    return InstallationSecret.load_or_create(data_dir).patient_id_key()
+def patient_id_key(data_dir: Path, database_url: str | None = None) -> bytes:
+    """The patient-id key of the installation whose data directory is ``data_dir`` (or
+    whose shared database is ``database_url``)."""
+    return installation_secret(data_dir, database_url).patient_id_key()
+
+
+def installation_secret(data_dir: Path, database_url: str | None = None) -> InstallationSecret:
+    """The installation secret: in the shared database if there is one, else a file."""
+    if not database_url:
+        return InstallationSecret.load_or_create(data_dir)
+    from server.security.shared_secrets import SharedSecrets
+
+    secrets = SharedSecrets(database_url)
+    try:
+        return InstallationSecret.load_or_create_shared(secrets)
+    finally:
+        secrets.close()
 
 
 # ---------------------------------------------------------------------- helpers

@@ -1,6 +1,7 @@
 """One pseudonym secret per dataset: the key of its de-identification hashes (PatientID, UIDs).
 
-Secrets live in ``<data dir>/pseudonym-secrets/`` (a 0700 folder), one 0600 file per
+Secrets live in the shared database when there is one (``server.security.shared_secrets``),
+else in ``<data dir>/pseudonym-secrets/`` (a 0700 folder), one 0600 file per
 dataset, ``dataset-<id>``, plus ``no-dataset`` for instances stored without one. They
 are written atomically under a lock shared by every process (as the signing keys in
 :mod:`server.security.keys`), created once and never changed: a new secret would give
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from server.core.deid.ctp import generate_secret, valid_secret
 from server.security.keys import _ensure_private_dir, _locked, _write_private
+from server.security.shared_secrets import SharedSecrets
 
 SECRET_DIR = "pseudonym-secrets"
 NO_DATASET = "no-dataset"
@@ -66,8 +68,13 @@ def is_secret_file(name: str) -> bool:
 class PseudonymSecrets:
     """The pseudonym secrets under one data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, shared: SharedSecrets | None = None) -> None:
         self.directory = Path(data_dir) / SECRET_DIR
+        self.shared = shared  # the shared database's secrets instead of files
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
 
     def path(self, dataset: str | None) -> Path:
         if dataset is None:
@@ -79,6 +86,9 @@ class PseudonymSecrets:
     def read(self, dataset: str | None) -> str | None:
         """The dataset's secret, or None if it has none yet."""
         path = self.path(dataset)
+        if self.shared is not None:
+            value = self.shared.read(f"{SECRET_DIR}/{path.name}")
+            return None if value is None else value.decode("utf-8")
         if not path.exists():
             return None
         _refuse_shared(path)
@@ -93,6 +103,14 @@ class PseudonymSecrets:
             check_secret(given)
         path = self.path(dataset)
         stored = self.read(dataset)
+        if stored is None and self.shared is not None:
+            secret = given if given is not None else generate_secret()
+            value, created = self.shared.get_or_create(
+                f"{SECRET_DIR}/{path.name}", lambda: secret.encode("utf-8")
+            )
+            stored = value.decode("utf-8")
+            if created:
+                return stored, True
         if stored is None:
             _ensure_private_dir(self.directory)
             with _locked(self.directory):
@@ -110,6 +128,9 @@ class PseudonymSecrets:
 
     def remove(self, dataset: str | None) -> None:
         """Forget a secret this process just created for a write that then failed."""
+        if self.shared is not None:
+            self.shared.remove(f"{SECRET_DIR}/{self.path(dataset).name}")
+            return
         with _locked(self.directory):
             self.path(dataset).unlink(missing_ok=True)
 

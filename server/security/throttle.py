@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.index.sqlite_db import SqliteDatabase
+from server.database import Database, open_store
+from server.database.sqlite import SqliteDatabase
 
 SCHEMA = [
     "CREATE TABLE IF NOT EXISTS token_failure (key TEXT NOT NULL, at REAL NOT NULL)",
@@ -30,10 +31,11 @@ class Limits:
 
 
 class FailureThrottle:
-    def __init__(self, path: Path, limits: Limits) -> None:
-        self.db = SqliteDatabase(path, SCHEMA)
-        # Counters, not records: losing the last few on power loss is harmless.
-        self.db.writer.execute("PRAGMA synchronous=OFF")
+    def __init__(self, path: Path, limits: Limits, database_url: str | None = None) -> None:
+        self.db: Database = open_store(database_url, path, "throttle", [SCHEMA])
+        if isinstance(self.db, SqliteDatabase):
+            # Counters, not records: losing the last few on power loss is harmless.
+            self.db.writer.execute("PRAGMA synchronous=OFF")
         self.limits = limits
 
     def close(self) -> None:

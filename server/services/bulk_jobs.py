@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from server.index.sqlite_db import SqliteDatabase
+from server.database import Database, open_store
 
 
 class JobState(StrEnum):
@@ -46,7 +46,7 @@ class Job:
 
 
 class JobStore(Protocol):
-    """Where export jobs live (SQLite here; a PostgreSQL store implements the same)."""
+    """Where export jobs live (SqlJobStore: SQLite, or the shared PostgreSQL database)."""
 
     def add(self, job: Job) -> None: ...
     def get(self, job_id: str) -> Job | None: ...
@@ -82,9 +82,9 @@ def _job(row: tuple[Any, ...]) -> Job:
                lease_until=row[6], progress=row[7], **body)  # fmt: skip
 
 
-class SqliteJobStore:
-    def __init__(self, path: Path) -> None:
-        self.db = SqliteDatabase(path, _SCHEMA)
+class SqlJobStore:
+    def __init__(self, path: Path, database_url: str | None = None) -> None:
+        self.db: Database = open_store(database_url, path, "bulk", [_SCHEMA])
 
     def close(self) -> None:
         self.db.close()

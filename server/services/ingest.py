@@ -115,7 +115,7 @@ class IngestService:
         self.settings = settings
         self.journal = journal
         self.policies = policies
-        self.patient_secret = patient_id_key(settings.data_dir)
+        self.patient_secret = patient_id_key(settings.data_dir, settings.database())
         self.recovery = Recovery(store, index, journal, self.patient_secret)
         self.quarantine = Quarantine(settings.data_dir)
 

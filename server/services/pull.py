@@ -76,7 +76,7 @@ StudyAudit = Callable[[Job, list[PartOutcome], int], None]
 class PullService:
     def __init__(self, gateway: Gateway, audit: StudyAudit | None = None) -> None:
         self.gateway = gateway
-        self.jobs = PullJobs(gateway.settings.data_dir)
+        self.jobs = PullJobs(gateway.settings.data_dir, gateway.settings.database())
         self.audit = audit
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ under the data directory is free of the planted PatientName/PatientID/UIDs.
 from __future__ import annotations
 
 import io
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -229,17 +228,18 @@ def test_burned_in_quarantined_then_released_or_deleted(live: LiveServer) -> Non
     assert not any(root.iterdir())
     again = live.cli("quarantine", "release", held[1]["id"])
     assert again.returncode != 0 and "no quarantined instance" in again.stderr
-    events = _audit_paths(live.data_dir)
+    events = _audit_paths(live)
     assert f"imaging-gateway quarantine release {held[0]['id']}" in events
     assert f"imaging-gateway quarantine delete {held[1]['id']}" in events
 
 
-def _audit_paths(data_dir: Path) -> str:
-    conn = sqlite3.connect(data_dir / "audit.sqlite")
-    try:
-        return "\n".join(row[0].decode() for row in conn.execute("SELECT event FROM audit_event"))
-    finally:
-        conn.close()
+def _audit_paths(live: LiveServer) -> str:
+    """Every stored audit event, from the SQLite file or the shared database."""
+    from server.security.audit import tail, tail_shared
+
+    url = live.env().get("GATEWAY_DATABASE_URL")
+    events = tail_shared(url, 10**6) if url else tail(live.data_dir / "audit.sqlite", 10**6)
+    return "\n".join(orjson.dumps(event).decode() for _, event in events)
 
 
 def test_deid_record_is_kept_audited_and_admin_only(live: LiveServer) -> None:
@@ -255,7 +255,7 @@ def test_deid_record_is_kept_audited_and_admin_only(live: LiveServer) -> None:
     assert subject.name.encode() not in shown.stdout.encode()  # names, never values
     missing = live.cli("instance", "deid-record", "1.2.3.4.5")
     assert missing.returncode != 0
-    audit = _audit_paths(live.data_dir)
+    audit = _audit_paths(live)
     assert '"type":"deidentification"' in audit.replace(" ", "") and sop in audit
     assert "imaging-gateway instance deid-record" in audit
     # no HTTP answer about the instance carries the record

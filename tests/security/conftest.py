@@ -123,7 +123,9 @@ def make_study(
         series_uid=str(first.SeriesInstanceUID),
         sop_uid=str(first.SOPInstanceUID),
         patient=str(first.PatientID),
-        patient_ref=patient_id(patient_id_key(live.data_dir), pid, issuer) if live else "",
+        patient_ref=patient_id(patient_id_key(live.data_dir, _database(live)), pid, issuer)
+        if live
+        else "",
         uids=uids,
     )
     return study, instances
@@ -213,10 +215,27 @@ def claims_of(jwt_text: str) -> dict[str, Any]:
     return dict(json.loads(b64url_decode(jwt_text.split(".")[1])))
 
 
+def _database(live: LiveServer) -> str | None:
+    return live.env().get("GATEWAY_DATABASE_URL")
+
+
 def server_keys(live: LiveServer) -> SigningKeys:
-    """The gateway's own signing keys (from its data directory): forgeries that are validly
-    signed, so only the claim being tested is wrong."""
-    return SigningKeys.load_or_create(live.data_dir)
+    """The gateway's own signing keys (from its data directory, or its shared database):
+    forgeries that are validly signed, so only the claim being tested is wrong."""
+    url = _database(live)
+    if not url:
+        return SigningKeys.load_or_create(live.data_dir)
+    from server.security.shared_secrets import SharedSecrets
+
+    secrets = SharedSecrets(url)
+    try:
+        alg = live.env().get("GATEWAY_AUTH__SIGNING_ALG", "ES256")  # the server's: no rotation
+        keys = SigningKeys.load_or_create_shared(secrets, alg)
+    finally:
+        secrets.close()
+    assert keys.kids == [k["kid"] for k in reversed(
+        httpx.get(f"{live.url}/oauth/jwks", timeout=30).json()["keys"])], "not the server's keys"  # fmt: skip
+    return keys
 
 
 def resigned(live: LiveServer, real: str, **changes: Any) -> str:

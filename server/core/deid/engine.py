@@ -14,6 +14,7 @@ does not clean it (``PolicyError`` when it asks for cleaning: no OCR step here),
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import struct
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
@@ -138,7 +140,17 @@ def _fast(
         except Exception:
             return None
         digest = _write_fast(fin, dst, result.header, head.pixel_offset, size)
-    return Deidentified(_record(policy, result.changes), digest)
+    return Deidentified(_record(policy, result.changes), digest, _written(result.header, head))
+
+
+def _written(header: bytes, head: raw.Header) -> Written | None:
+    """The written header parsed from memory (what parsing ``dst`` up to its pixel data
+    gives: the same bytes); None if pydicom cannot (ingest parses ``dst`` then)."""
+    try:
+        ds = dcmread(io.BytesIO(header), force=True)
+    except Exception:
+        return None
+    return Written(ds, None if head.pixel_offset is None else len(header))
 
 
 def _write_fast(

@@ -66,6 +66,8 @@ _HHI = struct.Struct("<HHI")
 PATIENT_ID, PATIENT_NAME, STUDY_UID = 0x00100020, 0x00100010, 0x0020000D
 SOP_CLASS, SOP_INSTANCE, CHARSET = 0x00080016, 0x00080018, 0x00080005
 _METHOD = (0x00120062, 0x00120063)  # set by method.write (with the code sequence)
+METHOD_SEQUENCE = 0x00120064
+_METHOD_BYTES: dict[tuple[object, ...], bytes] = {}
 _BASIC_SET = (PATIENT_ID, PATIENT_NAME, 0x00280303, *_METHOD)
 _EUCAIM_SET = (0x00080080, *_METHOD)
 # character sets whose text pydicom decodes and encodes as this walker expects
@@ -311,6 +313,7 @@ class _Level:
         self.children: dict[int, _Level] = {} if children is None else children
         self.elems = {e.tag: e for e in elems}
         self.top = top
+        self.method_codes: tuple[str, ...] | None = None  # the method sequence to write
         self.encoding = encoding
         self.decoded: dict[int, DataElement] = {}  # ds's elements by int tag (fast lookups)
         self.ds = Dataset(parent_encoding=encoding)
@@ -530,9 +533,15 @@ class _Out:
     def level(self, out: DicomFileLike, lv: _Level, charset: Any, ascii_text: bool) -> None:
         buf = self.head.buf
         decoded_now = {int(t): e for t, e in lv.ds._dict.items()}  # profile's additions too
-        for tag in sorted(lv.elems.keys() | decoded_now.keys()):
+        tags = lv.elems.keys() | decoded_now.keys()
+        if lv.method_codes is not None:
+            tags |= {METHOD_SEQUENCE}
+        for tag in sorted(tags):
             if tag & 0xFFFF == 0 and tag >> 16 > 6:
                 continue  # group lengths are not written
+            if tag == METHOD_SEQUENCE and lv.method_codes is not None:
+                out.write(self.method(lv, lv.method_codes, charset))
+                continue
             decoded = decoded_now.get(tag)
             if decoded is not None and not isinstance(decoded, RawDataElement):
                 if lv.top and _string(out, decoded, self.enc, ascii_text):
@@ -546,6 +555,23 @@ class _Out:
             value = buf[e.vpos : e.end] if e.length else _empty_value(e.vr, raw=True)
             if not isinstance(value, bytes) or not _raw_value(out, tag, e.vr, value, self.enc):
                 raise Fallback
+
+    def method(self, lv: _Level, codes: tuple[str, ...], charset: Any) -> bytes:
+        """The code sequence ``method.write`` adds, encoded by the same writer (once per
+        codes and encoding: it is the same for every instance)."""
+        key = (codes, self.head.implicit, repr(charset), repr(lv.encoding))
+        got = _METHOD_BYTES.get(key)
+        if got is None:
+            probe = Dataset(parent_encoding=lv.encoding)
+            probe.set_original_encoding(self.head.implicit, True, lv.encoding)
+            method.write(probe, list(codes), [], Context(str, str, []))
+            fp = self.fp()
+            write_data_element(fp, probe[METHOD_SEQUENCE], charset)
+            got = _bytes(fp)
+            if len(_METHOD_BYTES) > 256:
+                _METHOD_BYTES.clear()
+            _METHOD_BYTES[key] = got
+        return got
 
     def sequence(self, out: DicomFileLike, lv: _Level, e: Elem, charset: Any) -> None:
         """``write_data_element`` of a decoded sequence: items as ``write_sequence_item``."""
@@ -668,6 +694,15 @@ def _context(top: _Level, changes: Changes, map_uid: Callable[[str], str]) -> Co
     return Context(map_uid=map_uid, shift_date=lambda v: v, words=words, changes=changes)
 
 
+def _write_method(top: _Level, codes: list[str], text: list[str], ctx: Context) -> None:
+    """``method.write`` on the level; the code sequence (absent: ``_set_later``) is noted
+    as added and written from its encoding (``_Out.method``)."""
+    set_value(top.ds, 0x00120062, "CS", "YES", ctx)
+    set_value(top.ds, 0x00120063, "LO", list(text), ctx)
+    ctx.changes.added.add(name_of(METHOD_SEQUENCE))
+    top.method_codes = tuple(codes)
+
+
 def _drop_stale(top: _Level, changes: Changes) -> None:
     for tag in [t for t in top.elems if t & 0xFFFF == 0 or t == 0x00080001]:
         del top.elems[tag]
@@ -676,7 +711,7 @@ def _drop_stale(top: _Level, changes: Changes) -> None:
 
 def _set_later(top: _Level, tags: tuple[int, ...]) -> None:
     """The elements the profile sets afterwards are decoded first (``set_value``)."""
-    if 0x00120064 in top.elems:
+    if METHOD_SEQUENCE in top.elems:
         raise Fallback  # a method sequence already there is replaced whole: general path
     for tag in tags:
         if tag in top.elems:
@@ -695,7 +730,7 @@ def _basic_top(top: _Level, options: frozenset[Option], secret: str, changes: Ch
     set_value(top.ds, basic.PATIENT_ID, "LO", pseudonym, ctx)
     set_value(top.ds, basic.PATIENT_NAME, "PN", pseudonym, ctx)
     method.longitudinal(top.ds, options, ctx)
-    method.write(top.ds, method.basic_codes(options), method.BASIC_TEXT, ctx)
+    _write_method(top, method.basic_codes(options), method.BASIC_TEXT, ctx)
 
 
 def _eucaim_top(top: _Level, policy: DeidPolicy, secret: str, changes: Changes) -> None:
@@ -712,4 +747,4 @@ def _eucaim_top(top: _Level, policy: DeidPolicy, secret: str, changes: Changes) 
             top.decode(tag)
     if any((t >> 16) & 1 for t in top.elems):
         codes.append("113111")
-    method.write(top.ds, codes, method.EUCAIM_TEXT, ctx)
+    _write_method(top, codes, method.EUCAIM_TEXT, ctx)

@@ -703,6 +703,34 @@ def _write_method(top: _Level, codes: list[str], text: list[str], ctx: Context) 
     top.method_codes = tuple(codes)
 
 
+_INT_SIZES = {"US": 2, "UL": 4, "SL": 4}
+_SAME_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+_TEXT_VRS = frozenset({"LO", "SH"})
+_PRINTABLE = bytes(range(0x20, 0x7F))
+
+
+def same_when_decoded(vr: str | None, value: bytes, ascii_text: bool) -> bool:
+    """Whether decoding this value (pydicom) and encoding it again (``_string``) gives
+    back exactly these bytes, so it may stay as read: whole integers; plain ASCII
+    strings whose values carry no leading or trailing space and whose padding is the
+    one byte the writer would add. False when unsure (the value is decoded then)."""
+    if not value or vr is None:
+        return False
+    size = _INT_SIZES.get(vr)
+    if size is not None:
+        return len(value) % size == 0
+    if vr not in _SAME_TEXT_VRS and (vr not in _TEXT_VRS or not ascii_text):
+        return False
+    if len(value) % 2:
+        return False  # the writer pads to an even length
+    pad = b"\x00" if vr == "UI" else b" "
+    # an odd text gets exactly this pad byte from the writer, an even one none
+    body = value[:-1] if value.endswith(pad) else value
+    if not body or body.translate(None, _PRINTABLE):
+        return False  # only padding, or not printable ASCII
+    return all(part[:1] != b" " and part[-1:] != b" " for part in body.split(b"\\"))
+
+
 def _drop_stale(top: _Level, changes: Changes) -> None:
     for tag in [t for t in top.elems if t & 0xFFFF == 0 or t == 0x00080001]:
         del top.elems[tag]
@@ -742,8 +770,12 @@ def _eucaim_top(top: _Level, policy: DeidPolicy, secret: str, changes: Changes) 
     _set_later(top, _EUCAIM_SET)
     set_value(top.ds, 0x00080080, "LO", eucaim.provider_hash(policy.provider_id), ctx)
     codes = list(method.EUCAIM_CODES)
-    for tag in list(top.elems):  # the general path decodes every element here
-        if top.elems[tag].items is None:
+    ascii_text = convert_encodings(top.head.charset) in _ASCII_CHARSETS
+    buf = top.head.buf
+    for tag, e in list(top.elems.items()):  # the general path decodes every element here
+        if e.items is not None or tag in top.decoded:
+            continue
+        if not same_when_decoded(e.vr, buf[e.vpos : e.end], ascii_text):
             top.decode(tag)
     if any((t >> 16) & 1 for t in top.elems):
         codes.append("113111")

@@ -1,10 +1,11 @@
 """Ingest pipeline shared by STOW-RS, ``imaging-gateway import`` and quarantine release (PS3.18 10.5).
 
 Every instance is de-identified before anything is stored: the dataset's policy
-(``gateway.deid_policies``, looked up once per request) turns each spooled file into
-its de-identified copy in the same spool folder, the original spool file is deleted at
-once, and only the copy is parsed, stored and indexed. The original bytes never reach
-the blob store or the index; spool files of original bytes are removed on every path.
+(``gateway.deid_policies``, looked up once per request) rewrites each spooled file in
+place into its de-identified form (the original header is overwritten; a file the
+engine cannot rewrite is deleted), and only that is parsed, stored and indexed. The
+original bytes never reach the blob store or the index; spool files of original bytes
+are removed on every path.
 
 Order of writes, so that a crash never leaves a half instance visible:
 de-identify → parse → journal entry → blob (spooled file renamed into place, under a
@@ -245,13 +246,12 @@ class IngestService:
         policy: DeidPolicy,
         secret: str,
     ) -> tuple[Path, DeidRecord, str | None, Written | None] | None:
-        """The de-identified copy of the item (the original is deleted), its record,
-        sha256 (None: not known yet) and header as written (None: parse the file), or
-        None (failed)."""
+        """The de-identified item (its spooled file rewritten in place: the original bytes
+        are gone), its record, sha256 (None: not known yet) and header as written (None:
+        parse the file), or None (failed; the spooled file is deleted)."""
         if not policy.active:  # ``none``: the data arrives de-identified; the file is as sent
             none = DeidRecord(profile="none", options=[], edition="")
             return item.path, none, item.sha256, None
-        dst = item.path.with_name(item.path.name + ".deid")
 
         def sent(uids: Sent) -> None:
             if uids.readable and uids.sop_class and uids.sop_instance and uids.study:
@@ -259,31 +259,29 @@ class IngestService:
             if _study_mismatch(study_uid, uids.study, outcome):
                 raise _Mismatch
 
-        try:
-            done = deidentify(item.path, dst, policy, secret, on_read=sent)
-            return dst, done.record, done.sha256, done.written
+        path = item.path
+        try:  # rewritten in place: the original header is overwritten, no copy made
+            done = deidentify(path, path, policy, secret, on_read=sent)
+            return path, done.record, done.sha256, done.written
         except _Mismatch:
-            dst.unlink(missing_ok=True)
+            pass
         except BurnedInSuspected as exc:
-            dst.unlink(missing_ok=True)
             if policy.burned_in is BurnedIn.quarantine:
-                self._hold(item.path, dst, outcome, dataset, policy, secret, exc.reason)
+                dst = path.with_name(path.name + ".held")
+                self._hold(path, dst, outcome, dataset, policy, secret, exc.reason)
             else:
                 outcome.failure = stow.CANNOT_UNDERSTAND
                 outcome.message = BURNED_IN_REFUSED
                 log.info("refused part: burned-in text suspected (%s)", exc.reason)
         except UnreadableInstance as exc:
-            dst.unlink(missing_ok=True)
             outcome.failure = stow.CANNOT_UNDERSTAND
             outcome.message = exc.message
             log.info("refused part: %s", exc.message)
         except Exception:  # hostile bytes the engine could not handle: the part fails
-            dst.unlink(missing_ok=True)
             log.exception("de-identification failed")
             outcome.failure = stow.CANNOT_UNDERSTAND
             outcome.message = DEID_FAILED
-        finally:
-            item.path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # failed: the original (or what is left of it) goes
         return None
 
     def _hold(

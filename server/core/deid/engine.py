@@ -97,7 +97,9 @@ def deidentify(
     here instead of parsing the file again); what it raises stops the work, nothing
     written. ``check_burned_in=False``: the header is de-identified although the
     instance is a burned-in suspect (for the quarantine, which holds it for an
-    administrator).
+    administrator). ``dst`` may be ``src``: the file is then rewritten in place, its
+    original header overwritten (no second file is made and none is deleted); when
+    that fails the file is left damaged and the caller deletes it.
 
     The fast path (``raw.py``) takes the common files; anything it does not mirror
     exactly falls back to the general path below, which gives the same bytes
@@ -116,14 +118,19 @@ def deidentify(
         done = _fast(src, dst, policy, secret, read_once)
         if done is not None:
             return done
-    return _general(src, dst, policy, secret, read_once, check_burned_in)
+    if dst != src:
+        return _general(src, dst, policy, secret, read_once, check_burned_in)
+    tmp = src.with_name(src.name + ".deid")
+    done = _general(src, tmp, policy, secret, read_once, check_burned_in)
+    os.replace(tmp, src)
+    return done
 
 
 def _fast(
     src: Path, dst: Path, policy: DeidPolicy, secret: str, on_read: Callable[[Sent], None]
 ) -> Deidentified | None:
     """The raw walk; None when the general path must take the file (nothing written)."""
-    with open(src, "rb") as fin:
+    with open(src, "r+b" if dst == src else "rb") as fin:
         size = os.fstat(fin.fileno()).st_size
         try:
             head = raw.read_header(fin, size)
@@ -139,7 +146,10 @@ def _fast(
             result = raw.deidentify_header(top, policy, secret)
         except Exception:
             return None
-        digest = _write_fast(fin, dst, result.header, head.pixel_offset, size)
+        if dst == src:
+            digest = _rewrite(fin, result.header, head.pixel_offset, size)
+        else:
+            digest = _write_fast(fin, dst, result.header, head.pixel_offset, size)
     return Deidentified(_record(policy, result.changes), digest, _written(result.header, head))
 
 
@@ -174,6 +184,47 @@ def _write_fast(
     except BaseException:
         dst.unlink(missing_ok=True)
         raise
+    return sha.hexdigest()
+
+
+def _rewrite(f: BinaryIO, header: bytes, pixel_offset: int | None, size: int) -> str:
+    """The new header in place of the old one, the pixel element moved to follow it;
+    the sha256 of the result."""
+    sha = hashlib.sha256(header)
+    new = len(header)
+    if pixel_offset is None:
+        n = 0
+    else:
+        n = size - pixel_offset
+        f.seek(pixel_offset)
+        left = n
+        while left > 0:  # the pixel bytes do not change, they move: hashed first
+            block = f.read(min(CHUNK, left))
+            if not block:
+                raise UnreadableInstance("pixel data is shorter than its declared length")
+            sha.update(block)
+            left -= len(block)
+        if new > pixel_offset:  # moved toward the end: last block first
+            end = n
+            while end > 0:
+                start = max(0, end - CHUNK)
+                f.seek(pixel_offset + start)
+                block = f.read(end - start)
+                f.seek(new + start)
+                f.write(block)
+                end = start
+        elif new < pixel_offset:  # moved toward the start: first block first
+            done = 0
+            while done < n:
+                f.seek(pixel_offset + done)
+                block = f.read(min(CHUNK, n - done))
+                f.seek(new + done)
+                f.write(block)
+                done += len(block)
+    f.seek(0)
+    f.write(header)
+    if new + n < size:
+        f.truncate(new + n)
     return sha.hexdigest()
 
 

@@ -12,10 +12,10 @@ element is copied through as read. Pixel data is copied raw, as before.
 The output is byte for byte the general path's (``engine.py`` on a pydicom dataset):
 the same elements are decoded, in the same contexts, by the same action functions, and
 encoded by the same writers. Anything this walker does not mirror exactly (big endian,
-deflate, character sets other than the default, implicit VR items in explicit data,
-ambiguous VRs to decode, group-2 elements in the data set, a long header, trailing
-elements, malformed structure) raises ``Fallback``: the general path takes the file,
-and reports any error itself.
+deflate, character sets other than the default, Latin-1 and UTF-8, implicit VR items in
+explicit data, ambiguous VRs to decode, group-2 elements in the data set, a long
+header, trailing elements, burned-in suspects, malformed structure) raises
+``Fallback``: the general path takes the file, and reports any error itself.
 """
 
 from __future__ import annotations

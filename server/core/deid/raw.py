@@ -21,6 +21,7 @@ header, trailing elements, burned-in suspects, malformed structure) raises
 from __future__ import annotations
 
 import io
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -707,18 +708,30 @@ _INT_SIZES = {"US": 2, "UL": 4, "SL": 4}
 _SAME_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
 _TEXT_VRS = frozenset({"LO", "SH"})
 _PRINTABLE = bytes(range(0x20, 0x7F))
+# number strings pydicom reads as numbers and the writer writes back as read
+_NUMBERS = {
+    "IS": re.compile(rb"[+-]?[0-9]+"),
+    "DS": re.compile(rb"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"),
+}
 
 
 def same_when_decoded(vr: str | None, value: bytes, ascii_text: bool) -> bool:
     """Whether decoding this value (pydicom) and encoding it again (``_string``) gives
     back exactly these bytes, so it may stay as read: whole integers; plain ASCII
-    strings whose values carry no leading or trailing space and whose padding is the
-    one byte the writer would add. False when unsure (the value is decoded then)."""
+    strings and plain number strings whose values carry no leading or trailing space
+    and whose padding is the one byte the writer would add. False when unsure (the
+    value is decoded then)."""
     if not value or vr is None:
         return False
     size = _INT_SIZES.get(vr)
     if size is not None:
         return len(value) % size == 0
+    number = _NUMBERS.get(vr)
+    if number is not None:  # written back from each value's string as read
+        if len(value) % 2:
+            return False
+        body = value[:-1] if value.endswith(b" ") else value
+        return all(number.fullmatch(part) for part in body.split(b"\\"))
     if vr not in _SAME_TEXT_VRS and (vr not in _TEXT_VRS or not ascii_text):
         return False
     if len(value) % 2:

@@ -49,14 +49,20 @@ class SpooledPart:
     path: Path
     content_type: str
     size: int
-    sha256: str
+    sha256: str | None  # None: not taken (``digest=False``)
 
 
 class MultipartSpooler:
     """Feed body chunks; parts land as files in ``directory``."""
 
     def __init__(
-        self, boundary: str, directory: Path, max_bytes: int, max_parts: int = 10000
+        self,
+        boundary: str,
+        directory: Path,
+        max_bytes: int,
+        max_parts: int = 10000,
+        *,
+        digest: bool = True,
     ) -> None:
         check_boundary(boundary)
         self.directory = directory
@@ -66,6 +72,7 @@ class MultipartSpooler:
         self._received = 0
         self._file: BinaryIO | None = None
         self._hash: Any = None
+        self._digest = digest  # take each part's sha256 while spooling it
         self._size = 0
         self._headers: dict[str, str] = {}
         self._field = b""
@@ -120,7 +127,7 @@ class MultipartSpooler:
             )
         self._headers = {}
         self._size = 0
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if self._digest else None
         path = self.directory / f"part-{len(self.parts):06d}"
         self._file = path.open("wb")
         self._path = path
@@ -129,7 +136,8 @@ class MultipartSpooler:
         chunk = data[start:end]
         assert self._file is not None
         self._file.write(chunk)
-        self._hash.update(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
         self._size += len(chunk)
 
     def _part_end(self) -> None:
@@ -137,7 +145,8 @@ class MultipartSpooler:
         self._file.close()
         self._file = None
         content_type = self._headers.get("content-type", "application/dicom")
-        self.parts.append(SpooledPart(self._path, content_type, self._size, self._hash.hexdigest()))
+        digest = self._hash.hexdigest() if self._hash is not None else None
+        self.parts.append(SpooledPart(self._path, content_type, self._size, digest))
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]

@@ -142,7 +142,9 @@ class DicomwebSource:
                 parts = spooler.finish()
             finally:
                 spooler.close()
-            return parts[0].path, parts[0].sha256
+            digest = parts[0].sha256
+            assert digest is not None  # the spooler takes it by default
+            return parts[0].path, digest
 
         return self._request("GET", path, headers={"Accept": ACCEPT_DICOM}, stream=read)
 

@@ -55,6 +55,11 @@ class DeidPolicies:
                 self._cache[dataset] = (policy, secret)
         return policy, secret
 
+    def active(self, dataset: str | None) -> bool:
+        """Whether instances stored into ``dataset`` are de-identified (no secret made)."""
+        hit = self._cache.get(dataset)
+        return (hit[0] if hit is not None else self.policy(dataset)[0]).active
+
     def policy(self, dataset: str | None) -> tuple[DeidPolicy, bool]:
         """(policy, fixed): fixed when the dataset's ResearchStudy carries it."""
         if dataset is None:

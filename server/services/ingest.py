@@ -1,10 +1,11 @@
 """Ingest pipeline shared by STOW-RS, ``imaging-gateway import`` and quarantine release (PS3.18 10.5).
 
 Every instance is de-identified before anything is stored: the dataset's policy
-(``gateway.deid_policies``, looked up once per request) turns each spooled file into
-its de-identified copy in the same spool folder, the original spool file is deleted at
-once, and only the copy is parsed, stored and indexed. The original bytes never reach
-the blob store or the index; spool files of original bytes are removed on every path.
+(``gateway.deid_policies``, looked up once per request) rewrites each spooled file in
+place into its de-identified form (the original header is overwritten; a file the
+engine cannot rewrite is deleted), and only that is parsed, stored and indexed. The
+original bytes never reach the blob store or the index; spool files of original bytes
+are removed on every path.
 
 Order of writes, so that a crash never leaves a half instance visible:
 de-identify → parse → journal entry → blob (spooled file renamed into place, under a
@@ -33,20 +34,18 @@ from typing import Protocol
 
 import orjson
 import pydicom
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset
 
 from server.core import stow
 from server.core.blobkeys import new_blob_key
 from server.core.decoded_size import check_inflated_size
-from server.core.deid.engine import Written, deidentify_file, deidentify_parsed
+from server.core.deid.engine import Written, deidentify
 from server.core.deid.policy import (
     BurnedIn,
     BurnedInSuspected,
     DeidPolicy,
     DeidRecord,
 )
+from server.core.deid.raw import Sent
 from server.core.limits import TooLarge
 from server.core.mediatypes import parse_media_type
 from server.core.records import (
@@ -83,13 +82,15 @@ _SENT_TAGS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")
 class PolicyLookup(Protocol):
     def for_dataset(self, dataset: str | None) -> tuple[DeidPolicy, str]: ...
 
+    def active(self, dataset: str | None) -> bool: ...
+
 
 @dataclass
 class IngestItem:
     """One spooled instance waiting to be stored."""
 
     path: Path
-    sha256: str
+    sha256: str | None  # of the sent bytes; None: not taken while spooling (hashed if kept)
     content_type: str = "application/dicom"
 
 
@@ -153,6 +154,16 @@ class IngestService:
                 item.path.unlink(missing_ok=True)
         observe_ingest(sizes, [o.failure for o in outcomes])
         return outcomes
+
+    def keeps_sent_bytes(self, dataset: str | None) -> bool:
+        """Whether a store into ``dataset`` keeps the bytes as sent (profile ``none``), so
+        their sha256 is worth taking while they are spooled. A de-identified instance is
+        new bytes, hashed as they are written: hashing the sent bytes too is wasted work."""
+        dataset = dataset if dataset is not None else self.settings.default_dataset
+        try:
+            return not self.policies.active(dataset)
+        except Exception:  # the store answers this again, with its own error
+            return True
 
     @property
     def needs_dataset(self) -> bool:
@@ -218,7 +229,7 @@ class IngestService:
         if out is None:
             return None
         path, deid, digest, written = out
-        sha256 = item.sha256 if path == item.path else digest or sha256_file(path)
+        sha256 = digest or sha256_file(path)
         record = self._read(path, sha256, outcome, written)
         if record is None:
             path.unlink(missing_ok=True)
@@ -235,45 +246,42 @@ class IngestService:
         policy: DeidPolicy,
         secret: str,
     ) -> tuple[Path, DeidRecord, str | None, Written | None] | None:
-        """The de-identified copy of the item (the original is deleted), its record,
-        sha256 (None: not known yet) and header as written (None: parse the file), or
-        None (failed)."""
+        """The de-identified item (its spooled file rewritten in place: the original bytes
+        are gone), its record, sha256 (None: not known yet) and header as written (None:
+        parse the file), or None (failed; the spooled file is deleted)."""
         if not policy.active:  # ``none``: the data arrives de-identified; the file is as sent
             none = DeidRecord(profile="none", options=[], edition="")
             return item.path, none, item.sha256, None
-        dst = item.path.with_name(item.path.name + ".deid")
 
-        def sent(ds: Dataset) -> None:
-            if _study_mismatch(study_uid, _sent_from(ds, outcome), outcome):
+        def sent(uids: Sent) -> None:
+            if uids.readable and uids.sop_class and uids.sop_instance and uids.study:
+                outcome.sop_class_uid, outcome.sop_uid = uids.sop_class, uids.sop_instance
+            if _study_mismatch(study_uid, uids.study, outcome):
                 raise _Mismatch
 
-        try:
-            record, digest, written = deidentify_parsed(
-                item.path, dst, policy, secret, on_read=sent
-            )
-            return dst, record, digest, written
+        path = item.path
+        try:  # rewritten in place: the original header is overwritten, no copy made
+            done = deidentify(path, path, policy, secret, on_read=sent)
+            return path, done.record, done.sha256, done.written
         except _Mismatch:
-            dst.unlink(missing_ok=True)
+            pass
         except BurnedInSuspected as exc:
-            dst.unlink(missing_ok=True)
             if policy.burned_in is BurnedIn.quarantine:
-                self._hold(item.path, dst, outcome, dataset, policy, secret, exc.reason)
+                dst = path.with_name(path.name + ".held")
+                self._hold(path, dst, outcome, dataset, policy, secret, exc.reason)
             else:
                 outcome.failure = stow.CANNOT_UNDERSTAND
                 outcome.message = BURNED_IN_REFUSED
                 log.info("refused part: burned-in text suspected (%s)", exc.reason)
         except UnreadableInstance as exc:
-            dst.unlink(missing_ok=True)
             outcome.failure = stow.CANNOT_UNDERSTAND
             outcome.message = exc.message
             log.info("refused part: %s", exc.message)
         except Exception:  # hostile bytes the engine could not handle: the part fails
-            dst.unlink(missing_ok=True)
             log.exception("de-identification failed")
             outcome.failure = stow.CANNOT_UNDERSTAND
             outcome.message = DEID_FAILED
-        finally:
-            item.path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)  # failed: the original (or what is left of it) goes
         return None
 
     def _hold(
@@ -430,24 +438,6 @@ def _study_mismatch(study_uid: str | None, sent_study: str, outcome: PartOutcome
     return False
 
 
-def _sent_from(ds: Dataset, outcome: PartOutcome) -> str:
-    """``_sent_uids`` on the engine's parse of the header; values decoded aside, so the
-    parsed dataset is left exactly as read (a decoded element would be re-encoded)."""
-    values = []
-    for keyword in _SENT_TAGS:
-        tag = tag_for_keyword(keyword)
-        elem = ds.get_item(tag) if tag is not None and tag in ds else None
-        if isinstance(elem, RawDataElement):
-            elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
-        value = elem.value if elem is not None else ""
-        values.append(str(value or "").strip().rstrip("\x00")[:64])
-    meta = getattr(ds, "file_meta", None)
-    readable = bool(ds.preamble) and meta is not None and "TransferSyntaxUID" in meta
-    if readable and all(values):  # a file the pipeline can read at all
-        outcome.sop_class_uid, outcome.sop_uid = values[0], values[1]
-    return values[2]
-
-
 def _sent_uids(path: Path, outcome: PartOutcome) -> str:
     """Note the sent SOP Class/Instance UIDs (a failure names them); the sent Study UID."""
     try:
@@ -468,4 +458,4 @@ def _deidentify_suspect(src: Path, dst: Path, policy: DeidPolicy, secret: str) -
     BurnedInAnnotation stays as sent. Releasing it is the administrator's statement that
     the pixels carry no identifying text (a held copy is never served before).
     """
-    return deidentify_file(src, dst, policy, secret, check_burned_in=False)
+    return deidentify(src, dst, policy, secret, check_burned_in=False).record

@@ -74,3 +74,27 @@ def test_absurd_or_illegal_boundaries_are_refused_clearly(tmp_path: Path, bounda
     assert "boundary" in caught.value.message
     with pytest.raises(MalformedMultipart):
         check_boundary(boundary)
+
+
+@pytest.mark.parametrize("digest", [True, False])
+def test_parts_spool_the_same_bytes_with_or_without_their_digest(
+    tmp_path: Path, digest: bool
+) -> None:
+    """A de-identified dataset never stores the sent bytes, so STOW spools them without
+    hashing (``digest=False``); the spooled files are the same either way."""
+    import hashlib
+
+    payloads = [b"\x00DICM" * 1000, b"second part"]
+    body = (
+        b"".join(
+            b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in payloads
+        )
+        + b"--b0undary--\r\n"
+    )
+    spooler = MultipartSpooler("b0undary", tmp_path, 1 << 30, digest=digest)
+    for start in range(0, len(body), 777):
+        spooler.feed(body[start : start + 777])
+    parts = spooler.finish()
+    assert [p.path.read_bytes() for p in parts] == payloads
+    want = [hashlib.sha256(p).hexdigest() for p in payloads] if digest else [None, None]
+    assert [p.sha256 for p in parts] == want

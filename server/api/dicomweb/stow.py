@@ -152,8 +152,9 @@ async def _store(
         raise PayloadTooLarge(
             f"the request body ({declared} bytes) exceeds the limit of {limit} bytes"
         )
+    digest = await run_in_threadpool(gw.ingest.keeps_sent_bytes, dataset)
     spool = gw.journal.spool_dir()
-    spooler = MultipartSpooler(boundary, spool, limit, gw.settings.stow.max_parts)
+    spooler = MultipartSpooler(boundary, spool, limit, gw.settings.stow.max_parts, digest=digest)
     try:
         async for chunk in request.stream():
             spooler.feed(chunk)

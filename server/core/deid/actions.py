@@ -57,20 +57,26 @@ def check_length(ds: Dataset, tag: int, vr: str) -> None:
         return
     count = _vm_count(tag)
     raw = ds.get_item(tag)
-    if isinstance(raw, DataElement):  # already decoded while reading
-        if count is not None and count < raw.VM:
-            raise UnreadableInstance(f"corrupt length for attribute {name_of(tag)} ({vr})")
-        if vr not in _MAX_CHARS or count is None or raw.VM == 0:
-            return
-        length = len(str(raw.value))
-    else:
-        length = raw.length
-    if length == 0xFFFFFFFF:
+    if not isinstance(raw, DataElement):
+        check_raw_length(tag, vr, raw.length)
         return
+    # already decoded while reading: the value's multiplicity and characters
+    if count is not None and count < raw.VM:
+        raise UnreadableInstance(f"corrupt length for attribute {name_of(tag)} ({vr})")
+    if vr not in _MAX_CHARS or count is None or raw.VM == 0:
+        return
+    if len(str(raw.value)) > count * (_MAX_CHARS[vr] + 1) + 1:
+        raise UnreadableInstance(f"corrupt length for attribute {name_of(tag)} ({vr})")
+
+
+@lru_cache(maxsize=16384)  # raises or returns None: only the good answers are cached
+def check_raw_length(tag: int, vr: str, length: int) -> None:
+    """``check_length`` of an element not decoded: its length as read."""
+    if length == 0xFFFFFFFF or not is_known(tag):
+        return
+    count = _vm_count(tag)
     size = _FIXED.get(vr)
-    if isinstance(raw, DataElement) and count is not None:
-        fits = length <= count * (_MAX_CHARS[vr] + 1) + 1
-    elif size is not None:
+    if size is not None:
         fits = length % size == 0 and (count is None or length == count * size)
     elif vr in _MAX_CHARS and count is not None:
         fits = length <= count * (_MAX_CHARS[vr] + 1) + 1

@@ -1,8 +1,8 @@
 """Apply a dataset's policy to one spooled Part-10 file (see policy.py).
 
-``deidentify_file(src, dst, policy, secret)`` reads ``src``, writes the de-identified
+``deidentify(src, dst, policy, secret)`` reads ``src``, writes the de-identified
 instance to ``dst`` (same transfer syntax; pixel data copied, never decoded) and returns
-its ``DeidRecord``. The output is a pure function of (input bytes, policy, secret): the
+its ``DeidRecord`` (in ``Deidentified``). The output is a pure function of (input bytes, policy, secret): the
 same input gives byte-identical output in every process, so a re-sent instance is
 recognised as the same instance.
 
@@ -14,6 +14,8 @@ does not clean it (``PolicyError`` when it asks for cleaning: no OCR step here),
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import shutil
 import struct
 from collections.abc import Callable
@@ -21,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from server.core.deid import basic, burned_in, ctp, eucaim, method, values
+from server.core.deid import basic, burned_in, ctp, eucaim, method, raw, values
 from server.core.deid.actions import Changes, Context, set_value, tags
 from server.core.deid.annex_e_table import EDITION
 from server.core.deid.policy import (
@@ -36,7 +40,9 @@ from server.core.deid.policy import (
     PolicyError,
     Profile,
 )
+from server.core.deid.raw import Sent
 from server.core.deid.stream import (
+    CHUNK,
     Source,
     copy_pixels,
     new_meta,
@@ -55,38 +61,6 @@ _MALFORMED = (ValueError, TypeError, UnicodeError, OverflowError, struct.error, 
 _MALFORMED_ITEMS = (*_MALFORMED, OSError, EOFError, NotImplementedError, IndexError)
 
 
-def deidentify_file(
-    src: Path,
-    dst: Path,
-    policy: DeidPolicy,
-    secret: str,
-    on_read: Callable[[Dataset], None] | None = None,
-    *,
-    check_burned_in: bool = True,
-) -> DeidRecord:
-    """See ``deidentify_hashed``; only the record."""
-    record, _ = deidentify_hashed(
-        src, dst, policy, secret, on_read, check_burned_in=check_burned_in
-    )
-    return record
-
-
-def deidentify_hashed(
-    src: Path,
-    dst: Path,
-    policy: DeidPolicy,
-    secret: str,
-    on_read: Callable[[Dataset], None] | None = None,
-    *,
-    check_burned_in: bool = True,
-) -> tuple[DeidRecord, str | None]:
-    """See ``deidentify_parsed``; the record and the sha256."""
-    record, digest, _ = deidentify_parsed(
-        src, dst, policy, secret, on_read, check_burned_in=check_burned_in
-    )
-    return record, digest
-
-
 @dataclass
 class Written:
     """The de-identified header as written to ``dst`` (its file meta is the new one) and
@@ -97,34 +71,176 @@ class Written:
     pixel_offset: int | None
 
 
-def deidentify_parsed(
+@dataclass
+class Deidentified:
+    """What ``deidentify`` made: the record; the sha256 (hex) of ``dst``, computed while
+    it was written (None: hash the file); the header as written (None: parse ``dst``)."""
+
+    record: DeidRecord
+    sha256: str | None = None
+    written: Written | None = None
+
+
+def deidentify(
     src: Path,
     dst: Path,
     policy: DeidPolicy,
     secret: str,
-    on_read: Callable[[Dataset], None] | None = None,
+    on_read: Callable[[Sent], None] | None = None,
     *,
     check_burned_in: bool = True,
-) -> tuple[DeidRecord, str | None, Written | None]:
+    fast: bool = True,
+) -> Deidentified:
     """PS3.15 Annex E / LETHE: write the de-identified copy of ``src`` to ``dst``.
 
-    ``on_read`` sees the parsed header before anything is changed (the caller reads the
-    sent UIDs from it instead of parsing the file again); it must not change it, and
-    what it raises stops the work, nothing written. ``check_burned_in=False``: the
-    header is de-identified although the instance is a burned-in suspect (for the
-    quarantine, which holds it for an administrator).
+    ``on_read`` sees the sent UIDs before anything is changed (the caller reads them
+    here instead of parsing the file again); what it raises stops the work, nothing
+    written. ``check_burned_in=False``: the header is de-identified although the
+    instance is a burned-in suspect (for the quarantine, which holds it for an
+    administrator). ``dst`` may be ``src``: the file is then rewritten in place, its
+    original header overwritten (no second file is made and none is deleted); when
+    that fails the file is left damaged and the caller deletes it.
 
-    Also returns the sha256 (hex) of ``dst``, computed while it was written (None when
-    the writer had to seek back: hash the file then), and the header as written (None
-    when the writer re-encoded it, e.g. deflated: parse ``dst`` then)."""
+    The fast path (``raw.py``) takes the common files; anything it does not mirror
+    exactly falls back to the general path below, which gives the same bytes
+    (``fast=False``: the general path only, for the tests that prove it)."""
     if policy.profile is Profile.none:
         shutil.copyfile(src, dst)
-        return DeidRecord(profile="none", options=[], edition=""), None, None
+        return Deidentified(DeidRecord(profile="none", options=[], edition=""))
+    seen: list[Sent] = []
+
+    def read_once(sent: Sent) -> None:
+        if not seen and on_read is not None:
+            on_read(sent)
+        seen.append(sent)
+
+    if fast and check_burned_in:
+        done = _fast(src, dst, policy, secret, read_once)
+        if done is not None:
+            return done
+    if dst != src:
+        return _general(src, dst, policy, secret, read_once, check_burned_in)
+    tmp = src.with_name(src.name + ".deid")
+    done = _general(src, tmp, policy, secret, read_once, check_burned_in)
+    os.replace(tmp, src)
+    return done
+
+
+def _fast(
+    src: Path, dst: Path, policy: DeidPolicy, secret: str, on_read: Callable[[Sent], None]
+) -> Deidentified | None:
+    """The raw walk; None when the general path must take the file (nothing written)."""
+    with open(src, "r+b" if dst == src else "rb") as fin:
+        size = os.fstat(fin.fileno()).st_size
+        try:
+            head = raw.read_header(fin, size)
+            at = head.pixel_offset
+            if at is not None and raw.pixel_end(fin, at, head.implicit) != size:
+                return None  # elements after the pixel data (or truncated)
+            top = raw.open_top(head)
+            sent = raw.sent_of(top)
+        except Exception:  # anything unusual: the general path decides, errors included
+            return None
+        on_read(sent)  # outside: what it raises stops the work
+        try:
+            result = raw.deidentify_header(top, policy, secret)
+        except Exception:
+            return None
+        if dst == src:
+            digest = _rewrite(fin, result.header, head.pixel_offset, size)
+        else:
+            digest = _write_fast(fin, dst, result.header, head.pixel_offset, size)
+    return Deidentified(_record(policy, result.changes), digest, _written(result.header, head))
+
+
+def _written(header: bytes, head: raw.Header) -> Written | None:
+    """The written header parsed from memory (what parsing ``dst`` up to its pixel data
+    gives: the same bytes); None if pydicom cannot (ingest parses ``dst`` then)."""
+    try:
+        ds = dcmread(io.BytesIO(header), force=True)
+    except Exception:
+        return None
+    return Written(ds, None if head.pixel_offset is None else len(header))
+
+
+def _write_fast(
+    fin: BinaryIO, dst: Path, header: bytes, pixel_offset: int | None, size: int
+) -> str:
+    """The new header, then the pixel element copied raw; the sha256 of what was written."""
+    sha = hashlib.sha256(header)
+    try:
+        with open(dst, "wb") as out:
+            out.write(header)
+            if pixel_offset is not None:
+                fin.seek(pixel_offset)
+                left = size - pixel_offset
+                while left > 0:
+                    block = fin.read(min(CHUNK, left))
+                    if not block:
+                        raise UnreadableInstance("pixel data is shorter than its declared length")
+                    sha.update(block)
+                    out.write(block)
+                    left -= len(block)
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+    return sha.hexdigest()
+
+
+def _rewrite(f: BinaryIO, header: bytes, pixel_offset: int | None, size: int) -> str:
+    """The new header in place of the old one, the pixel element moved to follow it;
+    the sha256 of the result."""
+    sha = hashlib.sha256(header)
+    new = len(header)
+    if pixel_offset is None:
+        n = 0
+    else:
+        n = size - pixel_offset
+        f.seek(pixel_offset)
+        left = n
+        while left > 0:  # the pixel bytes do not change, they move: hashed first
+            block = f.read(min(CHUNK, left))
+            if not block:
+                raise UnreadableInstance("pixel data is shorter than its declared length")
+            sha.update(block)
+            left -= len(block)
+        if new > pixel_offset:  # moved toward the end: last block first
+            end = n
+            while end > 0:
+                start = max(0, end - CHUNK)
+                f.seek(pixel_offset + start)
+                block = f.read(end - start)
+                f.seek(new + start)
+                f.write(block)
+                end = start
+        elif new < pixel_offset:  # moved toward the start: first block first
+            done = 0
+            while done < n:
+                f.seek(pixel_offset + done)
+                block = f.read(min(CHUNK, n - done))
+                f.seek(new + done)
+                f.write(block)
+                done += len(block)
+    f.seek(0)
+    f.write(header)
+    if new + n < size:
+        f.truncate(new + n)
+    return sha.hexdigest()
+
+
+def _general(
+    src: Path,
+    dst: Path,
+    policy: DeidPolicy,
+    secret: str,
+    on_read: Callable[[Sent], None],
+    check_burned_in: bool,
+) -> Deidentified:
+    """The general path: pydicom parses the header, the profile applies to the dataset."""
     changes = Changes()
     with open(src, "rb") as fin:
         source = read(fin)
-        if on_read is not None:
-            on_read(source.ds)
+        on_read(_sent(source.ds))
         try:
             trailing = _prepare(fin, source, policy, secret, changes, check_burned_in)
         except (PolicyError, BurnedInSuspected, UnreadableInstance):
@@ -141,7 +257,25 @@ def deidentify_parsed(
             written = Written(source.ds, pixel_at)
         except _MALFORMED:
             written = None  # ingest parses the written file instead
-    return _record(policy, changes), digest, written
+    return Deidentified(_record(policy, changes), digest, written)
+
+
+def _sent(ds: Dataset) -> Sent:
+    """The sent UIDs, decoded aside: the parsed dataset is left exactly as read (a
+    decoded element would be re-encoded)."""
+    found = []
+    for tag in (raw.SOP_CLASS, raw.SOP_INSTANCE, raw.STUDY_UID):
+        try:
+            elem = ds.get_item(tag) if tag in ds else None
+            if isinstance(elem, RawDataElement):
+                elem = convert_raw_data_element(elem, encoding=ds._character_set, ds=ds)
+            value = str(elem.value or "" if elem is not None else "")
+        except Exception:  # a value pydicom cannot decode: the profile refuses it later
+            value = ""
+        found.append(value.strip().rstrip("\x00")[:64])
+    meta = getattr(ds, "file_meta", None)
+    readable = bool(ds.preamble) and meta is not None and "TransferSyntaxUID" in meta
+    return Sent(found[0], found[1], found[2], readable)
 
 
 def _prepare(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, default_encoding
@@ -48,6 +48,13 @@ IMPLEMENTATION_VERSION = "CIG_DEID_1"
 _IMPLEMENTATION_UID = PYDICOM_IMPLEMENTATION_UID.encode("ascii") + b"\x00" * (
     len(PYDICOM_IMPLEMENTATION_UID) % 2
 )
+
+
+class Encoding(NamedTuple):
+    """How a data set is encoded (what the writers below need of a Source)."""
+
+    implicit: bool
+    little: bool
 
 
 @dataclass
@@ -306,7 +313,9 @@ _NUMBER_STRING_VRS = frozenset({"DS", "IS"})
 _INT_VRS = {"US": "H", "UL": "L", "SL": "l"}
 
 
-def _string(out: DicomFileLike, elem: DataElement, source: Source, ascii_text: bool) -> bool:
+def _string(
+    out: DicomFileLike, elem: DataElement, source: Source | Encoding, ascii_text: bool
+) -> bool:
     """A decoded string element of ASCII text, encoded as ``write_data_element`` encodes
     it; False for anything else (pydicom's writer handles it)."""
     vr = elem.VR
@@ -337,7 +346,7 @@ def _string(out: DicomFileLike, elem: DataElement, source: Source, ascii_text: b
     return _raw_value(out, int(elem.tag), vr, text.encode("ascii"), source)
 
 
-def _ints(out: DicomFileLike, elem: DataElement, source: Source) -> bool:
+def _ints(out: DicomFileLike, elem: DataElement, source: Source | Encoding) -> bool:
     """write_numbers for US/UL/SL: one int or a list of ints, packed."""
     value = elem.value
     values = [value] if type(value) is int else value
@@ -360,7 +369,9 @@ def _raw(out: DicomFileLike, elem: RawDataElement, source: Source) -> bool:
     return _raw_value(out, int(elem.tag), vr, value, source)
 
 
-def _raw_value(out: DicomFileLike, tag: int, vr: str | None, value: bytes, source: Source) -> bool:
+def _raw_value(
+    out: DicomFileLike, tag: int, vr: str | None, value: bytes, source: Source | Encoding
+) -> bool:
     """Tag, VR (explicit), length and ``value``; False when the length does not fit."""
     end = "<" if source.little else ">"
     head = struct.pack(end + "HH", tag >> 16, tag & 0xFFFF)

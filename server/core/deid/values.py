@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from functools import lru_cache
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.uid import UID_dictionary
@@ -124,8 +125,17 @@ def is_definition_uid(tag: int, value: str) -> bool:
     return bool(_DEFINITION_UID.search(keyword_for_tag(tag) or ""))
 
 
+@lru_cache(maxsize=64)
+def _any_word(words: tuple[str, ...]) -> re.Pattern[str]:
+    """Finds any of ``words`` anywhere (no word boundaries): a value it does not match
+    contains none of them, so no substitution below could change it."""
+    return re.compile("|".join(re.escape(w) for w in words), flags=re.IGNORECASE)
+
+
 def scrub(text: str, words: list[str]) -> str:
     """Clean (C) a free-text value: remove every identifying word of this instance."""
+    if words and not _any_word(tuple(words)).search(text):
+        return " ".join(text.split())
     out = text
     for word in words:  # whole words only: "St" must not eat the "st" of "chest"
         out = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", out, flags=re.IGNORECASE)

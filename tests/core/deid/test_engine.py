@@ -1,4 +1,4 @@
-"""Properties of deidentify_file on synthetic instances (both profiles)."""
+"""Properties of deidentify on synthetic instances (both profiles)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
 from server.core.deid import ctp
-from server.core.deid.engine import deidentify_file
+from server.core.deid.engine import deidentify
 from server.core.deid.policy import (
     BurnedIn,
     BurnedInSuspected,
@@ -35,7 +35,7 @@ ORIGINAL_UIDS = [builders.STUDY_UID, builders.SERIES_UID, builders.FOR_UID]
 def run(tmp_path: Path, ds: Dataset, policy: DeidPolicy, name: str = "in") -> Dataset:
     src = builders.write(ds, tmp_path / f"{name}.dcm")
     dst = tmp_path / f"{name}.out.dcm"
-    deidentify_file(src, dst, policy, SECRET)
+    deidentify(src, dst, policy, SECRET)
     return dcmread(dst)
 
 
@@ -79,13 +79,13 @@ def test_private_elements_with_and_without_creator_removed(
 @pytest.mark.parametrize("policy", PROFILES, ids=lambda p: p.profile.value)
 def test_output_is_byte_deterministic_across_processes(tmp_path: Path, policy: DeidPolicy) -> None:
     src = builders.write(builders.base(builders.new_uid()), tmp_path / "a.dcm")
-    deidentify_file(src, tmp_path / "1.dcm", policy, SECRET)
-    deidentify_file(src, tmp_path / "2.dcm", policy, SECRET)
+    deidentify(src, tmp_path / "1.dcm", policy, SECRET)
+    deidentify(src, tmp_path / "2.dcm", policy, SECRET)
     code = (
         "import sys; from pathlib import Path;"
-        "from server.core.deid.engine import deidentify_file;"
+        "from server.core.deid.engine import deidentify;"
         "from server.core.deid.policy import DeidPolicy;"
-        "deidentify_file(Path(sys.argv[1]), Path(sys.argv[2]),"
+        "deidentify(Path(sys.argv[1]), Path(sys.argv[2]),"
         " DeidPolicy.from_json(eval(sys.argv[3])), sys.argv[4])"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -127,7 +127,7 @@ def test_pseudonyms_are_keyed_by_the_secret(tmp_path: Path) -> None:
     src = builders.write(ds, tmp_path / "a.dcm")
     outs = []
     for i, secret in enumerate([SECRET, ctp.generate_secret()]):
-        deidentify_file(src, tmp_path / f"{i}.dcm", DeidPolicy(), secret)
+        deidentify(src, tmp_path / f"{i}.dcm", DeidPolicy(), secret)
         outs.append(dcmread(tmp_path / f"{i}.dcm"))
     assert outs[0].PatientID != outs[1].PatientID
     assert outs[0].StudyInstanceUID != outs[1].StudyInstanceUID
@@ -183,9 +183,9 @@ def test_burned_in_suspects_are_refused(
     src = builders.write(ds, tmp_path / "a.dcm")
     for policy in [*PROFILES, DeidPolicy(burned_in=BurnedIn.quarantine)]:
         with pytest.raises(BurnedInSuspected, match=reason):
-            deidentify_file(src, tmp_path / "o.dcm", policy, SECRET)
+            deidentify(src, tmp_path / "o.dcm", policy, SECRET)
     with pytest.raises(PolicyError, match="OCR"):
-        deidentify_file(src, tmp_path / "o.dcm", DeidPolicy(burned_in=BurnedIn.clean), SECRET)
+        deidentify(src, tmp_path / "o.dcm", DeidPolicy(burned_in=BurnedIn.clean), SECRET)
     assert not (tmp_path / "o.dcm").exists()
 
 
@@ -199,10 +199,10 @@ def test_not_dicom_is_unreadable(tmp_path: Path) -> None:
     src = tmp_path / "x.dcm"
     src.write_bytes(b"hello, not dicom" * 10)
     with pytest.raises(UnreadableInstance):
-        deidentify_file(src, tmp_path / "o.dcm", DeidPolicy(), SECRET)
+        deidentify(src, tmp_path / "o.dcm", DeidPolicy(), SECRET)
 
 
 def test_profile_none_copies_bytes(tmp_path: Path) -> None:
     src = builders.write(builders.base(builders.new_uid()), tmp_path / "a.dcm")
-    deidentify_file(src, tmp_path / "o.dcm", DeidPolicy(profile=Profile.none), SECRET)
+    deidentify(src, tmp_path / "o.dcm", DeidPolicy(profile=Profile.none), SECRET)
     assert (tmp_path / "o.dcm").read_bytes() == src.read_bytes()

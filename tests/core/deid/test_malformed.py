@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.core.deid import ctp
-from server.core.deid.engine import deidentify_file
+from server.core.deid.engine import deidentify
 from server.core.deid.policy import BurnedInSuspected, DeidPolicy, Profile
 from server.core.records import UnreadableInstance
 from tests.core.deid import builders
@@ -39,7 +39,7 @@ def test_truncated_and_corrupted_files(tmp_path: Path, profile: Profile) -> None
         src, dst = tmp_path / f"{i}.dcm", tmp_path / f"{i}.out.dcm"
         src.write_bytes(data)
         try:
-            deidentify_file(src, dst, DeidPolicy(profile=profile), SECRET)
+            deidentify(src, dst, DeidPolicy(profile=profile), SECRET)
             outcomes.add("ok")
             assert b"Kowalski" not in dst.read_bytes()
         except (UnreadableInstance, BurnedInSuspected) as exc:

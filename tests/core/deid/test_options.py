@@ -11,7 +11,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from server.core.deid import ctp
-from server.core.deid.engine import deidentify_file
+from server.core.deid.engine import deidentify
 from server.core.deid.policy import CODES, DeidPolicy, Option
 from tests.core.deid import builders
 
@@ -106,7 +106,7 @@ def test_option_switch(tmp_path: Path, option: Option) -> None:
     src = builders.write(builders.base("1.2.826.0.1.3680043.99.4.1"), tmp_path / "in.dcm")
     outs = []
     for name, options in (("base", frozenset()), ("opt", frozenset({option}))):
-        deidentify_file(src, tmp_path / f"{name}.dcm", DeidPolicy(options=options), SECRET)
+        deidentify(src, tmp_path / f"{name}.dcm", DeidPolicy(options=options), SECRET)
         outs.append(dcmread(tmp_path / f"{name}.dcm"))
     CASES[option](*outs)
     codes = [i.CodeValue for i in outs[1].DeidentificationMethodCodeSequence]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from server.core.deid import ctp
-from server.core.deid.engine import deidentify_parsed
+from server.core.deid.engine import deidentify
 from server.core.deid.policy import BurnedInSuspected, DeidPolicy, Profile
 from server.core.records import UnreadableInstance, read_instance, record_from_parsed
 from tests.deid.phi_corpus import planted_corpus, pydicom_files
@@ -37,7 +37,8 @@ def test_record_from_engine_header_equals_record_read_from_written_file(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            _, digest, written = deidentify_parsed(src, dst, policy, SECRET)
+            done = deidentify(src, dst, policy, SECRET)
+            digest, written = done.sha256, done.written
         except (UnreadableInstance, BurnedInSuspected):
             return  # refused: no record either way
         if written is None:
@@ -64,7 +65,7 @@ def test_the_engine_hands_over_its_header_for_an_ordinary_ct(tmp_path: Path) -> 
     item = next(f for f in planted_corpus().files if f.name == "everything.dcm")
     src, dst = tmp_path / "in.dcm", tmp_path / "out.dcm"
     src.write_bytes(item.data)
-    _, _, written = deidentify_parsed(src, dst, POLICIES[0], SECRET)
+    written = deidentify(src, dst, POLICIES[0], SECRET).written
     assert written is not None
     assert written.pixel_offset is not None
     assert dst.read_bytes()[written.pixel_offset : written.pixel_offset + 4] == b"\xe0\x7f\x10\x00"

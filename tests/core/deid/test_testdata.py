@@ -15,7 +15,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from server.core.deid import ctp, values
-from server.core.deid.engine import deidentify_file
+from server.core.deid.engine import deidentify
 from server.core.deid.policy import BurnedInSuspected, DeidPolicy, Profile
 from server.core.records import UnreadableInstance
 from tests.core.deid import builders
@@ -43,8 +43,8 @@ def _check(src: Path, tmp_path: Path, policy: DeidPolicy) -> None:
     a, b = tmp_path / "a.dcm", tmp_path / "b.dcm"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        record = deidentify_file(src, a, policy, SECRET)
-        deidentify_file(src, b, policy, SECRET)
+        record = deidentify(src, a, policy, SECRET).record
+        deidentify(src, b, policy, SECRET)
     assert a.read_bytes() == b.read_bytes(), "not deterministic"
     before, after = _read(src), _read(a)
     assert after.SOPClassUID == before.SOPClassUID
@@ -113,7 +113,7 @@ def test_pixel_data_is_streamed_not_loaded(tmp_path: Path) -> None:
     src = builders.write(ds, tmp_path / "big.dcm")
     del ds
     tracemalloc.start()
-    deidentify_file(src, tmp_path / "out.dcm", DeidPolicy(), SECRET)
+    deidentify(src, tmp_path / "out.dcm", DeidPolicy(), SECRET)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes: pixel data was loaded"

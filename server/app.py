@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import __version__
 from server.api import errors as api_errors
 from server.api import fdp as fdp_router
+from server.api import login as login_router
 from server.api import oauth as oauth_router
 from server.api import ops as ops_router
 from server.api import wado_uri as wado_uri_router
@@ -56,7 +57,9 @@ from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
 from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
+from server.security.oidc import RelyingParty
 from server.security.pseudonym_secrets import PseudonymSecrets
+from server.security.sessions import SessionStore
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService
@@ -102,6 +105,8 @@ class Gateway:
     agreements: AgreementCache
     authenticator: Authenticator
     external: ExternalIssuers
+    sessions: SessionStore
+    relying_party: RelyingParty | None
     audit: AuditLog
     throttle: FailureThrottle
     deid_policies: DeidPolicies
@@ -140,6 +145,7 @@ class Gateway:
         self.index.close()
         self.fhir_store.close()
         self.clients.close()
+        self.sessions.close()
         self.audit.close()
         self.throttle.close()
         self.federation.noise.close()
@@ -188,10 +194,20 @@ def build_gateway(settings: Settings) -> Gateway:
     public = TtlValue(lambda: public_datasets(fhir_store), ttl=auth.agreement_cache_seconds)
     every = TtlValue(lambda: set(fhir_store.ids("ResearchStudy")), ttl=auth.agreement_cache_seconds)
     external = ExternalIssuers(auth.external_issuers)
+    sessions = SessionStore(settings.data_dir / "sessions.sqlite")
+    relying_party = None
+    if auth.oidc.issuer and auth.oidc.client_id:
+        relying_party = RelyingParty(
+            issuer=auth.oidc.issuer,
+            client_id=auth.oidc.client_id,
+            client_secret=auth.oidc.client_secret,
+            redirect_uri=f"{issuer}/oauth/callback",
+            scopes=auth.oidc.scopes,
+        )
     authenticator = Authenticator(
         enabled=auth.enabled, public_read=auth.public_read, keys=keys, tokens=tokens,
         clients=clients, agreements=agreements, public_datasets=public.get, external=external,
-        all_datasets=every.get,
+        all_datasets=every.get, sessions=sessions,
     )  # fmt: skip
     fhir_write = FhirWriteService(fhir_store, fhir_read)
     deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir))
@@ -226,6 +242,8 @@ def build_gateway(settings: Settings) -> Gateway:
         agreements=agreements,
         authenticator=authenticator,
         external=external,
+        sessions=sessions,
+        relying_party=relying_party,
         audit=audit,
         throttle=FailureThrottle(settings.data_dir / "throttle.sqlite", token_limits(settings)),
         deid_policies=deid_policies,
@@ -393,6 +411,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dicomweb_router.router, prefix="/dicom-web")
     app.include_router(wado_uri_router.router)
     app.include_router(oauth_router.router)
+    app.include_router(login_router.router)
     app.include_router(bulk_router.router, prefix="/fhir")  # before /fhir/{type}/{id}
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")

@@ -22,6 +22,7 @@ from server.api import fdp as fdp_router
 from server.api import login as login_router
 from server.api import oauth as oauth_router
 from server.api import ops as ops_router
+from server.api import viewer as viewer_router
 from server.api import wado_uri as wado_uri_router
 from server.api.access_log import AccessLogMiddleware
 from server.api.audit import AuditMiddleware
@@ -412,6 +413,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(wado_uri_router.router)
     app.include_router(oauth_router.router)
     app.include_router(login_router.router)
+    app.include_router(viewer_router.router)
     app.include_router(bulk_router.router, prefix="/fhir")  # before /fhir/{type}/{id}
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")

@@ -149,6 +149,14 @@ class BrowserClient(BaseModel):
     redirect_uris: list[str] = Field(min_length=1)
 
 
+class ViewerSettings(BaseModel):
+    """The OHIF viewer served at ``/viewer`` (a prebuilt ``@ohif/app`` bundle; `make viewer`)."""
+
+    enabled: bool = True
+    # the bundle's dist folder; relative paths are taken from the working directory
+    dist: Path = Path("viewer/node_modules/@ohif/app/dist")
+
+
 class PrivacySettings(BaseModel):
     """Disclosure control for callers without row-level access, and paging cursor lifetime."""
 
@@ -397,6 +405,7 @@ class Settings(BaseSettings):
     federation: FederationSettings = FederationSettings()
     dimse: DimseSettings = DimseSettings()
     metrics: MetricsSettings = MetricsSettings()
+    viewer: ViewerSettings = ViewerSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None

@@ -32,10 +32,10 @@ from server.security import scopes as scope_syntax
 from server.security.model import Party
 from server.security.oidc import LoginFailed
 from server.security.sessions import CodeGrant, GrantError, committed_refusal
+from server.viewer_config import VIEWER_CLIENT_ID
 
 router = APIRouter(tags=["OAuth 2.0"])
 
-VIEWER_CLIENT_ID = "imaging-gateway-viewer"
 USER_SCOPES = {"system/*.rs"}  # SMART scopes a signed-in user's token may hold
 PENDING_LOGIN_SECONDS = 600.0
 _PKCE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")  # RFC 7636 §4.1 code_verifier
@@ -336,3 +336,16 @@ def revoke(request: Request, form: dict[str, str]) -> None:
     if isinstance(claims.get("sid"), str):
         gw.sessions.revoke_session(claims["sid"])
         gw.authenticator.invalidate()
+
+
+def signed_out(request: Request) -> Response:
+    """GET /oauth/logout: redirect back to a registered origin, or say the user is out."""
+    q = request.query_params
+    target = q.get("post_logout_redirect_uri", "")
+    origins = {urlsplit(uri)[:2] for uris in browser_clients(request).values() for uri in uris}
+    parts = urlsplit(target)
+    if target and parts.scheme in ("http", "https") and parts[:2] in origins:
+        extra = {"state": q["state"]} if q.get("state") else {}
+        query = "&".join(filter(None, [parts.query, urlencode(extra)]))
+        return RedirectResponse(urlunsplit(parts._replace(query=query)), 303)
+    return _page("Signed out", "<p>You are signed out of the imaging gateway.</p>")

@@ -279,6 +279,17 @@ async def logout(request: Request) -> Response:
     return Response(b"", 200, headers={"Cache-Control": "no-store"})
 
 
+@router.get("/oauth/logout", summary="Sign out of a browser application (redirect back)")
+async def logout_redirect(request: Request) -> Response:
+    """The browser leaves a viewer's session: back to ``post_logout_redirect_uri`` when it is
+    on the origin of one of the client's registered redirect URIs, else a signed-out page.
+
+    The session's tokens are revoked by the application (POST, RFC 7009) before it sends
+    the browser here; this endpoint keeps no state and needs no token.
+    """
+    return await run_in_threadpool(login.signed_out, request)
+
+
 @router.get("/oauth/jwks", summary="The token signing keys (RFC 7517)")
 def jwks(request: Request) -> Response:
     """RFC 7517 §5: public keys that verify this gateway's tokens."""

@@ -17,7 +17,16 @@ import pytest
 from tests import oidc_provider
 from tests.live import LiveServer, free_port
 from tests.oidc_provider import OpenIdProvider, redeem, refresh, sign_in
-from tests.security.conftest import AS_SENT, Study, add_client, auth_env, bearer, cli_ok, store_study, token  # fmt: skip
+from tests.security.conftest import (  # fmt: skip
+    AS_SENT,
+    Study,
+    add_client,
+    auth_env,
+    bearer,
+    cli_ok,
+    store_study,
+    token,
+)
 
 CLIENT = "research-app"
 REDIRECT = "http://127.0.0.1:9/app/callback"
@@ -67,7 +76,9 @@ def _studies(world: World, access_token: str) -> set[str]:
     return {row["0020000D"]["Value"][0] for row in (answer.json() if answer.content else [])}
 
 
-def test_a_user_signed_in_at_the_provider_gets_the_datasets_of_their_agreements(world: World) -> None:
+def test_a_user_signed_in_at_the_provider_gets_the_datasets_of_their_agreements(
+    world: World,
+) -> None:
     url = world.gateway.url
     auth = sign_in(url, CLIENT, REDIRECT, "alice")
     tokens = redeem(url, auth).json()

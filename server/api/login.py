@@ -240,9 +240,12 @@ def _public_client(request: Request, form: dict[str, str]) -> str:
     from server.api.oauth import OAuthError
 
     client_id = form.get("client_id", "")
-    if client_id not in browser_clients(request):
-        raise OAuthError("invalid_client", "unknown client_id for this grant", 401)
-    return client_id
+    if client_id in browser_clients(request):
+        return client_id
+    if request.headers.get("authorization") or form.get("client_assertion"):
+        # a confidential (machine) client: registered for other grants only
+        raise OAuthError("unauthorized_client", "this client may not use this grant type")
+    raise OAuthError("invalid_client", "unknown client_id for this grant", 401)
 
 
 def authorization_code_grant(request: Request, form: dict[str, str]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 from server.viewer_config import app_config_js
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DIST = HERE / "node_modules" / "@ohif" / "app" / "dist"
+DEFAULT_DIST = HERE.parent.parent / "viewer" / "node_modules" / "@ohif" / "app" / "dist"
 
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",

@@ -134,7 +134,7 @@ async def authorize(request: Request) -> Response:
     }  # fmt: skip
     login = await run_in_threadpool(gw.sessions.add_pending, pending, PENDING_LOGIN_SECONDS)
     if gw.relying_party is None:  # development login
-        return RedirectResponse(f"{DEV_LOGIN_PATH}?{urlencode({'login': login})}", 303)
+        return RedirectResponse(f"{DEV_LOGIN_PATH}?{urlencode({'request': login})}", 303)
     try:
         url = await run_in_threadpool(
             gw.relying_party.authorization_url,
@@ -197,12 +197,12 @@ async def dev_login_form(request: Request) -> Response:
     """A password-less sign-in for local use; 404 unless GATEWAY_AUTH__DEV_LOGIN is on."""
     if not gateway(request).settings.auth.dev_login:
         return Response(status_code=404)
-    login = html.escape(request.query_params.get("login", ""))
+    login = html.escape(request.query_params.get("request", ""))
     issuer = html.escape(dev_login_issuer(request))
     body = (
         "<p class=dev><b>Development login.</b> Anyone can sign in as anyone here; it is "
         "refused in production (configure GATEWAY_AUTH__OIDC__* there).</p>"
-        f'<form method=post action="{DEV_LOGIN_PATH}"><input type=hidden name=login value="{login}">'
+        f'<form method=post action="{DEV_LOGIN_PATH}"><input type=hidden name=request value="{login}">'
         '<label>User name <input name=username autofocus required pattern="[A-Za-z0-9._@+\\-]{1,64}"></label> '
         "<button type=submit>Sign in</button></form>"
         f"<p>Agreements name these users with <code>--issuer {issuer} --subject NAME</code>.</p>"
@@ -221,7 +221,7 @@ async def dev_login(request: Request) -> Response:
     username = str(form.get("username", ""))
     if not _USER.fullmatch(username):
         return _refuse_page("a user name is letters, digits and . _ @ + - (at most 64)")
-    pending = await run_in_threadpool(gw.sessions.take_pending, str(form.get("login", "")))
+    pending = await run_in_threadpool(gw.sessions.take_pending, str(form.get("request", "")))
     if pending is None:
         return _refuse_page("unknown or expired sign-in; start again from the application")
     return await _code_for(request, pending, dev_login_issuer(request), username, None)

@@ -34,10 +34,14 @@ USER = "alice"
 CODE_LIFETIME = 5
 
 
+IN_SITU, REMOTE = "login-in-situ", "login-remote"
+
+
 @dataclass
 class World:
     gateway: LiveServer
     study: Study
+    others: dict[str, Study]  # alice's in-situ and remote-processing datasets' studies
 
     @property
     def url(self) -> str:
@@ -58,13 +62,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "GATEWAY_AUTH__BROWSER_CLIENTS": json.dumps(clients),
         "GATEWAY_AUTH__CODE_LIFETIME": str(CODE_LIFETIME),
     })  # fmt: skip
-    cli_ok(gateway, "dataset", "create", DATASET, "--title", "Restricted", "--cancer-type", "lung", *AS_SENT)  # fmt: skip
-    pusher = add_client(gateway, "pacs", "--store", DATASET)
-    cli_ok(gateway, "daa", "create", "daa-alice", "--dataset", DATASET, "--condition", "download",
-           "--issuer", f"{gateway.url}/oauth/dev-login", "--subject", USER)  # fmt: skip
+    for dataset in (DATASET, IN_SITU, REMOTE):
+        cli_ok(gateway, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung", *AS_SENT)  # fmt: skip
+    pusher = add_client(gateway, "pacs", "--store", DATASET, "--store", IN_SITU, "--store", REMOTE)
+    for name, dataset, condition in (("daa-alice", DATASET, "download"),
+                                     ("daa-alice-in-situ", IN_SITU, "in-situ-processing"),
+                                     ("daa-alice-remote", REMOTE, "remote-processing")):  # fmt: skip
+        cli_ok(gateway, "daa", "create", name, "--dataset", dataset, "--condition", condition,
+               "--issuer", f"{gateway.url}/oauth/dev-login", "--subject", USER)  # fmt: skip
     gateway.start()
     try:
-        yield World(gateway, store_study(gateway, DATASET, token(gateway, pusher)))
+        push = token(gateway, pusher)
+        studies = {d: store_study(gateway, d, push) for d in (DATASET, IN_SITU, REMOTE)}
+        yield World(gateway, studies.pop(DATASET), studies)
     finally:
         gateway.stop()
 
@@ -130,6 +140,23 @@ def test_a_signed_in_user_sees_the_restricted_study_their_agreement_allows(world
     stranger = _tokens(world, "mallory")
     assert f"dataset:{DATASET}" not in stranger["scope"].split()
     assert world.study.study_uid not in _study_uids(world, stranger["access_token"])
+
+
+def test_the_study_list_of_a_session_follows_each_agreements_condition(world: World) -> None:
+    """download and in-situ studies are listed; in-situ ones give metadata, never pixels;
+    remote-processing ones are not listed at all (aggregate answers only)."""
+    access = _tokens(world)["access_token"]
+    listed = _study_uids(world, access)
+    in_situ, remote = world.others[IN_SITU], world.others[REMOTE]
+    assert {world.study.study_uid, in_situ.study_uid} <= listed
+    assert remote.study_uid not in listed
+    base = f"{world.url}/dicom-web/studies/{in_situ.study_uid}"
+    metadata = httpx.get(f"{base}/metadata", headers=bearer(access), timeout=30)
+    assert metadata.status_code == 200 and metadata.json()
+    instance = f"{base}/series/{in_situ.series_uid}/instances/{in_situ.sop_uid}"
+    assert httpx.get(instance, headers=bearer(access), timeout=30).status_code == 403
+    hidden = httpx.get(f"{world.url}/dicom-web/studies/{remote.study_uid}/metadata", headers=bearer(access), timeout=30)  # fmt: skip
+    assert hidden.status_code == 404
 
 
 def test_the_redirect_back_carries_the_state_and_the_issuer(world: World) -> None:
@@ -292,5 +319,5 @@ def test_the_development_login_is_refused_outside_development() -> None:
 
 
 def test_the_development_login_form_refuses_unknown_sign_ins(world: World) -> None:
-    answer = httpx.post(f"{world.url}/oauth/dev-login", data={"login": "forged", "username": USER}, timeout=30)  # fmt: skip
+    answer = httpx.post(f"{world.url}/oauth/dev-login", data={"request": "forged", "username": USER}, timeout=30)  # fmt: skip
     assert answer.status_code == 400 and "location" not in answer.headers

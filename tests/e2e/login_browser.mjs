@@ -122,7 +122,7 @@ try {
       result.tokenRequests.push({ grant, status, atMs: Date.now() - t0 });
     } else if (url.startsWith(`${origin}/dicom-web/`)) {
       const auth = (await req.allHeaders().catch(() => ({})))['authorization'] || '';
-      result.dicomweb.push({ path: new URL(url).pathname.slice(0, 120), status, bearer: auth.startsWith('Bearer '), atMs: Date.now() - t0 });
+      result.dicomweb.push({ path: new URL(url).pathname.slice(0, 400), status, bearer: auth.startsWith('Bearer '), atMs: Date.now() - t0 });
     }
   });
 
@@ -158,16 +158,42 @@ try {
     await page.waitForTimeout(500);
   }
   await canvas.screenshot({ path: path.join(outDir, 'viewport.png') });
-  result.viewer = { url: page.url(), stats };
+  await page.screenshot({ path: path.join(outDir, 'viewer.png') });
+  // the gateway's notice for studies whose pixels are not released (in-situ processing)
+  const notice = await page.locator('#gateway-in-situ-notice').textContent({ timeout: 1000 }).catch(() => null);
+  result.viewer = { url: page.url(), stats, notice };
   step('viewport checked', { stats });
 
-  // 4. stay past the access token's lifetime, then use the session again
   const back = async () => {
     await page.goBack({ waitUntil: 'domcontentloaded' }).catch(() => {});
     if (!page.url().replace(/\/$/, '').endsWith('/viewer')) {
       await page.evaluate(() => { window.history.pushState({}, '', '/viewer/'); window.dispatchEvent(new PopStateEvent('popstate')); });
     }
   };
+
+  // 3b. a study under an in-situ agreement: it opens (metadata) and the viewer says why no pixels
+  if (spec.inSituText) {
+    // the viewer's onboarding tour may still cover the page
+    const skip = page.getByText('Skip all', { exact: true }).first();
+    if (await skip.isVisible().catch(() => false)) await skip.click({ timeout: 5000 }).catch(() => {});
+    await page.keyboard.press('Escape').catch(() => {});
+    await back();
+    await waitForTexts(page, [spec.inSituText], true);
+    const row = page.getByText(spec.inSituText, { exact: false }).first();
+    await row.click({ timeout: 10000 }).catch(() => row.click({ force: true, timeout: 10000 }));
+    const button = page.getByRole('button', { name: /basic viewer|^viewer$/i }).first();
+    await button.waitFor({ state: 'visible', timeout: 15000 });
+    await button.click();
+    await page.waitForURL(/StudyInstanceUIDs/, { timeout: 20000 });
+    const box = page.locator('#gateway-in-situ-notice');
+    const shown = await box.waitFor({ state: 'visible', timeout: 30000 }).then(() => true).catch(() => false);
+    const overlay = await page.locator('[data-viewport-uid]').first().innerText({ timeout: 5000 }).catch(() => '');
+    result.inSitu = { url: page.url(), notice: shown ? await box.textContent() : null, overlay: overlay.slice(0, 500) };
+    await page.screenshot({ path: path.join(outDir, 'in-situ.png') });
+    step('in-situ study opened', { notice: shown });
+  }
+
+  // 4. stay past the access token's lifetime, then use the session again
   await page.waitForTimeout((spec.holdSeconds ?? 45) * 1000);
   step('held past the token lifetime', { tokenRequests: result.tokenRequests.length });
   await back();

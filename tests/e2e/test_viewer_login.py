@@ -4,6 +4,7 @@ A real OpenID provider (oidc-provider from npm) is started; the gateway (product
 no public reads) is its relying party and serves OHIF at ``/viewer``. The researcher signs in
 at the provider's login form, sees in the study list the restricted study their agreement
 allows (and not the one of a dataset they have no agreement for), opens it and sees pixels,
+opens a study of an in-situ-processing agreement (metadata, and a notice instead of pixels),
 stays past the access token's lifetime (30 s; the viewer renews it with the refresh token),
 and, once the agreement is revoked, no longer sees the study.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_harness import CACHE_DIR, OHIF_DIST, BrowserTools
-from e2e_sample_ct import DEFAULT_STUDIES, build_study
+from e2e_sample_ct import DEFAULT_STUDIES, StudySpec, build_study
 
 from tests import oidc_provider
 from tests.live import LiveServer, free_port
@@ -28,7 +29,9 @@ from tests.security.conftest import AS_SENT, add_client, auth_env, cli_ok, stow_
 
 pytestmark = pytest.mark.e2e
 
-ALLOWED, FORBIDDEN = "viewer-allowed", "viewer-forbidden"
+ALLOWED, FORBIDDEN, IN_SITU = "viewer-allowed", "viewer-forbidden", "viewer-in-situ"
+CHARLIE = StudySpec("PHANTOM^CHARLIE", "E2E-0003", "E2E CT PELVIS CHARLIE", "AXIAL 3MM", "20240320", 4, 64)  # fmt: skip
+SPECS = {ALLOWED: DEFAULT_STUDIES[0], FORBIDDEN: DEFAULT_STUDIES[1], IN_SITU: CHARLIE}
 SECRET = "gateway-secret-for-the-provider-0123456789"
 TOKEN_LIFETIME = 30
 USER = "alice"
@@ -40,6 +43,7 @@ class World:
     provider: OpenIdProvider
     allowed_uid: str
     forbidden_uid: str
+    in_situ_uid: str
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +63,22 @@ def world(browser_tools: BrowserTools, tmp_path_factory: pytest.TempPathFactory)
         GATEWAY_VIEWER__DIST=str(OHIF_DIST),
     ))  # fmt: skip
     try:
-        for dataset in (ALLOWED, FORBIDDEN):
+        for dataset in SPECS:
             cli_ok(gateway, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung", *AS_SENT)  # fmt: skip
-        pusher = add_client(gateway, "pacs", "--store", ALLOWED, "--store", FORBIDDEN)
-        cli_ok(gateway, "daa", "create", "daa-alice", "--dataset", ALLOWED, "--condition", "download",
-               "--issuer", provider.issuer, "--subject", USER)  # fmt: skip
+        pusher = add_client(gateway, "pacs", *[x for d in SPECS for x in ("--store", d)])
+        for name, dataset, condition in (("daa-alice", ALLOWED, "download"),
+                                         ("daa-alice-in-situ", IN_SITU, "in-situ-processing")):  # fmt: skip
+            cli_ok(gateway, "daa", "create", name, "--dataset", dataset, "--condition", condition,
+                   "--issuer", provider.issuer, "--subject", USER)  # fmt: skip
         gateway.start()
         push = token(gateway, pusher)
         uids = []
-        for dataset, spec in zip((ALLOWED, FORBIDDEN), DEFAULT_STUDIES, strict=True):
+        for dataset, spec in SPECS.items():
             instances = build_study(spec)
             answer = stow_into(gateway, dataset, push, instances)
             assert answer.status_code == 200, answer.text
             uids.append(str(instances[0].StudyInstanceUID))
-        yield World(gateway, provider, uids[0], uids[1])
+        yield World(gateway, provider, *uids)
     finally:
         gateway.stop()
         provider.stop()
@@ -85,7 +91,7 @@ def test_the_viewer_is_served_same_origin_with_a_sign_in_at_the_gateway(world: W
     assert page.headers["cross-origin-embedder-policy"] == "require-corp"
     assert 'src="/viewer/app-config.js"' in page.text and 'PUBLIC_URL="/viewer/"' in page.text
     config = httpx.get(f"{url}/viewer/app-config.js", timeout=30).text
-    body = json.loads(config.split("window.config = ", 1)[1].rstrip().rstrip(";"))
+    body = json.loads(config.split("window.config = ", 1)[1].split(";\n", 1)[0])
     assert body["routerBasename"] == "/viewer"
     assert body["dataSources"][0]["configuration"]["qidoRoot"] == f"{url}/dicom-web"
     oidc = body["oidc"][0]
@@ -109,6 +115,7 @@ def test_a_signed_in_researcher_views_a_restricted_study_past_the_token_lifetime
         "expectTexts": [alpha.study_description],
         "openText": alpha.study_description,
         "studyInstanceUID": world.allowed_uid,
+        "inSituText": CHARLIE.study_description,
         "holdSeconds": TOKEN_LIFETIME + 15,
         "revokeSignal": str(signal),
         "outDir": str(out_dir),
@@ -144,6 +151,13 @@ def test_a_signed_in_researcher_views_a_restricted_study_past_the_token_lifetime
     assert world.allowed_uid in result["viewer"]["url"]
     stats = result["viewer"]["stats"]
     assert stats["std"] > 8 and stats["nonDarkFraction"] > 0.02, stats
+    # the in-situ study opens with its metadata, and the viewer says why there are no pixels
+    in_situ = result["inSitu"]
+    assert world.in_situ_uid in in_situ["url"], in_situ
+    assert in_situ["notice"] and "in-situ processing" in in_situ["notice"], in_situ
+    metadata = [r for r in result["dicomweb"]
+                if world.in_situ_uid in r["path"] and r["path"].endswith("/metadata")]  # fmt: skip
+    assert metadata and all(r["status"] == 200 for r in metadata), metadata
     # every DICOMweb request carried the bearer token
     assert result["dicomweb"] and all(r["bearer"] for r in result["dicomweb"]), result["dicomweb"][
         :5

@@ -201,7 +201,9 @@ def build_gateway(settings: Settings) -> Gateway:
         relying_party = RelyingParty(
             issuer=auth.oidc.issuer,
             client_id=auth.oidc.client_id,
-            client_secret=auth.oidc.client_secret,
+            client_secret=(
+                auth.oidc.client_secret.get_secret_value() if auth.oidc.client_secret else None
+            ),
             redirect_uri=f"{issuer}/oauth/callback",
             scopes=auth.oidc.scopes,
         )

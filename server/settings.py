@@ -129,7 +129,7 @@ class OidcSettings(BaseModel):
 
     issuer: str | None = None
     client_id: str | None = None
-    client_secret: str | None = None
+    client_secret: SecretStr | None = None  # never shown in settings dumps or logs
     scopes: list[str] = ["openid", "profile"]
     organization_claim: str | None = None  # ID token claim naming the user's Organization id
 

@@ -321,3 +321,12 @@ def test_the_development_login_is_refused_outside_development() -> None:
 def test_the_development_login_form_refuses_unknown_sign_ins(world: World) -> None:
     answer = httpx.post(f"{world.url}/oauth/dev-login", data={"request": "forged", "username": USER}, timeout=30)  # fmt: skip
     assert answer.status_code == 400 and "location" not in answer.headers
+
+
+def test_signing_out_sends_the_browser_back_only_to_a_registered_origin(world: World) -> None:
+    back = httpx.get(f"{world.url}/oauth/logout", params={"post_logout_redirect_uri": "http://127.0.0.1:9/app/signed-out", "state": "s1"}, timeout=30)  # fmt: skip
+    assert back.status_code == 303
+    assert back.headers["location"] == "http://127.0.0.1:9/app/signed-out?state=s1"
+    for foreign in ("https://evil.example/", "http://127.0.0.1:10/app/", "javascript:alert(1)"):
+        page = httpx.get(f"{world.url}/oauth/logout", params={"post_logout_redirect_uri": foreign}, timeout=30)  # fmt: skip
+        assert page.status_code == 200 and "location" not in page.headers

@@ -1,4 +1,5 @@
-# Two commands: `make run` (serve on http://127.0.0.1:8080, DEMO=1 loads a sample cohort)
+# Two commands: `make run` (serve on http://127.0.0.1:8080 with the viewer at /viewer when
+# Node.js is present; DEMO=1 loads a sample cohort and turns on the development login)
 # and `make test` (install test dependencies, lint, type-check, run the whole suite).
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,8 +22,16 @@ $(STAMP): $(RUN_STAMP)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-run: $(RUN_STAMP)
-	$(if $(DEMO),GATEWAY_DIMSE__PORT=$${GATEWAY_DIMSE__PORT:-11112},) $(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
+.PHONY: run viewer lint typecheck e2e-setup dimse-setup pull-setup fhir-validator openapi test unit fuzz fuzz-api bench clean
+
+# DEMO=1 also turns on the development login (any user name, no password) for the viewer;
+# it needs GATEWAY_ENVIRONMENT=development and is refused in production.
+DEMO_ENV := GATEWAY_DIMSE__PORT=$${GATEWAY_DIMSE__PORT:-11112} \
+	GATEWAY_ENVIRONMENT=$${GATEWAY_ENVIRONMENT:-development} \
+	GATEWAY_AUTH__DEV_LOGIN=$${GATEWAY_AUTH__DEV_LOGIN:-true}
+
+run: $(RUN_STAMP) viewer
+	$(if $(DEMO),$(DEMO_ENV),) $(VENV)/bin/imaging-gateway serve $(if $(DEMO),--demo,)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check server tests $(wildcard bench)
@@ -30,6 +39,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# The OHIF viewer served at /viewer (prebuilt @ohif/app from npm); needs Node.js 20+, and
+# says how to get it otherwise (the gateway runs without the viewer).
+viewer:
+	bash viewer/install.sh
 
 e2e-setup:
 	bash tests/e2e/setup.sh

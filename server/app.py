@@ -19,8 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import __version__
 from server.api import errors as api_errors
 from server.api import fdp as fdp_router
+from server.api import login as login_router
 from server.api import oauth as oauth_router
 from server.api import ops as ops_router
+from server.api import viewer as viewer_router
 from server.api import wado_uri as wado_uri_router
 from server.api.access_log import AccessLogMiddleware
 from server.api.audit import AuditMiddleware
@@ -56,8 +58,10 @@ from server.security.clients import ClientRegistry
 from server.security.external import ExternalIssuers
 from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
+from server.security.oidc import RelyingParty
 from server.security.pseudonym_secrets import PseudonymSecrets
 from server.security.shared_secrets import SharedSecrets
+from server.security.sessions import SessionStore
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService
@@ -103,6 +107,8 @@ class Gateway:
     agreements: AgreementCache
     authenticator: Authenticator
     external: ExternalIssuers
+    sessions: SessionStore
+    relying_party: RelyingParty | None
     audit: AuditLog
     throttle: FailureThrottle
     deid_policies: DeidPolicies
@@ -142,6 +148,7 @@ class Gateway:
         self.index.close()
         self.fhir_store.close()
         self.clients.close()
+        self.sessions.close()
         self.audit.close()
         self.throttle.close()
         self.federation.noise.close()
@@ -200,10 +207,22 @@ def build_gateway(settings: Settings) -> Gateway:
     public = TtlValue(lambda: public_datasets(fhir_store), ttl=auth.agreement_cache_seconds)
     every = TtlValue(lambda: set(fhir_store.ids("ResearchStudy")), ttl=auth.agreement_cache_seconds)
     external = ExternalIssuers(auth.external_issuers)
+    sessions = SessionStore(settings.data_dir / "sessions.sqlite")
+    relying_party = None
+    if auth.oidc.issuer and auth.oidc.client_id:
+        relying_party = RelyingParty(
+            issuer=auth.oidc.issuer,
+            client_id=auth.oidc.client_id,
+            client_secret=(
+                auth.oidc.client_secret.get_secret_value() if auth.oidc.client_secret else None
+            ),
+            redirect_uri=f"{issuer}/oauth/callback",
+            scopes=auth.oidc.scopes,
+        )
     authenticator = Authenticator(
         enabled=auth.enabled, public_read=auth.public_read, keys=keys, tokens=tokens,
         clients=clients, agreements=agreements, public_datasets=public.get, external=external,
-        all_datasets=every.get,
+        all_datasets=every.get, sessions=sessions,
     )  # fmt: skip
     fhir_write = FhirWriteService(fhir_store, fhir_read)
     deid_policies = DeidPolicies(settings, fhir_store, PseudonymSecrets(settings.data_dir, shared))
@@ -238,6 +257,8 @@ def build_gateway(settings: Settings) -> Gateway:
         agreements=agreements,
         authenticator=authenticator,
         external=external,
+        sessions=sessions,
+        relying_party=relying_party,
         audit=audit,
         throttle=FailureThrottle(
             settings.data_dir / "throttle.sqlite", token_limits(settings), settings.database()
@@ -408,6 +429,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dicomweb_router.router, prefix="/dicom-web")
     app.include_router(wado_uri_router.router)
     app.include_router(oauth_router.router)
+    app.include_router(login_router.router)
+    app.include_router(viewer_router.router)
     app.include_router(bulk_router.router, prefix="/fhir")  # before /fhir/{type}/{id}
     app.include_router(fhir_router.router, prefix="/fhir")
     app.include_router(stow_router.dataset_router, prefix="/datasets/{dataset}/dicom-web")

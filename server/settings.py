@@ -119,6 +119,44 @@ class ExternalIssuer(BaseModel):
     max_lifetime_seconds: int = Field(default=3600, ge=60, le=86400)  # exp - iat at most
 
 
+class OidcSettings(BaseModel):
+    """The OpenID provider that authenticates browser users (``/oauth/authorize``).
+
+    The gateway is the provider's relying party (a confidential client registered there with
+    the redirect URI ``<issuer>/oauth/callback``) and issues its own tokens carrying what the
+    user's agreements allow.
+    """
+
+    issuer: str | None = None
+    client_id: str | None = None
+    client_secret: SecretStr | None = None  # never shown in settings dumps or logs
+    scopes: list[str] = ["openid", "profile"]
+    organization_claim: str | None = None  # ID token claim naming the user's Organization id
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        return _http_url("auth.oidc.issuer", value)
+
+
+class BrowserClient(BaseModel):
+    """A public client (a browser application) allowed to use the authorization code flow.
+
+    Redirect URIs are compared exactly (RFC 6749 section 3.1.2.3 / OAuth 2.0 Security BCP).
+    """
+
+    client_id: str = Field(min_length=1, max_length=200)
+    redirect_uris: list[str] = Field(min_length=1)
+
+
+class ViewerSettings(BaseModel):
+    """The OHIF viewer served at ``/viewer`` (a prebuilt ``@ohif/app`` bundle; `make viewer`)."""
+
+    enabled: bool = True
+    # the bundle's dist folder; relative paths are taken from the working directory
+    dist: Path = Path("viewer/node_modules/@ohif/app/dist")
+
+
 class PrivacySettings(BaseModel):
     """Disclosure control for callers without row-level access, and paging cursor lifetime."""
 
@@ -252,6 +290,16 @@ class AuthSettings(BaseModel):
     token_max_failures_per_client: int = Field(default=10, ge=1)
     token_max_failures_per_address: int = Field(default=50, ge=1)
     token_failure_window_seconds: float = Field(default=300.0, ge=1, le=86400)
+    # Browser sign-in (authorization code + PKCE): the OpenID provider users log in at,
+    # the public clients besides the built-in viewer, and the session bounds.
+    oidc: OidcSettings = OidcSettings()
+    browser_clients: list[BrowserClient] = []
+    # A login form that takes any user name without a password, for `make run` on a laptop;
+    # refused unless GATEWAY_ENVIRONMENT=development.
+    dev_login: bool = False
+    code_lifetime: int = Field(default=60, ge=5, le=600)  # authorization codes, seconds
+    # Absolute lifetime of a sign-in session (its refresh tokens), whatever the refreshes.
+    session_lifetime: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
 
     @field_validator("signing_alg")
     @classmethod
@@ -360,6 +408,7 @@ class Settings(BaseSettings):
     federation: FederationSettings = FederationSettings()
     dimse: DimseSettings = DimseSettings()
     metrics: MetricsSettings = MetricsSettings()
+    viewer: ViewerSettings = ViewerSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
@@ -448,6 +497,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "GATEWAY_FEDERATION__MIN_COUNT=1 (no minimum count) is only allowed when "
                 "GATEWAY_ENVIRONMENT=development"
+            )
+        if self.auth.dev_login and self.environment is not Environment.development:
+            raise ValueError(
+                "the development login (GATEWAY_AUTH__DEV_LOGIN=true) is only allowed when "
+                "GATEWAY_ENVIRONMENT=development; configure GATEWAY_AUTH__OIDC__* instead"
+            )
+        oidc = self.auth.oidc
+        if bool(oidc.issuer) != bool(oidc.client_id):
+            raise ValueError(
+                "GATEWAY_AUTH__OIDC__ISSUER and GATEWAY_AUTH__OIDC__CLIENT_ID go together"
             )
         if not self.auth.enabled and self.environment is not Environment.development:
             raise ValueError(

@@ -21,6 +21,7 @@ AUDITED = (
     "/datasets/",
     "/fhir",
     "/oauth/token",
+    "/oauth/logout",
     "/api/datasets/eucaimSearch",
 )
 NOT_AUDITED = ("/fhir/metadata", "/fhir/.well-known")

@@ -7,6 +7,8 @@ route                                              anonymous caller           li
 =================================================  =========================  ==============
 ``/oauth/token``                                   yes (it authenticates      64 KiB
                                                    clients from the body)
+``/oauth/logout``, ``/oauth/dev-login``            yes (sign-out, sign-in     64 KiB
+                                                   forms of browsers)
 ``POST /fhir/{type}/_search``, ``/$validate``      yes (reads only)           FHIR limit
 ``POST /api/datasets/eucaimSearch``                the route checks its own   1 MiB
                                                    Secret or bearer token
@@ -40,7 +42,9 @@ FEDERATION_SEARCH = "/api/datasets/eucaimSearch"
 # Routes that check their own credentials before reading the body: the token endpoint
 # (client authentication in the body or a Basic header) and the EUCAIM search (its
 # ``Authorization: Secret`` header, or a bearer token, and a 404 when not configured).
-SELF_AUTHENTICATING = frozenset({TOKEN_ENDPOINT, FEDERATION_SEARCH})
+# Forms a browser sends without a bearer token: sign-out (RFC 7009) and the development login.
+OAUTH_FORMS = frozenset({TOKEN_ENDPOINT, "/oauth/logout", "/oauth/dev-login"})
+SELF_AUTHENTICATING = OAUTH_FORMS | {FEDERATION_SEARCH}
 TOKEN_LIMIT = 64 * 1024  # two JWTs of at most 16 KiB each and a few form fields
 OTHER_LIMIT = 1024**2
 _ANONYMOUS_READS = re.compile(r"^/fhir/[A-Za-z]+/(?:_search|\$validate)/?$")
@@ -48,7 +52,7 @@ _STOW = re.compile(r"^(?:/datasets/[^/]+)?/dicom-web/studies(?:/[^/]+)?/?$")
 
 
 def body_limit(settings: Settings, path: str) -> int:
-    if path == TOKEN_ENDPOINT:
+    if path in OAUTH_FORMS:
         return TOKEN_LIMIT
     if path == "/fhir" or path.startswith("/fhir/"):
         return settings.fhir.max_body_bytes
@@ -69,6 +73,8 @@ def request_body(path: str) -> dict[str, Any]:
                  "properties": {"grant_type": {"type": "string"}, "scope": {"type": "string"}},
                  "additionalProperties": {"type": "string"}}  # fmt: skip
         content = {"application/x-www-form-urlencoded": {"schema": grant}}
+    elif path in OAUTH_FORMS:
+        content = {"application/x-www-form-urlencoded": {"schema": _FORM}}
     elif path == FEDERATION_SEARCH:
         content = {"application/json": {"schema": {"type": "object", "required": ["ast"],
                                                    "properties": {"ast": {"type": "object"}}}}}  # fmt: skip
@@ -91,7 +97,7 @@ def describe_bodies(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def anonymous_may_send(path: str) -> bool:
-    return path == TOKEN_ENDPOINT or bool(_ANONYMOUS_READS.match(path))
+    return path in OAUTH_FORMS or bool(_ANONYMOUS_READS.match(path))
 
 
 def _too_large(limit: int, declared: int | None = None) -> PayloadTooLarge:

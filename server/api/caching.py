@@ -3,8 +3,9 @@
 Responses of this gateway carry patient data, tokens or facts about who may see what; no
 browser, proxy or viewer cache may keep them (RFC 9111 5.2.2.5; RFC 6749 5.1 for tokens).
 Only documents that are the same for everyone and hold no data may be cached: key sets,
-discovery and capability documents, the API description, and the FAIR Data Point (``/fdp``,
-public catalogue metadata, which sets its own ``Cache-Control: public, max-age``).
+discovery and capability documents, the API description, the FAIR Data Point (``/fdp``,
+public catalogue metadata, which sets its own ``Cache-Control: public, max-age``), and the
+viewer's static files (``/viewer``, which sets its own; its configuration is ``no-store``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PUBLIC_DOCUMENTS = ("/oauth/jwks", "/.well-known/", "/fhir/metadata", "/fhir/.well-known/",
-                    "/docs", "/redoc", "/openapi.json", "/fdp")  # fmt: skip
+                    "/docs", "/redoc", "/openapi.json", "/fdp", "/viewer")  # fmt: skip
 
 
 def cacheable(path: str) -> bool:

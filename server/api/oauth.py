@@ -15,6 +15,7 @@ from joserfc.jwk import KeySet
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from server.api import login
 from server.api.deps import gateway
 from server.security import scopes as scope_syntax
 from server.security.authn import default_scope
@@ -31,7 +32,8 @@ TOKEN_TYPES = {
     "urn:ietf:params:oauth:token-type:access_token",
 }
 EXCHANGE_SCOPES = ("system/*.rs",)  # what an exchanged token may hold besides dataset scopes
-AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE]
 ASSERTION_ALGS = ["ES256", "RS256", "ES384", "RS384", "PS256"]
 MAX_CLIENT_ID = 200
 
@@ -118,6 +120,10 @@ def _token(request: Request, form: dict[str, str]) -> dict[str, Any]:
     if grant_type == TOKEN_EXCHANGE:
         client = _authenticate_client(request, form, required=False)
         return _token_exchange(request, client, form)
+    if grant_type == "authorization_code":
+        return login.authorization_code_grant(request, form)
+    if grant_type == "refresh_token":
+        return login.refresh_token_grant(request, form)
     raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
 
 
@@ -258,6 +264,32 @@ def _issue(
     }
 
 
+@router.post("/oauth/logout", summary="Sign out: token revocation (RFC 7009)")
+async def logout(request: Request) -> Response:
+    """RFC 7009: ends the sign-in session of a refresh token (or of an access token).
+
+    Always 200 for a well-formed request, also for an unknown token (RFC 7009 §2.2).
+    """
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    request.state.audit_note = {"datasets": (), "entities": ("oauth:logout",), "action": "token"}
+    try:
+        await run_in_threadpool(login.revoke, request, form)
+    except OAuthError as exc:
+        return _oauth_error(exc)
+    return Response(b"", 200, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/oauth/logout", summary="Sign out of a browser application (redirect back)")
+async def logout_redirect(request: Request) -> Response:
+    """The browser leaves a viewer's session: back to ``post_logout_redirect_uri`` when it is
+    on the origin of one of the client's registered redirect URIs, else a signed-out page.
+
+    The session's tokens are revoked by the application (POST, RFC 7009) before it sends
+    the browser here; this endpoint keeps no state and needs no token.
+    """
+    return await run_in_threadpool(login.signed_out, request)
+
+
 @router.get("/oauth/jwks", summary="The token signing keys (RFC 7517)")
 def jwks(request: Request) -> Response:
     """RFC 7517 §5: public keys that verify this gateway's tokens."""
@@ -268,9 +300,14 @@ def _metadata(request: Request) -> dict[str, Any]:
     issuer = _issuer(request)
     return {
         "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/oauth/authorize",
         "token_endpoint": f"{issuer}/oauth/token",
+        "revocation_endpoint": f"{issuer}/oauth/logout",
+        "revocation_endpoint_auth_methods_supported": ["none"],
         "jwks_uri": f"{issuer}/oauth/jwks",
-        "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
+        "grant_types_supported": GRANT_TYPES,
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": True,
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         "scopes_supported": [
@@ -283,7 +320,7 @@ def _metadata(request: Request) -> dict[str, Any]:
             "dataset:{id}:store",
             scope_syntax.FEDERATION_SEARCH,
         ],
-        "response_types_supported": ["token"],
+        "response_types_supported": ["code"],
         "service_documentation": f"{issuer}/docs",
     }
 
@@ -296,14 +333,20 @@ def authorization_server_metadata(request: Request) -> Response:
 
 @router.get("/fhir/.well-known/smart-configuration", summary="SMART configuration")
 def smart_configuration(request: Request) -> Response:
-    """SMART App Launch 2.0 §2.0.6: backend services (client_credentials, asymmetric keys)."""
+    """SMART App Launch 2.0 §2.0.6: standalone launch of browser apps (code + PKCE, refresh)
+    and backend services (client_credentials, asymmetric keys)."""
     meta = _metadata(request)
     body = {
         "issuer": meta["issuer"], "jwks_uri": meta["jwks_uri"], "token_endpoint": meta["token_endpoint"],
+        "authorization_endpoint": meta["authorization_endpoint"],
+        "revocation_endpoint": meta["revocation_endpoint"],
         "grant_types_supported": meta["grant_types_supported"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": AUTH_METHODS,
         "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         "scopes_supported": meta["scopes_supported"],
-        "capabilities": ["client-confidential-asymmetric", "client-confidential-symmetric", "permission-v2"],
+        "capabilities": ["launch-standalone", "client-public", "client-confidential-asymmetric",
+                         "client-confidential-symmetric", "permission-v2"],
     }  # fmt: skip
     return Response(orjson.dumps(body), media_type="application/json")

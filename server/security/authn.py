@@ -20,6 +20,7 @@ from server.security.external import ExternalIssuers, unverified_issuer
 from server.security.holder import holder_grants, widen
 from server.security.keys import SigningKeys
 from server.security.model import Basis, Condition, Grant, Party, Principal
+from server.security.sessions import SessionStore
 from server.security.tokens import InvalidToken, TokenSettings, verify_access_token
 
 ANONYMOUS_SCOPES = frozenset({"system/*.rs"})
@@ -32,6 +33,7 @@ class Authenticator:
         self, *, enabled: bool, public_read: bool, keys: SigningKeys, tokens: TokenSettings,
         clients: ClientRegistry, agreements: AgreementCache, public_datasets: Callable[[], set[str]],
         external: ExternalIssuers | None = None, all_datasets: Callable[[], set[str]] = set,
+        sessions: SessionStore | None = None,
     ) -> None:  # fmt: skip
         self.enabled = enabled
         self.public_read = public_read
@@ -42,6 +44,7 @@ class Authenticator:
         self.public_datasets = public_datasets
         self.external = external
         self.all_datasets = all_datasets  # every dataset id (the administrators' view)
+        self.sessions = sessions  # browser sign-in sessions: a token naming one (sid) ends with it
         self._seen: dict[str, dict[str, object]] = {}
         self._principals: dict[str, tuple[float, Principal]] = {}
         self._basic: dict[bytes, float] = {}  # verified Basic credentials (digest) -> until
@@ -154,6 +157,9 @@ class Authenticator:
         user_issuer, user_subject = _str(claims.get("ext_iss")), _str(claims.get("ext_sub"))
         if client is None and not user_issuer:
             raise Unauthorized("the token's client is no longer registered")
+        session = _str(claims.get("sid"))
+        if session and (self.sessions is None or not self.sessions.active(session)):
+            raise Unauthorized("the sign-in session has ended")
         granted = str(claims.get("scope", "")).split()
         named, pushes, curates = _dataset_scopes(granted)
         if user_issuer:

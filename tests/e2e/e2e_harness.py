@@ -11,7 +11,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
 NODE_MODULES = HERE / "node_modules"
-OHIF_DIST = NODE_MODULES / "@ohif" / "app" / "dist"
+# the viewer the gateway serves at /viewer (viewer/install.sh)
+OHIF_DIST = HERE.parent.parent / "viewer" / "node_modules" / "@ohif" / "app" / "dist"
 CACHE_DIR = HERE / ".cache"
 
 

@@ -2,7 +2,7 @@
 
 * Files come from ``@ohif/app/dist``; any path that is not a file (SPA routes
   such as ``/viewer`` or ``/studies``) gets ``index.html``.
-* ``/app-config.js`` is replaced by generated text (see ``ohif_config.py``).
+* ``/app-config.js`` is replaced by generated text (see ``server/viewer_config.py``).
 * Every response carries ``Cross-Origin-Opener-Policy: same-origin`` and
   ``Cross-Origin-Embedder-Policy: require-corp`` so the page is
   cross-origin isolated and ``SharedArrayBuffer`` is available, which the
@@ -29,13 +29,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-try:  # imported as a module of the test package or run as a script
-    from .ohif_config import app_config_js
-except ImportError:  # pragma: no cover - script mode
-    from ohif_config import app_config_js  # type: ignore[no-redef]
+from server.viewer_config import app_config_js
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DIST = HERE / "node_modules" / "@ohif" / "app" / "dist"
+DEFAULT_DIST = HERE.parent.parent / "viewer" / "node_modules" / "@ohif" / "app" / "dist"
 
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",

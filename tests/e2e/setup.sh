@@ -3,16 +3,13 @@
 # run with nothing to do takes well under a second).
 #
 #   * Debian's chromium (only if /usr/bin/chromium is missing)
-#   * the npm packages pinned in package.json / package-lock.json:
-#     @ohif/app (the prebuilt viewer, used from node_modules/@ohif/app/dist)
-#     and playwright-core (drives chromium; it never downloads a browser)
+#   * the OHIF viewer the gateway serves at /viewer (viewer/install.sh: the prebuilt
+#     @ohif/app bundle in viewer/node_modules)
+#   * the npm packages pinned in package.json / package-lock.json: playwright-core
+#     (drives chromium; it never downloads a browser) and oidc-provider (the OpenID
+#     provider the sign-in tests start)
 #   * with E2E_WITH_ORTHANC=1 also Orthanc and its DICOMweb plugin, a reference
 #     DICOMweb server the tests can target with E2E_DICOMWEB_TARGET=orthanc
-#
-# The viewer is a prebuilt bundle, so @ohif/app's own npm dependencies (its
-# source-build inputs, some of which are not published for the pinned release)
-# are replaced by the empty placeholder package in ./vendor-stub through
-# "overrides" in package.json.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,7 +46,7 @@ fi
 stamp="node_modules/.e2e-install-stamp"
 want="$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-    && [ -f node_modules/@ohif/app/dist/index.html ] \
+    && [ -f node_modules/oidc-provider/package.json ] \
     && [ -f node_modules/playwright-core/package.json ]; then
     log "npm packages up to date"
 else
@@ -60,5 +57,7 @@ else
     printf '%s\n' "$want" >"$stamp"
 fi
 
+VIEWER_REQUIRED=1 bash "$here/../../viewer/install.sh"
+
 log "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo missing)"
-log "node: $(node --version); @ohif/app $(node -p 'require("./node_modules/@ohif/app/package.json").version'); playwright-core $(node -p 'require("./node_modules/playwright-core/package.json").version')"
+log "node: $(node --version); @ohif/app $(node -p 'require("../../viewer/node_modules/@ohif/app/package.json").version'); oidc-provider $(node -p 'require("./node_modules/oidc-provider/package.json").version'); playwright-core $(node -p 'require("./node_modules/playwright-core/package.json").version')"

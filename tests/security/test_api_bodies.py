@@ -40,7 +40,13 @@ def _body_routes() -> list[tuple[str, str]]:
 
 
 BODY_ROUTES = _body_routes()
-ANONYMOUS_ALLOWED = {"/oauth/token", "/fhir/{rtype}/_search", "/fhir/{rtype}/$validate"}
+# /oauth/logout: a browser signing out sends its refresh token in the form, no bearer token
+ANONYMOUS_ALLOWED = {
+    "/oauth/token",
+    "/oauth/logout",
+    "/fhir/{rtype}/_search",
+    "/fhir/{rtype}/$validate",
+}
 
 
 def _concrete(path: str) -> str:
@@ -54,7 +60,7 @@ def _concrete(path: str) -> str:
 def _content_type(path: str) -> str:
     if path == EUCAIM_SEARCH:
         return "application/json"
-    if path == "/oauth/token" or path.endswith("/_search"):
+    if path in ("/oauth/token", "/oauth/logout") or path.endswith("/_search"):
         return "application/x-www-form-urlencoded"
     if "/dicom-web/" in path:
         return f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
@@ -62,7 +68,7 @@ def _content_type(path: str) -> str:
 
 
 def _limit(path: str) -> int:
-    if path == "/oauth/token":
+    if path in ("/oauth/token", "/oauth/logout"):
         return TOKEN_LIMIT
     if path == EUCAIM_SEARCH:
         return OTHER_LIMIT

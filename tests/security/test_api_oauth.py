@@ -165,7 +165,7 @@ def test_wrong_secret_is_invalid_client(setup: Setup) -> None:
         assert "access_token" not in answer.text
 
 
-@pytest.mark.parametrize("grant", ["password", "authorization_code", "refresh_token", ""])
+@pytest.mark.parametrize("grant", ["password", "implicit", ""])
 def test_unsupported_grant_type_is_400(setup: Setup, grant: str) -> None:
     client = setup.secret_client
     assert client.secret is not None
@@ -174,6 +174,20 @@ def test_unsupported_grant_type_is_400(setup: Setup, grant: str) -> None:
     )
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"] == "unsupported_grant_type"
+
+
+@pytest.mark.parametrize("grant", ["authorization_code", "refresh_token"])
+def test_browser_grants_are_refused_to_machine_clients(setup: Setup, grant: str) -> None:
+    """Codes and refresh tokens belong to browser sign-ins (tests/security/test_api_login.py)."""
+    client = setup.secret_client
+    assert client.secret is not None
+    answer = httpx.post(
+        setup.token_url,
+        data={"grant_type": grant, "code": "x", "refresh_token": "x"},
+        auth=(client.client_id, client.secret),
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "unauthorized_client"
 
 
 # ---------------------------------------------------------------------- scope

@@ -60,8 +60,8 @@ from server.security.keys import InstallationSecret, SigningKeys
 from server.security.model import Principal
 from server.security.oidc import RelyingParty
 from server.security.pseudonym_secrets import PseudonymSecrets
-from server.security.shared_secrets import SharedSecrets
 from server.security.sessions import SessionStore
+from server.security.shared_secrets import SharedSecrets
 from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService

@@ -139,7 +139,7 @@ class RetrieveService:
         if wanted in encode.TARGETS:  # checked by check_syntax before the response started
             return transcode_instance(path, wanted), wanted
         if inst.pixel_index is not None:
-            index = pixels.PixelIndex.from_json(inst.pixel_index)
+            index = pixels.PixelIndex.from_bytes(inst.pixel_index)
             if not check_instance_decodable(path, index, self.limits):
                 return None, ts  # too large to decode in memory: sent as stored
         implicit = wanted == IMPLICIT_LE
@@ -202,14 +202,14 @@ class RetrieveService:
 
     def frames(
         self,
-        scope: Scope,
+        inst: StoredInstance,
         numbers: list[int],
         want_stored: bool,
         media_type: str | None,
         target: str | None = None,
     ) -> list[FramePart]:
-        """PS3.18 10.4.1.1.3: frames as stored (compressed) or decoded to native bytes."""
-        inst = self.one_instance(scope)
+        """PS3.18 10.4.1.1.3: frames of ``inst`` (from :meth:`one_instance`) as stored
+        (compressed) or decoded to native bytes; each stored frame is a seek and a read."""
         index = self._pixel_index(inst)
         stored_type = pixels.frame_media_type(inst.transfer_syntax)
         parts: list[FramePart] = []
@@ -251,7 +251,7 @@ class RetrieveService:
     def _pixel_index(self, inst: StoredInstance) -> pixels.PixelIndex:
         if inst.pixel_index is None:
             raise NotFound("the instance has no pixel data frames")
-        return pixels.PixelIndex.from_json(inst.pixel_index)
+        return pixels.PixelIndex.from_bytes(inst.pixel_index)
 
     def _read_frame(self, inst: StoredInstance, index: pixels.PixelIndex, number: int) -> bytes:
         if not index.frames:
@@ -269,7 +269,7 @@ class RetrieveService:
         index = self._pixel_index(inst)
         numbers = list(range(1, index.number_of_frames + 1))
         if index.encapsulated and not pixels.is_video(index.transfer_syntax):
-            return self.frames(scope, numbers, want_stored=True, media_type=None)
+            return self.frames(inst, numbers, want_stored=True, media_type=None)
         if not index.frames:  # deflated: every frame is inflated
             check_frame_decodable(self.store.path(inst.blob_key), index, 1, self.limits)
         with self.store.open(inst.blob_key) as f:
@@ -301,7 +301,7 @@ class RetrieveService:
         for inst in instances:
             if inst.pixel_index is None:
                 continue
-            index = pixels.PixelIndex.from_json(inst.pixel_index)
+            index = pixels.PixelIndex.from_bytes(inst.pixel_index)
             try:
                 yield rendering.render_frame(
                     self.store.path(inst.blob_key), 1, params, self.limits, index
@@ -315,7 +315,7 @@ class RetrieveService:
         if not candidates:
             raise NotFound("no image in this scope to make a thumbnail from")
         inst = candidates[len(candidates) // 2]
-        index = pixels.PixelIndex.from_json(inst.pixel_index or b"")
+        index = pixels.PixelIndex.from_bytes(inst.pixel_index or b"")
         frame = (index.number_of_frames + 1) // 2 if scope.sop_uid is None else 1
         path = self.store.path(inst.blob_key)
         return rendering.render_thumbnail(path, frame, size, media_type, self.limits, index)

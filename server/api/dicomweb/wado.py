@@ -185,7 +185,7 @@ def retrieve_instance_frames(
     media_type, want_stored, target = negotiate_frames(
         request.headers.get("accept"), stored_type, inst.transfer_syntax
     )
-    parts = gw.retrieve.frames(scope, numbers, want_stored, media_type, target)
+    parts = gw.retrieve.frames(inst, numbers, want_stored, media_type, target)
     related = stored_type if want_stored else (media_type or OCTET)
     return _multipart(parts, related)
 

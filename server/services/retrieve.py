@@ -13,7 +13,7 @@ from server.core import bulkdata, encode, pixels, rendering
 from server.core.decoded_size import check_frame_decodable, check_instance_decodable
 from server.core.instance_json import read_bulk_value
 from server.core.limits import PixelLimits
-from server.core.multipart import close_delimiter, iter_file, write_part_header
+from server.core.multipart import close_delimiter, coalesce, iter_file, write_part_header
 from server.core.qido import QidoQuery
 from server.core.transcode import (
     is_lossy,
@@ -31,6 +31,7 @@ log = logging.getLogger("gateway.retrieve")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 CHUNK = 4 * 1024 * 1024
+BATCH = 1024 * 1024  # bytes per chunk handed to the server, at least (see coalesce)
 
 
 @dataclass(frozen=True)
@@ -101,24 +102,31 @@ class RetrieveService:
     ) -> Iterator[bytes]:
         """PS3.18 10.4.1.1.1: instances as multipart/related parts, streamed from storage.
 
-        Each yielded chunk is one whole part when the instance is small (fewer
-        hand-offs between the server's event loop and the reading thread), or
-        pieces of at most ``CHUNK`` bytes for big ones.
+        Parts are framed into chunks of at least ``BATCH`` bytes (several small instances
+        a chunk: each chunk is one hand-off between the reading thread and the server's
+        event loop); an instance larger than ``CHUNK`` is read in pieces of that size.
         """
+        return coalesce(self._parts(instances, boundary, transfer_syntax), BATCH)
+
+    def _parts(
+        self, instances: list[StoredInstance], boundary: str, transfer_syntax: str | None
+    ) -> Iterator[bytes]:
         for inst in instances:
             data, ts = self.converted(inst, transfer_syntax)
             size = len(data) if data is not None else inst.size
             head = write_part_header(boundary, f"application/dicom; transfer-syntax={ts}", size)
             if data is not None:
-                yield head + data + b"\r\n"
+                yield head
+                yield data
+                yield b"\r\n"
                 continue
             try:
                 with self.store.open(inst.blob_key) as f:
+                    yield head  # after open(): a missing blob leaves out the whole part
                     if inst.size <= CHUNK:
-                        yield head + f.read() + b"\r\n"
-                        continue
-                    yield head
-                    yield from iter_file(f, CHUNK)
+                        yield f.read()
+                    else:
+                        yield from iter_file(f, CHUNK)
             except NotFound:  # raised by open(), before any byte of this part was sent
                 log.error("blob %s of %s is missing; run 'check'", inst.blob_key, inst.sop_uid)
                 continue
@@ -185,7 +193,7 @@ class RetrieveService:
                 yield b"," + self._safe_metadata(blob).replace(needle, absolute)
             yield b"]"
 
-        return generate()
+        return coalesce(generate(), BATCH)
 
     def _safe_metadata(self, blob: bytes) -> bytes:
         """Stored metadata with the bulk data rule applied again (records of older versions)."""

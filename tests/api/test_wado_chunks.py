@@ -42,22 +42,35 @@ def _http_chunks(url: str, accept: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def series(server: LiveServer) -> str:
+def instance(server: LiveServer) -> str:
+    """URL of the first of 300 small instances in one series."""
     datasets = cohort(instances_per_series=300, rows=16, columns=16)
     response = stow(server, [part10(ds) for ds in datasets])
     assert response.status_code == 200, response.text[:300]
     first = datasets[0]
-    return f"{server.dicomweb}/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+    return (
+        f"{server.dicomweb}/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+        f"/instances/{first.SOPInstanceUID}"
+    )
 
 
-def test_metadata_of_300_instances_comes_in_a_few_chunks(series: str) -> None:
-    chunks, size = _http_chunks(series + "/metadata", "application/dicom+json")
+def test_a_frame_comes_in_one_chunk(instance: str) -> None:
+    accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    chunks, size = _http_chunks(instance + "/frames/1", accept)
+    assert size > 16 * 16 * 2
+    assert chunks == 1
+
+
+def test_metadata_of_300_instances_comes_in_a_few_chunks(instance: str) -> None:
+    chunks, size = _http_chunks(
+        instance.rsplit("/instances/", 1)[0] + "/metadata", "application/dicom+json"
+    )
     assert size > 300 * 500
     assert chunks <= size // (256 * 1024) + 2, f"{chunks} chunks for {size} bytes"
 
 
-def test_a_series_of_300_small_instances_comes_in_a_few_chunks(series: str) -> None:
+def test_a_series_of_300_small_instances_comes_in_a_few_chunks(instance: str) -> None:
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    chunks, size = _http_chunks(series, accept)
+    chunks, size = _http_chunks(instance.rsplit("/instances/", 1)[0], accept)
     assert size > 300 * 500
     assert chunks <= size // (256 * 1024) + 2, f"{chunks} chunks for {size} bytes"

@@ -25,14 +25,14 @@ from server.core.mediatypes import (
     negotiate_rendered_multipart,
     negotiate_zip,
 )
-from server.core.multipart import close_delimiter, write_part_header
+from server.core.multipart import close_delimiter, coalesce, write_part_header
 from server.core.uids import check_uid
 from server.errors import BadRequest, NotFound
 from server.index.base import Scope
 from server.security.enforce import require_admin
 from server.security.model import Action
 from server.services.archive import stream_archive
-from server.services.retrieve import FramePart
+from server.services.retrieve import BATCH, FramePart
 
 router = APIRouter(tags=["WADO-RS"])
 
@@ -151,7 +151,7 @@ def _multipart(parts: list[FramePart], related_type: str) -> Response:
         yield close_delimiter(boundary)
 
     media = f'multipart/related; type="{related_type}"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=media)
+    return StreamingResponse(coalesce(body(), BATCH), media_type=media)
 
 
 def _frame_numbers(text: str) -> list[int]:

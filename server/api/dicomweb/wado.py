@@ -151,6 +151,8 @@ def _multipart(parts: list[FramePart], related_type: str) -> Response:
         yield close_delimiter(boundary)
 
     media = f'multipart/related; type="{related_type}"; boundary={boundary}'
+    if sum(len(part.data) for part in parts) <= BATCH:  # in memory already: one send, no thread
+        return Response(b"".join(body()), media_type=media)
     return StreamingResponse(coalesce(body(), BATCH), media_type=media)
 
 

@@ -4,7 +4,7 @@ wsidicom writes one VL Whole Slide Microscopy level of ``--size`` x ``--size`` p
 ``--tile`` x ``--tile`` JPEG tiles (the defaults give 317 x 317 = 100,489 frames, about
 66 MB) and, for comparison, a 10 x 10-tile level (100 frames) of the same tiles. Both go
 into one gateway (one worker, fresh data directory) by STOW-RS. Then ``--requests``
-random frames of each are fetched one after the other with ``transfer-syntax=*`` over a
+random frames of each are fetched, alternating between the instances and clients, with ``transfer-syntax=*`` over a
 kept-alive connection (httpx) and through dicomweb-client; the report gives p50 and p95
 latency per frame, the ratio of the two instances (1.0 means the frame count costs
 nothing) and the load average.
@@ -39,16 +39,23 @@ from tests.wsi import write_slide  # noqa: E402
 ACCEPT = "multipart/related; type=image/jpeg; transfer-syntax=*"
 
 
-def _timed(fetch: Callable[[int], object], frames: int, requests: int) -> list[float]:
-    rng = random.Random(frames)
-    for _ in range(20):  # warm-up: imports, connection, page cache of the index
-        fetch(rng.randint(1, frames))
-    out = []
-    for _ in range(requests):
-        number = rng.randint(1, frames)
-        start = time.perf_counter()
-        fetch(number)
-        out.append(time.perf_counter() - start)
+def _interleaved(
+    fetchers: tuple[Callable[[tuple[str, str, str], int], object], ...],
+    instances: list[tuple[int, float, tuple[str, str, str]]],
+    requests: int,
+) -> list[list[list[float]]]:
+    """Seconds per request, [fetcher][instance][i]: requests alternate between the
+    instances and the clients, so that the load of other jobs hits all alike."""
+    rng = random.Random(len(instances))
+    out = [[[] for _ in instances] for _ in fetchers]
+    for round_ in range(requests + 20):  # the first 20: warm-up (connections, page cache)
+        for f, fetch in enumerate(fetchers):
+            for i, (frames, _, uids) in enumerate(instances):
+                number = rng.randint(1, frames)
+                start = time.perf_counter()
+                fetch(uids, number)
+                if round_ >= 20:
+                    out[f][i].append(time.perf_counter() - start)
     return out
 
 
@@ -74,7 +81,7 @@ def main() -> None:
         live = LiveServer(Path(tmp) / "data", extra_env={"GATEWAY_LOG_LEVEL": "warning"})
         live.start()
         try:
-            rows = []
+            instances = []
             for path in (small, big):
                 data = path.read_bytes()
                 body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--b--\r\n"
@@ -88,39 +95,33 @@ def main() -> None:
                     timeout=600,
                 )
                 response.raise_for_status()
-                stow_s = time.perf_counter() - started
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
-                frames = int(ds.NumberOfFrames)
                 uids = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
-                url = f"{live.dicomweb}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}/frames/"
-                with httpx.Client(timeout=30) as http:
+                instances.append((int(ds.NumberOfFrames), time.perf_counter() - started, uids))
+            client = DICOMwebClient(live.dicomweb)
+            with httpx.Client(timeout=30) as http:
 
-                    def by_httpx(n: int, http: httpx.Client = http, url: str = url) -> object:
-                        r = http.get(url + str(n), headers={"Accept": ACCEPT})
-                        r.raise_for_status()
-                        return r.content
+                def by_httpx(uids: tuple[str, str, str], n: int) -> object:
+                    url = f"{live.dicomweb}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
+                    r = http.get(f"{url}/frames/{n}", headers={"Accept": ACCEPT})
+                    r.raise_for_status()
+                    return r.content
 
-                    plain = _timed(by_httpx, frames, args.requests)
-                client = DICOMwebClient(live.dicomweb)
-
-                def by_client(
-                    n: int, uids: tuple[str, str, str] = uids, client: DICOMwebClient = client
-                ) -> object:
+                def by_client(uids: tuple[str, str, str], n: int) -> object:
                     return client.retrieve_instance_frames(
                         *uids, [n], media_types=(("image/jpeg", "*"),)
                     )
 
-                dwc = _timed(by_client, frames, args.requests)
-                rows.append((frames, stow_s, plain, dwc))
+                times = _interleaved((by_httpx, by_client), instances, args.requests)
         finally:
             live.stop()
     backend = "elasticsearch" if args.es else "sqlite"
     print(f"index {backend}; load average {os.getloadavg()}; {args.requests} random frames each")
-    for frames, stow_s, plain, dwc in rows:
-        print(f"{frames:>7} frames (STOW {stow_s:5.1f} s): httpx {_ms(plain)} | "
-              f"dicomweb-client {_ms(dwc)}")  # fmt: skip
-    ratio = statistics.median(rows[1][2]) / statistics.median(rows[0][2])
-    print(f"p50 ratio {rows[1][0]} / {rows[0][0]} frames: {ratio:.2f}")
+    for i, (frames, stow_s, _) in enumerate(instances):
+        print(f"{frames:>7} frames (STOW {stow_s:5.1f} s): httpx {_ms(times[0][i])} | "
+              f"dicomweb-client {_ms(times[1][i])}")  # fmt: skip
+    ratio = statistics.median(times[0][1]) / statistics.median(times[0][0])
+    print(f"p50 ratio {instances[1][0]} / {instances[0][0]} frames: {ratio:.2f}")
 
 
 if __name__ == "__main__":

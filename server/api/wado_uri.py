@@ -43,7 +43,7 @@ def retrieve_wado_uri(request: Request) -> Response:
         return _dicom_file(gw.retrieve, inst, req.transfer_syntax)
     if inst.pixel_index is None:
         raise NotAcceptable(f"the object has no pixel data to render as {content_type}")
-    index = pixels.PixelIndex.from_json(inst.pixel_index)
+    index = pixels.PixelIndex.from_bytes(inst.pixel_index)
     params = wado_uri.render_params(req, content_type, index.rows, index.columns)
     return Response(gw.retrieve.render(scope, req.frame, params), media_type=content_type)
 

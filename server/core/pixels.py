@@ -23,6 +23,11 @@ Index layout (``PixelIndex.frames``), one entry per frame:
 * Deflated Explicit VR Little Endian: offsets in the deflated stream mean
   nothing, so ``frames == ()`` and :func:`read_frame` inflates the file (slow).
 
+The index database keeps the table packed (:mod:`server.core.frametable`,
+:meth:`PixelIndex.to_bytes`): reading it back decodes nothing until a frame is
+asked for, so a frame of a 100,000-frame whole-slide level costs the same as a
+frame of a CT slice.
+
 Files whose Pixel Data cannot be indexed (no Rows/Columns, invalid Number of
 Frames, truncated value, frames that cannot be delimited) raise
 :class:`PixelIndexError`.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -45,6 +51,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import pack_bits, pixel_array
 
+from server.core import frametable
+from server.core.frametable import Ranges
 from server.errors import NotAcceptable, NotFound
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -58,6 +66,7 @@ _ITEM, _SEQ_DELIM = (0xFFFE, 0xE000), (0xFFFE, 0xE0DD)
 _LONG_VRS = frozenset({b"OB", b"OW", b"OV", b"OF", b"OD", b"OL", b"UN", b"UT", b"SQ"})
 _START_MARKERS = (b"\xff\xd8", b"\xff\x4f")  # JPEG / JPEG-LS SOI, JPEG 2000 SOC
 _EOI = b"\xff\xd9"  # JPEG / JPEG-LS EOI, JPEG 2000 EOC
+_PACKED = b"PXI2"  # the serialised PixelIndex with a packed frame table
 
 # PS3.18 Table 8.7.3-2 (single frame) and 8.7.3-5 (video) media types.
 _JPEG = "1.2.840.10008.1.2.4."
@@ -92,27 +101,41 @@ class PixelIndex:
     samples_per_pixel: int
     bits_allocated: int
     photometric_interpretation: str
-    frames: tuple[tuple[tuple[int, int], ...], ...]
+    frames: Sequence[Ranges]
 
-    def to_json(self) -> bytes:
-        """Compact JSON form, stored next to the instance in the index database."""
+    def to_bytes(self) -> bytes:
+        """Compact form stored next to the instance in the index: a JSON header, then the
+        packed frame table (:mod:`server.core.frametable`), decoded lazily on reading."""
         geometry = [self.rows, self.columns, self.samples_per_pixel, self.bits_allocated]
-        return orjson.dumps(
+        head = orjson.dumps(
             {"ts": self.transfer_syntax, "enc": self.encapsulated, "n": self.number_of_frames,
-             "geom": geometry, "pi": self.photometric_interpretation, "frames": self.frames}
+             "geom": geometry, "pi": self.photometric_interpretation}
         )  # fmt: skip
+        return (
+            _PACKED + struct.pack("<I", len(head)) + head + frametable.pack(self.frames).to_bytes()
+        )
 
     @classmethod
-    def from_json(cls, data: bytes) -> PixelIndex:
-        """Inverse of :meth:`to_json`; ``ValueError`` on anything else."""
+    def from_bytes(cls, data: bytes) -> PixelIndex:
+        """Inverse of :meth:`to_bytes` (also reads the all-JSON form of earlier versions);
+        ``ValueError`` on anything else. O(1) in the number of frames."""
         try:
-            obj = orjson.loads(data)
+            if data[: len(_PACKED)] == _PACKED:
+                (size,) = struct.unpack_from("<I", data, len(_PACKED))
+                start = len(_PACKED) + 4
+                obj = orjson.loads(data[start : start + size])
+                frames: Sequence[Ranges] = frametable.FrameTable.from_bytes(data[start + size :])
+            else:
+                obj = orjson.loads(data)
+                frames = tuple(tuple((int(o), int(n)) for o, n in frame) for frame in obj["frames"])
             rows, columns, samples, bits = (int(v) for v in obj["geom"])
-            frames = tuple(tuple((int(o), int(n)) for o, n in frame) for frame in obj["frames"])
-            return cls(str(obj["ts"]), bool(obj["enc"]), int(obj["n"]), rows, columns, samples,
-                       bits, str(obj["pi"]), frames)  # fmt: skip
-        except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+            index = cls(str(obj["ts"]), bool(obj["enc"]), int(obj["n"]), rows, columns, samples,
+                        bits, str(obj["pi"]), frames)  # fmt: skip
+        except (KeyError, TypeError, ValueError, struct.error, orjson.JSONDecodeError) as exc:
             raise ValueError(f"not a serialised PixelIndex: {exc}") from exc
+        if frames and len(frames) != index.number_of_frames and not is_video(index.transfer_syntax):
+            raise ValueError("not a serialised PixelIndex: frame table and frame count differ")
+        return index
 
 
 def is_video(transfer_syntax: str) -> bool:

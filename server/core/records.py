@@ -180,7 +180,7 @@ def _record(
         size=size,
         sha256=sha256,
         blob_key=blob_key_for(sop, sha256),
-        pixel_index=pixel_index.to_json() if pixel_index is not None else None,
+        pixel_index=pixel_index.to_bytes() if pixel_index is not None else None,
     )
     record.started = _started(meta)
     media_class = ds.file_meta.get("MediaStorageSOPClassUID")

@@ -13,7 +13,7 @@ from server.core import bulkdata, encode, pixels, rendering
 from server.core.decoded_size import check_frame_decodable, check_instance_decodable
 from server.core.instance_json import read_bulk_value
 from server.core.limits import PixelLimits
-from server.core.multipart import close_delimiter, iter_file, write_part_header
+from server.core.multipart import close_delimiter, coalesce, iter_file, write_part_header
 from server.core.qido import QidoQuery
 from server.core.transcode import (
     is_lossy,
@@ -31,6 +31,7 @@ log = logging.getLogger("gateway.retrieve")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 CHUNK = 4 * 1024 * 1024
+BATCH = 1024 * 1024  # bytes per chunk handed to the server, at least (see coalesce)
 
 
 @dataclass(frozen=True)
@@ -101,24 +102,31 @@ class RetrieveService:
     ) -> Iterator[bytes]:
         """PS3.18 10.4.1.1.1: instances as multipart/related parts, streamed from storage.
 
-        Each yielded chunk is one whole part when the instance is small (fewer
-        hand-offs between the server's event loop and the reading thread), or
-        pieces of at most ``CHUNK`` bytes for big ones.
+        Parts are framed into chunks of at least ``BATCH`` bytes (several small instances
+        a chunk: each chunk is one hand-off between the reading thread and the server's
+        event loop); an instance larger than ``CHUNK`` is read in pieces of that size.
         """
+        return coalesce(self._parts(instances, boundary, transfer_syntax), BATCH)
+
+    def _parts(
+        self, instances: list[StoredInstance], boundary: str, transfer_syntax: str | None
+    ) -> Iterator[bytes]:
         for inst in instances:
             data, ts = self.converted(inst, transfer_syntax)
             size = len(data) if data is not None else inst.size
             head = write_part_header(boundary, f"application/dicom; transfer-syntax={ts}", size)
             if data is not None:
-                yield head + data + b"\r\n"
+                yield head
+                yield data
+                yield b"\r\n"
                 continue
             try:
                 with self.store.open(inst.blob_key) as f:
+                    yield head  # after open(): a missing blob leaves out the whole part
                     if inst.size <= CHUNK:
-                        yield head + f.read() + b"\r\n"
-                        continue
-                    yield head
-                    yield from iter_file(f, CHUNK)
+                        yield f.read()
+                    else:
+                        yield from iter_file(f, CHUNK)
             except NotFound:  # raised by open(), before any byte of this part was sent
                 log.error("blob %s of %s is missing; run 'check'", inst.blob_key, inst.sop_uid)
                 continue
@@ -139,7 +147,7 @@ class RetrieveService:
         if wanted in encode.TARGETS:  # checked by check_syntax before the response started
             return transcode_instance(path, wanted), wanted
         if inst.pixel_index is not None:
-            index = pixels.PixelIndex.from_json(inst.pixel_index)
+            index = pixels.PixelIndex.from_bytes(inst.pixel_index)
             if not check_instance_decodable(path, index, self.limits):
                 return None, ts  # too large to decode in memory: sent as stored
         implicit = wanted == IMPLICIT_LE
@@ -185,7 +193,7 @@ class RetrieveService:
                 yield b"," + self._safe_metadata(blob).replace(needle, absolute)
             yield b"]"
 
-        return generate()
+        return coalesce(generate(), BATCH)
 
     def _safe_metadata(self, blob: bytes) -> bytes:
         """Stored metadata with the bulk data rule applied again (records of older versions)."""
@@ -202,14 +210,14 @@ class RetrieveService:
 
     def frames(
         self,
-        scope: Scope,
+        inst: StoredInstance,
         numbers: list[int],
         want_stored: bool,
         media_type: str | None,
         target: str | None = None,
     ) -> list[FramePart]:
-        """PS3.18 10.4.1.1.3: frames as stored (compressed) or decoded to native bytes."""
-        inst = self.one_instance(scope)
+        """PS3.18 10.4.1.1.3: frames of ``inst`` (from :meth:`one_instance`) as stored
+        (compressed) or decoded to native bytes; each stored frame is a seek and a read."""
         index = self._pixel_index(inst)
         stored_type = pixels.frame_media_type(inst.transfer_syntax)
         parts: list[FramePart] = []
@@ -251,7 +259,7 @@ class RetrieveService:
     def _pixel_index(self, inst: StoredInstance) -> pixels.PixelIndex:
         if inst.pixel_index is None:
             raise NotFound("the instance has no pixel data frames")
-        return pixels.PixelIndex.from_json(inst.pixel_index)
+        return pixels.PixelIndex.from_bytes(inst.pixel_index)
 
     def _read_frame(self, inst: StoredInstance, index: pixels.PixelIndex, number: int) -> bytes:
         if not index.frames:
@@ -269,7 +277,7 @@ class RetrieveService:
         index = self._pixel_index(inst)
         numbers = list(range(1, index.number_of_frames + 1))
         if index.encapsulated and not pixels.is_video(index.transfer_syntax):
-            return self.frames(scope, numbers, want_stored=True, media_type=None)
+            return self.frames(inst, numbers, want_stored=True, media_type=None)
         if not index.frames:  # deflated: every frame is inflated
             check_frame_decodable(self.store.path(inst.blob_key), index, 1, self.limits)
         with self.store.open(inst.blob_key) as f:
@@ -301,7 +309,7 @@ class RetrieveService:
         for inst in instances:
             if inst.pixel_index is None:
                 continue
-            index = pixels.PixelIndex.from_json(inst.pixel_index)
+            index = pixels.PixelIndex.from_bytes(inst.pixel_index)
             try:
                 yield rendering.render_frame(
                     self.store.path(inst.blob_key), 1, params, self.limits, index
@@ -315,7 +323,7 @@ class RetrieveService:
         if not candidates:
             raise NotFound("no image in this scope to make a thumbnail from")
         inst = candidates[len(candidates) // 2]
-        index = pixels.PixelIndex.from_json(inst.pixel_index or b"")
+        index = pixels.PixelIndex.from_bytes(inst.pixel_index or b"")
         frame = (index.number_of_frames + 1) // 2 if scope.sop_uid is None else 1
         path = self.store.path(inst.blob_key)
         return rendering.render_thumbnail(path, frame, size, media_type, self.limits, index)

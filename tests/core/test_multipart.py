@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from server.core.multipart import MAX_BOUNDARY, MultipartSpooler, check_boundary
+from server.core.multipart import MAX_BOUNDARY, MultipartSpooler, check_boundary, coalesce
 from server.errors import MalformedMultipart, PayloadTooLarge
 
 
@@ -98,3 +98,17 @@ def test_parts_spool_the_same_bytes_with_or_without_their_digest(
     assert [p.path.read_bytes() for p in parts] == payloads
     want = [hashlib.sha256(p).hexdigest() for p in payloads] if digest else [None, None]
     assert [p.sha256 for p in parts] == want
+
+
+def test_coalesce_keeps_every_byte_in_order_in_chunks_of_at_least_the_batch() -> None:
+    pieces = [bytes([i % 256]) * (i % 7) for i in range(1000)] + [b"x" * 50, b"", b"y"]
+    chunks = list(coalesce(iter(pieces), 40))
+    assert b"".join(chunks) == b"".join(pieces)
+    assert all(len(c) >= 40 for c in chunks[:-1])
+    assert len(chunks) <= len(b"".join(pieces)) // 40 + 1
+
+
+def test_coalesce_passes_a_big_piece_through_without_copying_it() -> None:
+    big = b"z" * 100
+    chunks = list(coalesce(iter([big, b"a", b"b"]), 40))
+    assert chunks[0] is big and chunks[1:] == [b"ab"]

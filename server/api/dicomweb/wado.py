@@ -25,14 +25,14 @@ from server.core.mediatypes import (
     negotiate_rendered_multipart,
     negotiate_zip,
 )
-from server.core.multipart import close_delimiter, write_part_header
+from server.core.multipart import close_delimiter, coalesce, write_part_header
 from server.core.uids import check_uid
 from server.errors import BadRequest, NotFound
 from server.index.base import Scope
 from server.security.enforce import require_admin
 from server.security.model import Action
 from server.services.archive import stream_archive
-from server.services.retrieve import FramePart
+from server.services.retrieve import BATCH, FramePart
 
 router = APIRouter(tags=["WADO-RS"])
 
@@ -151,7 +151,9 @@ def _multipart(parts: list[FramePart], related_type: str) -> Response:
         yield close_delimiter(boundary)
 
     media = f'multipart/related; type="{related_type}"; boundary={boundary}'
-    return StreamingResponse(body(), media_type=media)
+    if sum(len(part.data) for part in parts) <= BATCH:  # in memory already: one send, no thread
+        return Response(b"".join(body()), media_type=media)
+    return StreamingResponse(coalesce(body(), BATCH), media_type=media)
 
 
 def _frame_numbers(text: str) -> list[int]:
@@ -185,7 +187,7 @@ def retrieve_instance_frames(
     media_type, want_stored, target = negotiate_frames(
         request.headers.get("accept"), stored_type, inst.transfer_syntax
     )
-    parts = gw.retrieve.frames(scope, numbers, want_stored, media_type, target)
+    parts = gw.retrieve.frames(inst, numbers, want_stored, media_type, target)
     related = stored_type if want_stored else (media_type or OCTET)
     return _multipart(parts, related)
 

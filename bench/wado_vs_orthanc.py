@@ -1,0 +1,287 @@
+"""WADO-RS retrieval: this gateway vs Orthanc vs nginx serving the same bytes, one run.
+
+Starts, on fixed loopback ports (``--port-base``, default 18600: Orthanc HTTP +0 and
+DICOM +1, the gateway +2, nginx +3), Orthanc 1.x with its DICOMweb plugin (Debian
+packages, default SQLite index and file storage, authentication off), the gateway
+(``imaging-gateway serve``, ``--workers`` processes, development mode: authorisation off
+like Orthanc's, de-identification off) and nginx (``sendfile on``, ``--workers``
+processes) serving, as one static file per series, the exact multipart body the gateway
+answers for that series. The same synthetic CT series (``--instances`` slices of
+256x256 and of 512x512, 16-bit, Explicit VR LE) go into both archives.
+
+Then, rounds interleaved server by server so that load from other jobs hits all alike:
+
+* series retrieval with curl (``transfer-syntax=*``) at 1 and 4 parallel streams, each
+  stream fetching the series ``--repeats`` times: MB/s of body;
+* the same at 1 stream through dicomweb-client (``retrieve_series``, parsed datasets);
+* frames: frame 1 of every instance of the 512x512 series, one curl process, one kept-alive
+  connection, ``application/octet-stream; transfer-syntax=*``: frames/s;
+* metadata of a ``--metadata-instances`` series (default 600): p50 over 30 requests.
+
+Reports medians over ``--rounds``, the ratios (gateway / Orthanc, gateway / nginx) and
+the load average before and after.
+
+    .venv/bin/python bench/wado_vs_orthanc.py [--instances 300] [--rounds 3] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dicomweb_client.api import DICOMwebClient  # noqa: E402
+
+from bench.run import ensure_orthanc  # noqa: E402
+from server.synthetic import generate_cohort, to_part10_bytes  # noqa: E402
+from tests.live import LiveServer  # noqa: E402
+
+SERIES_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+@dataclass
+class Series:
+    name: str
+    study: str
+    series: str
+    sops: list[str]
+    files: list[bytes]
+
+
+def _series(name: str, instances: int, size: int, seed: int) -> Series:
+    datasets = list(generate_cohort(patients=1, series_per_study=1, rows=size, columns=size,
+                                    instances_per_series=instances, seed=seed))  # fmt: skip
+    files = [to_part10_bytes(ds) for ds in datasets]
+    first = datasets[0]
+    sops = [str(ds.SOPInstanceUID) for ds in datasets]
+    return Series(name, str(first.StudyInstanceUID), str(first.SeriesInstanceUID), sops, files)
+
+
+def _stow(base: str, files: list[bytes]) -> None:
+    with httpx.Client(timeout=300) as client:
+        for start in range(0, len(files), 20):
+            body = b"".join(
+                b"--b\r\nContent-Type: application/dicom\r\n\r\n" + f + b"\r\n"
+                for f in files[start : start + 20]
+            )
+            r = client.post(
+                f"{base}/studies",
+                content=body + b"--b--\r\n",
+                headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+            )
+            r.raise_for_status()
+
+
+def _start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
+    plugin = ensure_orthanc()
+    storage = work / "orthanc"
+    storage.mkdir()
+    config = {
+        "Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+        "HttpPort": port, "DicomPort": port + 1, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "HttpCompressionEnabled": False,
+        "StorageCompression": False, "Plugins": [plugin],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }  # fmt: skip
+    (work / "orthanc.json").write_text(json.dumps(config))
+    log = (work / "orthanc.log").open("wb")
+    process = subprocess.Popen(["Orthanc", str(work / "orthanc.json")], stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    _wait(f"http://127.0.0.1:{port}/system")
+    return process
+
+
+def _start_nginx(work: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    root = work / "static"
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+worker_processes {workers};
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {work}/nginx-tmp;
+    proxy_temp_path {work}/nginx-tmp;
+    fastcgi_temp_path {work}/nginx-tmp;
+    uwsgi_temp_path {work}/nginx-tmp;
+    scgi_temp_path {work}/nginx-tmp;
+    types {{ }}
+    default_type application/octet-stream;
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+""")
+    process = subprocess.Popen(["nginx", "-c", str(conf)], start_new_session=True)
+    _wait(f"http://127.0.0.1:{port}/")
+    return process
+
+
+def _wait(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def _curl_parallel(url: str, accept: str, streams: int, repeats: int) -> float:
+    """MB/s of body over ``streams`` curl processes, each fetching ``url`` ``repeats`` times."""
+    args = ["curl", "-s", "-H", f"Accept: {accept}", "-w", "%{http_code} %{size_download}\\n"]
+    for _ in range(repeats):
+        args += ["-o", "/dev/null", url]
+    start = time.perf_counter()
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(streams)]
+    total = 0
+    for p in procs:
+        out, _ = p.communicate()
+        for line in out.split("\n"):
+            if line:
+                code, size = line.split()
+                assert code == "200", line
+                total += int(size)
+    return total / (time.perf_counter() - start) / 1e6
+
+
+def _curl_frames(urls: list[str], work: Path) -> float:
+    """Frames per second, one curl process, one kept-alive connection."""
+    config = work / "frames.curl"
+    config.write_text("".join(f'url = "{u}"\noutput = "/dev/null"\n' for u in urls))
+    start = time.perf_counter()
+    out = subprocess.run(["curl", "-s", "-H", f"Accept: {FRAME_ACCEPT}", "-w", "%{http_code}\\n",
+                          "-K", str(config)], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert out.split() == ["200"] * len(urls), out[:200]
+    return len(urls) / elapsed
+
+
+def _p50_ms(fetch: Callable[[], object], n: int = 30) -> float:
+    fetch()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fetch()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=300, help="slices per CT series")
+    parser.add_argument("--metadata-instances", type=int, default=600)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="fetches per stream per round")
+    parser.add_argument("--workers", type=int, default=2, help="gateway and nginx processes")
+    parser.add_argument("--port-base", type=int, default=18600)
+    args = parser.parse_args()
+    if not shutil.which("nginx") or not shutil.which("curl"):
+        raise SystemExit("needs nginx and curl (apt-get install nginx-light curl)")
+    port = args.port_base
+    with tempfile.TemporaryDirectory(prefix="wado-bench-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o755)  # nginx workers run as an unprivileged user
+        series = [_series("CT 256", args.instances, 256, 1), _series("CT 512", args.instances, 512, 2),
+                  _series("meta", args.metadata_instances, 64, 3)]  # fmt: skip
+        orthanc = _start_orthanc(work, port)
+        gateway = LiveServer(work / "gw", port=port + 2, extra_env={
+            "GATEWAY_WORKERS": str(args.workers), "GATEWAY_LOG_LEVEL": "warning"})  # fmt: skip
+        gateway.start()
+        (work / "static").mkdir()
+        nginx = _start_nginx(work, port + 3, args.workers)
+        bases = {"orthanc": f"http://127.0.0.1:{port}/dicom-web", "gateway": gateway.dicomweb}
+        try:
+            for s in series:
+                for base in bases.values():
+                    _stow(base, s.files)
+                body = httpx.get(f"{gateway.dicomweb}/studies/{s.study}/series/{s.series}",
+                                 headers={"Accept": SERIES_ACCEPT}, timeout=300).content  # fmt: skip
+                (work / "static" / s.series).write_bytes(body)
+            urls = {name: {s.name: f"{b}/studies/{s.study}/series/{s.series}" for s in series}
+                    for name, b in bases.items()}  # fmt: skip
+            urls["nginx"] = {s.name: f"http://127.0.0.1:{port + 3}/{s.series}" for s in series}
+            load_before = os.getloadavg()
+            results: dict[tuple[str, str], list[float]] = {}
+
+            def record(key: tuple[str, str], value: float) -> None:
+                results.setdefault(key, []).append(value)
+
+            for _ in range(args.rounds):
+                for s in series[:2]:
+                    for streams in (1, 4):
+                        for name in ("orthanc", "gateway", "nginx"):
+                            mbs = _curl_parallel(
+                                urls[name][s.name], SERIES_ACCEPT, streams, args.repeats
+                            )
+                            record((f"{s.name} series, {streams} stream(s), curl MB/s", name), mbs)
+                for name in ("orthanc", "gateway"):
+                    client = DICOMwebClient(bases[name])
+                    s = series[1]
+                    size = sum(len(f) for f in s.files)
+                    start = time.perf_counter()
+                    assert len(
+                        client.retrieve_series(
+                            s.study, s.series, media_types=(("application/dicom", "*"),)
+                        )
+                    ) == len(s.files)
+                    record(
+                        ("CT 512 series, 1 stream, dicomweb-client MB/s", name),
+                        size / (time.perf_counter() - start) / 1e6,
+                    )
+                    frame_urls = [
+                        f"{urls[name]['CT 512']}/instances/{sop}/frames/1" for sop in s.sops
+                    ]
+                    record(
+                        ("CT 512 frames, 1 connection, curl frames/s", name),
+                        _curl_frames(frame_urls, work),
+                    )
+                    meta = f"{urls[name]['meta']}/metadata"
+                    with httpx.Client(timeout=60) as http:
+                        record((f"metadata of {args.metadata_instances} instances, p50 ms", name),
+                               _p50_ms(lambda http=http, meta=meta: http.get(meta).raise_for_status()))  # fmt: skip
+            load_after = os.getloadavg()
+        finally:
+            gateway.stop()
+            for p in (orthanc, nginx):
+                p.terminate()
+                p.wait(30)
+    print(f"load average before {tuple(round(x, 1) for x in load_before)}, after "
+          f"{tuple(round(x, 1) for x in load_after)}; {args.instances} slices a series, "
+          f"{args.rounds} rounds, gateway and nginx with {args.workers} workers")  # fmt: skip
+    print("| measure | Orthanc | gateway | nginx | gateway/Orthanc | gateway/nginx |")
+    print("|---|---|---|---|---|---|")
+    for measure in dict.fromkeys(k for k, _ in results):
+        row = {
+            name: statistics.median(results[(measure, name)])
+            for name in ("orthanc", "gateway", "nginx")
+            if (measure, name) in results
+        }
+        o, g, n = row.get("orthanc"), row.get("gateway"), row.get("nginx")
+        ratio_o = (o / g if "ms" in measure else g / o) if o and g else None
+        ratio_n = g / n if n and g else None
+        cells = [f"{v:.1f}" if v is not None else "" for v in (o, g, n)]
+        cells += [f"{r:.2f}" if r is not None else "" for r in (ratio_o, ratio_n)]
+        print(f"| {measure} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

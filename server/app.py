@@ -207,7 +207,7 @@ def build_gateway(settings: Settings) -> Gateway:
     public = TtlValue(lambda: public_datasets(fhir_store), ttl=auth.agreement_cache_seconds)
     every = TtlValue(lambda: set(fhir_store.ids("ResearchStudy")), ttl=auth.agreement_cache_seconds)
     external = ExternalIssuers(auth.external_issuers)
-    sessions = SessionStore(settings.data_dir / "sessions.sqlite")
+    sessions = SessionStore(settings.data_dir / "sessions.sqlite", settings.database())
     relying_party = None
     if auth.oidc.issuer and auth.oidc.client_id:
         relying_party = RelyingParty(

@@ -35,12 +35,13 @@ ES_PASS = [
 
 
 # A slice of the API suites again with every live gateway's non-index state (FHIR store,
-# clients, jti, jobs, audit chain) in PostgreSQL: a throwaway cluster started by the pass
-# (tests/pg_server.py). Tests that open the SQLite files themselves are left out.
+# clients, jti, sign-in sessions, jobs, audit chain) in PostgreSQL: a throwaway cluster
+# started by the pass (tests/pg_server.py). Tests that open the SQLite files themselves are left out.
 PG_PASS = [
     "tests/fhir/test_api_rest.py", "tests/fhir/test_bulk_export_restart.py",
     "tests/security/test_api_matrix.py", "tests/security/test_api_oauth.py",
     "tests/deid/test_ingest.py", "tests/replicas", "tests/pull/test_pull_dicomweb.py",
+    "tests/security/test_api_login.py",
     "--deselect", "tests/security/test_api_oauth.py::test_secret_is_stored_hashed",
     "--database", "postgresql",
 ]  # fmt: skip

@@ -1,7 +1,8 @@
 """Browser sign-in state: pending logins, authorization codes, refresh-token sessions.
 
-One SQLite file (``<data dir>/sessions.sqlite``) shared by every worker process, so a
-login started on one worker can finish on another.
+One store of the shared-state database (the SQLite file ``<data dir>/sessions.sqlite``,
+or PostgreSQL with ``GATEWAY_DATABASE_URL``) shared by every worker process and replica,
+so a login started on one can finish on another and a refresh token works on all.
 
 * A *pending login* is an accepted ``/oauth/authorize`` request waiting for the user to
   authenticate at the OpenID provider (or at the development login). It is found by the
@@ -22,43 +23,42 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS pending_login (
+from server.database import Connection, Database, open_store
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS pending_login (
     state TEXT PRIMARY KEY,
     request TEXT NOT NULL,
     expires REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS auth_code (
+)""",
+    """CREATE TABLE IF NOT EXISTS auth_code (
     digest TEXT PRIMARY KEY,
     grant_data TEXT NOT NULL,
     expires REAL NOT NULL,
     used INTEGER NOT NULL DEFAULT 0,
     session TEXT
-);
-CREATE TABLE IF NOT EXISTS session (
+)""",
+    """CREATE TABLE IF NOT EXISTS session (
     id TEXT PRIMARY KEY,
     client_id TEXT NOT NULL,
     grant_data TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL NOT NULL,
     revoked REAL
-);
-CREATE TABLE IF NOT EXISTS refresh_token (
+)""",
+    """CREATE TABLE IF NOT EXISTS refresh_token (
     digest TEXT PRIMARY KEY,
     session TEXT NOT NULL,
     replaced INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS refresh_by_session ON refresh_token(session);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS refresh_by_session ON refresh_token(session)",
+]
 
 
 def _digest(secret: str) -> str:
@@ -104,30 +104,16 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, path: Path, database_url: str | None = None) -> None:
+        self.db: Database = open_store(database_url, path, "sessions", [SCHEMA])
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except _Committed:
-                self._db.execute("COMMIT")  # the refusal's revocation stands
-                raise
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[Connection]:
+        """One serialised transaction (a refusal whose side effect must stand, revoking a
+        session, is raised after it commits)."""
+        return self.db.write()
 
     # ------------------------------------------------------------------ pending logins
 
@@ -207,29 +193,33 @@ class SessionStore:
                         "UPDATE session SET revoked = ? WHERE id = ? AND revoked IS NULL",
                         (current, row[3]),
                     )
-                raise _Committed("the authorization code was already used")
-            if row[1] < current:
-                raise GrantError("the authorization code has expired")
-            if grant.client_id != client_id:
-                raise GrantError("the authorization code was issued to another client")
-            if grant.redirect_uri != redirect_uri:
-                raise GrantError("redirect_uri differs from the authorization request")
-            if not check_verifier(grant.code_challenge):
-                raise GrantError("code_verifier does not match the code_challenge")
-            session_id = new_secret()
-            refresh = new_secret()
-            db.execute(
-                "INSERT INTO session VALUES (?, ?, ?, ?, ?, NULL)",
-                (session_id, client_id, grant.to_json(), current, current + session_lifetime),
-            )
-            db.execute(
-                "INSERT INTO refresh_token (digest, session) VALUES (?, ?)",
-                (_digest(refresh), session_id),
-            )
-            db.execute(
-                "UPDATE auth_code SET used = 1, session = ? WHERE digest = ?",
-                (session_id, digest),
-            )
+                refusal = "the authorization code was already used"
+            else:
+                refusal = None
+                if row[1] < current:
+                    raise GrantError("the authorization code has expired")
+                if grant.client_id != client_id:
+                    raise GrantError("the authorization code was issued to another client")
+                if grant.redirect_uri != redirect_uri:
+                    raise GrantError("redirect_uri differs from the authorization request")
+                if not check_verifier(grant.code_challenge):
+                    raise GrantError("code_verifier does not match the code_challenge")
+                session_id = new_secret()
+                refresh = new_secret()
+                db.execute(
+                    "INSERT INTO session VALUES (?, ?, ?, ?, ?, NULL)",
+                    (session_id, client_id, grant.to_json(), current, current + session_lifetime),
+                )
+                db.execute(
+                    "INSERT INTO refresh_token (digest, session) VALUES (?, ?)",
+                    (_digest(refresh), session_id),
+                )
+                db.execute(
+                    "UPDATE auth_code SET used = 1, session = ? WHERE digest = ?",
+                    (session_id, digest),
+                )
+        if refusal is not None:  # raised after the commit: the revocation stands
+            raise _Committed(refusal)
         return grant, Session(session_id, client_id, grant, current + session_lifetime), refresh
 
     # ------------------------------------------------------------------ refresh
@@ -242,6 +232,7 @@ class SessionStore:
         A refresh token that was already replaced revokes its session (reuse detection).
         """
         current = time.time() if now is None else now
+        refusal = None
         with self._tx() as db:
             row = db.execute(
                 "SELECT r.replaced, s.id, s.client_id, s.grant_data, s.expires, s.revoked "
@@ -257,17 +248,21 @@ class SessionStore:
                 raise GrantError("the session has ended")
             if replaced:
                 db.execute("UPDATE session SET revoked = ? WHERE id = ?", (current, session_id))
-                raise _Committed("the refresh token was already used; the session is revoked")
-            if expires < current:
-                raise GrantError("the session has reached its maximum lifetime")
-            new = new_secret()
-            db.execute(
-                "UPDATE refresh_token SET replaced = 1 WHERE digest = ?", (_digest(refresh_token),)
-            )
-            db.execute(
-                "INSERT INTO refresh_token (digest, session) VALUES (?, ?)",
-                (_digest(new), session_id),
-            )
+                refusal = "the refresh token was already used; the session is revoked"
+            else:
+                if expires < current:
+                    raise GrantError("the session has reached its maximum lifetime")
+                new = new_secret()
+                db.execute(
+                    "UPDATE refresh_token SET replaced = 1 WHERE digest = ?",
+                    (_digest(refresh_token),),
+                )
+                db.execute(
+                    "INSERT INTO refresh_token (digest, session) VALUES (?, ?)",
+                    (_digest(new), session_id),
+                )
+        if refusal is not None:  # raised after the commit: the revocation stands
+            raise _Committed(refusal)
         return Session(session_id, owner, CodeGrant.from_json(grant_text), expires), new
 
     def revoke(self, refresh_token: str, now: float | None = None) -> bool:
@@ -296,10 +291,11 @@ class SessionStore:
     def active(self, session_id: str, now: float | None = None) -> bool:
         """Whether the session is neither revoked nor past its absolute lifetime."""
         current = time.time() if now is None else now
-        with self._lock:
-            row = self._db.execute(
-                "SELECT expires, revoked FROM session WHERE id = ?", (session_id,)
-            ).fetchone()
+        row = (
+            self.db.reader()
+            .execute("SELECT expires, revoked FROM session WHERE id = ?", (session_id,))
+            .fetchone()
+        )
         return row is not None and row[1] is None and row[0] >= current
 
 

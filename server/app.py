@@ -150,7 +150,7 @@ class Gateway:
 def build_gateway(settings: Settings) -> Gateway:
     silence_value_logging()
     restrict_data_dir(settings.data_dir)
-    store = FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
+    store = blob_store(settings)
     journal = WriteJournal(settings.data_dir)
     sqlite_index = SqliteIndex(settings.data_dir / "index.sqlite")
     index: Index = sqlite_index if settings.index == "sqlite" else elasticsearch_index(settings)
@@ -271,6 +271,16 @@ def _current_patient_keys(queries: DicomFhirQueries | EsFhirQueries, key: bytes)
             "the Elasticsearch index holds Patient ids made with another key (or unkeyed):"
             " run `imaging-gateway reindex` so that Patient ids are keyed hashes again"
         )
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The configured blob store (GATEWAY_STORAGE)."""
+    if settings.storage == "s3":
+        from server.storage.s3 import S3BlobStore, S3Config  # boto3 only when used
+
+        cache = settings.data_dir / "s3-cache"
+        return S3BlobStore(S3Config.from_settings(settings.s3), cache)
+    return FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
 
 
 def public_datasets(store: FhirStore) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import __version__
+from server import __version__, tracing
 from server.api import errors as api_errors
 from server.api import fdp as fdp_router
 from server.api import oauth as oauth_router
@@ -379,6 +380,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure(settings.tracing.enabled)  # in each worker process, after the fork
         # Other worker processes may be receiving uploads right now: only spools
         # untouched for an hour are abandoned ones. `serve` cleans all before start.
         cleaned = gateway.store.clean_spool(older_than_seconds=3600)
@@ -389,8 +391,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway.bulk.start()  # export workers: threads, never on the event loop
         yield
         gateway.close()
+        tracing.shutdown()
 
     app = FastAPI(
+        **_no_native_telemetry(),
         title="Cancer-imaging interoperability gateway",
         version=__version__,
         description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) node for a cancer-imaging federation.",
@@ -448,6 +452,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi_with_bodies  # type: ignore[method-assign]
 
     return app
+
+
+def _no_native_telemetry() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry spans and logs carry raw paths, queries and exception
+    messages (request data); the gateway's spans come from server/tracing.py only."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}  # FastAPI before its native telemetry
+    off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    return {"telemetry": off}
 
 
 def app_from_environment() -> FastAPI:

@@ -266,6 +266,12 @@ class S3Settings(BaseModel):
         return value
 
 
+class TracingSettings(BaseModel):
+    # OpenTelemetry traces over OTLP/HTTP, configured by the standard OTEL_* variables; also
+    # on when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set.
+    enabled: bool = False
+
+
 class AuthSettings(BaseModel):
     enabled: bool = True
     issuer: str | None = None  # default: the public base URL
@@ -388,6 +394,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
     s3: S3Settings = S3Settings()
+    tracing: TracingSettings = TracingSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # every live gateway on a real Elasticsearch; tests marked index_independent are left out.
 ES_PASS = [
     "tests/api", "tests/fhir", "tests/security", "tests/cli", "tests/storage",
-    "tests/catalogue", "tests/federation", "tests/dimse", "tests/deid/test_no_phi.py",
+    "tests/catalogue", "tests/federation", "tests/dimse", "tests/deid/test_no_phi.py", "tests/s3",
     "--index-backend", "elasticsearch",
     "--ignore=tests/fhir/test_validator_served.py", "--ignore=tests/fhir/test_validator_validate.py",
 ]  # fmt: skip

@@ -247,15 +247,17 @@ class S3BlobStore:
         age = max(older_than_seconds, self.config.abandoned_after)
         now, count = datetime.now(UTC), 0
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._blobs):
-            for upload in page.get("Uploads", []):
-                if (now - upload["Initiated"]).total_seconds() < age:
-                    continue
-                with contextlib.suppress(Exception):
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._blobs):
+                for upload in page.get("Uploads", []):
+                    if (now - upload["Initiated"]).total_seconds() < age:
+                        continue
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                     )
                     count += 1
+        except Exception as exc:  # the store is down: /readyz says so; try again next time
+            log.warning("abandoned multipart uploads not cleaned: %s", _describe(exc))
         return count
 
     def incomplete_uploads(self) -> list[str]:

@@ -1,7 +1,7 @@
 """S3-compatible blob store (``GATEWAY_STORAGE=s3``): ``<prefix>blobs/<key>`` in one bucket.
 
-Keys are content-addressed (``server/core/records.blob_key_for``), so an object never
-changes once written and any replica may cache it.
+Keys are content-addressed and unique per write (``server/core/blobkeys.new_blob_key``),
+so an object never changes once written and any replica may cache it.
 
 Atomicity and durability: an S3 object becomes visible whole or not at all. A blob up
 to ``part_size`` bytes is one ``PutObject``; a bigger one is a multipart upload read

@@ -157,3 +157,24 @@ def test_with_tracing_off_no_sdk_is_loaded_and_spans_are_a_shared_no_op(tmp_path
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_a_gateway_exporting_to_an_unreachable_otlp_endpoint_serves_all_the_same(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers import stow
+    from tests.live import LiveServer
+
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # nobody listens
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        "GATEWAY_LOG_LEVEL": "info",
+    }
+    live = LiveServer(tmp_path / "data", extra_env=env).start()
+    try:
+        datasets = cohort(instances_per_series=1)
+        assert stow(live, [part10(ds) for ds in datasets]).status_code == 200
+        assert httpx.get(f"{live.url}/readyz", timeout=30).status_code == 200
+    finally:
+        live.stop()
+    assert "tracing on" in live.log_path.read_text()

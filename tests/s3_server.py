@@ -7,6 +7,7 @@ machine and fail in CI (CI=true).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -53,7 +54,8 @@ class S3Endpoint:
         deadline = time.monotonic() + 90
         while True:
             try:
-                client.create_bucket(Bucket=name)
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                    client.create_bucket(Bucket=name)
                 client.put_object(Bucket=name, Key="probe", Body=b"x")
                 client.delete_object(Bucket=name, Key="probe")
                 return name

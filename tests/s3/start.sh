@@ -21,22 +21,34 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$DATA" ] || die "--data DIR is required"
+DATA="$(mkdir -p "$DATA" && cd "$DATA" && pwd)"
 read -r MASTER VOLUME FILER S3 MASTER_G VOLUME_G FILER_G S3_G <<<"$PORTS"
 [ -n "$S3_G" ] || die "--ports needs 8 numbers"
 WEED="$(bash "$HERE/setup.sh" | tail -n 1)"
-mkdir -p "$DATA/master" "$DATA/volume" "$DATA/filer"
+mkdir -p "$DATA/master" "$DATA/volume"
 cat >"$DATA/s3.json" <<JSON
 {"identities": [{"name": "gateway",
   "credentials": [{"accessKey": "${S3_ACCESS_KEY:-gateway-test}", "secretKey": "${S3_SECRET_KEY:-gateway-test-secret}"}],
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 JSON
 chmod 600 "$DATA/s3.json"
+# Each bucket is a collection of its own; grow one volume at a time (not 7), so that the
+# tests' many small buckets fit in -volume.max. weed reads master.toml from its cwd.
+cat >"$DATA/master.toml" <<TOML
+[master.volume_growth]
+copy_1 = 1
+copy_2 = 1
+copy_3 = 1
+copy_other = 1
+TOML
+cd "$DATA"
 nohup "$WEED" server -ip=127.0.0.1 -ip.bind=127.0.0.1 \
     -dir="$DATA/volume" -master.dir="$DATA/master" -master.volumeSizeLimitMB=128 \
     -master.port="$MASTER" -master.port.grpc="$MASTER_G" \
-    -volume.port="$VOLUME" -volume.port.grpc="$VOLUME_G" -volume.max=64 \
-    -filer -filer.port="$FILER" -filer.port.grpc="$FILER_G" -filer.defaultStoreDir="$DATA/filer" \
+    -volume.port="$VOLUME" -volume.port.grpc="$VOLUME_G" -volume.max=512 \
+    -filer -filer.port="$FILER" -filer.port.grpc="$FILER_G" \
     -s3 -s3.port="$S3" -s3.port.grpc="$S3_G" -s3.config="$DATA/s3.json" \
+    -s3.port.iceberg=0 -s3.port.lance=0 -iam=false -master.telemetry=false -filer.localSocket="$DATA/filer.sock" \
     >"$DATA/weed.log" 2>&1 &
 echo $! >"$DATA/weed.pid"
 URL="http://127.0.0.1:$S3"

@@ -123,7 +123,7 @@ def test_deleting_a_study_on_s3_removes_its_objects(
     assert httpx.get(instance_url(live, datasets[0]), headers={"Accept": RAW}).status_code == 404
 
 
-def test_a_missing_bucket_makes_readyz_fail_and_stow_acknowledges_nothing(
+def test_a_missing_bucket_makes_readyz_name_the_store(
     s3_endpoint: S3Endpoint, tmp_path: Path
 ) -> None:
     bucket = f"absent-{uuid.uuid4().hex[:12]}"
@@ -132,17 +132,35 @@ def test_a_missing_bucket_makes_readyz_fail_and_stow_acknowledges_nothing(
         ready = httpx.get(f"{live.url}/readyz", timeout=30)
         assert ready.status_code == 503
         assert ready.json()["failing"] == ["store"], ready.text
+    finally:
+        live.stop()
+    assert f"bucket {bucket} not found" in live.log_path.read_text()
+
+
+def test_refused_credentials_fail_readyz_and_stow_acknowledges_nothing(
+    s3_endpoint: S3Endpoint, tmp_path: Path
+) -> None:
+    bucket = s3_endpoint.new_bucket()
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    live = s3_gateway(s3_endpoint, tmp_path / "data", bucket,
+                      GATEWAY_S3__SECRET_ACCESS_KEY=wrong).start()  # fmt: skip
+    try:
+        ready = httpx.get(f"{live.url}/readyz", timeout=30)
+        assert ready.status_code == 503
+        assert ready.json()["failing"] == ["store"], ready.text
         (ds,) = cohort(instances_per_series=1)
         answer = stow(live, [part10(ds)])
-        assert answer.status_code in (409, 503), answer.text[:300]
+        assert answer.status_code == 409, answer.text[:300]
+        failed = answer.json()["00081198"]["Value"][0]
+        assert failed["00081197"]["Value"] == [0xA700]  # out of resources: storage write failed
         assert raw(live, ds) is None
         listed = httpx.get(f"{live.dicomweb}/instances", timeout=30)
         assert listed.status_code in (200, 204) and not (listed.content and listed.json())
     finally:
         live.stop()
+    assert bucket_objects(s3_endpoint, bucket) == {}
     log = live.log_path.read_text()
-    assert f"bucket {bucket} not found" in log
-    assert s3_endpoint.secret_key not in log
+    assert "access to bucket" in log and wrong not in log
 
 
 def test_kill_9_during_stow_on_s3_loses_no_acknowledged_instance_and_shows_no_partial_object(

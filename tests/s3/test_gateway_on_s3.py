@@ -187,6 +187,7 @@ def test_kill_9_during_stow_on_s3_loses_no_acknowledged_instance_and_shows_no_pa
     )  # fmt: skip
     verdict = soak(args)
     out = capsys.readouterr().out
+    print(out)
     assert verdict == 0, out
     assert "lost or altered: 0" in out and "listed but not retrievable: 0" in out
 
@@ -203,3 +204,23 @@ def test_kill_9_during_stow_on_s3_loses_no_acknowledged_instance_and_shows_no_pa
     store.clean_spool()
     assert store.incomplete_uploads() == []
     assert set(bucket_objects(s3_endpoint, bucket)) == set(objects)
+
+
+def test_an_upload_cut_by_a_dead_process_is_invisible_and_aborted_only_once_abandoned(
+    s3_endpoint: S3Endpoint, tmp_path: Path
+) -> None:
+    """What kill -9 in the middle of a multipart upload leaves: parts but no object."""
+    bucket = s3_endpoint.new_bucket()
+    client = s3_endpoint.client()
+    key = "a" * 64 + ".0123456789abcdef.00112233aabb.ds.dcm"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=f"blobs/{key}")["UploadId"]
+    client.upload_part(Bucket=bucket, Key=f"blobs/{key}", UploadId=upload, PartNumber=1,
+                       Body=b"x" * (5 * 1024 * 1024))  # fmt: skip
+    # ...and the process died here.
+    live_replica = S3BlobStore(s3_endpoint.config(bucket), tmp_path / "a")
+    assert not live_replica.exists(key) and list(live_replica.keys()) == []
+    assert live_replica.clean_spool(older_than_seconds=0) == 0  # young: may be a live upload
+    assert live_replica.incomplete_uploads() == [f"blobs/{key}"]
+    later = S3BlobStore(s3_endpoint.config(bucket, abandoned_after=0), tmp_path / "b")
+    assert later.clean_spool() == 1
+    assert later.incomplete_uploads() == [] and list(later.keys()) == []

@@ -106,7 +106,7 @@ def ensure_s3(workdir: Path) -> tuple[S3Endpoint, Callable[[], None]]:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        for _ in range(100):
+        for _ in range(30):
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:

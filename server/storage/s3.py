@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from server.errors import NotFound, ServiceUnavailable
-from server.metrics import metered
+from server.metrics import metered, timed
 
 if TYPE_CHECKING:
     from server.settings import S3Settings
@@ -386,10 +386,11 @@ class RangedObject(io.RawIOBase):
         if end <= self._pos:
             return b""
         try:
-            answer = self._client.get_object(
-                Bucket=self._bucket, Key=self._key, Range=f"bytes={self._pos}-{end - 1}"
-            )
-            data = cast(bytes, answer["Body"].read())
+            with timed("s3", "read_range"):  # metrics and a trace span per ranged GET
+                answer = self._client.get_object(
+                    Bucket=self._bucket, Key=self._key, Range=f"bytes={self._pos}-{end - 1}"
+                )
+                data = cast(bytes, answer["Body"].read())
         except Exception as exc:
             if _code(exc) in _MISSING:
                 raise FileNotFoundError(self._key) from exc

@@ -75,13 +75,18 @@ deploy-setup:
 fhir-validator:
 	bash tests/fhir/validator/build.sh
 
+# SeaweedFS (a real S3 server) for the S3 blob store tests, built from its Go module once per
+# version (15-20 minutes on 2 cores) and cached in ~/.cache/imaging-gateway-seaweedfs; idempotent.
+s3-setup:
+	bash tests/s3/setup.sh >/dev/null
+
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
 # The whole suite on SQLite and the API suites again on Elasticsearch (ES_URL, or one node
 # started on loopback by tests/es/start.sh), both passes at once (TEST_JOBS=1: one after the
 # other); see tests/run_passes.py.
-test: $(STAMP) e2e-setup dimse-setup pull-setup pg-setup replicas-setup deploy-setup fhir-validator lint typecheck
+test: $(STAMP) e2e-setup dimse-setup pull-setup pg-setup replicas-setup deploy-setup s3-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m tests.run_passes
 

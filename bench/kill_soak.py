@@ -37,6 +37,7 @@ from server.synthetic import generate_cohort, to_part10_bytes
 from tests.live import LiveServer, free_port
 
 DATASETS = ("soak-a", "soak-b")
+BIG_SIDE = 1700  # 16-bit: about 5.5 MiB per instance, above the smallest S3 multipart part
 RAW = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
@@ -57,13 +58,16 @@ def _body(parts: list[bytes], boundary: str) -> bytes:
     return bytes(out + f"--{boundary}--\r\n".encode())
 
 
-def _client(live: LiveServer, ledger: Ledger, stop: threading.Event, seed: int) -> None:
+def _client(
+    live: LiveServer, ledger: Ledger, stop: threading.Event, seed: int, big_share: float = 0.0
+) -> None:
     rng = random.Random(seed)
     while not stop.is_set():
         seed += 7919
+        side = BIG_SIDE if rng.random() < big_share else 32
         instances = generate_cohort(
             seed=seed, patients=1, series_per_study=1, instances_per_series=rng.randint(1, 4),
-            rows=32, columns=32,
+            rows=side, columns=side,
         )  # fmt: skip
         parts = {str(ds.SOPInstanceUID): (ds, to_part10_bytes(ds)) for ds in instances}
         boundary = uuid.uuid4().hex
@@ -142,7 +146,7 @@ def _listed(live: LiveServer) -> list[tuple[str, str, str]]:
 def soak(args: argparse.Namespace) -> int:
     parent = getattr(args, "data_dir", None) or Path(tempfile.mkdtemp(prefix="kill-soak-"))
     data_dir = Path(parent) / "data"
-    extra = {"GATEWAY_LOG_LEVEL": "warning"}
+    extra = {"GATEWAY_LOG_LEVEL": "warning", **(getattr(args, "extra_env", None) or {})}
     if args.index_backend == "elasticsearch":
         os.environ["GATEWAY_TEST_ES_URL"] = args.es_url
     live = LiveServer(data_dir, extra_env=extra)
@@ -154,7 +158,8 @@ def soak(args: argparse.Namespace) -> int:
     for round_no in range(args.kills):
         proc = _start(live, args.workers)
         stop = threading.Event()
-        threads = [threading.Thread(target=_client, args=(live, ledger, stop, args.seed + 1000 * (round_no * args.clients + n)))
+        big = getattr(args, "big_share", 0.0)
+        threads = [threading.Thread(target=_client, args=(live, ledger, stop, args.seed + 1000 * (round_no * args.clients + n), big))
                    for n in range(args.clients)]  # fmt: skip
         for t in threads:
             t.start()
@@ -175,10 +180,14 @@ def soak(args: argparse.Namespace) -> int:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
     check = live.cli("check")
-    blobs = sum(1 for p in (data_dir / "blobs").rglob("*") if p.is_file())
-    quarantined = sum(
-        1 for p in (data_dir / "quarantine").iterdir() if not p.name.endswith(".reason")
-    )
+    count_blobs = getattr(args, "count_blobs", None)
+    if count_blobs is not None:  # a store that is not a folder (S3)
+        blobs, quarantined = count_blobs()
+    else:
+        blobs = sum(1 for p in (data_dir / "blobs").rglob("*") if p.is_file())
+        quarantined = sum(
+            1 for p in (data_dir / "quarantine").iterdir() if not p.name.endswith(".reason")
+        )
     print(f"kills: {args.kills}, clients: {args.clients}, workers: {args.workers}, "
           f"backend: {args.index_backend}, seconds: {time.monotonic() - started:.0f}")  # fmt: skip
     print(f"STOW requests: {ledger.requests} ({ledger.failed_requests} failed or cut off)")

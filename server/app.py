@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import __version__
+from server import __version__, tracing
 from server.api import errors as api_errors
 from server.api import fdp as fdp_router
 from server.api import login as login_router
@@ -161,7 +162,7 @@ class Gateway:
 def build_gateway(settings: Settings) -> Gateway:
     silence_value_logging()
     restrict_data_dir(settings.data_dir)
-    store = FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
+    store = blob_store(settings)
     journal = WriteJournal(settings.data_dir)
     sqlite_index = SqliteIndex(settings.data_dir / "index.sqlite")
     index: Index = sqlite_index if settings.index == "sqlite" else elasticsearch_index(settings)
@@ -309,6 +310,16 @@ def _current_patient_keys(queries: DicomFhirQueries | EsFhirQueries, key: bytes)
         )
 
 
+def blob_store(settings: Settings) -> BlobStore:
+    """The configured blob store (GATEWAY_STORAGE)."""
+    if settings.storage == "s3":
+        from server.storage.s3 import S3BlobStore, S3Config  # boto3 only when used
+
+        cache = settings.data_dir / "s3-cache"
+        return S3BlobStore(S3Config.from_settings(settings.s3), cache)
+    return FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync)
+
+
 def public_datasets(store: FhirStore) -> set[str]:
     """Datasets whose access rights are PUBLIC (readable without a token when allowed)."""
     out = set()
@@ -405,6 +416,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure(settings.tracing.enabled)  # in each worker process, after the fork
         # Other worker processes may be receiving uploads right now: only spools
         # untouched for an hour are abandoned ones. `serve` cleans all before start.
         cleaned = gateway.store.clean_spool(older_than_seconds=3600)
@@ -415,8 +427,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway.bulk.start()  # export workers: threads, never on the event loop
         yield
         gateway.close()
+        tracing.shutdown()
 
     app = FastAPI(
+        **_no_native_telemetry(),
         title="Cancer-imaging interoperability gateway",
         version=__version__,
         description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS) node for a cancer-imaging federation.",
@@ -476,6 +490,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi_with_bodies  # type: ignore[method-assign]
 
     return app
+
+
+def _no_native_telemetry() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry spans and logs carry raw paths, queries and exception
+    messages (request data); the gateway's spans come from server/tracing.py only."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}  # FastAPI before its native telemetry
+    off = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    return {"telemetry": off}
 
 
 def app_from_environment() -> FastAPI:

@@ -4,6 +4,8 @@ The metric objects are process-wide, as prometheus-client intends; with more tha
 worker ``serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at a folder of the data dir before the
 workers start, so that ``/metrics`` in any worker answers for all of them.
 
+Each metered call is also a trace span when tracing is on (``server/tracing.py``).
+
 Labels never carry request data: routes are templates (``/dicom-web/studies/{study}``),
 failure reasons are DICOM status codes, backends are names.
 """
@@ -19,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from server import tracing
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
@@ -108,11 +112,19 @@ def observe_job(job: str, outcome: str, items: int = 1) -> None:
 
 
 @contextmanager
-def timed(backend: str, operation: str) -> Iterator[None]:
+def timed(backend: str, operation: str, *, current: bool = True) -> Iterator[None]:
+    """Latency and errors of one backend call, and its trace span when tracing is on
+    (``current=False`` for generators: the span is not made the current one)."""
     m = _m()
     started = time.perf_counter()
+    name = f"{backend} {operation}"
+    attributes = {"gateway.backend": backend, "gateway.operation": operation}
+    traced = (
+        tracing.span(name, **attributes) if current else tracing.detached_span(name, **attributes)
+    )
     try:
-        yield
+        with traced:
+            yield
     except Exception:
         m.backend_errors.labels(backend, operation).inc()
         raise
@@ -149,7 +161,7 @@ def metered(backend: str) -> Callable[[C], C]:
 
             @functools.wraps(fn)
             def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
-                with timed(backend, name):
+                with timed(backend, name, current=False):
                     yield from fn(*args, **kwargs)
 
             return generator

@@ -275,6 +275,41 @@ class ElasticsearchSettings(BaseModel):
     request_timeout: float = 30.0
 
 
+class S3Settings(BaseModel):
+    """The S3-compatible blob store (GATEWAY_STORAGE=s3); see server/storage/s3.py."""
+
+    endpoint_url: str | None = None  # None: AWS S3 of the region
+    bucket: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None  # None: the AWS default chain (environment, profile, role)
+    secret_access_key: SecretStr | None = None
+    ca_file: Path | None = None  # a private CA for an https endpoint
+    prefix: str = ""  # object names start with it (one bucket shared by several nodes)
+    part_size_mb: int = Field(default=8, ge=5, le=5120)  # multipart above this size
+    cache_mb: int = Field(default=2048, ge=0)  # local copies for decoders (LRU)
+    timeout: float = Field(default=30.0, gt=0)
+    # multipart uploads left by a process that died are aborted once this old (seconds)
+    abandon_uploads_after: float = Field(default=3600.0, ge=1)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _http_url("s3.endpoint_url", value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if value and not value.endswith("/"):
+            raise ValueError("s3.prefix must end with '/' (or be empty)")
+        return value
+
+
+class TracingSettings(BaseModel):
+    # OpenTelemetry traces over OTLP/HTTP, configured by the standard OTEL_* variables; also
+    # on when OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) is set.
+    enabled: bool = False
+
+
 class AuthSettings(BaseModel):
     enabled: bool = True
     issuer: str | None = None  # default: the public base URL
@@ -410,6 +445,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     viewer: ViewerSettings = ViewerSettings()
     elasticsearch: ElasticsearchSettings = ElasticsearchSettings()
+    s3: S3Settings = S3Settings()
+    tracing: TracingSettings = TracingSettings()
     # Fault injection for crash-safety tests; refused outside development/test.
     failpoint: str | None = None
 
@@ -467,8 +504,8 @@ class Settings(BaseSettings):
     @field_validator("storage")
     @classmethod
     def _known_storage(cls, value: str) -> str:
-        if value not in {"filesystem"}:
-            raise ValueError(f"unknown storage backend {value!r} (supported: filesystem)")
+        if value not in {"filesystem", "s3"}:
+            raise ValueError(f"unknown storage backend {value!r} (supported: filesystem, s3)")
         return value
 
     def pixel_limits(self) -> PixelLimits:
@@ -484,6 +521,8 @@ class Settings(BaseSettings):
         return self.workers or min(os.cpu_count() or 1, 4)
 
     def model_post_init(self, __context: object) -> None:
+        if self.storage == "s3" and not self.s3.bucket:
+            raise ValueError("GATEWAY_STORAGE=s3 needs GATEWAY_S3__BUCKET")
         if self.failpoint and self.environment is Environment.production:
             raise ValueError("GATEWAY_FAILPOINT is only allowed in development or test")
         if self.deid.default_profile is Profile.none and self.environment is (

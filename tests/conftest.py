@@ -10,6 +10,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from tests.live import LiveServer
+from tests.s3_server import S3Endpoint
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -149,3 +150,21 @@ def database_url(postgres_admin_url: str) -> str:
     from tests.pg_server import new_database
 
     return new_database(postgres_admin_url)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """A real S3 server: S3_URL if given, else SeaweedFS started on loopback (tests/s3/).
+
+    Skips only on a developer machine that cannot run one; in CI (CI=true) it fails.
+    """
+    from tests.s3_server import S3Unavailable, ensure_s3, must_run
+
+    try:
+        endpoint, stop = ensure_s3(tmp_path_factory.mktemp("seaweedfs"))
+    except S3Unavailable as exc:
+        if must_run():
+            raise
+        pytest.skip(f"no S3 server: {exc}")
+    yield endpoint
+    stop()

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ES_PASS = [
     "tests/api", "tests/fhir", "tests/security", "tests/cli", "tests/storage",
     "tests/catalogue", "tests/federation", "tests/dimse", "tests/deid/test_no_phi.py",
-    "tests/replicas",
+    "tests/replicas", "tests/s3",
     "--index-backend", "elasticsearch",
     "--ignore=tests/fhir/test_validator_served.py", "--ignore=tests/fhir/test_validator_validate.py",
 ]  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import tracing
 from server.metrics import observe_request
 
 log = logging.getLogger("gateway.access")
@@ -73,12 +74,37 @@ class AccessLogMiddleware:
             return
         rid = request_id(scope)
         scope.setdefault("state", {})["request_id"] = rid
+        if tracing.enabled():
+            await self._traced(scope, receive, send, rid)
+        else:
+            await self._logged(scope, receive, send, rid)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        """The request as a server span (parent: an incoming ``traceparent``)."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        method = str(scope.get("method"))
+        with tracing.span(
+            f"{method}", kind="server", parent=tracing.extract(headers),
+            **{"http.request.method": method, "gateway.request_id": rid},
+        ) as span:  # fmt: skip
+            try:
+                await self._logged(scope, receive, send, rid)
+            finally:
+                route = route_template(scope)
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                status = scope["state"].get("_status")
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
         started = time.perf_counter()
         seen = {"status": 500, "bytes": 0, "logged": False}
 
         async def send_logged(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen["status"] = int(message["status"])
+                scope["state"]["_status"] = seen["status"]
                 MutableHeaders(scope=message)[HEADER] = rid
             elif message["type"] == "http.response.body":
                 seen["bytes"] = int(seen["bytes"]) + len(message.get("body", b""))

@@ -41,6 +41,17 @@ class TqdmProgress:
             self.bar = None
 
 
+def _refuse_s3(storage: str, command: str) -> None:
+    """backup/restore copy the blobs of the data directory; S3 blobs live in the bucket."""
+    if storage == "s3":
+        raise click.ClickException(
+            f"'{command}' works on the data directory's blobs and GATEWAY_STORAGE=s3 keeps "
+            "them in the bucket: nothing was written. Protect the bucket with the object "
+            "store's own means (versioning, replication, a bucket copy) and the databases "
+            "with theirs; 'check' and 'reindex' work on S3."
+        )
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -62,6 +73,7 @@ def backup(dest: Path, data_dir: Path | None, link: bool, quiet: bool) -> None:
 
     settings = load_settings(data_dir)
     _refuse_shared_database(settings, "backup")
+    _refuse_s3(settings.storage, "backup")
     membership: MembershipSource | None = None
     index = None
     if settings.index == "elasticsearch":
@@ -140,6 +152,7 @@ def restore(source: Path, data_dir: Path | None, force: bool, verify_only: bool,
     settings = load_settings(data_dir)
     if not verify_only:
         _refuse_shared_database(settings, "restore")
+        _refuse_s3(settings.storage, "restore")
     progress = TqdmProgress(not quiet)
     try:
         if verify_only:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from server import tracing
 from server.core.mediatypes import parse_media_type
 from server.core.multipart import MultipartSpooler
 from server.errors import GatewayError
@@ -156,6 +157,18 @@ class DicomwebSource:
     ) -> Any:  # fmt: skip
         """One request, retried on 5xx/429/transport errors with exponential backoff."""
         url = self.base + path
+        host = httpx.URL(url).host
+        with tracing.span(
+            f"{method}", kind="client", **{"http.request.method": method, "server.address": host}
+        ):
+            return self._attempts(
+                method, url, path, params, tracing.inject(dict(headers or {})), stream
+            )
+
+    def _attempts(
+        self, method: str, url: str, path: str, params: dict[str, str] | None,
+        headers: dict[str, str], stream: Callable[[httpx.Response], Any] | None,
+    ) -> Any:  # fmt: skip
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:

@@ -26,6 +26,15 @@ REQUIRED = [*KUBE, "--set", "gateway.publicBaseUrl=https://imaging.example.org",
             "--set", "signingKey.existingSecret=signing-key"]  # fmt: skip
 
 
+# Elasticsearch + PostgreSQL + S3 + three replicas, every secret referenced
+PRODUCTION_SHAPE = [
+    "--set", "replicaCount=3", "--set", "database.existingSecret=gateway-db",
+    "--set", "storage=s3", "--set", "s3.bucket=imaging", "--set", "s3.endpointUrl=https://s3.example.org",
+    "--set", "s3.credentials.existingSecret=gateway-s3", "--set", "s3.ca.existingSecret=s3-ca",
+    "--set", "elasticsearch.apiKey.existingSecret=es-key",
+]  # fmt: skip
+
+
 def _env_file_names(path: Path) -> set[str]:
     names = set()
     for line in path.read_text().splitlines():
@@ -104,8 +113,9 @@ def test_the_chart_lints_with_the_required_values() -> None:
         [],
         ["--set", "index=sqlite", "--set", "replicaCount=1"],
         ["--set", "replicaCount=3", "--set", "ingress.enabled=true"],
+        PRODUCTION_SHAPE,
     ],
-    ids=["default", "sqlite-one-replica", "three-replicas-ingress"],
+    ids=["default", "sqlite-one-replica", "three-replicas-ingress", "postgres-s3"],
 )
 def test_every_variable_the_chart_sets_names_a_setting(values: list[str]) -> None:
     env = _container_env(_render(*values))
@@ -130,6 +140,27 @@ def test_the_default_release_is_replicas_on_elasticsearch_probed_on_readyz_and_h
     assert _kind(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
 
+def test_the_production_shape_takes_every_secret_from_a_secret_and_none_from_the_configmap() -> (
+    None
+):
+    docs = _render(*PRODUCTION_SHAPE)
+    config = _kind(docs, "ConfigMap")["data"]
+    env = _container_env(docs)
+    assert config["GATEWAY_STORAGE"] == "s3" and config["GATEWAY_S3__BUCKET"] == "imaging"
+    assert config["GATEWAY_S3__CA_FILE"].startswith("/etc/imaging-gateway/s3-ca/")
+    for name, secret in (("GATEWAY_DATABASE_URL", "gateway-db"),
+                         ("GATEWAY_S3__ACCESS_KEY_ID", "gateway-s3"),
+                         ("GATEWAY_S3__SECRET_ACCESS_KEY", "gateway-s3"),
+                         ("GATEWAY_ELASTICSEARCH__API_KEY", "es-key")):  # fmt: skip
+        assert name not in config, name
+        assert env[name]["secretKeyRef"]["name"] == secret, name
+    pod = _kind(docs, "Deployment")["spec"]["template"]["spec"]
+    gateway = next(c for c in pod["containers"] if c["name"] == "gateway")
+    mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+    assert config["GATEWAY_S3__CA_FILE"].startswith(mounts["s3-ca"])
+    assert {v["name"] for v in pod["volumes"]} >= {"s3-ca", "data"}
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -139,6 +170,8 @@ def test_the_default_release_is_replicas_on_elasticsearch_probed_on_readyz_and_h
         (["--set", "persistence.enabled=false"], "persistence.enabled must be true"),
         (["--set", "index=mysql"], "index must be"),
         (["--set", "replicaCount=0"], "at least 1"),
+        (["--set", "storage=s3"], "needs s3.bucket"),
+        (["--set", "storage=nfs"], "storage must be"),
     ],
     ids=[
         "sqlite-with-replicas",
@@ -147,6 +180,8 @@ def test_the_default_release_is_replicas_on_elasticsearch_probed_on_readyz_and_h
         "no-volume",
         "bad-index",
         "no-pods",
+        "s3-without-bucket",
+        "bad-storage",
     ],
 )
 def test_the_chart_refuses_shapes_that_split_state_or_lose_data(

@@ -100,6 +100,12 @@ Refuse configurations that cannot work. Included by the Deployment, so that
 {{- if and .Values.elasticsearch.basicAuth.existingSecret (not .Values.elasticsearch.basicAuth.username) }}
 {{- fail "elasticsearch.basicAuth.existingSecret needs elasticsearch.basicAuth.username" }}
 {{- end }}
+{{- if not (has .Values.storage (list "filesystem" "s3")) }}
+{{- fail (printf "storage must be \"filesystem\" or \"s3\", not %q" (toString .Values.storage)) }}
+{{- end }}
+{{- if and (eq .Values.storage "s3") (not .Values.s3.bucket) }}
+{{- fail "storage: s3 needs s3.bucket (an existing bucket)" }}
+{{- end }}
 {{- if not .Values.gateway.publicBaseUrl }}
 {{- fail "gateway.publicBaseUrl is required: the external https:// URL of the gateway (RetrieveURL, BulkDataURI and the token issuer shared by every replica)" }}
 {{- end }}

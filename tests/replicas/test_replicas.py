@@ -7,6 +7,8 @@ keep serving.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import signal
 import threading
 import time
@@ -44,15 +46,36 @@ class World:
     pusher: Registered
     reader: Registered
     admin: Registered
+    shape: dict[str, str] = field(default_factory=dict)
+    s3: Any = None  # the S3 endpoint when the blobs are in a bucket
     studies: list[Study] = field(default_factory=list)
 
     def on(self, replica: LiveServer, path: str, access_token: str, **kw: Any) -> httpx.Response:
         return httpx.get(f"{replica.url}{path}", headers=bearer(access_token), timeout=30, **kw)
 
 
+def production_shape(request: pytest.FixtureRequest, data_dir: Any) -> dict[str, str]:
+    """With ``--database postgresql`` (the PostgreSQL pass of ``make test``), the whole
+    production shape: state in PostgreSQL, blobs in S3 (SeaweedFS), the index in
+    Elasticsearch (ES_URL, as the other passes use). Otherwise nothing: the replicas share
+    the data directory (and the pass's index backend)."""
+    if request.config.getoption("--database") != "postgresql":
+        return {}
+    endpoint = request.getfixturevalue("s3_endpoint")
+    env = dict(endpoint.env(endpoint.new_bucket()))
+    es_url = os.environ.get("ES_URL")
+    if es_url:
+        prefix = "r" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+        env |= {"GATEWAY_INDEX": "elasticsearch",
+                "GATEWAY_ELASTICSEARCH__HOSTS": f'["{es_url}"]',
+                "GATEWAY_ELASTICSEARCH__INDEX_PREFIX": prefix}  # fmt: skip
+    return env
+
+
 @pytest.fixture(scope="module")
-def world(cluster_dir: Any) -> Iterator[World]:
-    cluster = start_cluster(cluster_dir, 3)
+def world(cluster_dir: Any, request: pytest.FixtureRequest) -> Iterator[World]:
+    shape = production_shape(request, cluster_dir)
+    cluster = start_cluster(cluster_dir, 3, **shape)
     first = cluster.first
     for dataset in (A, B):
         cli_ok(first, "dataset", "create", dataset, "--title", dataset, "--cancer-type",
@@ -64,7 +87,8 @@ def world(cluster_dir: Any) -> Iterator[World]:
            "--organization", "org-r")  # fmt: skip
     launch(cluster)
     try:
-        yield World(cluster, pusher, reader, admin)
+        s3 = request.getfixturevalue("s3_endpoint") if "GATEWAY_S3__BUCKET" in shape else None
+        yield World(cluster, pusher, reader, admin, shape, s3)
     finally:
         cluster.stop()
 
@@ -230,5 +254,12 @@ def test_kill_9_of_one_replica_during_stow_loses_no_acknowledged_instance(world:
             assert found.status_code == 200, (study.study_uid, replica.name, found.text)
             assert {i["00080018"]["Value"][0] for i in found.json()} == sops
         assert w.on(survivors[-1], _instance(study), reader).status_code == 200
+    if w.s3 is not None:  # the production shape: every acknowledged blob is in the bucket
+        client = w.s3.client()
+        listed = client.list_objects_v2(Bucket=w.shape["GATEWAY_S3__BUCKET"], MaxKeys=1000)
+        assert listed.get("KeyCount", 0) >= sum(len(sops) for _, sops in acknowledged)
+        assert not (w.cluster.first.data_dir / "blobs").exists() or not any(
+            (w.cluster.first.data_dir / "blobs").rglob("*.dcm")
+        )
     # failures are only the connections the dead replica held (502 from nginx, or a reset)
     assert set(failures) <= {-1, 502}, failures

@@ -64,8 +64,11 @@ def load_average() -> str:
 
 
 def corpus(name: str, count: int, rows: int, seed: int, modality: str | None) -> list[Path]:
-    """``count`` Part 10 files in ``bench/.work/NAME-COUNT-ROWS-SEED``, generated once."""
-    folder = CACHE / f"{name}-{count}-{rows}-{seed}"
+    """``count`` Part 10 files with distinct SOP Instance UIDs in
+    ``bench/.work/NAME-COUNT-ROWS-SEED-u``, generated once (the synthetic cohorts of
+    successive seeds share a few UIDs: the gateway refuses such a second instance, Orthanc
+    overwrites the first, so they are left out)."""
+    folder = CACHE / f"{name}-{count}-{rows}-{seed}-u"
     done = folder / "complete"
     if done.exists():
         return sorted(folder.glob("*.dcm"))
@@ -73,6 +76,7 @@ def corpus(name: str, count: int, rows: int, seed: int, modality: str | None) ->
     folder.mkdir(parents=True)
     log(f"generating {count} instances ({rows}x{rows}) into {folder}")
     written = 0
+    seen: set[str] = set()
     patients = max(1, count // 20)
     while written < count:
         for ds in generate_cohort(
@@ -84,8 +88,9 @@ def corpus(name: str, count: int, rows: int, seed: int, modality: str | None) ->
             columns=rows,
             seed=seed,
         ):
-            if modality is not None and ds.Modality != modality:
+            if (modality is not None and ds.Modality != modality) or ds.SOPInstanceUID in seen:
                 continue
+            seen.add(ds.SOPInstanceUID)
             (folder / f"{written:07d}.dcm").write_bytes(to_part10_bytes(ds))
             written += 1
             if written == count:
@@ -264,8 +269,9 @@ def storescu(target: Target, files: list[Path], associations: int) -> tuple[floa
         failures += sum(
             1 for line in out.splitlines() if "Store Failed" in line or "Status: " in line
         )
-    if failures:
-        log(f"{target.label}: storescu reported problems: {outputs[0][-1500:]}")
+    for proc, out in zip(procs, outputs, strict=True):
+        if proc.returncode != 0 or "Store Failed" in out or "Status: " in out:
+            log(f"{target.label}: storescu exit {proc.returncode}: {out[-1500:]}")
     return seconds, failures
 
 

@@ -12,7 +12,8 @@ Both servers receive the same files from the same dcmtk clients on the same mach
    rounds. Production durability defaults stay on (gateway: fsync of every stored
    file, SQLite ``synchronous=FULL``; Orthanc: its defaults).
 2. C-FIND: ``--find-instances`` small instances are stored into both (C-STORE,
-   ``--parallel`` associations), then ``findscu`` study-level queries (PatientID,
+   ``--find-load-parallel`` associations; file syncs off on both while loading, which
+   changes what a query costs not at all and the loading time a lot), then ``findscu`` study-level queries (PatientID,
    StudyDate range, ModalitiesInStudy, PatientName prefix wildcard) are timed one
    by one (one process and association per query, as a workstation does).
 
@@ -63,8 +64,11 @@ def load_average() -> str:
 
 
 def corpus(name: str, count: int, rows: int, seed: int, modality: str | None) -> list[Path]:
-    """``count`` Part 10 files in ``bench/.work/NAME-COUNT-ROWS-SEED``, generated once."""
-    folder = CACHE / f"{name}-{count}-{rows}-{seed}"
+    """``count`` Part 10 files with distinct SOP Instance UIDs in
+    ``bench/.work/NAME-COUNT-ROWS-SEED-u``, generated once (the synthetic cohorts of
+    successive seeds share a few UIDs: the gateway refuses such a second instance, Orthanc
+    overwrites the first, so they are left out)."""
+    folder = CACHE / f"{name}-{count}-{rows}-{seed}-u"
     done = folder / "complete"
     if done.exists():
         return sorted(folder.glob("*.dcm"))
@@ -72,6 +76,7 @@ def corpus(name: str, count: int, rows: int, seed: int, modality: str | None) ->
     folder.mkdir(parents=True)
     log(f"generating {count} instances ({rows}x{rows}) into {folder}")
     written = 0
+    seen: set[str] = set()
     patients = max(1, count // 20)
     while written < count:
         for ds in generate_cohort(
@@ -83,8 +88,9 @@ def corpus(name: str, count: int, rows: int, seed: int, modality: str | None) ->
             columns=rows,
             seed=seed,
         ):
-            if modality is not None and ds.Modality != modality:
+            if (modality is not None and ds.Modality != modality) or ds.SOPInstanceUID in seen:
                 continue
+            seen.add(ds.SOPInstanceUID)
             (folder / f"{written:07d}.dcm").write_bytes(to_part10_bytes(ds))
             written += 1
             if written == count:
@@ -123,7 +129,7 @@ class Target:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def start_orthanc(work: Path) -> Target:
+def start_orthanc(work: Path, bulk_load: bool = False) -> Target:
     folder = work / "orthanc"
     (folder / "db").mkdir(parents=True)
     http_port, dicom_port = free_port(), free_port()
@@ -141,6 +147,8 @@ def start_orthanc(work: Path) -> Target:
         "DicomAlwaysAllowFind": True,
         "SaveJobs": False,
     }
+    if bulk_load:
+        config["SyncStorageArea"] = False
     (folder / "orthanc.json").write_text(json.dumps(config, indent=2))
     out = (folder / "orthanc.log").open("wb")
     process = subprocess.Popen(
@@ -169,9 +177,10 @@ def start_orthanc(work: Path) -> Target:
     return target
 
 
-def start_gateway(work: Path, policy: str) -> Target:
+def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
     folder = work / "gateway"
     port = free_port()
+    no_sync = {"GATEWAY_STOW__FSYNC": "false"} if bulk_load else {}
     live = LiveServer(
         folder / "data",
         extra_env={
@@ -180,6 +189,7 @@ def start_gateway(work: Path, policy: str) -> Target:
             "GATEWAY_DIMSE__PORT": str(port),
             "GATEWAY_DIMSE__AE_TITLE": GATEWAY_AE,
             "GATEWAY_DIMSE__MAX_ASSOCIATIONS": "16",
+            **no_sync,
         },
     )
 
@@ -220,10 +230,10 @@ def start_gateway(work: Path, policy: str) -> Target:
     )
 
 
-def start(kind: str, work: Path) -> Target:
+def start(kind: str, work: Path, bulk_load: bool = False) -> Target:
     if kind == "orthanc":
-        return start_orthanc(work)
-    return start_gateway(work, kind.split("/")[1])
+        return start_orthanc(work, bulk_load)
+    return start_gateway(work, kind.split("/")[1], bulk_load)
 
 
 # ---------------------------------------------------------------------------- clients
@@ -259,8 +269,9 @@ def storescu(target: Target, files: list[Path], associations: int) -> tuple[floa
         failures += sum(
             1 for line in out.splitlines() if "Store Failed" in line or "Status: " in line
         )
-    if failures:
-        log(f"{target.label}: storescu reported problems: {outputs[0][-1500:]}")
+    for proc, out in zip(procs, outputs, strict=True):
+        if proc.returncode != 0 or "Store Failed" in out or "Status: " in out:
+            log(f"{target.label}: storescu exit {proc.returncode}: {out[-1500:]}")
     return seconds, failures
 
 
@@ -361,7 +372,7 @@ def find_pass(
     warmup: int,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dimse-bench-", dir=CACHE) as tmp:
-        target = start(kind, Path(tmp))
+        target = start(kind, Path(tmp), bulk_load=True)
         try:
             seconds, failures = storescu(target, files, associations)
             log(f"{kind}: loaded {len(files)} instances in {seconds:.0f} s ({failures} failures)")
@@ -401,6 +412,7 @@ def main() -> None:
     parser.add_argument("--policies", default="none,basic")
     parser.add_argument("--find-instances", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=50, help="timed queries per kind")
+    parser.add_argument("--find-load-parallel", type=int, default=8)
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-find", action="store_true")
     args = parser.parse_args()
@@ -449,7 +461,7 @@ def main() -> None:
         studies = study_keys(small)
         queries = make_queries(studies, args.queries, seed=7)
         found = {
-            kind: find_pass(kind, small, queries, args.parallel, warmup=20)
+            kind: find_pass(kind, small, queries, args.find_load_parallel, warmup=20)
             for kind in ("orthanc", gateways[0])
         }
         report["find"] = found

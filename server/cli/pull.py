@@ -66,10 +66,14 @@ def _source(url: str, settings: Settings, opts: dict[str, Any]) -> Source:
         move_port = opts["move_port"] or settings.dimse.port
         if opts["move"] and move_port is None:
             raise click.UsageError("--move: give --move-port (or set GATEWAY_DIMSE__PORT)")
+        tls, move_tls = _dimse_tls(settings, opts)
         return DimseSource(
             m["ae"], m["host"].strip("[]"), int(m["port"]), calling_ae=opts["calling_ae"] or settings.dimse.ae_title,
             move=opts["move"], move_port=move_port, timeout=opts["timeout"], pacer=pacer,
+            tls=tls, move_tls=move_tls,
         )  # fmt: skip
+    if opts["tls"]:
+        raise click.UsageError("--tls is for dicom:// sources (https:// is TLS already)")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise click.UsageError(
@@ -93,6 +97,36 @@ def _source(url: str, settings: Settings, opts: dict[str, Any]) -> Source:
     verify: Any = str(opts["ca_file"]) if opts["ca_file"] else True
     return DicomwebSource(url, auth=auth, token=token, verify=verify, timeout=opts["timeout"],
                           retries=opts["retries"], concurrency=opts["concurrency"], pacer=pacer)  # fmt: skip
+
+
+def _dimse_tls(settings: Settings, opts: dict[str, Any]) -> tuple[Any, Any]:
+    """DICOM TLS contexts (PS3.15 B.9, TLS 1.2+): to the peer, and for --move's receiver.
+
+    The peer's certificate is verified against --ca-file (default: the system's CAs) and
+    its host name; the gateway's DICOM certificate and key (GATEWAY_DIMSE__TLS_CERT_FILE,
+    __TLS_KEY_FILE), when set, are presented to the peer, and --move's receiver uses them
+    (with GATEWAY_DIMSE__TLS_CA_FILE, the peer's C-STOREs need a certificate of that CA).
+    """
+    if not opts["tls"]:
+        return None, None
+    import ssl
+
+    from server.dimse.service import tls_context
+
+    dimse = settings.dimse
+    client = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(opts["ca_file"]) if opts["ca_file"] else None
+    )
+    client.minimum_version = ssl.TLSVersion.TLSv1_2
+    if dimse.tls_cert_file is not None and dimse.tls_key_file is not None:
+        client.load_cert_chain(str(dimse.tls_cert_file), str(dimse.tls_key_file))
+    server = tls_context(dimse) if opts["move"] else None
+    if opts["move"] and server is None:
+        raise click.UsageError(
+            "--move --tls: the peer sends over TLS too; set GATEWAY_DIMSE__TLS_CERT_FILE"
+            " and GATEWAY_DIMSE__TLS_KEY_FILE"
+        )
+    return client, server
 
 
 class _Bar:
@@ -158,7 +192,9 @@ def _print(summary: PullSummary) -> None:
 @click.option("--token", default=None, help="Bearer token, as env:NAME or file:PATH.")
 @click.option("--basic", default=None, help="HTTP Basic USER:PASSWORD, as env:NAME or file:PATH.")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="PEM CA bundle to verify the DICOMweb server's certificate.")  # fmt: skip
+              help="PEM CA bundle to verify the server's certificate (DICOMweb, or DIMSE --tls).")  # fmt: skip
+@click.option("--tls", is_flag=True,
+              help="DIMSE: DICOM TLS to the peer (client certificate: GATEWAY_DIMSE__TLS_CERT_FILE).")  # fmt: skip
 @click.option(
     "--rate", type=click.FloatRange(min=0.01), default=None, help="At most N instances per second."
 )

@@ -6,6 +6,13 @@ agreements (``RetrieveService.authorize``, as WADO-RS): a study outside them, or
 whose agreement allows in-situ processing only, is answered exactly like a study that
 does not exist (no sub-operations), and audited as refused. C-MOVE sends only to
 registered destinations (``clients add --ae-title X --host H --port P``).
+
+When the index cannot answer (Elasticsearch unreachable), both are refused with 0xA701
+(out of resources, unable to calculate the number of matches) and an ErrorComment, not
+answered with zero sub-operations as if nothing matched. pynetdicom sends a failure
+only after the handler has announced at least one sub-operation, so the refusal counts
+one failed sub-operation, and a C-MOVE opens (and releases, nothing sent) its
+association with the destination first.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from server.dimse.session import (
     caller_of,
     patient_root,
 )
-from server.errors import GatewayError, NotFound
+from server.errors import GatewayError, NotFound, ServiceUnavailable
 from server.index.base import Scope, StoredInstance
 from server.security.model import Action
 
@@ -40,8 +47,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.dimse")
 PENDING = 0xFF00
+# C-MOVE/C-GET: Refused: Out of Resources - Unable to calculate number of matches (PS3.4 C.4.2.1.5)
+UNABLE_TO_CALCULATE = 0xA701
 MAX_CONTEXTS = 128  # PS3.8 9.3.2: presentation context ids are odd numbers 1..255
 NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 @dataclass
@@ -139,6 +149,14 @@ def handle_move(event: Any, gateway: Gateway) -> Iterator[Any]:
         return
     try:
         chosen = select(gateway, event.identifier, caller, patient_root(event))
+    except ServiceUnavailable as exc:  # the index cannot answer: not the peer's fault
+        audit(gateway, event, caller, action="retrieve", method="C-MOVE",
+              status=UNABLE_TO_CALCULATE, query=text)  # fmt: skip
+        # pynetdicom associates with the destination before it takes the refusal: propose
+        # only Verification (the association is released with nothing sent)
+        yield destination.host, destination.port, {"contexts": [build_context(VERIFICATION)]}
+        yield from _unavailable(exc)
+        return
     except GatewayError as exc:
         audit(gateway, event, caller, action="retrieve", method="C-MOVE",
               status=IDENTIFIER_DOES_NOT_MATCH, query=text)  # fmt: skip
@@ -161,6 +179,11 @@ def handle_get(event: Any, gateway: Gateway) -> Iterator[Any]:
         return
     try:
         chosen = select(gateway, event.identifier, caller, patient_root(event))
+    except ServiceUnavailable as exc:  # the index cannot answer: not the peer's fault
+        audit(gateway, event, caller, action="retrieve", method="C-GET",
+              status=UNABLE_TO_CALCULATE, query=text)  # fmt: skip
+        yield from _unavailable(exc)
+        return
     except GatewayError as exc:
         audit(gateway, event, caller, action="retrieve", method="C-GET",
               status=IDENTIFIER_DOES_NOT_MATCH, query=text)  # fmt: skip
@@ -168,6 +191,16 @@ def handle_get(event: Any, gateway: Gateway) -> Iterator[Any]:
         yield 0
         return
     yield from _send(gateway, event, caller, chosen, "C-GET", text)
+
+
+def _unavailable(exc: ServiceUnavailable) -> Iterator[Any]:
+    """0xA701 with the reason: one announced sub-operation, then the refusal instead of it."""
+    log.warning("C-MOVE/C-GET refused, the index is unavailable: %s", exc.message)
+    yield 1
+    status = Dataset()
+    status.Status = UNABLE_TO_CALCULATE
+    status.ErrorComment = "the index is unavailable; try again later"
+    yield status, None
 
 
 def _send(

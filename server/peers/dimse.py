@@ -12,11 +12,16 @@ A study never fetched before is retrieved with one study-level request; a study 
 fetched by an earlier run is retrieved instance by instance (IMAGE level), so a resumed
 pull asks for nothing it already has. Each SOP class found is proposed once per transfer
 syntax, so the peer can send every instance as it stores it (no transcoding).
+
+DICOM TLS (PS3.15 B.9): with ``tls`` every association the source opens is TLS, the
+peer's certificate verified against that context's CAs and its host name; with ``move``,
+``move_tls`` makes the receiving Storage SCP speak only TLS too.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +50,7 @@ class DimseSource:
         self, called_ae: str, host: str, port: int, *, calling_ae: str,
         move: bool = False, move_port: int | None = None, move_host: str = "0.0.0.0",
         timeout: float = 60.0, pacer: Pacer | None = None,
+        tls: ssl.SSLContext | None = None, move_tls: ssl.SSLContext | None = None,
     ) -> None:  # fmt: skip
         self.called_ae, self.host, self.port = called_ae, host, port
         self.calling_ae = calling_ae
@@ -52,6 +58,7 @@ class DimseSource:
         self.move, self.move_port, self.move_host = move, move_port, move_host
         self.timeout = timeout
         self.pacer = pacer or Pacer(None)
+        self.tls, self.move_tls = tls, move_tls
         self._classes: dict[str, str] = {}  # SOP Instance UID -> SOP Class UID (from C-FIND)
         self._studies: dict[str, set[str]] = {}  # Study UID -> its SOP Instance UIDs (C-FIND)
 
@@ -168,7 +175,8 @@ class DimseSource:
             raise PeerError("C-MOVE needs the port the peer sends to (--move-port)")
         try:
             server = scp.start_server((self.move_host, self.move_port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, on_store)])  # fmt: skip
+                                      evt_handlers=[(evt.EVT_C_STORE, on_store)],
+                                      ssl_context=self.move_tls)  # fmt: skip
         except OSError as exc:
             raise PeerError(f"cannot listen on port {self.move_port} for C-MOVE: {exc}") from exc
         assert server is not None
@@ -218,6 +226,8 @@ class DimseSource:
         return ae
 
     def _associate(self, ae: AE, **kwargs: Any) -> Any:
+        if self.tls is not None:
+            kwargs["tls_args"] = (self.tls, self.host)
         assoc = ae.associate(self.host, self.port, ae_title=self.called_ae, **kwargs)
         if not assoc.is_established:
             state = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"

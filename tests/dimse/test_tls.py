@@ -3,14 +3,17 @@ with a CA file, a peer must present a certificate that CA signed."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.dimse.conftest import GATEWAY_AE, DimseGateway, start_dimse_gateway
-from tests.security.conftest import add_client
+from server.synthetic import generate_cohort
+from tests.dimse.conftest import GATEWAY_AE, DimseGateway, start_dimse_gateway, write_files
+from tests.live import LiveServer
+from tests.security.conftest import add_client, cli_ok
 
 pytestmark = pytest.mark.index_independent  # not in the Elasticsearch pass
 
@@ -77,3 +80,54 @@ def test_without_tls_or_client_certificate_nothing_is_served(
     done = _echo(gw, *tls)
     assert done.returncode != 0
     assert "Echo Response" not in done.stderr
+
+
+def test_pull_from_a_dimse_peer_over_tls_verifies_it_and_presents_the_gateway_certificate(
+    tmp_path: Path,
+) -> None:
+    """``pull --tls`` (C-FIND + C-GET) from a gateway whose DIMSE port speaks only TLS and
+    requires client certificates: with the CA and the puller's DICOM certificate it pulls
+    every instance; in plain TCP, or trusting another CA, nothing is pulled."""
+    pki = _pki(tmp_path / "pki")
+    other_ca = _pki(tmp_path / "other-pki") / "ca.pem"
+    peer = start_dimse_gateway(
+        tmp_path / "peer",
+        GATEWAY_DIMSE__TLS_CERT_FILE=str(pki / "server.pem"),
+        GATEWAY_DIMSE__TLS_KEY_FILE=str(pki / "server.key"),
+        GATEWAY_DIMSE__TLS_CA_FILE=str(pki / "ca.pem"),
+    )
+    cli_ok(peer.live, "dataset", "create", "site", "--title", "site", "--cancer-type", "lung")
+    add_client(peer.live, "modality", "--ae-title", "MODALITY", "--store", "site")
+    puller = add_client(peer.live, "puller", "--ae-title", "PULLER")
+    cli_ok(peer.live, "daa", "create", "daa-pull", "--dataset", "site", "--condition", "download",
+           "--client", puller.client_id)  # fmt: skip
+    instances = list(generate_cohort(patients=1, studies_per_patient=1, series_per_study=1,
+                                     instances_per_series=3, rows=8, columns=8, seed=21))  # fmt: skip
+    study = str(instances[0].StudyInstanceUID)
+    files = write_files(instances, tmp_path / "sent")
+    here = LiveServer(
+        tmp_path / "here",
+        extra_env={
+            "GATEWAY_DIMSE__TLS_CERT_FILE": str(pki / "client.pem"),
+            "GATEWAY_DIMSE__TLS_KEY_FILE": str(pki / "client.key"),
+        },
+    )
+    cli_ok(here, "dataset", "create", "copy", "--title", "copy", "--cancer-type", "lung")
+    peer.live.start()
+    try:
+        stored = peer.run("storescu", "+tls", str(pki / "client.key"), str(pki / "client.pem"),
+                          "+cf", str(pki / "ca.pem"), calling="MODALITY", files=files)  # fmt: skip
+        assert stored.returncode == 0, stored.stderr
+        source = ("--dataset", "copy", "--from", f"dicom://{GATEWAY_AE}@127.0.0.1:{peer.port}",
+                  "--calling-ae", "PULLER", "--study", study, "--timeout", "20", "--retries", "0")  # fmt: skip
+        plain = here.cli_process("pull", *source)
+        assert plain.returncode != 0
+        wrong_ca = here.cli_process("pull", *source, "--tls", "--ca-file", str(other_ca))
+        assert wrong_ca.returncode != 0
+        pulled = here.cli_process("pull", *source, "--tls", "--ca-file", str(pki / "ca.pem"))
+        assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+        found = re.search(r"found (\d+), new (\d+)", pulled.stdout)
+        assert found is not None, pulled.stdout
+        assert (found[1], found[2]) == ("3", "3")
+    finally:
+        peer.live.stop()

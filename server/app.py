@@ -42,11 +42,12 @@ from server.index.base import FederationIndex, Index
 from server.index.elasticsearch import ElasticsearchIndex
 from server.index.federation_es import EsFederation
 from server.index.federation_noise import NoiseStore
-from server.index.federation_sql import SqlFederation
+from server.index.federation_sql import FIRST_STUDY_MIGRATION, SqlFederation
 from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
+from server.index.sqlite_migrations import BackgroundMigrations
 from server.logs import configure as configure_logging
 from server.quiet import silence_value_logging
 from server.security.agreements import AgreementCache, load_contracts
@@ -108,6 +109,7 @@ class Gateway:
     catalogue: CatalogueService
     federation: FederatedSearch
     bulk: BulkExportService
+    migrations: BackgroundMigrations  # the embedded index's backfills (none on Elasticsearch)
 
     def authenticate(self, authorization: str | None) -> Principal:
         return self.authenticator.principal(authorization)
@@ -136,6 +138,7 @@ class Gateway:
         self.ingest.recovery.recover()
 
     def close(self) -> None:
+        self.migrations.stop()
         self.journal.close()
         self.index.close()
         self.fhir_store.close()
@@ -163,7 +166,9 @@ def build_gateway(settings: Settings) -> Gateway:
         federation_index = EsFederation(index.es, index.names)
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
-        federation_index = SqlFederation(sqlite_index.db)
+        federation_index = SqlFederation(
+            sqlite_index.db, ready=lambda: sqlite_index.migrations.done(FIRST_STUDY_MIGRATION)
+        )
     audit = AuditLog(settings.data_dir / "audit.sqlite")
     secret = InstallationSecret.load_or_create(settings.data_dir)
     _current_patient_keys(queries, secret.patient_id_key())
@@ -246,6 +251,7 @@ def build_gateway(settings: Settings) -> Gateway:
             settings.data_dir / "bulk",
             settings.failpoint,
         ),
+        migrations=BackgroundMigrations(sqlite_index.migrations if index is sqlite_index else None),
     )
 
 
@@ -377,6 +383,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Writes of dead processes only (a live worker holds its journal's lock).
         await run_in_threadpool(gateway.recover)
         gateway.bulk.start()  # export workers: threads, never on the event loop
+        gateway.migrations.start()  # index backfills of an upgrade, if any (/readyz says so)
         yield
         gateway.close()
 

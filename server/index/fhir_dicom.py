@@ -200,6 +200,9 @@ class DicomFhirQueries:
             row = conn.execute("SELECT fingerprint FROM patient_key_state").fetchone()
             if row is not None and row[0] == fingerprint:
                 return 0
+            if row is None and conn.execute("SELECT 1 FROM study LIMIT 1").fetchone() is None:
+                conn.execute("INSERT INTO patient_key_state VALUES (?)", (fingerprint,))
+                return 0  # a new index: its rows will be written with this key
             changed = []
             for pk, blob, old in conn.execute("SELECT pk, json, patient_key FROM study"):
                 data = orjson.loads(blob)

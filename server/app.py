@@ -62,6 +62,7 @@ from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService
 from server.services.bulk_jobs import SqliteJobStore
+from server.services.bulk_process import ExportProcess
 from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies
@@ -382,9 +383,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("removed %d abandoned upload spool(s)", cleaned)
         # Writes of dead processes only (a live worker holds its journal's lock).
         await run_in_threadpool(gateway.recover)
-        gateway.bulk.start()  # export workers: threads, never on the event loop
+        exporter = ExportProcess(settings) if settings.bulk.process else None
+        if exporter is not None:  # export workers: a niced process of their own
+            gateway.bulk.clean()  # expired exports go now, not when that process is up
+            exporter.start()
+        else:  # or threads of this process, never on the event loop
+            gateway.bulk.start()
         gateway.migrations.start()  # index backfills of an upgrade, if any (/readyz says so)
         yield
+        if exporter is not None:
+            exporter.stop()
         gateway.close()
 
     app = FastAPI(

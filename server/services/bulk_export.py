@@ -3,9 +3,9 @@
 What an export holds is what the caller's FHIR search shows, narrowed the same way
 (``fhir_access.narrow``), further limited to datasets the caller has row-level access to
 (download or in-situ processing agreements): remote-processing callers are refused at
-kick-off. Workers are threads of the server process (``BulkSettings.concurrency`` per
-process); they read the index page by page and append NDJSON to files, so memory holds
-one page. Jobs live in a :class:`JobStore`; a job whose worker stopped renewing its lease
+kick-off. Workers are threads (``BulkSettings.concurrency``) of a niced process of their own
+(bulk_process) or of the server process; they read the index page by page and append
+NDJSON to files, so memory holds one page. Jobs live in a :class:`JobStore`; a job whose worker stopped renewing its lease
 (a restart, a crash) is taken over and re-run from the start.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -263,6 +264,9 @@ class BulkExportService:
                         raise _Cancelled
                     if self.failpoint == "bulk_after_first_page":
                         log.critical("failpoint bulk_after_first_page: exiting without cleanup")
+                        server = os.environ.get("GATEWAY_BULK_PARENT_PID")
+                        if server:  # the export process: the whole server crashes
+                            os.kill(int(server), signal.SIGKILL)
                         os._exit(137)
             finally:
                 files.close()

@@ -224,6 +224,8 @@ class BulkExportService:
         except _Cancelled:
             shutil.rmtree(folder, ignore_errors=True)
             return
+        except _Stopped:  # re-run from the start by the worker that takes the lease over
+            return
         except GatewayError as exc:  # e.g. the index refused a _typeFilter
             outputs = None
             job.message = exc.message
@@ -262,6 +264,8 @@ class BulkExportService:
                     note = progress(done, rtype, index, len(req.types))
                     if not self.jobs.renew(job.id, worker, self.settings.lease_seconds, note):
                         raise _Cancelled
+                    if self._stop.is_set():  # shutting down: the lease hands it on
+                        raise _Stopped
                     if self.failpoint == "bulk_after_first_page":
                         log.critical("failpoint bulk_after_first_page: exiting without cleanup")
                         server = os.environ.get("GATEWAY_BULK_PARENT_PID")
@@ -327,6 +331,10 @@ def _in_scope(principal: Principal, rtype: str) -> bool:
 
 class _Cancelled(Exception):
     """The job was cancelled (or taken over) while it ran."""
+
+
+class _Stopped(Exception):
+    """The process is stopping: the job is left to its lease."""
 
 
 def _meet(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:

@@ -147,14 +147,21 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     }
 
 
-def _export(client: httpx.Client, params: dict[str, str]) -> tuple[dict[str, Any], float]:
+def _export(
+    client: httpx.Client, params: dict[str, str], limit: float | None
+) -> tuple[dict[str, Any], float]:
+    """The manifest and the time to it; past ``limit`` seconds: cancelled, with its progress."""
     start = time.perf_counter()
     kicked = client.get("/fhir/$export", params=params, headers={"Prefer": "respond-async"})
     assert kicked.status_code == 202, kicked.text
+    location = kicked.headers["content-location"]
     while True:
-        status = client.get(kicked.headers["content-location"])
+        status = client.get(location)
         if status.status_code == 200:
             return status.json(), time.perf_counter() - start
+        if limit is not None and time.perf_counter() - start > limit:
+            client.delete(location)
+            return {"cancelled": status.headers.get("x-progress")}, time.perf_counter() - start
         time.sleep(1)
 
 
@@ -167,6 +174,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=60, help="seconds probed before and after")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between probes")
     parser.add_argument("--rounds", type=int, default=1, help="idle window + export, repeated")
+    parser.add_argument("--export-limit", type=float, help="cancel an export after this long")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bulk-export-"))
     data = bench_data_dir(args.data_dir or tmp / "data")
@@ -205,7 +213,7 @@ def main() -> None:
                 results.setdefault("rss_peak_mb_before", round(_status_kb(pid, "VmHWM"), 1))
                 runner = threading.Thread(
                     target=lambda: exports.append(
-                        _export(client, {"_type": "Patient,ImagingStudy"})
+                        _export(client, {"_type": "Patient,ImagingStudy"}, args.export_limit)
                     )
                 )
                 prober.phase = "export"
@@ -219,12 +227,17 @@ def main() -> None:
             prober.stop()
             exporter_peak = {p: round(_status_kb(p, "VmHWM"), 1) for p in _family(pid)[1:]}
             manifest, seconds = exports[-1]
+            if "cancelled" in manifest:
+                results["cancelled_at"] = manifest["cancelled"]
+                manifest["output"] = []
             total = sum(int(o["count"]) for o in manifest["output"])
             per_type: dict[str, int] = {}
             for o in manifest["output"]:
                 per_type[o["type"]] = per_type.get(o["type"], 0) + int(o["count"])
-            job = manifest["output"][0]["url"].rsplit("/", 2)[1]
-            size = sum(p.stat().st_size for p in (data / "bulk" / job).glob("*.ndjson"))
+            size = 0
+            if manifest["output"]:
+                job = manifest["output"][0]["url"].rsplit("/", 2)[1]
+                size = sum(p.stat().st_size for p in (data / "bulk" / job).glob("*.ndjson"))
             latency = {
                 kind: {
                     "idle": _quantiles(prober.samples["idle"][kind]),

@@ -37,6 +37,7 @@ from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
 from server.core.records import patient_key
 from server.errors import BadRequest
+from server.export_process import ExportProcess
 from server.federation import router as federation_router
 from server.index.base import FederationIndex, Index
 from server.index.elasticsearch import ElasticsearchIndex
@@ -62,7 +63,6 @@ from server.security.throttle import FailureThrottle, Limits
 from server.security.tokens import TokenSettings
 from server.services.bulk_export import BulkExportService
 from server.services.bulk_jobs import SqliteJobStore
-from server.services.bulk_process import ExportProcess
 from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies

@@ -3,9 +3,10 @@
 What an export holds is what the caller's FHIR search shows, narrowed the same way
 (``fhir_access.narrow``), further limited to datasets the caller has row-level access to
 (download or in-situ processing agreements): remote-processing callers are refused at
-kick-off. Workers are threads (``BulkSettings.concurrency``) of a niced process of their own
-(bulk_process) or of the server process; they read the index page by page and append
-NDJSON to files, so memory holds one page. Jobs live in a :class:`JobStore`; a job whose worker stopped renewing its lease
+kick-off. Workers are threads (``BulkSettings.concurrency``) of a niced process of their
+own (``server.export_process``) or of the server process; they read the index page by
+page and append NDJSON to files, so memory holds one page. Jobs live in a
+:class:`JobStore`; a job whose worker stopped renewing its lease
 (a restart, a crash) is taken over and re-run from the start.
 """
 

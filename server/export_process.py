@@ -9,7 +9,7 @@ each serving process (its lifespan), builds its own gateway from the same settin
 (parent-death signal, and a check of the parent pid), and is restarted by its parent if
 it dies.
 
-    python -m server.services.bulk_process   # what the server starts; not for operators
+    python -m server.export_process   # what the server starts; not for operators
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class ExportProcess:
         env = {**os.environ, "GATEWAY_DATA_DIR": str(self.settings.data_dir),
                "GATEWAY_BULK_PARENT_PID": str(os.getpid())}  # fmt: skip
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "server.services.bulk_process"], env=env, close_fds=True
+            [sys.executable, "-m", "server.export_process"], env=env, close_fds=True
         )
 
     def _watch(self) -> None:

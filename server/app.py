@@ -40,16 +40,18 @@ from server.core.fhir.outcome import operation_outcome
 from server.core.fhir.validate import validate_resource
 from server.core.records import patient_key
 from server.errors import BadRequest
+from server.export_process import ExportProcess
 from server.federation import router as federation_router
 from server.index.base import FederationIndex, Index
 from server.index.elasticsearch import ElasticsearchIndex
 from server.index.federation_es import EsFederation
 from server.index.federation_noise import NoiseStore
-from server.index.federation_sql import SqlFederation
+from server.index.federation_sql import FIRST_STUDY_MIGRATION, SqlFederation
 from server.index.fhir_dicom import DicomFhirQueries
 from server.index.fhir_es import EsFhirQueries
 from server.index.fhir_store import FhirStore
 from server.index.sqlite import SqliteIndex
+from server.index.sqlite_migrations import BackgroundMigrations
 from server.logs import configure as configure_logging
 from server.quiet import silence_value_logging
 from server.security.agreements import AgreementCache, load_contracts
@@ -116,6 +118,7 @@ class Gateway:
     catalogue: CatalogueService
     federation: FederatedSearch
     bulk: BulkExportService
+    migrations: BackgroundMigrations  # the embedded index's backfills (none on Elasticsearch)
     shared_secrets: SharedSecrets | None = None  # with a shared database (see shared_secrets)
 
     def authenticate(self, authorization: str | None) -> Principal:
@@ -145,6 +148,7 @@ class Gateway:
         self.ingest.recovery.recover()
 
     def close(self) -> None:
+        self.migrations.stop()
         self.journal.close()
         self.index.close()
         self.fhir_store.close()
@@ -175,7 +179,9 @@ def build_gateway(settings: Settings) -> Gateway:
         federation_index = EsFederation(index.es, index.names)
     else:
         queries = DicomFhirQueries(sqlite_index.db, ENDPOINT_ID, body_part_terms(conformance))
-        federation_index = SqlFederation(sqlite_index.db)
+        federation_index = SqlFederation(
+            sqlite_index.db, ready=lambda: sqlite_index.migrations.done(FIRST_STUDY_MIGRATION)
+        )
     audit = AuditLog(settings.data_dir / "audit.sqlite", database_url=settings.database())
     database_url = settings.database()
     shared = SharedSecrets(database_url) if database_url else None
@@ -283,6 +289,7 @@ def build_gateway(settings: Settings) -> Gateway:
             settings.failpoint,
         ),
         shared_secrets=shared,
+        migrations=BackgroundMigrations(sqlite_index.migrations if index is sqlite_index else None),
     )
 
 
@@ -424,8 +431,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("removed %d abandoned upload spool(s)", cleaned)
         # Writes of dead processes only (a live worker holds its journal's lock).
         await run_in_threadpool(gateway.recover)
-        gateway.bulk.start()  # export workers: threads, never on the event loop
+        exporter = ExportProcess(settings) if settings.bulk.process else None
+        if exporter is not None:  # export workers: a niced process of their own
+            gateway.bulk.clean()  # expired exports go now, not when that process is up
+            exporter.start()
+        else:  # or threads of this process, never on the event loop
+            gateway.bulk.start()
+        gateway.migrations.start()  # index backfills of an upgrade, if any (/readyz says so)
         yield
+        if exporter is not None:
+            exporter.stop()
         gateway.close()
         tracing.shutdown()
 

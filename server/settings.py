@@ -79,7 +79,7 @@ class FhirSettings(BaseModel):
 
 
 class BulkSettings(BaseModel):
-    """FHIR Bulk Data export ($export): jobs, files and the in-process workers."""
+    """FHIR Bulk Data export ($export): jobs, files and the workers."""
 
     # Seconds a completed export's files (and its status) stay available.
     expiry_seconds: int = Field(default=4 * 3600, ge=10, le=30 * 24 * 3600)
@@ -96,6 +96,11 @@ class BulkSettings(BaseModel):
     retry_after_seconds: int = Field(default=2, ge=1, le=3600)
     # Exports one caller may have queued or running at once (429 beyond).
     max_jobs_per_caller: int = Field(default=4, ge=1, le=1000)
+    # Workers in a process of their own, started by each serving process (true), or as
+    # threads of the serving process (false: they share its interpreter lock).
+    process: bool = True
+    # CPU niceness added to that process (0..19): requests get the CPU first.
+    nice: int = Field(default=10, ge=0, le=19)
 
 
 class CorsSettings(BaseModel):

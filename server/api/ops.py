@@ -4,7 +4,8 @@
   does not make an orchestrator restart every replica. Administrators (and development mode)
   also get the version and the index counts (that part needs the index).
 - ``/readyz``: readiness. The index, the blob store and the database answer now; else 503
-  with the names of the failing components (no detail, no secret) and Retry-After.
+  with the names of the failing components (no detail, no secret) and Retry-After. While
+  an upgrade's index backfill runs in the background: 503 ``migrating`` with its names.
 - ``/metrics``: Prometheus text format, for the networks in ``GATEWAY_METRICS__ALLOW``
   (loopback by default) or an administrator's token; labels carry no request data.
 - ``/docs``: Swagger UI served from the gateway's own files (works offline, no CDN).
@@ -57,12 +58,17 @@ async def healthz(request: Request) -> dict[str, object]:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     failing = await run_in_threadpool(_failing, request)
-    if not failing:
-        return JSONResponse({"status": "ready"})
-    log.warning("not ready: %s", ", ".join(failing))
-    return JSONResponse(
-        {"status": "unavailable", "failing": failing}, 503, headers={"Retry-After": "5"}
-    )
+    if failing:
+        log.warning("not ready: %s", ", ".join(failing))
+        return JSONResponse(
+            {"status": "unavailable", "failing": failing}, 503, headers={"Retry-After": "5"}
+        )
+    migrating = await run_in_threadpool(gateway(request).migrations.pending)
+    if migrating:  # serving already; what needs the filled values answers 503 meanwhile
+        return JSONResponse(
+            {"status": "migrating", "migrating": migrating}, 503, headers={"Retry-After": "30"}
+        )
+    return JSONResponse({"status": "ready"})
 
 
 def _failing(request: Request) -> list[str]:

@@ -9,17 +9,19 @@ Age and year at diagnosis are the patient's first-study values (``facts.first_st
 stored on every study of the patient (``fed_first_age``, ``fed_first_year``) by triggers:
 inserting, deleting or re-keying a study recomputes them for the patient's studies in the
 dataset, in the writing transaction, whichever code path writes (ingest, replace, delete,
-repair). Indexes made before get the columns, a one-statement backfill and the triggers
-at start.
+repair). Indexes made before get the columns and triggers at start, and the values of their
+older studies from a batched background backfill (an index migration, sqlite_migrations).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from server.core.federation.plan import And, Const, Diagnosis, Exists, Expr, Number, Or, Text
 from server.core.federation.vocabulary import Field
+from server.errors import ServiceUnavailable
 from server.index.base import DatasetProfile
 from server.index.sqlite_db import SqliteDatabase
 
@@ -50,13 +52,19 @@ _COLUMN = {
 # Age and year at each study are virtual generated columns of ``study`` (a JSON parse when
 # read); the patient's first-study values are plain indexed columns kept by triggers, so a
 # range or a per-dataset min/max is an index scan. Added once to index databases made
-# before (idempotent; the write lock serialises worker processes).
+# before, as a recorded index migration (the write lock serialises worker processes).
 _GENERATED = {"fed_age": _AGE, "fed_year": _YEAR}
+
+
 # The first-study order (facts.first_order): dated studies first, earliest, then the UID.
-_FIRST_ORDER = (
-    f"ORDER BY (studydate GLOB {_DA}) DESC, CASE WHEN studydate GLOB {_DA} THEN studydate END,"
-    " studyinstanceuid"
-)
+def _first_order(t: str = "") -> str:
+    return (
+        f"ORDER BY ({t}studydate GLOB {_DA}) DESC, CASE WHEN {t}studydate GLOB {_DA} THEN"
+        f" {t}studydate END, {t}studyinstanceuid"
+    )
+
+
+_FIRST_ORDER = _first_order()
 
 
 def _recompute(row: str) -> str:
@@ -70,10 +78,13 @@ def _recompute(row: str) -> str:
 
 
 _FIRST = {"fed_first_age", "fed_first_year"}
+# One backfill batch: the first-study values of the studies with pk in (after, upto], read
+# from each one's patient (an index seek on (dataset, patient_key) per study).
 _BACKFILL = (
-    "WITH w AS (SELECT pk, first_value(fed_age) OVER p AS a, first_value(fed_year) OVER p AS y"
-    f" FROM study WINDOW p AS (PARTITION BY dataset, patient_key {_FIRST_ORDER}))"
-    " UPDATE study SET fed_first_age = w.a, fed_first_year = w.y FROM w WHERE study.pk = w.pk"
+    "UPDATE study SET (fed_first_age, fed_first_year) = (SELECT s.fed_age, s.fed_year FROM study s"
+    " WHERE s.dataset IS study.dataset AND s.patient_key = study.patient_key"
+    f" {_first_order('s.')}"
+    " LIMIT 1) WHERE pk > ? AND pk <= ?"
 )
 # Triggers are versioned by name: a changed rule gets a new name and drops the old one.
 _TRIGGERS = {
@@ -91,38 +102,60 @@ _INDEXES = [
     "CREATE INDEX IF NOT EXISTS ix_study_dataset_patient ON study(dataset, patient_key)",
     "CREATE INDEX IF NOT EXISTS ix_study_dataset_sex ON study(dataset, patientsex, patient_key)",
 ]
+FIRST_STUDY_MIGRATION = "federation-first-study-v1"
+
+
+def first_study_schema(conn: sqlite3.Connection) -> bool:
+    """Columns, triggers and indexes of the first-study values (an index migration's schema
+    step); True when the values columns were added now, so older rows need the backfill.
+    Indexes of earlier releases that added them at every start already have them filled."""
+    present = {row[1] for row in conn.execute("PRAGMA table_xinfo(study)")}
+    for name, expression in _GENERATED.items():
+        if name not in present:
+            conn.execute(
+                f"ALTER TABLE study ADD COLUMN {name} INTEGER"
+                f" GENERATED ALWAYS AS ({expression}) VIRTUAL"
+            )
+    added = sorted(_FIRST - present)
+    for name in added:
+        conn.execute(f"ALTER TABLE study ADD COLUMN {name} INTEGER")
+    triggers = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'fed_first_%'"
+    ).fetchall()
+    for (old,) in triggers:
+        if old not in _TRIGGERS:
+            conn.execute(f"DROP TRIGGER {old}")
+    for name, body in _TRIGGERS.items():
+        conn.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
+    for statement in _INDEXES:
+        conn.execute(statement)
+    return bool(added)
+
+
+def first_study_backfill(conn: sqlite3.Connection, after: int, upto: int) -> None:
+    conn.execute(_BACKFILL, (after, upto))
 
 
 class SqlFederation:
-    def __init__(self, db: SqliteDatabase) -> None:
+    """Counts on the SQLite index; its schema is the index migration FIRST_STUDY_MIGRATION.
+    ``ready`` says whether that migration's backfill is done: until then the first-study
+    values of older studies are unknown and searches answer 503."""
+
+    def __init__(self, db: SqliteDatabase, ready: Callable[[], bool] = lambda: True) -> None:
         self.db = db
-        with db.write() as conn:
-            present = {row[1] for row in conn.execute("PRAGMA table_xinfo(study)")}
-            for name, expression in _GENERATED.items():
-                if name not in present:
-                    conn.execute(
-                        f"ALTER TABLE study ADD COLUMN {name} INTEGER"
-                        f" GENERATED ALWAYS AS ({expression}) VIRTUAL"
-                    )
-            if _FIRST - present:  # databases made before: add, then fill once
-                for name in sorted(_FIRST - present):
-                    conn.execute(f"ALTER TABLE study ADD COLUMN {name} INTEGER")
-                conn.execute(_BACKFILL)
-            triggers = conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'fed_first_%'"
-            ).fetchall()
-            for (old,) in triggers:
-                if old not in _TRIGGERS:
-                    conn.execute(f"DROP TRIGGER {old}")
-            for name, body in _TRIGGERS.items():
-                conn.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
-            for statement in _INDEXES:
-                conn.execute(statement)
+        self.ready = ready
+
+    def _check_ready(self) -> None:
+        if not self.ready():
+            raise ServiceUnavailable(
+                "the index is being migrated (first-study ages and years); retry later", 30
+            )
 
     def federation_counts(
         self, groups: Sequence[tuple[Expr, Sequence[str]]]
     ) -> dict[str, tuple[int, int]]:
         """(studies, subjects) matching each plan, per dataset of its group; absent: none."""
+        self._check_ready()
         out: dict[str, tuple[int, int]] = {}
         conn = self.db.reader()
         for plan, datasets in groups:
@@ -142,6 +175,7 @@ class SqlFederation:
     def federation_profiles(self, datasets: Sequence[str]) -> dict[str, DatasetProfile]:
         """Whole-dataset range of the age at diagnosis (completed years at each patient's
         first study) and sexes (None: some study has none)."""
+        self._check_ready()
         out = {d: DatasetProfile() for d in datasets}
         conn = self.db.reader()
         for dataset in datasets:  # per dataset: each is an index seek, not a scan

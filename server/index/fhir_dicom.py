@@ -22,7 +22,7 @@ from server.core.fhir.search import (
     TokenValue,
 )
 from server.errors import InvalidQuery
-from server.index.fhir_sql import date_sql, fetch_page
+from server.index.fhir_sql import date_sql, fetch_page, keyset
 from server.index.sqlite_db import SqliteDatabase
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -200,6 +200,9 @@ class DicomFhirQueries:
             row = conn.execute("SELECT fingerprint FROM patient_key_state").fetchone()
             if row is not None and row[0] == fingerprint:
                 return 0
+            if row is None and conn.execute("SELECT 1 FROM study LIMIT 1").fetchone() is None:
+                conn.execute("INSERT INTO patient_key_state VALUES (?)", (fingerprint,))
+                return 0  # a new index: its rows will be written with this key
             changed = []
             for pk, blob, old in conn.execute("SELECT pk, json, patient_key FROM study"):
                 data = orjson.loads(blob)
@@ -214,11 +217,18 @@ class DicomFhirQueries:
     def search_patients(self, req: SearchRequest) -> StudyPage:
         where, params = self.patient_where(req)
         desc = req.sort[-1][1] if req.sort else False
-        inner = (
-            f"(SELECT patient_key, min(pk) AS pk FROM study st WHERE {where} GROUP BY patient_key)"
-        )
+        if req.total == "accurate" or req.summary == "count":
+            inner = f"(SELECT patient_key, min(pk) AS pk FROM study st WHERE {where} GROUP BY patient_key)"
+        else:  # keyset inside the grouping: a page groups its own patients, not all before it
+            kwhere, kparams, korder, _ = keyset([("st.patient_key", desc)], req.position)
+            inner = (
+                f"(SELECT patient_key, min(pk) AS pk FROM study st WHERE {where}"
+                f"{' AND ' + kwhere if kwhere else ''} GROUP BY st.patient_key ORDER BY {korder}"
+                f" LIMIT {max(0, req.count) + 1})"
+            )
+            params = [*params, *kparams]
         sub = f"{inner} p JOIN study st ON st.pk = p.pk"
-        return self._page(sub, "1 = 1", params, [("st.patient_key", desc)], req, _STUDY_COLUMNS)
+        return self._page(sub, "1 = 1", params, [("p.patient_key", desc)], req, _STUDY_COLUMNS)
 
     def patient(self, key: str, datasets: frozenset[str] | None = None) -> StudyRow | None:
         """One study row of the patient, within ``datasets`` when given."""

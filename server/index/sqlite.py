@@ -20,7 +20,13 @@ from server.core.attributes import (
 from server.core.qido import QidoQuery
 from server.core.records import InstanceRecord
 from server.index.base import AddOutcome, AddResult, Scope, SearchPage, StoredInstance
+from server.index.federation_sql import (
+    FIRST_STUDY_MIGRATION,
+    first_study_backfill,
+    first_study_schema,
+)
 from server.index.sqlite_db import SqliteDatabase
+from server.index.sqlite_migrations import Migration, Migrations
 from server.index.sqlite_query import search_sql
 from server.index.sqlite_schema import SCHEMA_VERSION, create_statements, level_columns
 from server.metrics import metered
@@ -31,6 +37,8 @@ _INSTANCE_FIELDS = (
 )
 _SCOPE_FROM = "instance i JOIN series se ON i.series_pk = se.pk JOIN study st ON i.study_pk = st.pk"
 _ORDER = "ORDER BY se.seriesnumber, se.pk, i.instancenumber, i.pk"
+# Recorded, in order (sqlite_migrations): a database that has them all does no work at open.
+MIGRATIONS = [Migration(FIRST_STUDY_MIGRATION, first_study_schema, first_study_backfill)]
 _REFUSED = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET, AddOutcome.IDENTICAL)
 
 
@@ -38,10 +46,12 @@ _REFUSED = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET, AddOu
 class SqliteIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
+        fresh = not _has_study_table(path)
         self.db = SqliteDatabase(path, create_statements())
         with self.db.write() as conn:
             if conn.execute("SELECT count(*) FROM schema_info").fetchone()[0] == 0:
                 conn.execute("INSERT INTO schema_info VALUES (?)", (SCHEMA_VERSION,))
+        self.migrations = Migrations(self.db, MIGRATIONS, fresh=fresh)
 
     def _reader(self) -> sqlite3.Connection:
         return self.db.reader()
@@ -305,6 +315,19 @@ class SqliteIndex:
             name: int(conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0])
             for name in ("study", "series", "instance")
         }
+
+
+def _has_study_table(path: Path) -> bool:
+    if not path.exists():
+        return False
+    conn = sqlite3.connect(path)
+    try:
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'study'"
+        ).fetchone()
+        return row is not None
+    finally:
+        conn.close()
 
 
 def _scope_where(scope: Scope) -> tuple[str, list[Any]]:

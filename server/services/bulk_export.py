@@ -3,9 +3,10 @@
 What an export holds is what the caller's FHIR search shows, narrowed the same way
 (``fhir_access.narrow``), further limited to datasets the caller has row-level access to
 (download or in-situ processing agreements): remote-processing callers are refused at
-kick-off. Workers are threads of the server process (``BulkSettings.concurrency`` per
-process); they read the index page by page and append NDJSON to files, so memory holds
-one page. Jobs live in a :class:`JobStore`; a job whose worker stopped renewing its lease
+kick-off. Workers are threads (``BulkSettings.concurrency``) of a niced process of their
+own (``server.export_process``) or of the server process; they read the index page by
+page and append NDJSON to files, so memory holds one page. Jobs live in a
+:class:`JobStore`; a job whose worker stopped renewing its lease
 (a restart, a crash) is taken over and re-run from the start.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -223,6 +225,8 @@ class BulkExportService:
         except _Cancelled:
             shutil.rmtree(folder, ignore_errors=True)
             return
+        except _Stopped:  # re-run from the start by the worker that takes the lease over
+            return
         except GatewayError as exc:  # e.g. the index refused a _typeFilter
             outputs = None
             job.message = exc.message
@@ -261,8 +265,13 @@ class BulkExportService:
                     note = progress(done, rtype, index, len(req.types))
                     if not self.jobs.renew(job.id, worker, self.settings.lease_seconds, note):
                         raise _Cancelled
+                    if self._stop.is_set():  # shutting down: the lease hands it on
+                        raise _Stopped
                     if self.failpoint == "bulk_after_first_page":
                         log.critical("failpoint bulk_after_first_page: exiting without cleanup")
+                        server = os.environ.get("GATEWAY_BULK_PARENT_PID")
+                        if server:  # the export process: the whole server crashes
+                            os.kill(int(server), signal.SIGKILL)
                         os._exit(137)
             finally:
                 files.close()
@@ -323,6 +332,10 @@ def _in_scope(principal: Principal, rtype: str) -> bool:
 
 class _Cancelled(Exception):
     """The job was cancelled (or taken over) while it ran."""
+
+
+class _Stopped(Exception):
+    """The process is stopping: the job is left to its lease."""
 
 
 def _meet(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:

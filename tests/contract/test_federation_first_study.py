@@ -173,11 +173,13 @@ def test_replacing_the_first_study_instance_updates_the_patient(
 def test_indexes_written_before_get_the_values_at_start(
     index: Index, record_of: Build, request: pytest.FixtureRequest
 ) -> None:
-    """SQLite: the columns are added and filled when the federation opens a database made
-    before them; Elasticsearch: documents without the values are backfilled at start."""
-    for dataset, patient, suffix, attrs in STUDIES:  # SQLite: no federation opened yet
-        index.add_instances([record(record_of, dataset, patient, suffix, **attrs)], overwrite=False)
+    """SQLite: an index made before the values gains the columns and triggers when opened,
+    and the values of its older studies from the migration's backfill (federated search
+    answers 503 until then); Elasticsearch: documents without the values are backfilled
+    at start."""
     if isinstance(index, ElasticsearchIndex):
+        for dataset, patient, suffix, attrs in STUDIES:
+            index.add_instances([record(record_of, dataset, patient, suffix, **attrs)], overwrite=False)  # fmt: skip
         from elasticsearch import Elasticsearch
 
         blank = {"fed_first_age": None, "fed_first_year": None, "fed_first_study": None}
@@ -191,11 +193,26 @@ def test_indexes_written_before_get_the_values_at_start(
         reopened = ElasticsearchIndex(Elasticsearch(url), prefix, refresh=True)  # starts
         fed = federation_of(reopened)
     else:
+        from server.errors import ServiceUnavailable
+        from server.index.federation_sql import FIRST_STUDY_MIGRATION, SqlFederation
         from server.index.sqlite import SqliteIndex
+        from tests.ops.test_index_migrations import as_made_before_first_study
 
         assert isinstance(index, SqliteIndex)
-        columns = {r[1] for r in index.db.reader().execute("PRAGMA table_xinfo(study)")}
-        assert "fed_first_age" not in columns
-        fed = federation_of(index)  # starts
+        for dataset, patient, suffix, attrs in STUDIES:
+            index.add_instances([record(record_of, dataset, patient, suffix, **attrs)], overwrite=False)  # fmt: skip
+        index.close()
+        as_made_before_first_study(index.path)  # as an earlier release wrote them
+        upgraded = SqliteIndex(index.path)  # starts: columns and triggers, no backfill yet
+        assert upgraded.migrations.pending() == [FIRST_STUDY_MIGRATION]
+        waiting = SqlFederation(
+            upgraded.db, ready=lambda: upgraded.migrations.done(FIRST_STUDY_MIGRATION)
+        )
+        with pytest.raises(ServiceUnavailable):
+            counts(waiting, age(60, 60))
+        assert upgraded.migrations.run_backfills() == len(STUDIES)
+        assert upgraded.migrations.pending() == []
+        request.addfinalizer(upgraded.close)
+        fed = waiting
     for name, ast, expected in CASES:
         assert counts(fed, ast) == expected, name

@@ -488,6 +488,24 @@ def test_patient_by_birth_year(client: httpx.Client, query: str) -> None:
     assert _patients(client, {"birthdate": query}) == expected
 
 
+@pytest.mark.parametrize("sort", ["_id", "-_id"])
+def test_walking_patient_pages_returns_every_patient_once_and_back(
+    client: httpx.Client, sort: str
+) -> None:
+    """Patient pages are keyset pages over the grouped patients (each page groups only
+    its own patients): every one once, in order, and ``previous`` gives the page back."""
+    pages = walk(client, "Patient", {"_count": 2, "_sort": sort})
+    ids = [i for page in pages for i in match_ids(page)]
+    assert all(len(match_ids(p)) <= 2 for p in pages)
+    assert len(ids) == len(set(ids)) == len(PATIENTS)
+    assert ids == sorted(ids, reverse=sort.startswith("-"))
+    second_url = link(pages[0], "next")
+    assert second_url
+    previous = link(bundle(client.get(second_url)), "previous")
+    assert previous
+    assert match_ids(bundle(client.get(previous))) == match_ids(pages[0])
+
+
 def test_patient_shows_birth_year_only(client: httpx.Client) -> None:
     found = bundle(client.get("Patient", params={"identifier": "PAT-A"}))
     data = matches(found)[0].model_dump(mode="json", by_alias=True, exclude_none=True)

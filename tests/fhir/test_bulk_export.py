@@ -8,6 +8,7 @@ holds exactly A's and S's resources, once each; nothing of B or R; Y is refused.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,9 +261,68 @@ def test_lenient_handling_ignores_unsupported_parameters(world: World) -> None:
     assert {o["type"] for o in manifest["output"]} == {"Patient"}
 
 
-def test_post_kickoff_is_405(world: World) -> None:
-    answer = httpx.post(f"{world.base}/$export", headers={**ASYNC, **bearer(world.x)})
-    issue(answer, 405)
+def post_kickoff(w: World, path: str, body: Any, **headers: str) -> httpx.Response:
+    return httpx.post(f"{w.base}/{path}", json=body, timeout=30,
+                      headers={**ASYNC, "Content-Type": FHIR_JSON, **headers, **bearer(w.x)})  # fmt: skip
+
+
+def parameters(*pairs: tuple[str, str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Parameters",
+            "parameter": [{"name": n, kind: v} for n, kind, v in pairs]}  # fmt: skip
+
+
+def test_post_kickoff_with_parameters_exports_as_the_get_does(world: World) -> None:
+    body = parameters(("_type", "valueString", "ImagingStudy"), ("_type", "valueString", "Patient"),
+                      ("_outputFormat", "valueString", "application/fhir+ndjson"),
+                      ("_since", "valueInstant", "2000-01-01T00:00:00Z"),
+                      ("_typeFilter", "valueString", f"ImagingStudy?dataset=ResearchStudy/{S}"))  # fmt: skip
+    manifest = completed(world, post_kickoff(world, "$export", body), world.x)
+    assert manifest["request"] == f"{world.base}/$export"  # a POST's URL, without parameters
+    found = as_sets(ids(downloaded(manifest, world.x)), ("Patient", "ImagingStudy"))
+    expected = world.expected((A, S))
+    assert found == {"Patient": expected["Patient"],
+                     "ImagingStudy": world.expected((S,))["ImagingStudy"]}  # fmt: skip
+
+
+def test_post_group_kickoff_exports_the_cohort(world: World) -> None:
+    manifest = completed(world, post_kickoff(world, f"Group/{A}/$export", parameters()), world.x)
+    found = as_sets(ids(downloaded(manifest, world.x)), TYPES)
+    assert found == {**world.expected((A,)), "ResearchStudy": set()}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status", "needle"),
+    [
+        ("$export", {"resourceType": "Bundle"}, {}, 400, "Parameters"),
+        (
+            "$export",
+            parameters(("patient", "valueReference", {"reference": "Patient/1"})),
+            {},
+            400,
+            "patient",
+        ),
+        ("$export", parameters(("_type", "valueInteger", 3)), {}, 400, "_type"),
+        ("$export", parameters(("_type", "valueString", "Observation")), {}, 400, "Observation"),
+        ("$export?_type=Patient", parameters(), {}, 400, "Parameters body"),
+        ("$export", parameters(), {"Prefer": "handling=strict"}, 400, "respond-async"),
+        ("$export", parameters(), {"Content-Type": "text/plain"}, 415, "Content-Type"),
+    ],
+)
+def test_bad_post_kickoffs_are_refused_with_an_operation_outcome(
+    world: World, path: str, body: Any, headers: dict[str, str], status: int, needle: str
+) -> None:
+    before = len(world_jobs(world))
+    assert needle in issue(post_kickoff(world, path, body, **headers), status)
+    assert len(world_jobs(world)) == before  # a refused kick-off queues nothing
+
+
+def world_jobs(w: World) -> list[str]:
+    db = w.live.data_dir / "bulk.sqlite"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in conn.execute("SELECT id FROM bulk_job")]
+    finally:
+        conn.close()
 
 
 def test_remote_processing_only_caller_is_refused_at_kickoff(world: World) -> None:

@@ -4,6 +4,7 @@ restart (each resource once), and finished exports expire with their files."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -47,8 +48,8 @@ def test_an_export_cut_off_by_a_crash_is_rerun_after_restart(tmp_path: Path) -> 
         assert kicked.status_code == 202, kicked.text
         location = kicked.headers["content-location"]
         assert live.process is not None
-        live.process.wait(60)  # the worker wrote one page, then the process died
-        assert live.process.returncode == 137
+        live.process.wait(60)  # the worker wrote one page, then the server died
+        assert live.process.returncode in (137, -signal.SIGKILL)
     finally:
         live.stop()
     restarted = LiveServer(data, extra_env=env, port=live.port).start()

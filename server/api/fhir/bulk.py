@@ -14,12 +14,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, Response
 
 from server.api.deps import audit_note, gateway, principal
-from server.api.fhir.router import FHIR_JSON, fhir_base
-from server.core.fhir.bulk import NDJSON, Level, parse_kickoff
+from server.api.fhir.router import FHIR_JSON, fhir_base, fhir_body
+from server.core.fhir.bulk import NDJSON, Level, parameters_pairs, parse_kickoff
 from server.core.mediatypes import parse_accept
-from server.errors import MethodNotAllowed, NotAcceptable
+from server.errors import BadRequest, NotAcceptable
 from server.services.bulk_export import BulkExportService
 from server.services.bulk_jobs import JobState
+from server.services.fhir_write import parse_json_object
 
 router = APIRouter(tags=["FHIR Bulk Data export"])
 
@@ -39,8 +40,13 @@ def _accept_outcome(request: Request) -> None:
 async def _kickoff(request: Request, level: Level, group: str | None = None) -> Response:
     _accept_outcome(request)
     pairs = list(request.query_params.multi_items())
+    if request.method == "POST":  # Bulk Data v2.0.0: the parameters in a Parameters body
+        if any(key not in ("_format", "_pretty") for key, _ in pairs):
+            raise BadRequest("a POST kick-off takes its parameters in the Parameters body only")
+        pairs = parameters_pairs(parse_json_object(await fhir_body(request)))
     req = parse_kickoff(level, group, pairs, request.headers.get("prefer"))
     caller = principal(request)
+    # The manifest's ``request``: the kick-off URL (of a POST: without its parameters).
     job = await run_in_threadpool(_service(request).kickoff, caller, req, str(request.url))
     audit_note(request, datasets=(group,) if group else (), entities=(f"export:{job.id}",))
     request.state.audit_note["action"] = "export"
@@ -70,11 +76,22 @@ async def export_group(request: Request, group: str) -> Response:
     return await _kickoff(request, Level.GROUP, group)
 
 
-@router.post("/$export", include_in_schema=False)
-@router.post("/Patient/$export", include_in_schema=False)
-@router.post("/Group/{group}/$export", include_in_schema=False)
-async def export_post(request: Request) -> Response:
-    raise MethodNotAllowed("$export is kicked off with GET (POST with Parameters is not supported)")
+@router.post("/$export", summary="system export, POST with Parameters")
+async def export_system_post(request: Request) -> Response:
+    """Bulk Data v2.0.0 system export kicked off with a FHIR Parameters body."""
+    return await _kickoff(request, Level.SYSTEM)
+
+
+@router.post("/Patient/$export", summary="patient export, POST with Parameters")
+async def export_patients_post(request: Request) -> Response:
+    """Bulk Data v2.0.0 all-patients export kicked off with a FHIR Parameters body."""
+    return await _kickoff(request, Level.PATIENT)
+
+
+@router.post("/Group/{group}/$export", summary="group export, POST with Parameters")
+async def export_group_post(request: Request, group: str) -> Response:
+    """Bulk Data v2.0.0 group export kicked off with a FHIR Parameters body."""
+    return await _kickoff(request, Level.GROUP, group)
 
 
 @router.get("/$export-status/{job_id}", summary="export status / manifest")

@@ -69,7 +69,7 @@ def _resource_response(resource: dict[str, Any] | None, status: int, base: str) 
     return _json(resource, status, headers)
 
 
-async def _body(request: Request) -> bytes:
+async def fhir_body(request: Request) -> bytes:
     ctype = request.headers.get("content-type")
     if ctype and parse_media_type(ctype).type not in (
         "application/fhir+json",
@@ -102,7 +102,7 @@ def capabilities(request: Request) -> Response:
 async def batch(request: Request) -> Response:
     """FHIR R4 3.1.0.12 batch/transaction."""
     _negotiate(request)
-    body = await _body(request)
+    body = await fhir_body(request)
     fhir = gateway(request).fhir_write
     result = await run_in_threadpool(
         fhir.bundle, body, fhir_base(request), dicomweb_root(request), principal(request)
@@ -192,7 +192,7 @@ def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
 async def create(request: Request, rtype: str) -> Response:
     """FHIR R4 3.1.0.8 create; If-None-Exist makes it conditional."""
     _negotiate(request)
-    body = await _body(request)
+    body = await fhir_body(request)
     fhir = gateway(request).fhir_write
     result = await run_in_threadpool(
         fhir.create, rtype, body, request.headers.get("if-none-exist"), principal(request)
@@ -204,7 +204,7 @@ async def create(request: Request, rtype: str) -> Response:
 async def update(request: Request, rtype: str, rid: str) -> Response:
     """FHIR R4 3.1.0.4 update; If-Match gives 412 on a version mismatch."""
     _negotiate(request)
-    body = await _body(request)
+    body = await fhir_body(request)
     fhir = gateway(request).fhir_write
     result = await run_in_threadpool(
         fhir.update, rtype, rid, body, request.headers.get("if-match"), principal(request)
@@ -225,6 +225,6 @@ async def delete(request: Request, rtype: str, rid: str) -> Response:
 async def validate(request: Request, rtype: str) -> Response:
     """FHIR R4 Resource-validate: an OperationOutcome for the resource in the body."""
     _negotiate(request)
-    body = await _body(request)
+    body = await fhir_body(request)
     require(principal(request), rtype, "r")
     return _json(await run_in_threadpool(gateway(request).fhir_validate, rtype, body))

@@ -115,6 +115,34 @@ def _split(values: list[str]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
+def parameters_pairs(data: Any) -> list[tuple[str, str]]:
+    """Bulk Data v2.0.0 POST kick-off: the (name, value) pairs of a FHIR Parameters body,
+    checked as the query of a GET kick-off is. A ``valueReference`` gives its reference
+    (``patient``, which this server does not support: 400 unless lenient)."""
+    if not isinstance(data, dict) or data.get("resourceType") != "Parameters":
+        raise BadRequest("a POST kick-off body is a FHIR Parameters resource")
+    parameters = data.get("parameter", [])
+    if not isinstance(parameters, list):
+        raise BadRequest("Parameters.parameter must be a list")
+    pairs: list[tuple[str, str]] = []
+    for p in parameters:
+        name = p.get("name") if isinstance(p, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequest("every Parameters.parameter needs a name")
+        values = [(k, v) for k, v in p.items() if k.startswith("value")]
+        if len(values) != 1:
+            raise InvalidQuery(f"parameter {name!r} needs exactly one value[x]", name)
+        kind, value = values[0]
+        if kind == "valueReference" and isinstance(value, dict):
+            value = value.get("reference")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        if not isinstance(value, str):
+            raise InvalidQuery(f"parameter {name!r}: {kind} is not a text value", name)
+        pairs.append((name, value))
+    return pairs
+
+
 def parse_kickoff(
     level: Level,
     group: str | None,

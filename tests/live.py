@@ -160,6 +160,10 @@ class LiveServer:
             # de-identification suites (tests/deid) set their own policies.
             "GATEWAY_DEID__DEFAULT_PROFILE": "none",
             "GATEWAY_WORKERS": "1",
+            # Bulk export workers as threads of the server: a process of their own (the
+            # default) costs every gateway start another interpreter; the export suites
+            # (tests/fhir/test_bulk_export*.py, tests/replicas) run the default.
+            "GATEWAY_BULK__PROCESS": "false",
             **backend,
             **self.extra_env,
         }

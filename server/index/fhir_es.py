@@ -256,6 +256,9 @@ class EsFhirQueries:
         query = {"bool": {"filter": self.patient_filters(req)}}
         if req.count == 0:  # count only: no row is read
             return StudyPage([], self._patient_total(query, req), None, None)
+        descending = bool(req.sort and req.sort[-1][1])
+        backwards = req.position is not None and req.position.backwards
+        # a page back is the composite walked the other way from the page's first key
         source: dict[str, Any] = {
             "size": req.count + 1,
             "sources": [
@@ -263,14 +266,14 @@ class EsFhirQueries:
                     "k": {
                         "terms": {
                             "field": "patient_key",
-                            "order": "desc" if req.sort and req.sort[-1][1] else "asc",
+                            "order": "desc" if descending != backwards else "asc",
                         }
                     }
                 }
             ],
         }
         if req.position is not None:
-            if req.position.backwards or len(req.position.values) != 1:
+            if len(req.position.values) != 1:
                 raise InvalidQuery("_cursor does not belong to this search", "_cursor")
             source["after"] = {"k": req.position.values[0]}
         aggs = {
@@ -285,9 +288,19 @@ class EsFhirQueries:
         buckets = found["aggregations"]["p"]["buckets"]
         more = len(buckets) > req.count
         buckets = buckets[: req.count]
+        if backwards:
+            buckets.reverse()
         rows = self._rows([b["one"]["hits"]["hits"][0] for b in buckets])
-        next_c = PagePosition(False, (buckets[-1]["key"]["k"],)) if more and buckets else None
-        return StudyPage(rows, self._patient_total(query, req), next_c, None)
+        if not buckets:
+            return StudyPage(rows, self._patient_total(query, req), None, None)
+        first, last = buckets[0]["key"]["k"], buckets[-1]["key"]["k"]
+        # forwards: more after if the composite had one more; something before if a cursor
+        # brought us here. Backwards: the reverse.
+        after = more if not backwards else True
+        before = (req.position is not None) if not backwards else more
+        next_c = PagePosition(False, (last,)) if after else None
+        prev_c = PagePosition(True, (first,)) if before else None
+        return StudyPage(rows, self._patient_total(query, req), next_c, prev_c)
 
     def _patient_total(self, query: dict[str, Any], req: SearchRequest) -> int | None:
         if not (req.total == "accurate" or req.summary == "count"):

@@ -80,7 +80,10 @@ def _subject(live: LiveServer, admin: str, dataset: str, patient: str) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("bulk")
-    live = LiveServer(root / "data", extra_env=auth_env(GATEWAY_BULK__RETRY_AFTER_SECONDS="1"))
+    live = LiveServer(
+        root / "data",
+        extra_env=auth_env(GATEWAY_BULK__RETRY_AFTER_SECONDS="1", GATEWAY_BULK__PROCESS="true"),
+    )
     for dataset in (A, S, R, B):
         cli_ok(live, "dataset", "create", dataset, "--title", dataset.upper(),
                "--cancer-type", "lung", *AS_SENT)  # fmt: skip

@@ -42,7 +42,10 @@ class Node:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     root = tmp_path_factory.mktemp("bulk-client")
-    live = LiveServer(root / "data", extra_env=auth_env(GATEWAY_BULK__RETRY_AFTER_SECONDS="1"))
+    live = LiveServer(
+        root / "data",
+        extra_env=auth_env(GATEWAY_BULK__RETRY_AFTER_SECONDS="1", GATEWAY_BULK__PROCESS="true"),
+    )
     for dataset in (A, S, R, B):
         cli_ok(live, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "breast",
                *AS_SENT)  # fmt: skip

@@ -38,7 +38,11 @@ def _store(live: LiveServer, studies: int) -> set[str]:
 
 def test_an_export_cut_off_by_a_crash_is_rerun_after_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = {"GATEWAY_BULK__PAGE_SIZE": "1", "GATEWAY_BULK__LEASE_SECONDS": "2"}
+    env = {
+        "GATEWAY_BULK__PAGE_SIZE": "1",
+        "GATEWAY_BULK__LEASE_SECONDS": "2",
+        "GATEWAY_BULK__PROCESS": "true",
+    }
     live = LiveServer(data, extra_env={**env, "GATEWAY_FAILPOINT": "bulk_after_first_page"})
     live.start()
     try:

@@ -125,6 +125,7 @@ def start_cluster(data_dir: Path, count: int, **extra: str) -> Cluster:
     env = auth_env(
         GATEWAY_PUBLIC_BASE_URL=balancer.url,
         GATEWAY_AUTH__AGREEMENT_CACHE_SECONDS="1",
+        GATEWAY_BULK__PROCESS="true",  # as shipped: export workers in a process of their own
         **extra,
     )
     replicas = [LiveServer(data_dir, extra_env=dict(env), name=f"replica{i}") for i in range(count)]

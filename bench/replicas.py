@@ -38,6 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from es_scale import _es
 from index_scale import _clone, _template, bench_data_dir
 
 from server.synthetic import generate_cohort, to_part10_bytes
@@ -45,15 +46,6 @@ from tests.replicas.conftest import Cluster, launch, start_cluster
 from tests.security.conftest import add_client, cli_ok, token
 
 BATCH = 2000
-
-
-def _es(tmp: Path) -> tuple[str, object]:
-    if os.environ.get("ES_URL"):
-        return os.environ["ES_URL"], lambda: None
-    os.environ.setdefault("ES_HEAP", "1g")
-    from tests.es_server import ensure_elasticsearch
-
-    return ensure_elasticsearch(tmp)
 
 
 def _cluster(data: Path, count: int, es_url: str, prefix: str) -> Cluster:

@@ -11,7 +11,6 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import orjson
 
 from server.database import Connection, Database, open_store
 from server.security.audit_search import ID_INDEX
+from server.storage.permissions import file_lock
 
 log = logging.getLogger("gateway.audit")
 
@@ -91,23 +91,9 @@ def read_anchor(path: Path) -> tuple[int, str] | None:
         raise ValueError(f"unreadable anchor {anchor_path(path).name}: {exc}") from exc
 
 
-@contextlib.contextmanager
-def _anchor_lock(path: Path) -> Iterator[None]:
+def _anchor_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """Serialise anchor updates between processes sharing the log (POSIX only)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fd = os.open(
-        anchor_path(path).with_suffix(ANCHOR_SUFFIX + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-    )
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return file_lock(anchor_path(path).with_suffix(ANCHOR_SUFFIX + ".lock"))
 
 
 def write_anchor(path: Path, seq: int, digest: str) -> None:

@@ -25,13 +25,14 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
+
+from server.storage.permissions import file_lock
 
 if TYPE_CHECKING:
     from server.security.shared_secrets import SharedSecrets
@@ -363,18 +364,6 @@ def _write_private(target: Path, body: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def _locked(key_dir: Path) -> Iterator[None]:
+def _locked(key_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Serialise key creation between processes sharing the directory (POSIX only)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fd = os.open(key_dir / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return file_lock(key_dir / ".lock")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 FILE_MODE = 0o600
@@ -36,3 +37,21 @@ def _tighten(path: Path) -> None:
                 path.chmod(DIR_MODE)
         elif stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
             path.chmod(FILE_MODE)
+
+
+@contextlib.contextmanager
+def file_lock(lock_file: Path) -> Iterator[None]:
+    """An exclusive lock between processes sharing ``lock_file``'s folder (POSIX flock;
+    no lock where there is none). The lock file is created 0600 and left in place."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

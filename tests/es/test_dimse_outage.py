@@ -19,7 +19,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from server.synthetic import generate_cohort
-from tests.dimse.conftest import GATEWAY_AE, StoreScp, start_dimse_gateway, write_files
+from tests.dimse.conftest import (
+    GATEWAY_AE,
+    DimseGateway,
+    StoreScp,
+    start_dimse_gateway,
+    write_files,
+)
 from tests.es.test_outage import Proxy
 from tests.live import free_port
 from tests.security.conftest import add_client, cli_ok
@@ -39,9 +45,9 @@ def _find_statuses(port: int) -> list[int]:
         assoc.release()
 
 
-def test_c_find_during_an_outage_is_out_of_resources(
-    elasticsearch_url: str, tmp_path: Path
-) -> None:
+def _behind_a_proxy(elasticsearch_url: str, tmp_path: Path) -> tuple[Proxy, DimseGateway]:
+    """A DIMSE gateway (not started) whose Elasticsearch is reached through a proxy the
+    test can cut."""
     proxy = Proxy(elasticsearch_url)
     proxy.start()
     gw = start_dimse_gateway(
@@ -51,6 +57,13 @@ def test_c_find_during_an_outage_is_out_of_resources(
         GATEWAY_ELASTICSEARCH__INDEX_PREFIX=f"dimseoutage{proxy.port}",
         GATEWAY_ELASTICSEARCH__REQUEST_TIMEOUT="3",
     )
+    return proxy, gw
+
+
+def test_c_find_during_an_outage_is_out_of_resources(
+    elasticsearch_url: str, tmp_path: Path
+) -> None:
+    proxy, gw = _behind_a_proxy(elasticsearch_url, tmp_path)
     cli_ok(gw.live, "dataset", "create", "site", "--title", "site", "--cancer-type", "lung")
     add_client(gw.live, "modality", "--ae-title", "MODALITY", "--store", "site")
     gw.live.start()
@@ -114,15 +127,7 @@ def _get_final(port: int, study: str) -> tuple[Dataset, int]:
 def test_c_move_and_c_get_during_an_outage_are_out_of_resources_with_a_reason(
     elasticsearch_url: str, tmp_path: Path
 ) -> None:
-    proxy = Proxy(elasticsearch_url)
-    proxy.start()
-    gw = start_dimse_gateway(
-        tmp_path / "data",
-        GATEWAY_INDEX="elasticsearch",
-        GATEWAY_ELASTICSEARCH__HOSTS=f'["http://127.0.0.1:{proxy.port}"]',
-        GATEWAY_ELASTICSEARCH__INDEX_PREFIX=f"dimseoutage{proxy.port}",
-        GATEWAY_ELASTICSEARCH__REQUEST_TIMEOUT="3",
-    )
+    proxy, gw = _behind_a_proxy(elasticsearch_url, tmp_path)
     dest_port = free_port()
     cli_ok(gw.live, "dataset", "create", "site", "--title", "site", "--cancer-type", "lung")
     modality = add_client(gw.live, "modality", "--ae-title", "MODALITY", "--store", "site")

@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from pydicom import dcmread
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from server.core.deid import basic, burned_in, ctp, eucaim, method, raw, values
 from server.core.deid.actions import Changes, Context, set_value, tags
@@ -55,7 +53,7 @@ from server.core.deid.stream import (
 from server.core.records import UnreadableInstance
 
 PADDING = 0xFFFCFFFC
-_IDENTIFYING_TAGS = [int(tag_for_keyword(k) or 0) for k in values.IDENTIFYING]
+_IDENTIFYING_TAGS = values.identifying_tags()
 _MALFORMED = (ValueError, TypeError, UnicodeError, OverflowError, struct.error, KeyError)
 # sequences are parsed lazily, while the profile walks them: their parse errors too
 _MALFORMED_ITEMS = (*_MALFORMED, OSError, EOFError, NotImplementedError, IndexError)
@@ -406,13 +404,7 @@ def _identifying_values(ds: Dataset) -> list[str]:
     for tag in _IDENTIFYING_TAGS:
         if tag not in ds:
             continue
-        value = ds[tag].value
-        if value is None:
-            continue
-        if isinstance(value, MultiValue | list):
-            found.extend(str(v) for v in value)
-        else:
-            found.append(str(value))
+        found.extend(values.value_strings(ds[tag].value))
     return found
 
 

@@ -29,13 +29,12 @@ from functools import lru_cache
 from typing import Any, BinaryIO, cast
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataelem import empty_value_for_VR as _empty_value
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomFileLike
 from pydicom.filewriter import write_data_element
-from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
@@ -73,7 +72,7 @@ _BASIC_SET = (PATIENT_ID, PATIENT_NAME, 0x00280303, *_METHOD)
 _EUCAIM_SET = (0x00080080, *_METHOD)
 # character sets whose text pydicom decodes and encodes as this walker expects
 _CHARSETS = (b"", b"ISO_IR 100", b"ISO_IR 192", b"ISO_IR 6")
-_IDENTIFYING_TAGS = [int(tag_for_keyword(k) or 0) for k in values.IDENTIFYING]
+_IDENTIFYING_TAGS = values.identifying_tags()
 
 
 class Fallback(Exception):
@@ -684,13 +683,7 @@ def _context(top: _Level, changes: Changes, map_uid: Callable[[str], str]) -> Co
     for tag in _IDENTIFYING_TAGS:
         if tag not in top.elems:
             continue
-        value = top.decode(tag).value
-        if value is None:
-            continue
-        if isinstance(value, MultiValue | list):
-            found.extend(str(v) for v in value)
-        else:
-            found.append(str(value))
+        found.extend(values.value_strings(top.decode(tag).value))
     words = values.identifying_words(found)
     return Context(map_uid=map_uid, shift_date=lambda v: v, words=words, changes=changes)
 

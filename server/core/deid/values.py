@@ -11,7 +11,8 @@ import hmac
 import re
 from functools import lru_cache
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.multival import MultiValue
 from pydicom.uid import UID_dictionary
 
 from server.core.deid import ctp
@@ -140,6 +141,21 @@ def scrub(text: str, words: list[str]) -> str:
     for word in words:  # whole words only: "St" must not eat the "st" of "chest"
         out = re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", "", out, flags=re.IGNORECASE)
     return " ".join(out.split())
+
+
+def identifying_tags() -> list[int]:
+    """The tags of :data:`IDENTIFYING`, whose values feed :func:`identifying_words`."""
+    return [int(tag_for_keyword(k) or 0) for k in IDENTIFYING]
+
+
+def value_strings(value: object) -> list[str]:
+    """An element's value as text: nothing for an empty one, one string per item of a
+    multi-valued one."""
+    if value is None:
+        return []
+    if isinstance(value, MultiValue | list):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def identifying_words(values: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -52,11 +53,13 @@ from server.index.federation_es import (
     series_objects,
     study_facts,
 )
+from server.index.pixel_cache import PixelIndexCache
 from server.metrics import metered
 
 PAGE = 1000
 _INSTANCE_FIELDS = ["studyinstanceuid", "seriesinstanceuid", "sop_uid", "sop_class_uid",
                     "transfer_syntax", "blob_key", "size", "pixel_index"]  # fmt: skip
+_HEAD_FIELDS = _INSTANCE_FIELDS[:-1]  # all but the pixel index (frame table)
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -86,6 +89,7 @@ class ElasticsearchIndex:
         # Per level an alias over a versioned index, so `reindex` can switch atomically.
         self.names = names or {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
         self.first_studies = FirstStudies(self.es, self.names[Level.STUDY])
+        self.pixel_indexes = PixelIndexCache()
         if names is None:  # (an unreachable cluster is ServiceUnavailable: es_outage)
             for level, alias in self.names.items():
                 if not self.es.indices.exists(index=alias):
@@ -220,6 +224,7 @@ class ElasticsearchIndex:
 
     def delete(self, scope: Scope) -> list[StoredInstance]:
         found = self.instances(scope)
+        self.pixel_indexes.forget([i.blob_key for i in found])
         if found:
             self._remove(
                 [i.sop_uid for i in found],
@@ -250,6 +255,8 @@ class ElasticsearchIndex:
         return len(rows)
 
     def _remove(self, sops: list[str], series: set[str], studies: set[str]) -> None:
+        # (another replica's cache needs no word: it is keyed by blob keys, which are never
+        # reused, and every read checks the instance document first)
         patients = {
             doc["patient_key"]
             for doc in self._mget(Level.STUDY, sorted(studies), ["patient_key"]).values()
@@ -312,8 +319,36 @@ class ElasticsearchIndex:
         return True, doc["_source"].get("dataset")
 
     def instances(self, scope: Scope) -> list[StoredInstance]:
+        if scope.sop_uid is not None:
+            one = self._instance(scope, scope.sop_uid)
+            return [one] if one is not None else []
         hits = self._scan(Level.INSTANCE, _scope_query(scope), _INSTANCE_FIELDS, _ORDER)
         return [_stored(h) for h in hits]
+
+    def _instance(self, scope: Scope, sop_uid: str) -> StoredInstance | None:
+        """One instance by its document id: a real-time get (no search, no refresh to wait
+        for), without the frame table when this process has it for the same blob key."""
+        index = self.names[Level.INSTANCE]
+        try:
+            head = dict(self.es.get(index=index, id=sop_uid, source_includes=_HEAD_FIELDS))
+        except NotFoundError:
+            return None
+        source = head["_source"]
+        if source.get("studyinstanceuid") != scope.study_uid or (
+            scope.series_uid is not None and source.get("seriesinstanceuid") != scope.series_uid
+        ):
+            return None
+        cached, pixel_index = self.pixel_indexes.get(source["blob_key"])
+        if cached:
+            return replace(_stored(head), pixel_index=pixel_index)
+        try:
+            full = _stored(
+                dict(self.es.get(index=index, id=sop_uid, source_includes=_INSTANCE_FIELDS))
+            )
+        except NotFoundError:  # deleted between the two reads
+            return None
+        self.pixel_indexes.put(full.blob_key, full.pixel_index)
+        return full
 
     def metadata(self, scope: Scope) -> Iterator[bytes]:
         for hit in self._scan(Level.INSTANCE, _scope_query(scope), ["metadata"], _ORDER):

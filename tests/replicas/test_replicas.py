@@ -2,7 +2,7 @@
 other sees; a token of one is a token of all; an agreement revoked through one bites on all
 within the agreement cache time; an export started on one is polled and downloaded through
 others; kill -9 of one replica during STOW loses no acknowledged instance and the others
-keep serving.
+keep serving; an instance deleted through one is gone from all at once.
 """
 
 from __future__ import annotations
@@ -112,6 +112,33 @@ def test_a_study_stored_through_one_replica_is_read_through_every_other(world: W
         assert pixels.status_code == 200 and len(pixels.content) > 1000
         fhir = w.on(replica, f"/fhir/ImagingStudy/{study.study_uid}", reader)
         assert fhir.status_code == 200, fhir.text
+
+
+def test_a_frame_deleted_through_one_replica_is_gone_from_every_other_at_once(
+    world: World,
+) -> None:
+    """Frames retrieval may keep immutable instance facts per process (the Elasticsearch
+    index caches frame tables by blob key); whether the instance exists is never cached."""
+    w = world
+    one, *others = w.cluster.replicas
+    study = store_study(one, A, token(one, w.pusher))
+    frame = _instance(study) + "/frames/1"
+    accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+    def get(replica: LiveServer) -> httpx.Response:
+        headers = {**bearer(token(replica, w.reader)), "Accept": accept}
+        return httpx.get(f"{replica.url}{frame}", headers=headers, timeout=30)
+
+    for replica in w.cluster.replicas:  # every replica has served (and may cache) the frame
+        for _ in range(2):
+            served = get(replica)
+            assert served.status_code == 200 and len(served.content) > 300, served.text[:300]
+    gone = httpx.delete(f"{one.url}/dicom-web/studies/{study.study_uid}",
+                        headers=bearer(token(one, w.admin)), timeout=60)  # fmt: skip
+    assert gone.status_code in (200, 202, 204), gone.text
+    for replica in others:
+        after = get(replica)
+        assert after.status_code == 404, (replica.name, after.status_code, after.text[:300])
 
 
 def test_a_token_issued_by_one_replica_is_accepted_by_every_replica(world: World) -> None:

@@ -119,6 +119,37 @@ def test_frames_come_in_the_order_asked_and_a_frame_past_the_end_is_404(
     assert "16" in response.text  # says how many frames there are
 
 
+# What dicom-microscopy-viewer (OHIF's microscopy mode) sends for a tile: every type it
+# decodes, JPEG-LS first, all at the same preference.
+MICROSCOPY_VIEWER_ACCEPT = ", ".join(
+    f'multipart/related; type="{media}"; transfer-syntax={syntax}'
+    for media, syntax in (
+        ("image/jls", "1.2.840.10008.1.2.4.80"), ("image/jls", "1.2.840.10008.1.2.4.81"),
+        ("image/jp2", "1.2.840.10008.1.2.4.90"), ("image/jp2", "1.2.840.10008.1.2.4.91"),
+        ("application/octet-stream", "*"), ("image/jpeg", JPEG_BASELINE),
+    )
+)  # fmt: skip
+
+
+def test_a_viewer_listing_every_type_it_decodes_gets_the_tiles_as_stored_not_transcoded(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """Among media ranges of equal preference the stored one wins (no re-encoding because
+    of the order of a list); a higher q-value for another type is still honoured."""
+    (path,) = write_slide(tmp_path / "slide", 256, 128, levels=False)
+    _store(server, [path])
+    study, series, sop = _uids(path)
+    url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/3"
+    response = httpx.get(url, headers={"Accept": MICROSCOPY_VIEWER_ACCEPT})
+    assert response.status_code == 200, response.text
+    assert 'type="image/jpeg"' in response.headers["content-type"], response.headers
+    assert _tiles_in_frame_order(path)[2].rstrip(b"\0") in response.content
+    preferred = "multipart/related; type=image/jls, multipart/related; type=image/jpeg; q=0.5"
+    response = httpx.get(url, headers={"Accept": preferred})
+    assert response.status_code == 200, response.text
+    assert 'type="image/jls"' in response.headers["content-type"], response.headers
+
+
 def _bytes_read(pid: int) -> int:
     """Bytes this process asked read(2) and friends for (files, sockets, the index)."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():

@@ -53,7 +53,7 @@ from server.index.federation_es import (
     series_objects,
     study_facts,
 )
-from server.index.pixel_cache import PixelIndexCache
+from server.index.pixel_cache import PixelIndexCache, ShortLived
 from server.metrics import metered
 
 PAGE = 1000
@@ -81,6 +81,7 @@ class ElasticsearchIndex:
         replicas: int = 0,
         refresh: Any = "wait_for",
         names: dict[Level, str] | None = None,
+        cache_seconds: float = 0.0,
     ) -> None:
         self.es = client
         # "wait_for": a write returns once searchable (default); True forces a refresh (tests).
@@ -90,6 +91,11 @@ class ElasticsearchIndex:
         self.names = names or {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
         self.first_studies = FirstStudies(self.es, self.names[Level.STUDY])
         self.pixel_indexes = PixelIndexCache()
+        # (study, series, SOP) -> instance and study -> dataset, for retrieval: a round trip
+        # to the cluster costs more than the rest of a frame request on a busy machine
+        self.recent_instances: ShortLived[tuple[str, str | None, str], StoredInstance]
+        self.recent_instances = ShortLived(cache_seconds)
+        self.recent_studies: ShortLived[str, str | None] = ShortLived(cache_seconds)
         if names is None:  # (an unreachable cluster is ServiceUnavailable: es_outage)
             for level, alias in self.names.items():
                 if not self.es.indices.exists(index=alias):
@@ -122,6 +128,7 @@ class ElasticsearchIndex:
         return self._add(records, overwrite)
 
     def _add(self, records: Sequence[InstanceRecord], overwrite: bool) -> list[AddResult]:
+        self._forget_recent()
         existing = self._mget(
             Level.INSTANCE, [r.sop_uid for r in records], ["sha256", "blob_key", "dataset"]
         )
@@ -223,6 +230,7 @@ class ElasticsearchIndex:
         return {d["_id"]: d["_source"] for d in found["docs"] if d.get("found")}
 
     def delete(self, scope: Scope) -> list[StoredInstance]:
+        self._forget_recent()  # what is deleted is read from the cluster, not remembered
         found = self.instances(scope)
         self.pixel_indexes.forget([i.blob_key for i in found])
         if found:
@@ -254,7 +262,12 @@ class ElasticsearchIndex:
             )
         return len(rows)
 
+    def _forget_recent(self) -> None:
+        self.recent_instances.clear()
+        self.recent_studies.clear()
+
     def _remove(self, sops: list[str], series: set[str], studies: set[str]) -> None:
+        self._forget_recent()
         # (another replica's cache needs no word: it is keyed by blob keys, which are never
         # reused, and every read checks the instance document first)
         patients = {
@@ -310,13 +323,18 @@ class ElasticsearchIndex:
         return doc["_source"].get("dataset"), _unb64(doc["_source"].get("deid"))
 
     def study_dataset(self, study_uid: str) -> tuple[bool, str | None]:
+        recent = self.recent_studies.get(study_uid)
+        if recent is not None:
+            return True, recent or None
         try:
             doc = self.es.get(
                 index=self.names[Level.STUDY], id=study_uid, source_includes=["dataset"]
             )
         except NotFoundError:
             return False, None
-        return True, doc["_source"].get("dataset")
+        dataset = doc["_source"].get("dataset")
+        self.recent_studies.put(study_uid, dataset or "")
+        return True, dataset
 
     def instances(self, scope: Scope) -> list[StoredInstance]:
         if scope.sop_uid is not None:
@@ -327,7 +345,18 @@ class ElasticsearchIndex:
 
     def _instance(self, scope: Scope, sop_uid: str) -> StoredInstance | None:
         """One instance by its document id: a real-time get (no search, no refresh to wait
-        for), without the frame table when this process has it for the same blob key."""
+        for), without the frame table when this process has it for the same blob key;
+        reused for ``cache_seconds``."""
+        key = (scope.study_uid, scope.series_uid, sop_uid)
+        recent = self.recent_instances.get(key)
+        if recent is not None:
+            return recent
+        found = self._instance_now(scope, sop_uid)
+        if found is not None:
+            self.recent_instances.put(key, found)
+        return found
+
+    def _instance_now(self, scope: Scope, sop_uid: str) -> StoredInstance | None:
         index = self.names[Level.INSTANCE]
         try:
             head = dict(self.es.get(index=index, id=sop_uid, source_includes=_HEAD_FIELDS))

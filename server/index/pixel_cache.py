@@ -1,4 +1,6 @@
-"""A bounded per-process cache of stored pixel indexes (frame tables), keyed by blob key.
+"""Per-process caches of what retrieval reads from a remote index on every request.
+
+:class:`PixelIndexCache`: the stored pixel indexes (frame tables), keyed by blob key.
 
 A whole-slide level's frame table is hundreds of kilobytes (one length per tile); an
 index backend that keeps it inside the instance's document would ship it on every frame
@@ -7,12 +9,21 @@ and the pixel index is a function of the blob's bytes, so an entry can never be 
 whether the instance still exists, and which blob it points at now, is read from the
 index on every request (by primary key), and only the immutable table comes from here.
 A deleted or replaced instance leaves an unreachable entry that ages out of the LRU.
+
+:class:`ShortLived`: answers that can change (an instance still exists, under this blob
+key; a study's dataset), reused for a few seconds at most. A write or delete through this
+process clears it; one through another replica is seen once the entry is that old.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class PixelIndexCache:
@@ -53,3 +64,37 @@ class PixelIndexCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ShortLived(Generic[K, V]):
+    """``key -> value`` kept ``seconds`` (0: nothing is kept), at most ``size`` entries."""
+
+    def __init__(self, seconds: float, size: int = 4096) -> None:
+        self.seconds, self.size = seconds, size
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        if self.seconds <= 0:
+            return None
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if found[0] < time.monotonic():
+                del self._entries[key]
+                return None
+            return found[1]
+
+    def put(self, key: K, value: V) -> None:
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (time.monotonic() + self.seconds, value)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -268,8 +268,8 @@ class ElasticsearchIndex:
 
     def _remove(self, sops: list[str], series: set[str], studies: set[str]) -> None:
         self._forget_recent()
-        # (another replica's cache needs no word: it is keyed by blob keys, which are never
-        # reused, and every read checks the instance document first)
+        # (other processes are not told: their frame tables are keyed by blob keys, which are
+        # never reused, and what they recall of instances and studies ages out in seconds)
         patients = {
             doc["patient_key"]
             for doc in self._mget(Level.STUDY, sorted(studies), ["patient_key"]).values()

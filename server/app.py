@@ -379,7 +379,9 @@ def elasticsearch_index(settings: Settings) -> Index:
     if es.ca_file:
         options["ca_certs"] = str(es.ca_file)
     client = Elasticsearch(es.hosts, **options)
-    return ElasticsearchIndex(client, es.index_prefix, es.shards, es.replicas)
+    return ElasticsearchIndex(
+        client, es.index_prefix, es.shards, es.replicas, cache_seconds=es.instance_cache_seconds
+    )
 
 
 def body_part_terms(conformance: Conformance) -> Callable[[str], list[str]]:

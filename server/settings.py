@@ -278,6 +278,9 @@ class ElasticsearchSettings(BaseModel):
     shards: int = Field(default=1, ge=1)
     replicas: int = Field(default=0, ge=0)
     request_timeout: float = 30.0
+    # Retrieval reuses an instance's location and a study's dataset this long (seconds) per
+    # process; a delete or replace through another replica is seen within it (0: never reused)
+    instance_cache_seconds: float = Field(default=1.0, ge=0, le=60)
 
 
 class S3Settings(BaseModel):

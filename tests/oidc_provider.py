@@ -9,6 +9,7 @@ client.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import json
@@ -108,12 +109,17 @@ def authorize_url(gateway: str, client_id: str, redirect_uri: str, **extra: str)
     return f"{gateway}/oauth/authorize?{urlencode(params)}", state, verifier
 
 
-def sign_in(gateway: str, client_id: str, redirect_uri: str, username: str) -> Authorization:
+def sign_in(
+    gateway: str, client_id: str, redirect_uri: str, username: str,
+    browser: httpx.Client | None = None, forms: list[str] | None = None,
+) -> Authorization:  # fmt: skip
     """Walk a sign-in as a browser would (following redirects, filling the login form) until
     the redirect back to ``redirect_uri``; works with the provider's and the development login.
-    """
+    ``browser`` keeps its cookies across sign-ins; the URL of each form filled is added to
+    ``forms``."""
     url, state, verifier = authorize_url(gateway, client_id, redirect_uri)
-    with httpx.Client(timeout=30) as browser:  # keeps the provider's cookies
+    own = httpx.Client(timeout=30) if browser is None else contextlib.nullcontext(browser)
+    with own as browser:  # keeps the provider's (and the gateway's) cookies
         for _ in range(20):
             if url.startswith(redirect_uri):
                 query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
@@ -127,6 +133,8 @@ def sign_in(gateway: str, client_id: str, redirect_uri: str, username: str) -> A
             assert answer.status_code == 200, (url, answer.status_code, answer.text[:500])
             form = re.search(r'<form[^>]*action="([^"]+)"[^>]*>(.*?)</form>', answer.text, re.S)
             assert form, answer.text[:1000]
+            if forms is not None:
+                forms.append(url)
             fields = {}
             for tag in re.findall(r"<input\b[^>]*>", form[2]):
                 name = re.search(r'name="?([\w-]+)', tag)

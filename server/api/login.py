@@ -42,6 +42,8 @@ _PKCE = re.compile(r"[A-Za-z0-9\-._~]{43,128}")  # RFC 7636 §4.1 code_verifier
 _CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")  # BASE64URL(SHA256(verifier)), no padding
 _USER = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 DEV_LOGIN_PATH = "/oauth/dev-login"
+# The authorization server's browser session (sessions.SignIn): HttpOnly, on /oauth only.
+SIGNIN_COOKIE = "gateway_signin"
 
 
 def browser_clients(request: Request) -> dict[str, list[str]]:
@@ -132,6 +134,12 @@ async def authorize(request: Request) -> Response:
         "code_challenge": challenge, "scope": scope,
         "nonce": nonce, "verifier": verifier,
     }  # fmt: skip
+    cookie = request.cookies.get(SIGNIN_COOKIE)
+    if cookie and "login" not in q.get("prompt", "").split():  # OIDC prompt=login: ask again
+        signed_in = await run_in_threadpool(gw.sessions.signin, cookie)
+        if signed_in is not None:  # signed in already (a page reload): no trip to the provider
+            return await _code_for(request, pending, signed_in.issuer, signed_in.subject,
+                                   signed_in.organization, signin=signed_in.digest)  # fmt: skip
     login = await run_in_threadpool(gw.sessions.add_pending, pending, PENDING_LOGIN_SECONDS)
     if gw.relying_party is None:  # development login
         return RedirectResponse(f"{DEV_LOGIN_PATH}?{urlencode({'request': login})}", 303)
@@ -176,17 +184,34 @@ async def callback(request: Request) -> Response:
 
 
 async def _code_for(
-    request: Request, pending: dict[str, Any], issuer: str, subject: str, org: str | None
+    request: Request,
+    pending: dict[str, Any],
+    issuer: str,
+    subject: str,
+    org: str | None,
+    signin: str | None = None,
 ) -> Response:
+    """The redirect back with a code; a user who has just authenticated (``signin`` None)
+    also gets a new sign-in cookie, so that a page reload needs no new authentication."""
     gw = gateway(request)
+    secret = None
+    if signin is None:
+        lifetime = gw.settings.auth.session_lifetime
+        secret, signin = await run_in_threadpool(gw.sessions.add_signin, issuer, subject, org, lifetime)  # fmt: skip
     grant = CodeGrant(
         client_id=pending["client_id"], redirect_uri=pending["redirect_uri"],
         code_challenge=pending["code_challenge"], issuer=issuer, subject=subject,
-        organization=org, scope=list(pending.get("scope") or []),
+        organization=org, scope=list(pending.get("scope") or []), signin=signin,
     )  # fmt: skip
     code = await run_in_threadpool(gw.sessions.add_code, grant, gw.settings.auth.code_lifetime)
     extra = {"state": pending["state"]} if pending.get("state") else {}
-    return _back(request, pending["redirect_uri"], {"code": code, **extra})
+    back = _back(request, pending["redirect_uri"], {"code": code, **extra})
+    if secret is not None:
+        back.set_cookie(
+            SIGNIN_COOKIE, secret, max_age=gw.settings.auth.session_lifetime, path="/oauth",
+            secure=gw.tokens.issuer.startswith("https:"), httponly=True, samesite="lax",
+        )  # fmt: skip
+    return back
 
 
 # ---------------------------------------------------------------------- development login
@@ -342,7 +367,17 @@ def revoke(request: Request, form: dict[str, str]) -> None:
 
 
 def signed_out(request: Request) -> Response:
-    """GET /oauth/logout: redirect back to a registered origin, or say the user is out."""
+    """GET /oauth/logout: end the sign-in (cookie), then redirect back to a registered
+    origin, or say the user is out."""
+    cookie = request.cookies.get(SIGNIN_COOKIE)
+    if cookie:
+        gateway(request).sessions.end_signin(cookie)
+    answer = _signed_out_answer(request)
+    answer.delete_cookie(SIGNIN_COOKIE, path="/oauth", httponly=True, samesite="lax")
+    return answer
+
+
+def _signed_out_answer(request: Request) -> Response:
     q = request.query_params
     target = q.get("post_logout_redirect_uri", "")
     origins = {urlsplit(uri)[:2] for uris in browser_clients(request).values() for uri in uris}

@@ -39,6 +39,9 @@ TYPES = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/ja
          ".json": "application/json", ".woff2": "font/woff2", ".svg": "image/svg+xml",
          ".css": "text/css", ".html": "text/html; charset=utf-8"}  # fmt: skip
 _WEBPACK_PUBLIC_PATH = re.compile(rb'(__webpack_require__\.p = )"/"')
+# Modules the app loads at run time by absolute path (dicom-microscopy-viewer, for the
+# microscopy mode: ``browserImportFunction('/dicom-microscopy-viewer/...')``).
+_BROWSER_IMPORT = re.compile(rb"""(browserImportFunction\(['"])/(?!/)""")
 _ROOTED = re.compile(rb'((?:href|src)=")/(?!/)|(url\()/(?!/)|(PUBLIC_URL=")/(")')
 _cache: dict[tuple[str, float], bytes | None] = {}
 _cache_lock = threading.Lock()
@@ -47,7 +50,8 @@ _cache_lock = threading.Lock()
 def _rebase(data: bytes, name: str) -> bytes:
     """The bundle's root-relative references, moved under ``/viewer/``."""
     if name.endswith(".js"):  # webpack runtimes (the app's and its web workers')
-        return _WEBPACK_PUBLIC_PATH.sub(rb'\1"/viewer/"', data)
+        data = _WEBPACK_PUBLIC_PATH.sub(rb'\1"/viewer/"', data)
+        return _BROWSER_IMPORT.sub(rb"\1/viewer/", data)
     if name == "manifest.json":
         return data.replace(b'"/', b'"/viewer/')
 

@@ -120,24 +120,15 @@ def negotiate_frames(
     image media type other than the stored one (or a ``transfer-syntax`` other than the
     stored one) asks for the frame encoded anew (:data:`server.core.encode.TARGETS`).
     """
-    for r in parse_accept(header):
-        if r.type in ("*/*", "multipart/*") or (
-            r.type == "multipart/related" and r.related_type is None
-        ):
-            return None, True, None
-        if r.type != "multipart/related":
-            continue
-        related = r.related_type
-        syntax = r.transfer_syntax
-        if related == OCTET:
-            return OCTET, syntax == "*", None
-        if related and related.endswith("/*"):
-            return stored_type, True, None
-        if related == stored_type and syntax in (None, "*", stored_syntax):
-            return stored_type, True, None
-        target = syntax or DEFAULT_FOR_MEDIA.get(related or "")
-        if target in TARGETS and TARGETS[target].media_type == related:
-            return related, False, target
+    ranges = parse_accept(header)
+    for q in sorted({r.q for r in ranges}, reverse=True):
+        # Among the ranges liked best (equal q), one the stored frames satisfy wins over one
+        # that needs transcoding: viewers list every type they decode (dicom-microscopy-viewer
+        # puts image/jls first), and a JPEG tile is not re-encoded because of that order.
+        choices = [_frame_choice(r, stored_type, stored_syntax) for r in ranges if r.q == q]
+        found = [c for c in choices if c is not None]
+        if found:
+            return next((c for c in found if c[1] and c[2] is None), found[0])
     raise _not_acceptable(
         header,
         'multipart/related; type="application/octet-stream" or '
@@ -145,6 +136,30 @@ def negotiate_frames(
         + " as stored, or frames encoded in "
         + supported_list(),
     )
+
+
+def _frame_choice(
+    r: MediaRange, stored_type: str, stored_syntax: str
+) -> tuple[str | None, bool, str | None] | None:
+    """What one media range asks of a frame (see :func:`negotiate_frames`), None if nothing."""
+    if r.type in ("*/*", "multipart/*") or (
+        r.type == "multipart/related" and r.related_type is None
+    ):
+        return None, True, None
+    if r.type != "multipart/related":
+        return None
+    related = r.related_type
+    syntax = r.transfer_syntax
+    if related == OCTET:
+        return OCTET, syntax == "*", None
+    if related and related.endswith("/*"):
+        return stored_type, True, None
+    if related == stored_type and syntax in (None, "*", stored_syntax):
+        return stored_type, True, None
+    target = syntax or DEFAULT_FOR_MEDIA.get(related or "")
+    if target in TARGETS and TARGETS[target].media_type == related:
+        return related, False, target
+    return None
 
 
 def negotiate_bulkdata(header: str | None) -> None:

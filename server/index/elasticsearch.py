@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -52,11 +53,13 @@ from server.index.federation_es import (
     series_objects,
     study_facts,
 )
+from server.index.pixel_cache import PixelIndexCache, ShortLived
 from server.metrics import metered
 
 PAGE = 1000
 _INSTANCE_FIELDS = ["studyinstanceuid", "seriesinstanceuid", "sop_uid", "sop_class_uid",
                     "transfer_syntax", "blob_key", "size", "pixel_index"]  # fmt: skip
+_HEAD_FIELDS = _INSTANCE_FIELDS[:-1]  # all but the pixel index (frame table)
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -78,6 +81,7 @@ class ElasticsearchIndex:
         replicas: int = 0,
         refresh: Any = "wait_for",
         names: dict[Level, str] | None = None,
+        cache_seconds: float = 0.0,
     ) -> None:
         self.es = client
         # "wait_for": a write returns once searchable (default); True forces a refresh (tests).
@@ -86,6 +90,12 @@ class ElasticsearchIndex:
         # Per level an alias over a versioned index, so `reindex` can switch atomically.
         self.names = names or {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
         self.first_studies = FirstStudies(self.es, self.names[Level.STUDY])
+        self.pixel_indexes = PixelIndexCache()
+        # (study, series, SOP) -> instance and study -> dataset, for retrieval: a round trip
+        # to the cluster costs more than the rest of a frame request on a busy machine
+        self.recent_instances: ShortLived[tuple[str, str | None, str], StoredInstance]
+        self.recent_instances = ShortLived(cache_seconds)
+        self.recent_studies: ShortLived[str, str | None] = ShortLived(cache_seconds)
         if names is None:  # (an unreachable cluster is ServiceUnavailable: es_outage)
             for level, alias in self.names.items():
                 if not self.es.indices.exists(index=alias):
@@ -118,6 +128,7 @@ class ElasticsearchIndex:
         return self._add(records, overwrite)
 
     def _add(self, records: Sequence[InstanceRecord], overwrite: bool) -> list[AddResult]:
+        self._forget_recent()
         existing = self._mget(
             Level.INSTANCE, [r.sop_uid for r in records], ["sha256", "blob_key", "dataset"]
         )
@@ -219,7 +230,9 @@ class ElasticsearchIndex:
         return {d["_id"]: d["_source"] for d in found["docs"] if d.get("found")}
 
     def delete(self, scope: Scope) -> list[StoredInstance]:
+        self._forget_recent()  # what is deleted is read from the cluster, not remembered
         found = self.instances(scope)
+        self.pixel_indexes.forget([i.blob_key for i in found])
         if found:
             self._remove(
                 [i.sop_uid for i in found],
@@ -249,7 +262,14 @@ class ElasticsearchIndex:
             )
         return len(rows)
 
+    def _forget_recent(self) -> None:
+        self.recent_instances.clear()
+        self.recent_studies.clear()
+
     def _remove(self, sops: list[str], series: set[str], studies: set[str]) -> None:
+        self._forget_recent()
+        # (other processes are not told: their frame tables are keyed by blob keys, which are
+        # never reused, and what they recall of instances and studies ages out in seconds)
         patients = {
             doc["patient_key"]
             for doc in self._mget(Level.STUDY, sorted(studies), ["patient_key"]).values()
@@ -303,17 +323,61 @@ class ElasticsearchIndex:
         return doc["_source"].get("dataset"), _unb64(doc["_source"].get("deid"))
 
     def study_dataset(self, study_uid: str) -> tuple[bool, str | None]:
+        recent = self.recent_studies.get(study_uid)
+        if recent is not None:
+            return True, recent or None
         try:
             doc = self.es.get(
                 index=self.names[Level.STUDY], id=study_uid, source_includes=["dataset"]
             )
         except NotFoundError:
             return False, None
-        return True, doc["_source"].get("dataset")
+        dataset = doc["_source"].get("dataset")
+        self.recent_studies.put(study_uid, dataset or "")
+        return True, dataset
 
     def instances(self, scope: Scope) -> list[StoredInstance]:
+        if scope.sop_uid is not None:
+            one = self._instance(scope, scope.sop_uid)
+            return [one] if one is not None else []
         hits = self._scan(Level.INSTANCE, _scope_query(scope), _INSTANCE_FIELDS, _ORDER)
         return [_stored(h) for h in hits]
+
+    def _instance(self, scope: Scope, sop_uid: str) -> StoredInstance | None:
+        """One instance by its document id: a real-time get (no search, no refresh to wait
+        for), without the frame table when this process has it for the same blob key;
+        reused for ``cache_seconds``."""
+        key = (scope.study_uid, scope.series_uid, sop_uid)
+        recent = self.recent_instances.get(key)
+        if recent is not None:
+            return recent
+        found = self._instance_now(scope, sop_uid)
+        if found is not None:
+            self.recent_instances.put(key, found)
+        return found
+
+    def _instance_now(self, scope: Scope, sop_uid: str) -> StoredInstance | None:
+        index = self.names[Level.INSTANCE]
+        try:
+            head = dict(self.es.get(index=index, id=sop_uid, source_includes=_HEAD_FIELDS))
+        except NotFoundError:
+            return None
+        source = head["_source"]
+        if source.get("studyinstanceuid") != scope.study_uid or (
+            scope.series_uid is not None and source.get("seriesinstanceuid") != scope.series_uid
+        ):
+            return None
+        cached, pixel_index = self.pixel_indexes.get(source["blob_key"])
+        if cached:
+            return replace(_stored(head), pixel_index=pixel_index)
+        try:
+            full = _stored(
+                dict(self.es.get(index=index, id=sop_uid, source_includes=_INSTANCE_FIELDS))
+            )
+        except NotFoundError:  # deleted between the two reads
+            return None
+        self.pixel_indexes.put(full.blob_key, full.pixel_index)
+        return full
 
     def metadata(self, scope: Scope) -> Iterator[bytes]:
         for hit in self._scan(Level.INSTANCE, _scope_query(scope), ["metadata"], _ORDER):

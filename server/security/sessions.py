@@ -13,6 +13,12 @@ so a login started on one can finish on another and a refresh token works on all
   section 4.14.2): every refresh replaces the token; presenting a replaced token again
   revokes the whole family; the family ends at a fixed absolute time whatever the refreshes.
   Only SHA-256 digests of refresh tokens are kept.
+* A *sign-in* is the authorization server's own browser session (a cookie on ``/oauth``):
+  a user who signed in once is given a new code at ``/oauth/authorize`` without a trip to
+  the OpenID provider, as OHIF's client expects when a page reload sends it there (it
+  keeps no session of its own across reloads). It ends at a fixed time (the session
+  lifetime, counted from the sign-in; sessions it starts end then too), and revoking any
+  session it started (sign-out, refresh-token reuse) ends it. Only its digest is kept.
 
 Every state change is one transaction: a refused request changes nothing, and two
 concurrent uses of one code or refresh token cannot both succeed.
@@ -58,6 +64,12 @@ SCHEMA = [
     replaced INTEGER NOT NULL DEFAULT 0
 )""",
     "CREATE INDEX IF NOT EXISTS refresh_by_session ON refresh_token(session)",
+    """CREATE TABLE IF NOT EXISTS signin (
+    digest TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    expires REAL NOT NULL,
+    revoked REAL
+)""",
 ]
 
 
@@ -86,6 +98,7 @@ class CodeGrant:
     organization: str | None
     scope: list[str]  # what the client asked for (validated syntax; may be empty)
     name: str | None = None
+    signin: str | None = None  # digest of the sign-in (browser session) it came from
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -93,6 +106,17 @@ class CodeGrant:
     @classmethod
     def from_json(cls, text: str) -> CodeGrant:
         return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """An active sign-in: who signed in, where, and until when."""
+
+    digest: str
+    issuer: str
+    subject: str
+    organization: str | None
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -189,10 +213,7 @@ class SessionStore:
             grant = CodeGrant.from_json(row[0])
             if row[2]:
                 if row[3]:
-                    db.execute(
-                        "UPDATE session SET revoked = ? WHERE id = ? AND revoked IS NULL",
-                        (current, row[3]),
-                    )
+                    _revoke(db, row[3], current)
                 refusal = "the authorization code was already used"
             else:
                 refusal = None
@@ -206,9 +227,17 @@ class SessionStore:
                     raise GrantError("code_verifier does not match the code_challenge")
                 session_id = new_secret()
                 refresh = new_secret()
+                ends = current + session_lifetime
+                if grant.signin is not None:  # no longer than the sign-in it came from
+                    found = db.execute(
+                        "SELECT expires, revoked FROM signin WHERE digest = ?", (grant.signin,)
+                    ).fetchone()
+                    if found is None or found[1] is not None or found[0] < current:
+                        raise GrantError("the sign-in has ended")
+                    ends = min(ends, found[0])
                 db.execute(
                     "INSERT INTO session VALUES (?, ?, ?, ?, ?, NULL)",
-                    (session_id, client_id, grant.to_json(), current, current + session_lifetime),
+                    (session_id, client_id, grant.to_json(), current, ends),
                 )
                 db.execute(
                     "INSERT INTO refresh_token (digest, session) VALUES (?, ?)",
@@ -220,7 +249,7 @@ class SessionStore:
                 )
         if refusal is not None:  # raised after the commit: the revocation stands
             raise _Committed(refusal)
-        return grant, Session(session_id, client_id, grant, current + session_lifetime), refresh
+        return grant, Session(session_id, client_id, grant, ends), refresh
 
     # ------------------------------------------------------------------ refresh
 
@@ -247,7 +276,7 @@ class SessionStore:
             if revoked is not None:
                 raise GrantError("the session has ended")
             if replaced:
-                db.execute("UPDATE session SET revoked = ? WHERE id = ?", (current, session_id))
+                _revoke(db, session_id, current)
                 refusal = "the refresh token was already used; the session is revoked"
             else:
                 if expires < current:
@@ -274,19 +303,13 @@ class SessionStore:
             ).fetchone()
             if row is None:
                 return False
-            db.execute(
-                "UPDATE session SET revoked = ? WHERE id = ? AND revoked IS NULL",
-                (current, row[0]),
-            )
+            _revoke(db, row[0], current)
         return True
 
     def revoke_session(self, session_id: str, now: float | None = None) -> None:
         current = time.time() if now is None else now
         with self._tx() as db:
-            db.execute(
-                "UPDATE session SET revoked = ? WHERE id = ? AND revoked IS NULL",
-                (current, session_id),
-            )
+            _revoke(db, session_id, current)
 
     def active(self, session_id: str, now: float | None = None) -> bool:
         """Whether the session is neither revoked nor past its absolute lifetime."""
@@ -297,6 +320,64 @@ class SessionStore:
             .fetchone()
         )
         return row is not None and row[1] is None and row[0] >= current
+
+    # ------------------------------------------------------------------ sign-ins
+
+    def add_signin(
+        self,
+        issuer: str,
+        subject: str,
+        organization: str | None,
+        lifetime: float,
+        now: float | None = None,
+    ) -> tuple[str, str]:
+        """A new sign-in: (the cookie's secret, its digest, which grants refer to)."""
+        secret = new_secret()
+        current = time.time() if now is None else now
+        identity = json.dumps({"issuer": issuer, "subject": subject, "organization": organization})
+        with self._tx() as db:
+            db.execute("DELETE FROM signin WHERE expires < ?", (current,))
+            db.execute(
+                "INSERT INTO signin VALUES (?, ?, ?, NULL)",
+                (_digest(secret), identity, current + lifetime),
+            )
+        return secret, _digest(secret)
+
+    def signin(self, secret: str, now: float | None = None) -> SignIn | None:
+        """The sign-in of a cookie's secret while it is neither revoked nor past its end."""
+        current = time.time() if now is None else now
+        digest = _digest(secret)
+        row = (
+            self.db.reader()
+            .execute("SELECT identity, expires, revoked FROM signin WHERE digest = ?", (digest,))
+            .fetchone()
+        )
+        if row is None or row[2] is not None or row[1] < current:
+            return None
+        who = json.loads(row[0])
+        return SignIn(digest, who["issuer"], who["subject"], who["organization"], row[1])
+
+    def end_signin(self, secret: str, now: float | None = None) -> None:
+        current = time.time() if now is None else now
+        with self._tx() as db:
+            db.execute(
+                "UPDATE signin SET revoked = ? WHERE digest = ? AND revoked IS NULL",
+                (current, _digest(secret)),
+            )
+
+
+def _revoke(db: Connection, session_id: str, current: float) -> None:
+    """End a session and the sign-in it came from (signing out of one ends the reuse)."""
+    db.execute(
+        "UPDATE session SET revoked = ? WHERE id = ? AND revoked IS NULL", (current, session_id)
+    )
+    row = db.execute("SELECT grant_data FROM session WHERE id = ?", (session_id,)).fetchone()
+    signin = CodeGrant.from_json(row[0]).signin if row is not None else None
+    if signin is not None:
+        db.execute(
+            "UPDATE signin SET revoked = ? WHERE digest = ? AND revoked IS NULL",
+            (current, signin),
+        )
 
 
 class _Committed(GrantError):

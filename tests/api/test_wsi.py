@@ -16,7 +16,8 @@ import httpx
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.uid import generate_uid
 
 from tests.deid.ingest_helpers import create_dataset, files_holding
 from tests.helpers import stow
@@ -119,6 +120,37 @@ def test_frames_come_in_the_order_asked_and_a_frame_past_the_end_is_404(
     assert "16" in response.text  # says how many frames there are
 
 
+# What dicom-microscopy-viewer (OHIF's microscopy mode) sends for a tile: every type it
+# decodes, JPEG-LS first, all at the same preference.
+MICROSCOPY_VIEWER_ACCEPT = ", ".join(
+    f'multipart/related; type="{media}"; transfer-syntax={syntax}'
+    for media, syntax in (
+        ("image/jls", "1.2.840.10008.1.2.4.80"), ("image/jls", "1.2.840.10008.1.2.4.81"),
+        ("image/jp2", "1.2.840.10008.1.2.4.90"), ("image/jp2", "1.2.840.10008.1.2.4.91"),
+        ("application/octet-stream", "*"), ("image/jpeg", JPEG_BASELINE),
+    )
+)  # fmt: skip
+
+
+def test_a_viewer_listing_every_type_it_decodes_gets_the_tiles_as_stored_not_transcoded(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """Among media ranges of equal preference the stored one wins (no re-encoding because
+    of the order of a list); a higher q-value for another type is still honoured."""
+    (path,) = write_slide(tmp_path / "slide", 256, 128, levels=False)
+    _store(server, [path])
+    study, series, sop = _uids(path)
+    url = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/3"
+    response = httpx.get(url, headers={"Accept": MICROSCOPY_VIEWER_ACCEPT})
+    assert response.status_code == 200, response.text
+    assert 'type="image/jpeg"' in response.headers["content-type"], response.headers
+    assert _tiles_in_frame_order(path)[2].rstrip(b"\0") in response.content
+    preferred = "multipart/related; type=image/jls, multipart/related; type=image/jpeg; q=0.5"
+    response = httpx.get(url, headers={"Accept": preferred})
+    assert response.status_code == 200, response.text
+    assert 'type="image/jls"' in response.headers["content-type"], response.headers
+
+
 def _bytes_read(pid: int) -> int:
     """Bytes this process asked read(2) and friends for (files, sockets, the index)."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
@@ -201,3 +233,69 @@ def test_a_basic_dataset_de_identifies_the_slide_label_and_specimen_and_keeps_ev
         list(range(1, len(expected) + 1)), media_types=JPEG_FRAMES,
     )  # fmt: skip
     assert all(_same_jpeg(g, e) for g, e in zip(got, expected, strict=True))
+
+
+def _concatenation(path: Path, parts: int) -> list[Path]:
+    """PS3.3 C.7.6.16.2.2: the level in ``path`` split into ``parts`` SOP instances of
+    consecutive frames, sharing one Concatenation UID."""
+    source = pydicom.dcmread(path)
+    n = int(source.NumberOfFrames)
+    frames = list(generate_frames(source.PixelData, number_of_frames=n))
+    per = -(-n // parts)
+    concatenation = generate_uid()
+    out = []
+    for i in range(parts):
+        part = pydicom.dcmread(path)
+        for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+            if keyword in part:
+                delattr(part, keyword)
+        chunk = frames[i * per : (i + 1) * per]
+        part.SOPInstanceUID = part.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        part.ConcatenationUID = concatenation
+        part.SOPInstanceUIDOfConcatenationSource = source.SOPInstanceUID
+        part.InConcatenationNumber = i + 1
+        part.InConcatenationTotalNumber = parts
+        part.ConcatenationFrameOffsetNumber = i * per
+        part.InstanceNumber = i + 1
+        part.NumberOfFrames = len(chunk)
+        part.PixelData = encapsulate(chunk)
+        out.append(path.with_name(f"part{i + 1}.dcm"))
+        part.save_as(out[-1], enforce_file_format=True)
+    return out
+
+
+def test_a_concatenation_is_served_part_by_part_and_stays_linked_after_de_identification(
+    live_server_factory: type[LiveServer], tmp_path: Path
+) -> None:
+    """Each part of a concatenation is an instance of its own, so frames are asked of the
+    part that holds them (PS3.18 addresses SOP instances; a viewer joins the parts by
+    Concatenation UID and Concatenation Frame Offset Number). Under ``basic`` the parts
+    keep one shared new Concatenation UID and one shared new source UID."""
+    live = live_server_factory(tmp_path / "data")
+    create_dataset(live, "slides", "--deidentify", "basic")
+    live.start()
+    (level,) = write_slide(tmp_path / "slide", 640, 128, levels=False)  # 25 frames
+    parts = _concatenation(level, 3)  # 9 + 9 + 7 frames
+    _store(live, parts, dataset="slides")
+    original = pydicom.dcmread(level, stop_before_pixels=True)
+    client = DICOMwebClient(live.dicomweb)
+    (study,) = [s["0020000D"]["Value"][0] for s in client.search_for_studies()]
+    metas = [pydicom.Dataset.from_json(m) for m in client.retrieve_study_metadata(study)]
+    assert len(metas) == 3
+    assert len({m.ConcatenationUID for m in metas}) == 1
+    assert metas[0].ConcatenationUID not in {
+        str(pydicom.dcmread(p, stop_before_pixels=True).ConcatenationUID) for p in parts
+    }
+    sources = {m.SOPInstanceUIDOfConcatenationSource for m in metas}
+    assert len(sources) == 1 and original.SOPInstanceUID not in sources
+    tiles = _tiles_in_frame_order(level)
+    for meta in metas:
+        offset, count = int(meta.ConcatenationFrameOffsetNumber), int(meta.NumberOfFrames)
+        got = client.retrieve_instance_frames(
+            study, meta.SeriesInstanceUID, meta.SOPInstanceUID, list(range(1, count + 1)),
+            media_types=JPEG_FRAMES,
+        )  # fmt: skip
+        assert all(_same_jpeg(g, tiles[offset + k]) for k, g in enumerate(got)), offset
+    assert sorted((int(m.InConcatenationNumber), int(m.NumberOfFrames)) for m in metas) == [
+        (1, 9), (2, 9), (3, 7),
+    ]  # fmt: skip

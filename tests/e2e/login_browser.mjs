@@ -16,7 +16,7 @@
 //     outDir, chromium, timeoutMs
 //   }
 // Prints JSON lines on stdout: {"waiting": true} before waiting for revokeSignal, then the
-// result; diagnostics go to stderr.
+// result (with the pages shown outside the gateway, "elsewhere"); diagnostics go to stderr.
 
 import { chromium } from 'playwright-core';
 import fs from 'node:fs';
@@ -28,7 +28,7 @@ const outDir = spec.outDir;
 fs.mkdirSync(outDir, { recursive: true });
 const origin = new URL(spec.viewerUrl).origin;
 
-const result = { ok: false, steps: [], tokenRequests: [], dicomweb: [], console: [], pageErrors: [] };
+const result = { ok: false, steps: [], tokenRequests: [], dicomweb: [], console: [], pageErrors: [], elsewhere: [] };
 const t0 = Date.now();
 const step = (name, extra = {}) => {
   result.steps.push({ name, atMs: Date.now() - t0, ...extra });
@@ -112,6 +112,13 @@ try {
     }
   });
   page.on('pageerror', err => result.pageErrors.push(String(err).slice(0, 1000)));
+  // pages shown outside the gateway (the OpenID provider's), to tell a reload that signs in
+  // again there from one the gateway answers by itself
+  page.on('framenavigated', frame => {
+    if (frame === page.mainFrame() && new URL(frame.url()).origin !== origin) {
+      result.elsewhere.push({ url: frame.url().split('?')[0], atMs: Date.now() - t0 });
+    }
+  });
   context.on('requestfinished', async req => {
     const url = req.url();
     if (!url.startsWith(origin)) return;

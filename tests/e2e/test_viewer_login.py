@@ -171,8 +171,15 @@ def test_a_signed_in_researcher_views_a_restricted_study_past_the_token_lifetime
     late = [r for r in result["dicomweb"] if r["atMs"] > result["afterRefresh"]["atMs"] - 20000]
     assert late and all(r["status"] in (200, 204) for r in late if "/studies" in r["path"]), late
     # revoking the agreement ends the session's access to the study at once, and a reloaded
-    # viewer (signed in again at the provider) does not list it either
+    # viewer (given a new session by the gateway) does not list it either
     revoked = result["afterRevocation"]
     assert revoked["session"]["status"] in (200, 204), revoked
     assert world.allowed_uid not in revoked["session"]["uids"], revoked
     assert revoked["gone"], revoked
+    # the reload kept the sign-in: a new code at once from the gateway's own browser session,
+    # no page of the OpenID provider after the first sign-in
+    assert revoked["newSignIn"], revoked
+    back_at = next(s["atMs"] for s in result["steps"] if s["name"] == "back in the viewer")
+    assert result["elsewhere"] and all(p["atMs"] < back_at for p in result["elsewhere"]), result[
+        "elsewhere"
+    ]

@@ -2,7 +2,7 @@
 other sees; a token of one is a token of all; an agreement revoked through one bites on all
 within the agreement cache time; an export started on one is polled and downloaded through
 others; kill -9 of one replica during STOW loses no acknowledged instance and the others
-keep serving.
+keep serving; an instance deleted through one is gone from all within a second.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from tests.security.conftest import (
 )
 
 A, B = "replica-a", "replica-b"
+BOUND_SECONDS = 1.0 + 0.2  # GATEWAY_ELASTICSEARCH__INSTANCE_CACHE_SECONDS (default) + margin
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -112,6 +113,37 @@ def test_a_study_stored_through_one_replica_is_read_through_every_other(world: W
         assert pixels.status_code == 200 and len(pixels.content) > 1000
         fhir = w.on(replica, f"/fhir/ImagingStudy/{study.study_uid}", reader)
         assert fhir.status_code == 200, fhir.text
+
+
+def test_a_frame_deleted_through_one_replica_is_gone_from_every_other_within_the_bound(
+    world: World,
+) -> None:
+    """Frames retrieval may reuse instance facts per process (the Elasticsearch index keeps
+    an instance's location for GATEWAY_ELASTICSEARCH__INSTANCE_CACHE_SECONDS, 1 s by default;
+    SQLite keeps nothing): the deleting replica answers 404 at once, the others within it."""
+    w = world
+    one, *others = w.cluster.replicas
+    study = store_study(one, A, token(one, w.pusher))
+    frame = _instance(study) + "/frames/1"
+    accept = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    tokens = {replica.name: token(replica, w.reader) for replica in w.cluster.replicas}
+
+    def get(replica: LiveServer) -> httpx.Response:
+        headers = {**bearer(tokens[replica.name]), "Accept": accept}
+        return httpx.get(f"{replica.url}{frame}", headers=headers, timeout=30)
+
+    for replica in w.cluster.replicas:  # every replica has served (and may keep) the frame
+        for _ in range(2):
+            served = get(replica)
+            assert served.status_code == 200 and len(served.content) > 300, served.text[:300]
+    gone = httpx.delete(f"{one.url}/dicom-web/studies/{study.study_uid}",
+                        headers=bearer(token(one, w.admin)), timeout=60)  # fmt: skip
+    assert gone.status_code in (200, 202, 204), gone.text
+    assert get(one).status_code == 404
+    time.sleep(BOUND_SECONDS)
+    for replica in others:
+        after = get(replica)
+        assert after.status_code == 404, (replica.name, after.status_code, after.text[:300])
 
 
 def test_a_token_issued_by_one_replica_is_accepted_by_every_replica(world: World) -> None:

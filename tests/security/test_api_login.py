@@ -330,3 +330,45 @@ def test_signing_out_sends_the_browser_back_only_to_a_registered_origin(world: W
     for foreign in ("https://evil.example/", "http://127.0.0.1:10/app/", "javascript:alert(1)"):
         page = httpx.get(f"{world.url}/oauth/logout", params={"post_logout_redirect_uri": foreign}, timeout=30)  # fmt: skip
         assert page.status_code == 200 and "location" not in page.headers
+
+
+def test_a_reload_gets_a_new_code_without_signing_in_again_until_sign_out(world: World) -> None:
+    """The authorization server's sign-in (an HttpOnly cookie on /oauth) answers the next
+    authorization request of the same browser with a code at once, as OHIF's client expects
+    on a page reload; signing out (revocation, or the end-session redirect) ends it."""
+    with httpx.Client(timeout=30) as browser:
+        forms: list[str] = []
+        first = sign_in(world.url, CLIENT, REDIRECT, USER, browser=browser, forms=forms)
+        assert len(forms) == 1  # the login form, once
+        cookie = browser.cookies.jar
+        assert [(c.name, c.path) for c in cookie] == [("gateway_signin", "/oauth")]
+        assert all(c.has_nonstandard_attr("HttpOnly") for c in cookie)
+        tokens = redeem(world.url, first).json()
+        again = sign_in(world.url, CLIENT, REDIRECT, USER, browser=browser, forms=forms)
+        assert len(forms) == 1, forms  # no form: the code came back at once
+        reloaded = redeem(world.url, again)
+        assert reloaded.status_code == 200, reloaded.text
+        assert world.study.study_uid in _study_uids(world, reloaded.json()["access_token"])
+        # prompt=login asks again
+        url, _, _ = authorize_url(world.url, CLIENT, REDIRECT, prompt="login")
+        assert browser.get(url).headers["location"].split("?")[0].endswith("/oauth/dev-login")
+        # signing out (revoking the session) ends the sign-in: the next request asks again
+        out = httpx.post(f"{world.url}/oauth/logout", data={"token": tokens["refresh_token"], "client_id": CLIENT}, timeout=30)  # fmt: skip
+        assert out.status_code == 200
+        sign_in(world.url, CLIENT, REDIRECT, USER, browser=browser, forms=forms)
+        assert len(forms) == 2, forms
+        # the end-session redirect ends it as well, and clears the cookie
+        browser.get(f"{world.url}/oauth/logout")
+        assert not list(browser.cookies.jar)
+        sign_in(world.url, CLIENT, REDIRECT, USER, browser=browser, forms=forms)
+        assert len(forms) == 3, forms
+
+
+def test_a_sign_in_cookie_is_refused_once_signed_out_even_if_replayed(world: World) -> None:
+    with httpx.Client(timeout=30) as browser:
+        sign_in(world.url, CLIENT, REDIRECT, USER, browser=browser)
+        secret = browser.cookies["gateway_signin"]
+        browser.get(f"{world.url}/oauth/logout")
+    url, _, _ = authorize_url(world.url, CLIENT, REDIRECT)
+    replay = httpx.get(url, cookies={"gateway_signin": secret}, timeout=30)
+    assert replay.headers["location"].split("?")[0].endswith("/oauth/dev-login")

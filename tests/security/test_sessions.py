@@ -2,12 +2,14 @@
 a session ends at its absolute lifetime whatever the refreshes, a pending sign-in is used
 once and expires, a failed redemption changes nothing, a replayed code or refresh token
 revokes its session (and that revocation stands although the request is refused), and two
-concurrent redemptions of one code cannot both succeed."""
+concurrent redemptions of one code cannot both succeed; a session started from a sign-in (the
+authorization server's browser session) ends no later than it, and revoking it ends the sign-in."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,23 @@ def test_two_concurrent_redemptions_of_one_code_cannot_both_succeed(store: Sessi
         assert len(won) == 1 and len(refused) == 3, (won, refused)
         # the losers replayed the code: the winner's session is revoked, as RFC 6749 4.1.2 asks
         assert not store.active(won[0], now=round_ + 2)
+
+
+def test_sessions_of_a_sign_in_end_with_it_and_a_revoked_session_ends_the_sign_in(
+    store: SessionStore,
+) -> None:
+    secret, digest = store.add_signin("https://idp.example", "alice", None, 100, now=0)
+    signed = store.signin(secret, now=50)
+    assert signed is not None and (signed.subject, signed.expires) == ("alice", 100)
+    reloaded = replace(GRANT, signin=digest)
+    code = store.add_code(reloaded, 60, now=50)
+    _, session, refresh = store.redeem_code(code, client_id="app", redirect_uri=GRANT.redirect_uri,
+                                            check_verifier=lambda _: True, session_lifetime=1000, now=51)  # fmt: skip
+    assert session.expires == 100  # a reload does not extend the sign-in's lifetime
+    assert store.signin(secret, now=101) is None
+    late = store.add_code(reloaded, 60, now=99)
+    with pytest.raises(GrantError, match="sign-in has ended"):
+        store.redeem_code(late, client_id="app", redirect_uri=GRANT.redirect_uri,
+                          check_verifier=lambda _: True, session_lifetime=1000, now=101)  # fmt: skip
+    assert store.revoke(refresh, now=60)  # signing out of the session ends the sign-in
+    assert store.signin(secret, now=61) is None

@@ -1,0 +1,137 @@
+// Open a whole-slide study in OHIF's microscopy mode in headless Chromium; report as JSON.
+//
+// Usage: node microscopy_browser.mjs '<json spec>'
+//   spec = {
+//     url:          "http://127.0.0.1:PORT/viewer/microscopy?StudyInstanceUIDs=..."
+//     dicomwebRoot: "http://127.0.0.1:PORT/dicom-web"   (for request logging)
+//     outDir:       "/path/for/screenshots"
+//     chromium:     "/usr/bin/chromium"                 (optional)
+//     timeoutMs:    90000                               (optional)
+//   }
+// Prints one JSON object on stdout: the DICOMweb requests (status, Accept), the requests
+// that failed, the page's console errors, and statistics of the slide viewport's pixels
+// (grey-level spread, non-dark share, distinct colours) in the middle of the slide viewport,
+// taken once the tiles are drawn (or at the time-out).
+// Chromium is started as browser.mjs starts it.
+
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const spec = JSON.parse(process.argv[2] || '{}');
+const timeoutMs = spec.timeoutMs ?? 90000;
+fs.mkdirSync(spec.outDir, { recursive: true });
+const result = { ok: false, requests: [], failedRequests: [], console: [], pageErrors: [] };
+const t0 = Date.now();
+const log = msg => process.stderr.write(`[microscopy ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}\n`);
+const isDicomweb = url => url.startsWith(spec.dicomwebRoot);
+
+// Pixel statistics of a PNG, decoded by the browser itself.
+async function pngStats(page, buf) {
+  return page.evaluate(async b64 => {
+    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+    const bmp = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
+    const c = new OffscreenCanvas(bmp.width, bmp.height);
+    const ctx = c.getContext('2d');
+    ctx.drawImage(bmp, 0, 0);
+    const { data } = ctx.getImageData(0, 0, bmp.width, bmp.height);
+    let n = 0, sum = 0, sum2 = 0, nonDark = 0;
+    const colours = new Set();
+    for (let i = 0; i < data.length; i += 4) {
+      const y = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
+      sum += y; sum2 += y * y; n++;
+      if (y > 16) nonDark++;
+      colours.add(((data[i] >> 4) << 8) | ((data[i + 1] >> 4) << 4) | (data[i + 2] >> 4));
+    }
+    const mean = sum / n;
+    return {
+      width: bmp.width, height: bmp.height, mean,
+      std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)),
+      nonDarkFraction: nonDark / n,
+      colours: colours.size,
+    };
+  }, buf.toString('base64'));
+}
+
+const userDataDir = fs.mkdtempSync(path.join(spec.outDir, 'profile-'));
+let context;
+try {
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: spec.chromium || '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--enable-unsafe-swiftshader'],
+    viewport: { width: 1400, height: 900 },
+    timeout: 60000,
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(timeoutMs);
+  page.on('console', msg => {
+    if (['error', 'warning'].includes(msg.type()) && result.console.length < 200) {
+      result.console.push({ type: msg.type(), text: msg.text().slice(0, 500) });
+    }
+  });
+  page.on('pageerror', err => result.pageErrors.push(String(err).slice(0, 1000)));
+  context.on('request', req => {
+    if (isDicomweb(req.url())) {
+      result.requests.push({ method: req.method(), url: req.url(), accept: req.headers()['accept'] ?? null });
+    }
+  });
+  context.on('requestfinished', async req => {
+    if (!isDicomweb(req.url())) return;
+    const resp = await req.response().catch(() => null);
+    const entry = result.requests.findLast(r => r.url === req.url() && r.status === undefined);
+    if (entry && resp) {
+      entry.status = resp.status();
+      entry.contentType = (await resp.allHeaders().catch(() => ({})))['content-type'] ?? null;
+    }
+  });
+  context.on('requestfailed', req => {
+    result.failedRequests.push({ url: req.url(), failure: req.failure()?.errorText ?? null });
+  });
+
+  await page.goto(spec.url, { waitUntil: 'domcontentloaded' });
+  log('page loaded');
+  // dicom-microscopy-viewer draws with OpenLayers: the map's canvases sit in .ol-viewport
+  const viewport = page.locator('.ol-viewport').first();
+  await viewport.waitFor({ state: 'visible', timeout: timeoutMs });
+  log('slide viewport visible');
+  // the middle of the viewport: away from the overview map and the scale bar in the corners
+  const middle = async (options = {}) => {
+    const box = await viewport.boundingBox();
+    const clip = { x: box.x + box.width / 4, y: box.y + box.height / 4,
+      width: box.width / 2, height: box.height / 2 };
+    return page.screenshot({ ...options, clip });
+  };
+  let stats = null;
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const skip = page.getByText('Skip all', { exact: true }).first();  // onboarding tour
+    if (await skip.isVisible().catch(() => false)) await skip.click({ timeout: 5000 }).catch(() => {});
+    stats = await pngStats(page, await middle());
+    if (stats.std > 8 && stats.nonDarkFraction > 0.05 && stats.colours > 8) break;
+    await page.waitForTimeout(500);
+  }
+  await page.waitForTimeout(1000);
+  await viewport.screenshot({ path: path.join(spec.outDir, 'slide.png') });
+  const shot = await middle({ path: path.join(spec.outDir, 'slide-middle.png') });
+  result.viewport = { ...(await pngStats(page, shot)), screenshot: path.join(spec.outDir, 'slide-middle.png') };
+  await page.screenshot({ path: path.join(spec.outDir, 'page.png') });
+  result.url = page.url();
+  result.text = (await page.evaluate(() => document.body.innerText)).slice(0, 3000);
+  result.ok = true;
+} catch (e) {
+  result.error = String(e && e.stack ? e.stack : e).slice(0, 3000);
+  try {
+    const pages = context ? context.pages() : [];
+    if (pages[0]) await pages[0].screenshot({ path: path.join(spec.outDir, 'failure.png') });
+  } catch {
+    /* best effort */
+  }
+} finally {
+  result.totalMs = Date.now() - t0;
+  if (context) await context.close().catch(() => {});
+  fs.rmSync(userDataDir, { recursive: true, force: true });
+  process.stdout.write(JSON.stringify(result) + '\n');
+}

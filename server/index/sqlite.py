@@ -316,6 +316,12 @@ class SqliteIndex:
             for name in ("study", "series", "instance")
         }
 
+    def ping(self) -> None:
+        self._reader().execute(
+            "SELECT (SELECT 1 FROM study LIMIT 1), (SELECT 1 FROM series LIMIT 1),"
+            " (SELECT 1 FROM instance LIMIT 1)"
+        ).fetchone()
+
 
 def _has_study_table(path: Path) -> bool:
     if not path.exists():

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from server import __version__
 from server.api.deps import gateway, principal
-from server.errors import Forbidden, GatewayError, NotFound
+from server.errors import Forbidden, NotFound
 from server.metrics import exposition
 
 router = APIRouter(include_in_schema=False)
@@ -51,7 +51,8 @@ async def healthz(request: Request) -> dict[str, object]:
         return {"status": "ok"}
     try:
         counts = await run_in_threadpool(gateway(request).index.counts)
-    except GatewayError:  # alive all the same: /readyz is where an outage shows
+    except Exception as exc:  # any index failure: alive all the same; /readyz names it
+        log.warning("healthz: index: %s", exc)
         return {"status": "ok", "version": __version__, "index": "unavailable"}
     return {"status": "ok", "version": __version__, **counts}
 

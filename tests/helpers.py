@@ -1,4 +1,4 @@
-"""Small helpers shared by API tests: multipart bodies, store inspection, cohorts."""
+"""Small helpers shared by tests: instances, multipart bodies, store inspection, cohorts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from server.synthetic import generate_cohort, to_part10_bytes
 from tests.live import LiveServer
@@ -33,6 +35,26 @@ def cohort(**kwargs: Any) -> list[pydicom.Dataset]:
         pydicom.dcmread(io.BytesIO(to_part10_bytes(ds)))
         for ds in generate_cohort(seed=seed, **args)
     ]
+
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def instance(**attrs: Any) -> Dataset:
+    """One instance with File Meta (Explicit VR Little Endian), of a CT image unless
+    ``SOPClassUID`` says otherwise, with new study, series and instance UIDs unless given,
+    and the given attributes (keyword=value)."""
+    ds = Dataset()
+    ds.SOPClassUID = attrs.pop("SOPClassUID", CT_IMAGE)
+    for uid in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(ds, uid, attrs.pop(uid, generate_uid()))
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
 
 
 def multipart_body(

@@ -18,17 +18,23 @@ import re
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
+import pytest
 
-from tests.live import free_port
+from tests.live import LiveServer, free_port
+from tests.security.conftest import auth_env
 
 E2E = Path(__file__).resolve().parent / "e2e"
 SCRIPT = E2E / "oidc_provider.mjs"
 PACKAGE = E2E / "node_modules" / "oidc-provider" / "package.json"
+GATEWAY_CLIENT = "imaging-gateway"  # the gateway, as the provider's one client
+GATEWAY_SECRET = "gateway-secret-for-the-provider-0123456789"
 
 
 def available() -> str | None:
@@ -38,6 +44,15 @@ def available() -> str | None:
     if not PACKAGE.is_file():
         return "oidc-provider is not installed in tests/e2e/node_modules (run tests/e2e/setup.sh)"
     return None
+
+
+def require() -> None:
+    """Skip where the provider cannot run; fail in CI (CI=true), where a skip would hide a gap."""
+    missing = available()
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{missing} (CI=true)")
+        pytest.skip(missing)
 
 
 class OpenIdProvider:
@@ -76,6 +91,28 @@ class OpenIdProvider:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def gateway_signing_in_at_a_provider(root: Path, **env: str) -> Iterator[tuple[LiveServer, OpenIdProvider]]:  # fmt: skip
+    """A provider started for a gateway in production settings (``auth_env`` + ``env``) that
+    signs browsers in there. The gateway is not started yet, so the caller can add datasets
+    and agreements with its CLI first; both stop on exit."""
+    require()
+    port = free_port()
+    provider = OpenIdProvider(GATEWAY_CLIENT, GATEWAY_SECRET, [f"http://127.0.0.1:{port}/oauth/callback"],
+                              root / "provider.log").start()  # fmt: skip
+    gateway = LiveServer(root / "gw", port=port, extra_env=auth_env(
+        GATEWAY_AUTH__OIDC__ISSUER=provider.issuer,
+        GATEWAY_AUTH__OIDC__CLIENT_ID=GATEWAY_CLIENT,
+        GATEWAY_AUTH__OIDC__CLIENT_SECRET=GATEWAY_SECRET,
+        **env,
+    ))  # fmt: skip
+    try:
+        yield gateway, provider
+    finally:
+        gateway.stop()
+        provider.stop()
 
 
 # ---------------------------------------------------------------------- a client's side

@@ -3,7 +3,8 @@
 - ``/healthz``: liveness. The process answers; nothing else is asked, so an index outage
   does not make an orchestrator restart every replica. Administrators (and development mode)
   also get the version and the index counts (that part needs the index).
-- ``/readyz``: readiness. The index, the blob store and the database answer now; else 503
+- ``/readyz``: readiness. The index, the blob store and the database answer now (a
+  constant-time read each: it runs every few seconds on every replica); else 503
   with the names of the failing components (no detail, no secret) and Retry-After. While
   an upgrade's index backfill runs in the background: 503 ``migrating`` with its names.
 - ``/metrics``: Prometheus text format, for the networks in ``GATEWAY_METRICS__ALLOW``
@@ -24,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from server import __version__
 from server.api.deps import gateway, principal
-from server.errors import Forbidden, GatewayError, NotFound
+from server.errors import Forbidden, NotFound
 from server.metrics import exposition
 
 router = APIRouter(include_in_schema=False)
@@ -50,7 +51,8 @@ async def healthz(request: Request) -> dict[str, object]:
         return {"status": "ok"}
     try:
         counts = await run_in_threadpool(gateway(request).index.counts)
-    except GatewayError:  # alive all the same: /readyz is where an outage shows
+    except Exception as exc:  # any index failure: alive all the same; /readyz names it
+        log.warning("healthz: index: %s", exc)
         return {"status": "ok", "version": __version__, "index": "unavailable"}
     return {"status": "ok", "version": __version__, **counts}
 
@@ -75,8 +77,8 @@ def _failing(request: Request) -> list[str]:
     gw = gateway(request)
     failing = []
     try:
-        gw.index.counts()
-    except (GatewayError, OSError) as exc:
+        gw.index.ping()  # constant time: a probe runs every few seconds on every replica
+    except Exception as exc:  # any failure of the index is "not ready", as below
         log.warning("readiness: index: %s", exc)
         failing.append("index")
     problem = gw.store.ready()

@@ -223,10 +223,12 @@ def pull(dataset: str | None, url: str | None, studies: tuple[str, ...], patient
     from server.app import build_gateway
     from server.peers.base import Selection
     from server.services.pull import PullService, selection_json
+    from server.services.pull_jobs import PullJobs
 
     settings = load_settings(data_dir)
     gateway = build_gateway(settings)
-    service = PullService(gateway, audit=_audit(gateway))
+    jobs = PullJobs(settings.data_dir, settings.database())
+    service = PullService(gateway.ingest, gateway.journal, jobs, audit=_audit(gateway))
     try:
         if resume_job is not None:
             job = service.jobs.get(resume_job)

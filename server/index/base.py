@@ -92,6 +92,10 @@ class Index(Protocol):
 
     def counts(self) -> dict[str, int]: ...
 
+    def ping(self) -> None:
+        """Raise unless the index answers a read of each level now, in constant time (a
+        readiness probe; counts() grows with the index)."""
+
     def close(self) -> None: ...
 
 

@@ -511,6 +511,11 @@ class ElasticsearchIndex:
         return {name: self._count(level, {"match_all": {}}) for level, name in
                 ((Level.STUDY, "study"), (Level.SERIES, "series"), (Level.INSTANCE, "instance"))}  # fmt: skip
 
+    def ping(self) -> None:
+        # one search over the three indices that stops at the first hit and counts nothing
+        self.es.search(index=",".join(self.names.values()), size=0, terminate_after=1,
+                       track_total_hits=False)  # fmt: skip
+
 
 _STUDY_SETS = ("modalities", "bodyparts", "sop_classes", "series_facts")
 _STUDY_SET_SOURCES = {

@@ -27,7 +27,7 @@ from server.index.federation_sql import (
 )
 from server.index.sqlite_db import SqliteDatabase
 from server.index.sqlite_migrations import Migration, Migrations
-from server.index.sqlite_query import search_sql
+from server.index.sqlite_query import search_sql, uid_clauses
 from server.index.sqlite_schema import SCHEMA_VERSION, create_statements, level_columns
 from server.metrics import metered
 
@@ -316,6 +316,12 @@ class SqliteIndex:
             for name in ("study", "series", "instance")
         }
 
+    def ping(self) -> None:
+        self._reader().execute(
+            "SELECT (SELECT 1 FROM study LIMIT 1), (SELECT 1 FROM series LIMIT 1),"
+            " (SELECT 1 FROM instance LIMIT 1)"
+        ).fetchone()
+
 
 def _has_study_table(path: Path) -> bool:
     if not path.exists():
@@ -331,13 +337,7 @@ def _has_study_table(path: Path) -> bool:
 
 
 def _scope_where(scope: Scope) -> tuple[str, list[Any]]:
-    clauses, params = ["st.studyinstanceuid = ?"], [scope.study_uid]
-    if scope.series_uid:
-        clauses.append("se.seriesinstanceuid = ?")
-        params.append(scope.series_uid)
-    if scope.sop_uid:
-        clauses.append("i.sopinstanceuid = ?")
-        params.append(scope.sop_uid)
+    clauses, params = uid_clauses(scope.study_uid, scope.series_uid or None, scope.sop_uid or None)
     return " AND ".join(clauses), params
 
 

@@ -58,15 +58,21 @@ def condition_sql(cond: Condition) -> tuple[str, list[Any]]:
     raise TypeError(f"unhandled matcher {matcher!r}")
 
 
-def where_clause(query: QidoQuery) -> tuple[str, list[Any]]:
+def uid_clauses(study: str | None, series: str | None = None, sop: str | None = None) -> tuple[list[str], list[Any]]:  # fmt: skip
+    """Equality clauses on the UIDs that are not None (study ``st``, series ``se``, instance
+    ``i``); an empty UID is a clause too, and matches nothing."""
     clauses: list[str] = []
     params: list[Any] = []
-    if query.study_uid:
-        clauses.append("st.studyinstanceuid = ?")
-        params.append(query.study_uid)
-    if query.series_uid:
-        clauses.append("se.seriesinstanceuid = ?")
-        params.append(query.series_uid)
+    for column, uid in (("st.studyinstanceuid", study), ("se.seriesinstanceuid", series),
+                        ("i.sopinstanceuid", sop)):  # fmt: skip
+        if uid is not None:
+            clauses.append(f"{column} = ?")
+            params.append(uid)
+    return clauses, params
+
+
+def where_clause(query: QidoQuery) -> tuple[str, list[Any]]:
+    clauses, params = uid_clauses(query.study_uid or None, query.series_uid or None)
     for cond in query.conditions:
         sql, values = condition_sql(cond)
         clauses.append(f"({sql})")

@@ -82,15 +82,20 @@ def search_rows(
     if dataset is not None:
         where.append("instr(datasets, ?) > 0")
         args.append(needle(dataset))
+    return _page(conn, where, args, after_seq, max(0, limit))
+
+
+def _page(conn: Connection, where: list[str], args: list[Any], after_seq: int | None,
+          limit: int) -> list[tuple[int, dict[str, Any]]]:  # fmt: skip
+    """Up to ``limit`` stored events matching every clause of ``where``, after ``after_seq``,
+    oldest first."""
     if after_seq is not None:
-        where.append("seq > ?")
-        args.append(after_seq)
+        where, args = [*where, "seq > ?"], [*args, after_seq]
     sql = "SELECT seq, event FROM audit_event"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq LIMIT ?"
-    args.append(max(0, limit))
-    return [(seq, orjson.loads(event)) for seq, event in conn.execute(sql, args)]
+    rows = conn.execute(f"{sql} ORDER BY seq LIMIT ?", [*args, limit])
+    return [(seq, orjson.loads(event)) for seq, event in rows]
 
 
 def read_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
@@ -110,14 +115,7 @@ def fhir_rows(
         sql, values = _criterion(c)
         where.append(sql)
         args += values
-    if after_seq is not None:
-        where.append("seq > ?")
-        args.append(after_seq)
-    sql = "SELECT seq, event FROM audit_event"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    rows = conn.execute(f"{sql} ORDER BY seq LIMIT ?", [*args, req.count + 1])
-    return [(seq, orjson.loads(event)) for seq, event in rows]
+    return _page(conn, where, args, after_seq, req.count + 1)
 
 
 def _criterion(c: Criterion) -> tuple[str, list[Any]]:

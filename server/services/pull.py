@@ -18,16 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from server.core.stow import PartOutcome
 from server.errors import GatewayError
 from server.peers.base import RemoteInstance, Selection, Source
-from server.services.ingest import IngestItem
+from server.services.ingest import IngestItem, IngestService
 from server.services.pull_jobs import Job, PullJobs
-
-if TYPE_CHECKING:
-    from server.app import Gateway
+from server.storage.journal import WriteJournal
 
 
 class Progress(Protocol):
@@ -74,9 +72,9 @@ StudyAudit = Callable[[Job, list[PartOutcome], int], None]
 
 
 class PullService:
-    def __init__(self, gateway: Gateway, audit: StudyAudit | None = None) -> None:
-        self.gateway = gateway
-        self.jobs = PullJobs(gateway.settings.data_dir, gateway.settings.database())
+    def __init__(self, ingest: IngestService, journal: WriteJournal, jobs: PullJobs,
+                 audit: StudyAudit | None = None) -> None:  # fmt: skip
+        self.ingest, self.journal, self.jobs = ingest, journal, jobs
         self.audit = audit
 
     def close(self) -> None:
@@ -120,7 +118,7 @@ class PullService:
         def deliver(sop_uid: str, path: Path, sha256: str) -> None:
             size = path.stat().st_size
             try:
-                outcome = self.gateway.ingest.store_instances(
+                outcome = self.ingest.store_instances(
                     [IngestItem(path, sha256)], dataset=job.dataset
                 )[0]
             except GatewayError as exc:  # the index is down: this instance is not stored
@@ -138,7 +136,7 @@ class PullService:
                     self.jobs.mark(job.id, sop_uid, "stored", size=size)
                 progress.advance()
 
-        spool = self.gateway.journal.spool_dir()
+        spool = self.journal.spool_dir()
         try:
             failures = source.retrieve_instances(study_uid, wanted, spool, deliver)
         finally:

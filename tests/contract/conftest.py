@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from server.core.records import InstanceRecord, read_instance
 from server.index.base import Index
 from server.index.sqlite import SqliteIndex
+from tests.helpers import CT_IMAGE, instance
 
 BACKENDS = ["sqlite", "elasticsearch"]
 
@@ -38,24 +38,12 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
     es_backend.close()
 
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
+CT = CT_IMAGE
 
 
 def make_dataset(**attrs: Any) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = attrs.pop("SOPClassUID", CT)
-    ds.SOPInstanceUID = attrs.pop("SOPInstanceUID", generate_uid())
-    ds.StudyInstanceUID = attrs.pop("StudyInstanceUID", generate_uid())
-    ds.SeriesInstanceUID = attrs.pop("SeriesInstanceUID", generate_uid())
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    for key, val in attrs.items():
-        setattr(ds, key, val)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return ds
+    """An instance (tests.helpers.instance) in UTF-8 unless ``SpecificCharacterSet`` is given."""
+    return instance(**{"SpecificCharacterSet": "ISO_IR 192", **attrs})
 
 
 @pytest.fixture

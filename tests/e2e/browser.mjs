@@ -13,7 +13,7 @@
 //   }
 // Prints one JSON object on stdout; diagnostics go to stderr.
 
-import { chromium } from 'playwright-core';
+import { launch, pngStats, skipTour, waitForTexts } from './browser_common.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -40,67 +40,13 @@ const step = (name, extra = {}) => {
   process.stderr.write(`[e2e ${((Date.now() - t0) / 1000).toFixed(1)}s] ${name}\n`);
 };
 
-// Compare texts loosely: NFC, upper case, runs of anything but letters and
-// digits become one space (so "DOE^JANE" matches the displayed "DOE, JANE").
-// test_ohif.py normalizes the same way.
-const normalize = s =>
-  ` ${String(s).normalize('NFC').toUpperCase().replace(/[^\p{L}\p{N}]+/gu, ' ').trim()} `;
-
 const isDicomweb = url => spec.dicomwebRoot && url.startsWith(spec.dicomwebRoot);
 
-// Statistics of a PNG screenshot, computed by the browser's own decoder.
-async function pngStats(page, buf) {
-  return page.evaluate(async b64 => {
-    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-    const bmp = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
-    const c = new OffscreenCanvas(bmp.width, bmp.height);
-    const ctx = c.getContext('2d');
-    ctx.drawImage(bmp, 0, 0);
-    const { data } = ctx.getImageData(0, 0, bmp.width, bmp.height);
-    let n = 0, sum = 0, sum2 = 0, nonDark = 0;
-    for (let i = 0; i < data.length; i += 4) {
-      const y = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
-      sum += y; sum2 += y * y; n++;
-      if (y > 16) nonDark++;
-    }
-    const mean = sum / n;
-    return {
-      width: bmp.width, height: bmp.height, mean,
-      std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)),
-      nonDarkFraction: nonDark / n,
-    };
-  }, buf.toString('base64'));
-}
-
-const userDataDir = fs.mkdtempSync(path.join(outDir, 'profile-'));
-let context;
+let browser;
 try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: spec.chromium || '/usr/bin/chromium',
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--enable-unsafe-swiftshader',
-    ],
-    viewport: { width: 1400, height: 900 },
-    timeout: 60000,
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(timeoutMs);
+  browser = await launch(spec, outDir, timeoutMs, result);
+  const { context, page } = browser;
 
-  page.on('console', msg => {
-    if (['error', 'warning'].includes(msg.type()) && result.console.length < 200) {
-      result.console.push({ type: msg.type(), text: msg.text().slice(0, 500) });
-    }
-  });
-  page.on('pageerror', err => result.pageErrors.push(String(err).slice(0, 1000)));
   context.on('request', req => {
     if (!isDicomweb(req.url())) return;
     const h = req.headers();
@@ -131,17 +77,7 @@ try {
   await page.goto(spec.viewerUrl + '/', { waitUntil: 'domcontentloaded' });
   step('study list page loaded');
   result.crossOriginIsolated = await page.evaluate(() => self.crossOriginIsolated);
-  const expectTexts = spec.expectTexts || [];
-  const found = {};
-  const deadline = Date.now() + timeoutMs;
-  let bodyText = '';
-  while (Date.now() < deadline) {
-    bodyText = await page.evaluate(() => document.body.innerText);
-    const norm = normalize(bodyText);
-    for (const t of expectTexts) found[t] = norm.includes(normalize(t));
-    if (expectTexts.every(t => found[t])) break;
-    await page.waitForTimeout(250);
-  }
+  const { body: bodyText, found } = await waitForTexts(page, spec.expectTexts || [], true, timeoutMs);
   result.timingsMs.studyList = Date.now() - listStart;
   await page.waitForTimeout(500);
   await page.screenshot({ path: path.join(outDir, 'study-list.png') });
@@ -185,16 +121,11 @@ try {
   let stats = null;
   let shot = null;
   const vpDeadline = Date.now() + timeoutMs;
-  const skipTour = async () => {
-    // the first visit of a mode starts an onboarding tour that covers the viewport
-    const skip = page.getByText('Skip all', { exact: true }).first();
-    if (await skip.isVisible().catch(() => false)) {
-      await skip.click({ timeout: 5000 }).catch(() => {});
-      step('onboarding tour dismissed');
-    }
+  const dismissTour = async () => {
+    if (await skipTour(page)) step('onboarding tour dismissed');
   };
   while (Date.now() < vpDeadline) {
-    await skipTour();
+    await dismissTour();
     shot = await canvas.screenshot();
     stats = await pngStats(page, shot);
     if (stats.std > 8 && stats.nonDarkFraction > 0.02) break;
@@ -204,7 +135,7 @@ try {
   step('viewport has content', { stats });
   // let progressive loading / overlays settle, then take the final pictures
   await page.waitForTimeout(1500);
-  await skipTour();
+  await dismissTour();
   shot = await canvas.screenshot({ path: path.join(outDir, 'viewport.png') });
   stats = await pngStats(page, shot);
   await page.screenshot({ path: path.join(outDir, 'viewer.png') });
@@ -221,14 +152,13 @@ try {
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e).slice(0, 3000);
   try {
-    const pages = context ? context.pages() : [];
+    const pages = browser ? browser.context.pages() : [];
     if (pages[0]) await pages[0].screenshot({ path: path.join(outDir, 'failure.png') });
   } catch {
     /* best effort */
   }
 } finally {
   result.timingsMs.total = Date.now() - t0;
-  if (context) await context.close().catch(() => {});
-  fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (browser) await browser.close();
   process.stdout.write(JSON.stringify(result) + '\n');
 }

@@ -18,7 +18,7 @@
 // Prints JSON lines on stdout: {"waiting": true} before waiting for revokeSignal, then the
 // result (with the pages shown outside the gateway, "elsewhere"); diagnostics go to stderr.
 
-import { chromium } from 'playwright-core';
+import { launch, pngStats, skipTour, waitForTexts } from './browser_common.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -34,39 +34,6 @@ const step = (name, extra = {}) => {
   result.steps.push({ name, atMs: Date.now() - t0, ...extra });
   process.stderr.write(`[login ${((Date.now() - t0) / 1000).toFixed(1)}s] ${name}\n`);
 };
-const normalize = s =>
-  ` ${String(s).normalize('NFC').toUpperCase().replace(/[^\p{L}\p{N}]+/gu, ' ').trim()} `;
-
-async function pngStats(page, buf) {
-  return page.evaluate(async b64 => {
-    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-    const bmp = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
-    const c = new OffscreenCanvas(bmp.width, bmp.height);
-    const ctx = c.getContext('2d');
-    ctx.drawImage(bmp, 0, 0);
-    const { data } = ctx.getImageData(0, 0, bmp.width, bmp.height);
-    let n = 0, sum = 0, sum2 = 0, nonDark = 0;
-    for (let i = 0; i < data.length; i += 4) {
-      const y = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
-      sum += y; sum2 += y * y; n++;
-      if (y > 16) nonDark++;
-    }
-    const mean = sum / n;
-    return { mean, std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)), nonDarkFraction: nonDark / n };
-  }, buf.toString('base64'));
-}
-
-async function waitForTexts(page, texts, present) {
-  const deadline = Date.now() + timeoutMs;
-  let body = '';
-  while (Date.now() < deadline) {
-    body = await page.evaluate(() => document.body.innerText).catch(() => '');
-    const norm = normalize(body);
-    if (texts.every(t => norm.includes(normalize(t)) === present)) return { ok: true, body };
-    await page.waitForTimeout(300);
-  }
-  return { ok: false, body };
-}
 
 // QIDO with the access token the viewer holds now (oidc-client-ts keeps its user in
 // sessionStorage): the study UIDs this session can see.
@@ -92,26 +59,10 @@ async function signIn(page) {
   await page.locator('button[type="submit"], input[type="submit"]').first().click();
 }
 
-const userDataDir = fs.mkdtempSync(path.join(outDir, 'profile-'));
-let context;
+let browser;
 try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: spec.chromium || '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--enable-unsafe-swiftshader'],
-    viewport: { width: 1400, height: 900 },
-    timeout: 60000,
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(timeoutMs);
-  page.on('console', msg => {
-    if (['error', 'warning'].includes(msg.type()) && result.console.length < 200) {
-      result.console.push({ type: msg.type(), text: msg.text().slice(0, 500) });
-    }
-  });
-  page.on('pageerror', err => result.pageErrors.push(String(err).slice(0, 1000)));
+  browser = await launch(spec, outDir, timeoutMs, result);
+  const { context, page } = browser;
   // pages shown outside the gateway (the OpenID provider's), to tell a reload that signs in
   // again there from one the gateway answers by itself
   page.on('framenavigated', frame => {
@@ -140,7 +91,7 @@ try {
   step('back in the viewer', { url: page.url() });
 
   // 2. the study list shows the restricted study
-  const listed = await waitForTexts(page, spec.expectTexts, true);
+  const listed = await waitForTexts(page, spec.expectTexts, true, timeoutMs);
   await page.screenshot({ path: path.join(outDir, 'study-list.png') });
   result.studyList = { found: listed.ok, text: listed.body.slice(0, 3000) };
   step('study list checked', { found: listed.ok });
@@ -158,8 +109,7 @@ try {
   let stats = null;
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    const skip = page.getByText('Skip all', { exact: true }).first();
-    if (await skip.isVisible().catch(() => false)) await skip.click({ timeout: 5000 }).catch(() => {});
+    await skipTour(page);
     stats = await pngStats(page, await canvas.screenshot());
     if (stats.std > 8 && stats.nonDarkFraction > 0.02) break;
     await page.waitForTimeout(500);
@@ -180,12 +130,10 @@ try {
 
   // 3b. a study under an in-situ agreement: it opens (metadata) and the viewer says why no pixels
   if (spec.inSituText) {
-    // the viewer's onboarding tour may still cover the page
-    const skip = page.getByText('Skip all', { exact: true }).first();
-    if (await skip.isVisible().catch(() => false)) await skip.click({ timeout: 5000 }).catch(() => {});
+    await skipTour(page); // the viewer's onboarding tour may still cover the page
     await page.keyboard.press('Escape').catch(() => {});
     await back();
-    await waitForTexts(page, [spec.inSituText], true);
+    await waitForTexts(page, [spec.inSituText], true, timeoutMs);
     const row = page.getByText(spec.inSituText, { exact: false }).first();
     await row.click({ timeout: 10000 }).catch(() => row.click({ force: true, timeout: 10000 }));
     const button = page.getByRole('button', { name: /basic viewer|^viewer$/i }).first();
@@ -204,7 +152,7 @@ try {
   await page.waitForTimeout((spec.holdSeconds ?? 45) * 1000);
   step('held past the token lifetime', { tokenRequests: result.tokenRequests.length });
   await back();
-  const relisted = await waitForTexts(page, spec.expectTexts, true);
+  const relisted = await waitForTexts(page, spec.expectTexts, true, timeoutMs);
   result.afterRefresh = { found: relisted.ok, atMs: Date.now() - t0, session: await sessionStudies(page) };
   step('study list after the token lifetime', { found: relisted.ok });
   await page.screenshot({ path: path.join(outDir, 'study-list-later.png') });
@@ -221,7 +169,7 @@ try {
     // search again: the study list queries QIDO with the same session
     await page.reload({ waitUntil: 'domcontentloaded' });
     await page.waitForTimeout(2000);
-    const gone = await waitForTexts(page, spec.expectTexts, false);
+    const gone = await waitForTexts(page, spec.expectTexts, false, timeoutMs);
     result.afterRevocation = {
       session, gone: gone.ok, text: gone.body.slice(0, 2000), url: page.url(),
       newSignIn: result.tokenRequests.filter(r => r.grant === 'authorization_code').length > codeGrants,
@@ -233,11 +181,10 @@ try {
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e).slice(0, 3000);
   try {
-    const pages = context ? context.pages() : [];
+    const pages = browser ? browser.context.pages() : [];
     if (pages[0]) await pages[0].screenshot({ path: path.join(outDir, 'failure.png') });
   } catch { /* best effort */ }
 } finally {
-  if (context) await context.close().catch(() => {});
-  fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (browser) await browser.close();
   process.stdout.write(JSON.stringify(result) + '\n');
 }

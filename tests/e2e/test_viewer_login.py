@@ -22,17 +22,15 @@ import pytest
 from e2e_harness import CACHE_DIR, OHIF_DIST, BrowserTools
 from e2e_sample_ct import DEFAULT_STUDIES, StudySpec, build_study
 
-from tests import oidc_provider
-from tests.live import LiveServer, free_port
-from tests.oidc_provider import OpenIdProvider
-from tests.security.conftest import AS_SENT, add_client, auth_env, cli_ok, stow_into, token
+from tests.live import LiveServer
+from tests.oidc_provider import OpenIdProvider, gateway_signing_in_at_a_provider
+from tests.security.conftest import AS_SENT, add_client, cli_ok, stow_into, token
 
 pytestmark = pytest.mark.e2e
 
 ALLOWED, FORBIDDEN, IN_SITU = "viewer-allowed", "viewer-forbidden", "viewer-in-situ"
 CHARLIE = StudySpec("PHANTOM^CHARLIE", "E2E-0003", "E2E CT PELVIS CHARLIE", "AXIAL 3MM", "20240320", 4, 64)  # fmt: skip
 SPECS = {ALLOWED: DEFAULT_STUDIES[0], FORBIDDEN: DEFAULT_STUDIES[1], IN_SITU: CHARLIE}
-SECRET = "gateway-secret-for-the-provider-0123456789"
 TOKEN_LIFETIME = 30
 USER = "alice"
 
@@ -48,21 +46,10 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(browser_tools: BrowserTools, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    missing = oidc_provider.available()
-    if missing:
-        pytest.skip(missing)
     root = tmp_path_factory.mktemp("viewer-login")
-    port = free_port()
-    provider = OpenIdProvider("imaging-gateway", SECRET, [f"http://127.0.0.1:{port}/oauth/callback"],
-                              root / "provider.log").start()  # fmt: skip
-    gateway = LiveServer(root / "gw", port=port, extra_env=auth_env(
-        GATEWAY_AUTH__OIDC__ISSUER=provider.issuer,
-        GATEWAY_AUTH__OIDC__CLIENT_ID="imaging-gateway",
-        GATEWAY_AUTH__OIDC__CLIENT_SECRET=SECRET,
-        GATEWAY_AUTH__TOKEN_LIFETIME=str(TOKEN_LIFETIME),
-        GATEWAY_VIEWER__DIST=str(OHIF_DIST),
-    ))  # fmt: skip
-    try:
+    with gateway_signing_in_at_a_provider(
+        root, GATEWAY_AUTH__TOKEN_LIFETIME=str(TOKEN_LIFETIME), GATEWAY_VIEWER__DIST=str(OHIF_DIST)
+    ) as (gateway, provider):
         for dataset in SPECS:
             cli_ok(gateway, "dataset", "create", dataset, "--title", dataset, "--cancer-type", "lung", *AS_SENT)  # fmt: skip
         pusher = add_client(gateway, "pacs", *[x for d in SPECS for x in ("--store", d)])
@@ -79,9 +66,6 @@ def world(browser_tools: BrowserTools, tmp_path_factory: pytest.TempPathFactory)
             assert answer.status_code == 200, answer.text
             uids.append(str(instances[0].StudyInstanceUID))
         yield World(gateway, provider, *uids)
-    finally:
-        gateway.stop()
-        provider.stop()
 
 
 def test_the_viewer_is_served_same_origin_with_a_sign_in_at_the_gateway(world: World) -> None:

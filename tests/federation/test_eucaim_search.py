@@ -20,10 +20,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from server.security.audit import tail
+from tests.helpers import instance
 from tests.live import LiveServer
 from tests.security.conftest import Registered, add_client, bearer, cli_ok, token, token_response
 
@@ -68,17 +67,8 @@ class Node:
 def _write_studies(folder: Path, patients: list[tuple[str, str, str, str]]) -> None:
     folder.mkdir(parents=True)
     for n, (patient, sex, age, modality) in enumerate(patients):
-        ds = Dataset()
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (
-            generate_uid() for _ in range(3)
-        )
-        ds.PatientID, ds.PatientSex, ds.PatientAge, ds.Modality = patient, sex, age, modality
-        ds.StudyDate, ds.BodyPartExamined, ds.Manufacturer = "20230102", "PROSTATE", "SIEMENS"
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = instance(PatientID=patient, PatientSex=sex, PatientAge=age, Modality=modality,
+                      StudyDate="20230102", BodyPartExamined="PROSTATE", Manufacturer="SIEMENS")  # fmt: skip
         ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
 
 

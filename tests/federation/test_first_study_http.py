@@ -15,9 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from tests.helpers import instance
 from tests.live import LiveServer
 from tests.security.conftest import cli_ok
 
@@ -34,17 +33,8 @@ STUDIES = [
 def _write(folder: Path) -> None:
     folder.mkdir(parents=True)
     for n, (patient, date, age, modality) in enumerate(STUDIES):
-        ds = Dataset()
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (
-            generate_uid() for _ in range(3)
-        )
-        ds.PatientID, ds.PatientAge, ds.Modality, ds.PatientSex = patient, age, modality, "F"
-        ds.StudyDate, ds.PatientBirthDate = date, "19500101"
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = instance(PatientID=patient, PatientAge=age, Modality=modality, PatientSex="F",
+                      StudyDate=date, PatientBirthDate="19500101")  # fmt: skip
         ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
 
 

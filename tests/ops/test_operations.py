@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +116,23 @@ def test_liveness_does_not_ask_the_index_readiness_asks_every_component(
     ready = httpx.get(f"{logged.url}/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
     assert ready.headers["cache-control"] == "no-store"
+
+
+def test_readiness_names_the_index_when_its_tables_are_gone(tmp_path: Path) -> None:
+    live = LiveServer(tmp_path / "data").start()
+    try:
+        assert httpx.get(f"{live.url}/readyz").status_code == 200
+        with sqlite3.connect(live.data_dir / "index.sqlite") as conn:  # a damaged index file
+            conn.execute("ALTER TABLE instance RENAME TO instance_moved")
+        down = httpx.get(f"{live.url}/readyz")
+        assert down.status_code == 503 and down.json()["failing"] == ["index"]
+        alive = httpx.get(f"{live.url}/healthz")  # development: the caller sees the counts part
+        assert alive.status_code == 200 and alive.json()["index"] == "unavailable"
+        with sqlite3.connect(live.data_dir / "index.sqlite") as conn:
+            conn.execute("ALTER TABLE instance_moved RENAME TO instance")
+        assert httpx.get(f"{live.url}/readyz").status_code == 200
+    finally:
+        live.stop()
 
 
 def test_readiness_fails_when_the_database_is_gone(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pydicom
+from fhir.resources.R4B.auditevent import AuditEvent
 
 from server.core.fhir.imaging import patient_id
 from server.security.keys import SigningKeys, patient_id_key
@@ -270,3 +271,12 @@ def forgeries(live: LiveServer, real: str) -> dict[str, str]:
         "tampered payload": f"{header}.{tampered}.{signature}",
         "truncated signature": f"{header}.{payload}.{signature[:-4]}",
     }
+
+
+def audit_query(event: AuditEvent) -> str:
+    """The query string an AuditEvent recorded (its entity without ``what``), or ""."""
+    for entity in event.entity or []:
+        if entity.what is None and entity.query:
+            raw = entity.query
+            return (raw if isinstance(raw, bytes) else base64.b64decode(raw)).decode()
+    return ""

@@ -7,7 +7,6 @@ its jwks_uri, and its tokens carry ``sub`` = the client id registered there.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
 import time
@@ -30,6 +29,7 @@ from tests.security.conftest import (
     Registered,
     Study,
     add_client,
+    audit_query,
     auth_env,
     bearer,
     challenge,
@@ -125,14 +125,6 @@ def _request_line(event: AuditEvent) -> str:
     return ""
 
 
-def _query(event: AuditEvent) -> str:
-    for entity in event.entity or []:
-        if entity.what is None and entity.query:
-            raw = entity.query
-            return (raw if isinstance(raw, bytes) else base64.b64decode(raw)).decode()
-    return ""
-
-
 def _client_of(event: AuditEvent) -> str | None:
     for agent in event.agent:
         who = agent.who
@@ -178,7 +170,7 @@ def test_accesses_and_refusals_are_audited(fed: Federation) -> None:
     for event in events:
         by_line.setdefault(_request_line(event), []).append(event)
 
-    search = [e for e in by_line["GET /dicom-web/studies"] if _query(e) == marker]
+    search = [e for e in by_line["GET /dicom-web/studies"] if audit_query(e) == marker]
     assert len(search) == 1
     assert search[0].outcome == "0" and _action(search[0]) == "search"
     assert search[0].action == "E"
@@ -332,7 +324,7 @@ def test_zip_and_wado_uri_downloads_are_audited_as_retrievals_of_the_study(
     _wait_for(fed, lambda e: _request_line(e) == "GET /wado", agent=fed.x.client_id)
     events = _events(fed, agent=fed.x.client_id)
     for line, query in ((f"GET {study}", "accept=application/zip"), ("GET /wado", uri[6:])):
-        found = [e for e in events if _request_line(e) == line and _query(e) == query]
+        found = [e for e in events if _request_line(e) == line and audit_query(e) == query]
         assert found, line
         event = found[-1]
         assert event.outcome == "0" and _action(event) == "retrieve"

@@ -26,6 +26,7 @@ from tests.security.conftest import (
     Registered,
     Study,
     add_client,
+    audit_query,
     auth_env,
     bearer,
     cli_ok,
@@ -90,16 +91,6 @@ def _events(gw: Gateway, **params: str) -> list[AuditEvent]:
     return [e.resource for e in Bundle.model_validate(answer.json()).entry or []]  # type: ignore[misc]
 
 
-def _query(event: AuditEvent) -> str:
-    import base64
-
-    for entity in event.entity or []:
-        if entity.what is None and entity.query:
-            raw = entity.query
-            return (raw if isinstance(raw, bytes) else base64.b64decode(raw)).decode()
-    return ""
-
-
 def _address_of(event: AuditEvent) -> str | None:
     for agent in event.agent:
         if agent.requestor and agent.network is not None:
@@ -116,7 +107,7 @@ def _audited_address(gw: Gateway, headers: dict[str, str]) -> str | None:
     assert answer.status_code == 200, answer.text
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        found = [e for e in _events(gw, agent=gw.admin.client_id) if marker in _query(e)]
+        found = [e for e in _events(gw, agent=gw.admin.client_id) if marker in audit_query(e)]
         if found:
             return _address_of(found[0])
         time.sleep(0.2)

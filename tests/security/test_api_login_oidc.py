@@ -7,21 +7,24 @@ provider's login form as a browser would (tests/e2e does it in Chromium with the
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests import oidc_provider
-from tests.live import LiveServer, free_port
-from tests.oidc_provider import OpenIdProvider, redeem, refresh, sign_in
+from tests.live import LiveServer
+from tests.oidc_provider import (
+    OpenIdProvider,
+    gateway_signing_in_at_a_provider,
+    redeem,
+    refresh,
+    sign_in,
+)
 from tests.security.conftest import (  # fmt: skip
     AS_SENT,
     Study,
     add_client,
-    auth_env,
     bearer,
     cli_ok,
     store_study,
@@ -31,7 +34,6 @@ from tests.security.conftest import (  # fmt: skip
 CLIENT = "research-app"
 REDIRECT = "http://127.0.0.1:9/app/callback"
 DATASET = "oidc-restricted"
-SECRET = "gateway-secret-for-the-provider-0123456789"
 
 
 @dataclass
@@ -43,31 +45,15 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    missing = oidc_provider.available()
-    if missing:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{missing} (CI=true)")
-        pytest.skip(missing)
+    clients = json.dumps([{"client_id": CLIENT, "redirect_uris": [REDIRECT]}])
     root = tmp_path_factory.mktemp("oidc")
-    port = free_port()
-    provider = OpenIdProvider("imaging-gateway", SECRET, [f"http://127.0.0.1:{port}/oauth/callback"],
-                              root / "provider.log").start()  # fmt: skip
-    gateway = LiveServer(root / "gw", port=port, extra_env=auth_env(
-        GATEWAY_AUTH__OIDC__ISSUER=provider.issuer,
-        GATEWAY_AUTH__OIDC__CLIENT_ID="imaging-gateway",
-        GATEWAY_AUTH__OIDC__CLIENT_SECRET=SECRET,
-        GATEWAY_AUTH__BROWSER_CLIENTS=json.dumps([{"client_id": CLIENT, "redirect_uris": [REDIRECT]}]),
-    ))  # fmt: skip
-    try:
+    with gateway_signing_in_at_a_provider(root, GATEWAY_AUTH__BROWSER_CLIENTS=clients) as (gateway, provider):  # fmt: skip
         cli_ok(gateway, "dataset", "create", DATASET, "--title", "Restricted", "--cancer-type", "lung", *AS_SENT)  # fmt: skip
         pusher = add_client(gateway, "pacs", "--store", DATASET)
         cli_ok(gateway, "daa", "create", "daa-alice", "--dataset", DATASET, "--condition", "download",
                "--issuer", provider.issuer, "--subject", "alice")  # fmt: skip
         gateway.start()
         yield World(gateway, provider, store_study(gateway, DATASET, token(gateway, pusher)))
-    finally:
-        gateway.stop()
-        provider.stop()
 
 
 def _studies(world: World, access_token: str) -> set[str]:
@@ -104,7 +90,7 @@ def test_a_callback_without_a_pending_sign_in_is_refused(world: World) -> None:
 def test_the_gateway_sends_the_provider_state_nonce_and_an_s256_challenge(world: World) -> None:
     from urllib.parse import parse_qs, urlsplit
 
-    from tests.oidc_provider import authorize_url
+    from tests.oidc_provider import GATEWAY_CLIENT, authorize_url
 
     url, _, _ = authorize_url(world.gateway.url, CLIENT, REDIRECT)
     answer = httpx.get(url, timeout=30)
@@ -112,7 +98,7 @@ def test_the_gateway_sends_the_provider_state_nonce_and_an_s256_challenge(world:
     location = answer.headers["location"]
     assert location.startswith(world.provider.issuer + "/auth?")
     query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-    assert query["client_id"] == "imaging-gateway" and query["response_type"] == "code"
+    assert query["client_id"] == GATEWAY_CLIENT and query["response_type"] == "code"
     assert query["code_challenge_method"] == "S256" and len(query["code_challenge"]) == 43
     assert len(query["state"]) >= 32 and len(query["nonce"]) >= 16
     assert "openid" in query["scope"].split()

@@ -6,6 +6,7 @@ Registered before the FHIR REST router, so ``/fhir/$export`` and
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 
 import orjson
@@ -58,40 +59,46 @@ async def _kickoff(request: Request, level: Level, group: str | None = None) -> 
     return Response(orjson.dumps(body), 202, {"Content-Location": location}, FHIR_JSON)
 
 
-@router.get("/$export", summary="system export (Bulk Data v2.0.0)")
-async def export_system(request: Request) -> Response:
-    """Bulk Data v2.0.0 system-level export: every dataset the caller may export."""
-    return await _kickoff(request, Level.SYSTEM)
+# The six kick-off routes (Bulk Data v2.0.0 kick-off request): GET with query parameters or
+# POST with a Parameters body, at system, all-patients and group level, all through _kickoff.
+# The route names keep the published operation ids; summaries and descriptions are the API's.
+_KICKOFFS: tuple[tuple[str, str, Level, str, str], ...] = (
+    ("GET", "export_system", Level.SYSTEM, "system export (Bulk Data v2.0.0)",
+     "Bulk Data v2.0.0 system-level export: every dataset the caller may export."),
+    ("GET", "export_patients", Level.PATIENT, "patient export (Bulk Data v2.0.0)",
+     "Bulk Data v2.0.0 all-patients export: the compartments of every patient the caller may see."),
+    ("GET", "export_group", Level.GROUP, "group export: a dataset's cohort",
+     "Bulk Data v2.0.0 group export; the Group id is a dataset's (ResearchStudy) id."),
+    ("POST", "export_system_post", Level.SYSTEM, "system export, POST with Parameters",
+     "Bulk Data v2.0.0 system export kicked off with a FHIR Parameters body."),
+    ("POST", "export_patients_post", Level.PATIENT, "patient export, POST with Parameters",
+     "Bulk Data v2.0.0 all-patients export kicked off with a FHIR Parameters body."),
+    ("POST", "export_group_post", Level.GROUP, "group export, POST with Parameters",
+     "Bulk Data v2.0.0 group export kicked off with a FHIR Parameters body."),
+)  # fmt: skip
+_KICKOFF_PATHS = {Level.SYSTEM: "/$export", Level.PATIENT: "/Patient/$export",
+                  Level.GROUP: "/Group/{group}/$export"}  # fmt: skip
 
 
-@router.get("/Patient/$export", summary="patient export (Bulk Data v2.0.0)")
-async def export_patients(request: Request) -> Response:
-    """Bulk Data v2.0.0 all-patients export: the compartments of every patient the caller may see."""
-    return await _kickoff(request, Level.PATIENT)
+def _kickoff_endpoint(level: Level) -> Callable[..., Awaitable[Response]]:
+    if level is Level.GROUP:
+
+        async def export_group(request: Request, group: str) -> Response:
+            return await _kickoff(request, Level.GROUP, group)
+
+        return export_group
+
+    async def export(request: Request) -> Response:
+        return await _kickoff(request, level)
+
+    return export
 
 
-@router.get("/Group/{group}/$export", summary="group export: a dataset's cohort")
-async def export_group(request: Request, group: str) -> Response:
-    """Bulk Data v2.0.0 group export; the Group id is a dataset's (ResearchStudy) id."""
-    return await _kickoff(request, Level.GROUP, group)
-
-
-@router.post("/$export", summary="system export, POST with Parameters")
-async def export_system_post(request: Request) -> Response:
-    """Bulk Data v2.0.0 system export kicked off with a FHIR Parameters body."""
-    return await _kickoff(request, Level.SYSTEM)
-
-
-@router.post("/Patient/$export", summary="patient export, POST with Parameters")
-async def export_patients_post(request: Request) -> Response:
-    """Bulk Data v2.0.0 all-patients export kicked off with a FHIR Parameters body."""
-    return await _kickoff(request, Level.PATIENT)
-
-
-@router.post("/Group/{group}/$export", summary="group export, POST with Parameters")
-async def export_group_post(request: Request, group: str) -> Response:
-    """Bulk Data v2.0.0 group export kicked off with a FHIR Parameters body."""
-    return await _kickoff(request, Level.GROUP, group)
+for _method, _name, _level, _summary, _description in _KICKOFFS:
+    router.add_api_route(
+        _KICKOFF_PATHS[_level], _kickoff_endpoint(_level), methods=[_method], name=_name,
+        summary=_summary, description=_description,
+    )  # fmt: skip
 
 
 @router.get("/$export-status/{job_id}", summary="export status / manifest")

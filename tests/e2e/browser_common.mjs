@@ -85,16 +85,19 @@ export async function pngStats(page, buf) {
     ctx.drawImage(bmp, 0, 0);
     const { data } = ctx.getImageData(0, 0, bmp.width, bmp.height);
     let n = 0, sum = 0, sum2 = 0, nonDark = 0;
+    const colours = new Set();  // distinct colours at 4 bits a channel
     for (let i = 0; i < data.length; i += 4) {
       const y = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
       sum += y; sum2 += y * y; n++;
       if (y > 16) nonDark++;
+      colours.add(((data[i] >> 4) << 8) | ((data[i + 1] >> 4) << 4) | (data[i + 2] >> 4));
     }
     const mean = sum / n;
     return {
       width: bmp.width, height: bmp.height, mean,
       std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)),
       nonDarkFraction: nonDark / n,
+      colours: colours.size,
     };
   }, buf.toString('base64'));
 }

@@ -163,9 +163,16 @@ try {
     const until = Date.now() + timeoutMs;
     while (!fs.existsSync(spec.revokeSignal) && Date.now() < until) await page.waitForTimeout(200);
     step('agreement revoked');
-    await page.waitForTimeout(1000);
+    const revokedAt = Date.now();
     const codeGrants = result.tokenRequests.filter(r => r.grant === 'authorization_code').length;
-    const session = await sessionStudies(page);
+    // the gateway re-reads agreements after its agreement cache time: ask until the study
+    // is gone (or 20 s pass), and report how long that took
+    let session = await sessionStudies(page);
+    while ((session.uids || []).includes(spec.studyInstanceUID) && Date.now() - revokedAt < 20000) {
+      await page.waitForTimeout(250);
+      session = await sessionStudies(page);
+    }
+    session.goneAfterMs = Date.now() - revokedAt;
     // search again: the study list queries QIDO with the same session
     await page.reload({ waitUntil: 'domcontentloaded' });
     await page.waitForTimeout(2000);

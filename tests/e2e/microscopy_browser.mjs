@@ -14,7 +14,7 @@
 // taken once the tiles are drawn (or at the time-out).
 // Chromium is started as browser.mjs starts it.
 
-import { chromium } from 'playwright-core';
+import { launch, pngStats, skipTour } from './browser_common.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -26,53 +26,10 @@ const t0 = Date.now();
 const log = msg => process.stderr.write(`[microscopy ${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}\n`);
 const isDicomweb = url => url.startsWith(spec.dicomwebRoot);
 
-// Pixel statistics of a PNG, decoded by the browser itself.
-async function pngStats(page, buf) {
-  return page.evaluate(async b64 => {
-    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-    const bmp = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
-    const c = new OffscreenCanvas(bmp.width, bmp.height);
-    const ctx = c.getContext('2d');
-    ctx.drawImage(bmp, 0, 0);
-    const { data } = ctx.getImageData(0, 0, bmp.width, bmp.height);
-    let n = 0, sum = 0, sum2 = 0, nonDark = 0;
-    const colours = new Set();
-    for (let i = 0; i < data.length; i += 4) {
-      const y = 0.299 * data[i] + 0.587 * data[i + 1] + 0.114 * data[i + 2];
-      sum += y; sum2 += y * y; n++;
-      if (y > 16) nonDark++;
-      colours.add(((data[i] >> 4) << 8) | ((data[i + 1] >> 4) << 4) | (data[i + 2] >> 4));
-    }
-    const mean = sum / n;
-    return {
-      width: bmp.width, height: bmp.height, mean,
-      std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)),
-      nonDarkFraction: nonDark / n,
-      colours: colours.size,
-    };
-  }, buf.toString('base64'));
-}
-
-const userDataDir = fs.mkdtempSync(path.join(spec.outDir, 'profile-'));
-let context;
+let browser;
 try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: spec.chromium || '/usr/bin/chromium',
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--enable-unsafe-swiftshader'],
-    viewport: { width: 1400, height: 900 },
-    timeout: 60000,
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(timeoutMs);
-  page.on('console', msg => {
-    if (['error', 'warning'].includes(msg.type()) && result.console.length < 200) {
-      result.console.push({ type: msg.type(), text: msg.text().slice(0, 500) });
-    }
-  });
-  page.on('pageerror', err => result.pageErrors.push(String(err).slice(0, 1000)));
+  browser = await launch(spec, spec.outDir, timeoutMs, result);
+  const { context, page } = browser;
   context.on('request', req => {
     if (isDicomweb(req.url())) {
       result.requests.push({ method: req.method(), url: req.url(), accept: req.headers()['accept'] ?? null });
@@ -107,8 +64,7 @@ try {
   let stats = null;
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    const skip = page.getByText('Skip all', { exact: true }).first();  // onboarding tour
-    if (await skip.isVisible().catch(() => false)) await skip.click({ timeout: 5000 }).catch(() => {});
+    await skipTour(page);
     stats = await pngStats(page, await middle());
     if (stats.std > 8 && stats.nonDarkFraction > 0.05 && stats.colours > 8) break;
     await page.waitForTimeout(500);
@@ -124,14 +80,13 @@ try {
 } catch (e) {
   result.error = String(e && e.stack ? e.stack : e).slice(0, 3000);
   try {
-    const pages = context ? context.pages() : [];
+    const pages = browser ? browser.context.pages() : [];
     if (pages[0]) await pages[0].screenshot({ path: path.join(spec.outDir, 'failure.png') });
   } catch {
     /* best effort */
   }
 } finally {
   result.totalMs = Date.now() - t0;
-  if (context) await context.close().catch(() => {});
-  fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (browser) await browser.close();
   process.stdout.write(JSON.stringify(result) + '\n');
 }

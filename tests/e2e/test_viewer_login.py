@@ -159,6 +159,8 @@ def test_a_signed_in_researcher_views_a_restricted_study_past_the_token_lifetime
     revoked = result["afterRevocation"]
     assert revoked["session"]["status"] in (200, 204), revoked
     assert world.allowed_uid not in revoked["session"]["uids"], revoked
+    # within the agreement cache time (2 s by default) plus the browser's polling and load
+    assert revoked["session"]["goneAfterMs"] < 8000, revoked
     assert revoked["gone"], revoked
     # the reload kept the sign-in: a new code at once from the gateway's own browser session,
     # no page of the OpenID provider after the first sign-in

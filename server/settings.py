@@ -302,6 +302,8 @@ class S3Settings(BaseModel):
     ca_file: Path | None = None  # a private CA for an https endpoint
     prefix: str = ""  # object names start with it (one bucket shared by several nodes)
     part_size_mb: int = Field(default=8, ge=5, le=5120)  # multipart above this size
+    # Parts of one multipart upload sent at once (memory: this many parts + 1 per upload).
+    upload_concurrency: int = Field(default=4, ge=1, le=32)
     cache_mb: int = Field(default=2048, ge=0)  # local copies for decoders (LRU)
     timeout: float = Field(default=30.0, gt=0)
     # multipart uploads left by a process that died are aborted once this old (seconds)

@@ -117,3 +117,31 @@ def test_an_export_run_in_the_export_process_is_traced(
     assert exports and exports[0]["attrs"]["gateway.job"] == "export"
     under = {s["name"] for s in spans if s["traceId"] == exports[0]["traceId"]}
     assert len(under) > 1, under  # the index reads of the export are in its trace
+
+
+def test_a_reindex_run_sends_its_trace_with_the_index_writes(
+    collector: Collector, elasticsearch_url: str, tmp_path: Path
+) -> None:
+    service = f"reindex-{uuid.uuid4().hex[:8]}"
+    prefix = f"otel{uuid.uuid4().hex[:10]}"
+    env = {**_traced(collector, service), "GATEWAY_INDEX": "elasticsearch",
+           "GATEWAY_ELASTICSEARCH__HOSTS": f'["{elasticsearch_url}"]',
+           "GATEWAY_ELASTICSEARCH__INDEX_PREFIX": prefix}  # fmt: skip
+    live = LiveServer(tmp_path / "data", extra_env=env)
+    try:
+        folder = tmp_path / "in"
+        folder.mkdir()
+        for n, ds in enumerate(cohort(instances_per_series=2)):
+            (folder / f"{n}.dcm").write_bytes(part10(ds))
+        assert live.cli("import", str(folder), "--quiet").returncode == 0
+        done = live.cli("reindex", "--quiet")
+        assert done.returncode == 0, done.stderr
+        spans = collector.wait_for(
+            lambda s: any(x["service"] == service and x["name"] == "job reindex" for x in s)
+        )
+    finally:
+        httpx.delete(f"{elasticsearch_url}/{prefix}-*", timeout=120)
+    roots = [s for s in spans if s["service"] == service and s["name"] == "job reindex"]
+    assert len(roots) == 1, [s["name"] for s in spans if s["service"] == service]
+    names = {s["name"] for s in spans if s["traceId"] == roots[0]["traceId"]}
+    assert "job reindex run" in names and "elasticsearch add_instances" in names, names

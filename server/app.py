@@ -80,6 +80,7 @@ from server.services.fhir_paging import SearchCursors
 from server.services.fhir_write import FhirWriteService, parse_json_object
 from server.services.ingest import IngestService
 from server.services.maintenance import DeleteService
+from server.services.pull_jobs import PullJobs
 from server.services.reindex_jobs import ReindexJobs
 from server.services.reindex_runner import ReindexService
 from server.services.retrieve import RetrieveService
@@ -123,6 +124,7 @@ class Gateway:
     federation: FederatedSearch
     bulk: BulkExportService
     reindexer: ReindexService
+    pull_jobs: PullJobs  # read for /metrics; `pull` runs its jobs through PullService
     migrations: BackgroundMigrations  # the embedded index's backfills (none on Elasticsearch)
     shared_secrets: SharedSecrets | None = None  # with a shared database (see shared_secrets)
 
@@ -166,6 +168,7 @@ class Gateway:
         self.bulk.stop()
         self.bulk.jobs.close()
         self.reindexer.jobs.close()
+        self.pull_jobs.close()
         if self.shared_secrets is not None:
             self.shared_secrets.close()
 
@@ -295,6 +298,7 @@ def build_gateway(settings: Settings) -> Gateway:
             export_outputs(settings, store),
             settings.failpoint,
         ),
+        pull_jobs=PullJobs(settings.data_dir, database_url),
         reindexer=ReindexService(
             ReindexJobs(settings.data_dir, database_url),
             index,

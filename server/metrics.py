@@ -159,7 +159,9 @@ def job_exposition(states: dict[str, dict[str, int]], progress: dict[str, int]) 
     class _Jobs:
         def collect(self) -> Iterator[GaugeMetricFamily]:
             jobs = GaugeMetricFamily(
-                "gateway_jobs", "Stored jobs (export, reindex) by state", labels=["job", "state"]
+                "gateway_jobs",
+                "Stored jobs (export, reindex, pull) by state",
+                labels=["job", "state"],
             )
             for kind, counts in states.items():
                 for state in ("queued", "running", "complete", "failed"):
@@ -167,7 +169,7 @@ def job_exposition(states: dict[str, dict[str, int]], progress: dict[str, int]) 
             yield jobs
             done = GaugeMetricFamily(
                 "gateway_job_progress_items",
-                "Items done by the active job of each kind (reindex: instances indexed)",
+                "Items done by the active jobs of each kind (reindex: instances indexed; pull: stored)",
                 labels=["job"],
             )
             for kind, items in progress.items():

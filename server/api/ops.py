@@ -114,11 +114,14 @@ def _jobs(request: Request) -> bytes:
     gw = gateway(request)
     try:
         active = gw.reindexer.jobs.active()
-        states = {"export": gw.bulk.jobs.counts(), "reindex": gw.reindexer.jobs.counts()}
+        states = {"export": gw.bulk.jobs.counts(), "reindex": gw.reindexer.jobs.counts(),
+                  "pull": gw.pull_jobs.job_states()}  # fmt: skip
+        progress = {"reindex": active.report.indexed if active else 0,
+                    "pull": gw.pull_jobs.running_items_done()}  # fmt: skip
     except Exception:  # the database is down: /readyz says so; the process metrics remain
         log.warning("job metrics unavailable", exc_info=True)
         return b""
-    return job_exposition(states, {"reindex": active.report.indexed if active else 0})
+    return job_exposition(states, progress)
 
 
 @router.get("/docs")

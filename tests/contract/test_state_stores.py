@@ -291,11 +291,13 @@ def test_pull_jobs_resume_and_count(engine: Engine) -> None:
         assert jobs.counts(job.id) == {"pending": 1, "stored": 1, "failed": 1}
         assert jobs.done(job.id, "1.2") == {"1.2.1.0"}
         assert jobs.failures(job.id) == [("1.2", "1.2.1.1", "refused")]
+        assert jobs.job_states() == {"running": 1} and jobs.running_items_done() == 1  # /metrics
         again = jobs.open("http://pacs/dicom-web", "d1", {"study": "1.2"}, {"x": 1})
         assert again.id == job.id and again.options == {"x": 1}
         jobs.finish(job.id, "done")
         got = jobs.get(job.id)
         assert got is not None and got.state == "done"
+        assert jobs.job_states() == {"complete": 1} and jobs.running_items_done() == 0
     finally:
         jobs.close()
 

@@ -94,11 +94,16 @@ class ReindexJobs:
     def close(self) -> None:
         self.db.close()
 
-    def start(self, *, keep_old: bool, started_by: str) -> ReindexJob:
-        """Queue a rebuild; Conflict (409) while another one is queued or running."""
+    def start(self, *, keep_old: bool, started_by: str, worker: str | None = None,
+              lease_seconds: float = 0) -> ReindexJob:  # fmt: skip
+        """Queue a rebuild, or with ``worker`` start it already leased to that worker (no
+        other runner can claim it in between); Conflict (409) while another is unfinished."""
         now = time.time()
         job = ReindexJob(id=uuid.uuid4().hex, state=ReindexState.QUEUED, created=now, updated=now,
                          keep_old=keep_old, started_by=started_by)  # fmt: skip
+        if worker is not None:
+            job.state, job.worker, job.attempts = ReindexState.RUNNING, worker, 1
+            job.lease_until = now + lease_seconds
         with self.db.write() as conn:
             row = conn.execute(
                 "SELECT id FROM reindex_job WHERE state IN ('queued', 'running') LIMIT 1"
@@ -107,7 +112,7 @@ class ReindexJobs:
                 raise Conflict(f"reindex job {row[0]} is not finished; see its status")
             conn.execute(
                 f"INSERT INTO reindex_job ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.state.value, now, now, None, 0.0, _body(job)),
+                (job.id, job.state.value, now, now, job.worker, job.lease_until, _body(job)),
             )
         return job
 

@@ -59,8 +59,13 @@ class ReindexService:
                 "reindex rebuilds the Elasticsearch index; this gateway uses the embedded one"
             )
         active = self.jobs.active()
-        if active is None:
-            active = self.jobs.start(keep_old=keep_old, started_by="cli")
+        if active is None:  # a new job, leased to this process from the first moment
+            job: ReindexJob | None = self.jobs.start(
+                keep_old=keep_old, started_by="cli", worker=self.worker,
+                lease_seconds=self.settings.lease_seconds,
+            )  # fmt: skip
+            assert job is not None
+            return self.run(job, memberships, progress), False
         job = self.jobs.claim(self.worker, self.settings.lease_seconds, active.id)
         if job is None:
             raise Conflict(f"reindex job {active.id} is running in another process; "

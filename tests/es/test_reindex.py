@@ -97,7 +97,10 @@ def test_a_reindex_killed_mid_way_is_resumed_from_its_checkpoint_by_the_next_run
     """kill -9 after the first stored batch: ``--status`` shows the job running with no live
     runner; the next ``reindex`` takes the job over once its lease ran out, loads only the
     rest into the same new indices, and the answers are those of before."""
-    settings = {"GATEWAY_REINDEX__BATCH_SIZE": "4", "GATEWAY_REINDEX__LEASE_SECONDS": "2"}
+    settings = {"GATEWAY_REINDEX__BATCH_SIZE": "4", "GATEWAY_REINDEX__LEASE_SECONDS": "2",
+                # the serving gateway's runner would take the abandoned job over as well:
+                # here the command resumes it (the replica test covers the runners)
+                "GATEWAY_REINDEX__POLL_SECONDS": "3600"}  # fmt: skip
     live, prefix = _es_gateway(elasticsearch_url, tmp_path / "data", **settings)
     live.start()
     try:
@@ -160,6 +163,35 @@ def test_a_reindex_queued_through_the_admin_api_runs_on_a_serving_gateway_and_re
         metrics = httpx.get(f"{live.url}/metrics").text
         assert 'gateway_jobs{job="reindex",state="complete"} 1.0' in metrics
         assert httpx.get(f"{live.url}/admin/reindex/nope").status_code == 404
+    finally:
+        live.stop()
+        httpx.delete(f"{elasticsearch_url}/{prefix}-*", timeout=120)
+
+
+def test_a_reindex_killed_mid_way_is_taken_over_by_a_serving_gateway_once_its_lease_ran_out(
+    elasticsearch_url: str, tmp_path: Path
+) -> None:
+    settings = {"GATEWAY_REINDEX__BATCH_SIZE": "4", "GATEWAY_REINDEX__LEASE_SECONDS": "2",
+                "GATEWAY_REINDEX__POLL_SECONDS": "0.3"}  # fmt: skip
+    live, prefix = _es_gateway(elasticsearch_url, tmp_path / "data", **settings)
+    live.start()
+    try:
+        assert stow(live, [part10(ds) for ds in cohort(patients=2, series_per_study=2,
+                                                        instances_per_series=3)]).status_code == 200  # fmt: skip
+        before = _studies(live)
+        killer = LiveServer(live.data_dir, extra_env={**live.extra_env,
+                                                      "GATEWAY_FAILPOINT": "reindex_after_first_batch"})  # fmt: skip
+        assert killer.cli("reindex", "--quiet").returncode == 137
+        jobs = httpx.get(f"{live.url}/admin/reindex").json()["jobs"]
+        assert len(jobs) == 1 and jobs[0]["startedBy"] == "cli"
+        state = jobs[0]
+        deadline = time.monotonic() + 120
+        while state["state"] != "complete" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            state = httpx.get(f"{live.url}/admin/reindex/{state['id']}").json()
+        assert state["state"] == "complete" and state["attempts"] == 2, state
+        assert state["indexed"] == 12, state  # 4 by the killed command, 8 by the gateway
+        assert _studies(live) == before
     finally:
         live.stop()
         httpx.delete(f"{elasticsearch_url}/{prefix}-*", timeout=120)

@@ -22,7 +22,7 @@ $(STAMP): $(RUN_STAMP)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-.PHONY: run viewer lint typecheck e2e-setup dimse-setup pull-setup fhir-validator openapi test unit fuzz fuzz-api bench clean
+.PHONY: run viewer lint typecheck e2e-setup dimse-setup pull-setup otel-setup fhir-validator openapi test unit fuzz fuzz-api bench clean
 
 # DEMO=1 also turns on the development login (any user name, no password) for the viewer;
 # it needs GATEWAY_ENVIRONMENT=development and is refused in production.
@@ -80,13 +80,18 @@ fhir-validator:
 s3-setup:
 	bash tests/s3/setup.sh >/dev/null
 
+# A minimal OpenTelemetry Collector (OTLP receiver + file exporter) for tests/otel, built from
+# its Go modules once per version and cached in ~/.cache/imaging-gateway-otel; idempotent.
+otel-setup:
+	bash tests/otel/setup.sh >/dev/null
+
 openapi: $(STAMP)
 	$(PY) -m server.openapi_export openapi/openapi.json
 
 # The whole suite on SQLite and the API suites again on Elasticsearch (ES_URL, or one node
 # started on loopback by tests/es/start.sh), both passes at once (TEST_JOBS=1: one after the
 # other); see tests/run_passes.py.
-test: $(STAMP) e2e-setup dimse-setup pull-setup pg-setup replicas-setup deploy-setup s3-setup fhir-validator lint typecheck
+test: $(STAMP) e2e-setup dimse-setup pull-setup pg-setup replicas-setup deploy-setup s3-setup otel-setup fhir-validator lint typecheck
 	$(PY) -m server.openapi_export --check openapi/openapi.json
 	$(PY) -m tests.run_passes
 

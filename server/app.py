@@ -18,6 +18,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__, tracing
+from server.api import admin as admin_router
 from server.api import errors as api_errors
 from server.api import fdp as fdp_router
 from server.api import login as login_router
@@ -72,12 +73,16 @@ from server.services.bulk_jobs import SqlJobStore
 from server.services.catalogue import CatalogueService
 from server.services.check import CheckService
 from server.services.deid_policy import DeidPolicies
+from server.services.export_outputs import BucketExportOutputs, ExportOutputs, LocalExportOutputs
 from server.services.federation import FederatedSearch
 from server.services.fhir import ENDPOINT_ID, FhirReadService
 from server.services.fhir_paging import SearchCursors
 from server.services.fhir_write import FhirWriteService, parse_json_object
 from server.services.ingest import IngestService
 from server.services.maintenance import DeleteService
+from server.services.pull_jobs import PullJobs
+from server.services.reindex_jobs import ReindexJobs
+from server.services.reindex_runner import ReindexService
 from server.services.retrieve import RetrieveService
 from server.settings import Settings
 from server.storage.base import BlobStore
@@ -118,6 +123,8 @@ class Gateway:
     catalogue: CatalogueService
     federation: FederatedSearch
     bulk: BulkExportService
+    reindexer: ReindexService
+    pull_jobs: PullJobs  # read for /metrics; `pull` runs its jobs through PullService
     migrations: BackgroundMigrations  # the embedded index's backfills (none on Elasticsearch)
     shared_secrets: SharedSecrets | None = None  # with a shared database (see shared_secrets)
 
@@ -148,6 +155,7 @@ class Gateway:
         self.ingest.recovery.recover()
 
     def close(self) -> None:
+        self.reindexer.stop()  # before the index it writes to closes
         self.migrations.stop()
         self.journal.close()
         self.index.close()
@@ -159,6 +167,8 @@ class Gateway:
         self.federation.noise.close()
         self.bulk.stop()
         self.bulk.jobs.close()
+        self.reindexer.jobs.close()
+        self.pull_jobs.close()
         if self.shared_secrets is not None:
             self.shared_secrets.close()
 
@@ -285,7 +295,16 @@ def build_gateway(settings: Settings) -> Gateway:
             fhir_store,
             audit,
             settings.bulk,
-            settings.data_dir / "bulk",
+            export_outputs(settings, store),
+            settings.failpoint,
+        ),
+        pull_jobs=PullJobs(settings.data_dir, database_url),
+        reindexer=ReindexService(
+            ReindexJobs(settings.data_dir, database_url),
+            index,
+            store,
+            secret.patient_id_key(),
+            settings.reindex,
             settings.failpoint,
         ),
         shared_secrets=shared,
@@ -315,6 +334,19 @@ def _current_patient_keys(queries: DicomFhirQueries | EsFhirQueries, key: bytes)
             "the Elasticsearch index holds Patient ids made with another key (or unkeyed):"
             " run `imaging-gateway reindex` so that Patient ids are keyed hashes again"
         )
+
+
+def export_outputs(settings: Settings, store: BlobStore) -> ExportOutputs:
+    """Bulk-export files beside the blobs: in the bucket with S3, else in the data dir."""
+    work = settings.data_dir / "bulk"
+    if settings.storage == "s3":
+        from server.storage.s3 import S3BlobStore
+
+        assert isinstance(store, S3BlobStore)
+        return BucketExportOutputs(
+            store.client, store.bucket, f"{store.config.prefix}exports/", work
+        )
+    return LocalExportOutputs(work)
 
 
 def blob_store(settings: Settings) -> BlobStore:
@@ -439,6 +471,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             exporter.start()
         else:  # or threads of this process, never on the event loop
             gateway.bulk.start()
+            gateway.reindexer.start()  # queued reindex jobs (the export process runs them else)
         gateway.migrations.start()  # index backfills of an upgrade, if any (/readyz says so)
         yield
         if exporter is not None:
@@ -468,6 +501,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fdp_router.router, prefix="/fdp")
     app.include_router(federation_router.router)
     app.include_router(ops_router.router)
+    app.include_router(admin_router.router)
     # innermost: a request body is authorised and capped before any route reads it
     app.add_middleware(BodyGuardMiddleware, settings=settings)
     app.add_middleware(

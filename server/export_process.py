@@ -5,7 +5,8 @@ shares the interpreter lock with every request; in a process of its own, niced
 (``GATEWAY_BULK__NICE``), it takes the CPU the requests leave. The process is started by
 each serving process (its lifespan), builds its own gateway from the same settings, runs
 ``GATEWAY_BULK__CONCURRENCY`` worker threads that claim jobs from the shared job store
-(leases: a worker that dies leaves its job to be re-run), ends when its parent ends
+(leases: a worker that dies leaves its job to be re-run) and the runner of queued reindex
+jobs (server.services.reindex_runner), ends when its parent ends
 (parent-death signal, and a check of the parent pid), and is restarted by its parent if
 it dies.
 
@@ -92,14 +93,19 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    from server import tracing
+
     gateway = build_gateway(settings)
+    tracing.configure(settings.tracing.enabled)  # each export and reindex run: a trace
     gateway.bulk.start()
+    gateway.reindexer.start()  # queued reindex jobs, niced like the exports
     try:
         while not stop.wait(1.0):
             if parent and os.getppid() != parent:  # the server is gone
                 break
     finally:
         gateway.close()  # stops the workers (an unfinished job is re-run by the next one)
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

@@ -149,6 +149,38 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+def job_exposition(states: dict[str, dict[str, int]], progress: dict[str, int]) -> bytes:
+    """Stored jobs as gauges, read from the shared database at scrape time (so every
+    replica, and every worker process, reports the same numbers): ``gateway_jobs`` by kind
+    and state, ``gateway_job_progress_items`` of the active job of each kind."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    class _Jobs:
+        def collect(self) -> Iterator[GaugeMetricFamily]:
+            jobs = GaugeMetricFamily(
+                "gateway_jobs",
+                "Stored jobs (export, reindex, pull) by state",
+                labels=["job", "state"],
+            )
+            for kind, counts in states.items():
+                for state in ("queued", "running", "complete", "failed"):
+                    jobs.add_metric([kind, state], counts.get(state, 0))
+            yield jobs
+            done = GaugeMetricFamily(
+                "gateway_job_progress_items",
+                "Items done by the active jobs of each kind (reindex: instances indexed; pull: stored)",
+                labels=["job"],
+            )
+            for kind, items in progress.items():
+                done.add_metric([kind], items)
+            yield done
+
+    registry = CollectorRegistry()
+    registry.register(_Jobs())
+    return generate_latest(registry)
+
+
 C = TypeVar("C", bound=type)
 
 

@@ -103,6 +103,17 @@ class BulkSettings(BaseModel):
     nice: int = Field(default=10, ge=0, le=19)
 
 
+class ReindexSettings(BaseModel):
+    """Stored reindex jobs (``imaging-gateway reindex``, ``POST /admin/reindex``)."""
+
+    # Instances indexed per batch; the job's state is stored after each (the resume point).
+    batch_size: int = Field(default=200, ge=1, le=10000)
+    # A runner that stops renewing its lease this long (killed) leaves the job to another.
+    lease_seconds: float = Field(default=60, ge=1, le=3600)
+    # How often each serving process looks for a queued (or abandoned) job.
+    poll_seconds: float = Field(default=5, ge=0.1, le=3600)
+
+
 class CorsSettings(BaseModel):
     allow_origins: list[str] = ["*"]
     max_age: int = 600
@@ -294,6 +305,8 @@ class S3Settings(BaseModel):
     ca_file: Path | None = None  # a private CA for an https endpoint
     prefix: str = ""  # object names start with it (one bucket shared by several nodes)
     part_size_mb: int = Field(default=8, ge=5, le=5120)  # multipart above this size
+    # Parts of one multipart upload sent at once (memory: this many parts + 1 per upload).
+    upload_concurrency: int = Field(default=4, ge=1, le=32)
     cache_mb: int = Field(default=2048, ge=0)  # local copies for decoders (LRU)
     timeout: float = Field(default=30.0, gt=0)
     # multipart uploads left by a process that died are aborted once this old (seconds)
@@ -440,6 +453,7 @@ class Settings(BaseSettings):
     pixels: PixelSettings = PixelSettings()
     fhir: FhirSettings = FhirSettings()
     bulk: BulkSettings = BulkSettings()
+    reindex: ReindexSettings = ReindexSettings()
     cors: CorsSettings = CorsSettings()
     # Proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto headers are believed
     # (IP addresses or CIDR networks). Default none: the TCP peer is the caller.

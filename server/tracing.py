@@ -80,6 +80,19 @@ def configure(setting: bool, exporter: Any = None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def job(name: str, setting: bool) -> Iterator[None]:
+    """A command-line job (``import``, ``pull``, ``reindex``) as one trace when tracing is
+    configured: a root span ``job <name>`` over every storage, index, database and outbound
+    span of the run, flushed to the collector before the command exits."""
+    configure(setting)
+    try:
+        with span(f"job {name}", **{"gateway.job": name}):
+            yield
+    finally:
+        shutdown()
+
+
 def shutdown() -> None:
     """Flush spans still in the batch and stop (clean shutdown)."""
     global _tracer

@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from server import __version__
 from server.api.deps import gateway, principal
 from server.errors import Forbidden, NotFound
-from server.metrics import exposition
+from server.metrics import exposition, job_exposition
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger("gateway.ops")
@@ -108,7 +108,22 @@ async def metrics(request: Request) -> Response:
     if not allowed and not _admin(request):
         raise Forbidden("metrics are for the networks in GATEWAY_METRICS__ALLOW or administrators")
     body, media_type = await run_in_threadpool(exposition)
-    return Response(body, media_type=media_type)
+    jobs = await run_in_threadpool(_jobs, request)
+    return Response(body + jobs, media_type=media_type)
+
+
+def _jobs(request: Request) -> bytes:
+    gw = gateway(request)
+    try:
+        active = gw.reindexer.jobs.active()
+        states = {"export": gw.bulk.jobs.counts(), "reindex": gw.reindexer.jobs.counts(),
+                  "pull": gw.pull_jobs.job_states()}  # fmt: skip
+        progress = {"reindex": active.report.indexed if active else 0,
+                    "pull": gw.pull_jobs.running_items_done()}  # fmt: skip
+    except Exception:  # the database is down: /readyz says so; the process metrics remain
+        log.warning("job metrics unavailable", exc_info=True)
+        return b""
+    return job_exposition(states, progress)
 
 
 @router.get("/docs")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from server import tracing
 from server.cli.audit import audit
 from server.cli.backup import backup, restore
 from server.cli.catalogue import catalogue
@@ -21,6 +22,7 @@ from server.cli.federation import federation
 from server.cli.pseudonymize import pseudonymize_csv
 from server.cli.pull import pull
 from server.cli.quarantine import instance, quarantine
+from server.cli.reindex import reindex
 from server.cli.studies import studies
 
 if TYPE_CHECKING:
@@ -179,9 +181,10 @@ def import_(
     gateway = build_gateway(settings)
     try:
         _check_import_dataset(gateway, dataset)
-        summary = import_paths(
-            gateway, list(paths), progress=not quiet, dataset=dataset, replace=replace
-        )
+        with tracing.job("import", settings.tracing.enabled):
+            summary = import_paths(
+                gateway, list(paths), progress=not quiet, dataset=dataset, replace=replace
+            )
     finally:
         gateway.close()
     click.echo(summary.line())
@@ -261,45 +264,6 @@ def _print_plan(plan: CheckPlan) -> None:
         click.echo(f"  plan: {action}")
 
 
-@main.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--keep-old", is_flag=True, help="Keep the replaced indices (default: delete them).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option(
-    "--datasets-from",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Dataset of every blob: a backup's elasticsearch-datasets.jsonl or an index.sqlite.",
-)
-def reindex(data_dir: Path | None, keep_old: bool, quiet: bool, datasets_from: Path | None) -> None:
-    """Rebuild the Elasticsearch index from the blob store and switch aliases atomically."""
-    from tqdm import tqdm
-
-    from server.app import build_gateway
-    from server.errors import GatewayError
-    from server.security.keys import patient_id_key
-    from server.services.reindex import reindex as run_reindex
-    from server.services.restore import read_membership
-
-    memberships = read_membership(datasets_from) if datasets_from else None
-    settings = load_settings(data_dir)
-    _logging("warning")
-    gateway = build_gateway(settings)
-    bar = tqdm(unit="instance", disable=quiet, desc="reindex")
-    try:
-        report = run_reindex(
-            gateway.index, gateway.store, keep_old=keep_old, progress=bar.update,
-            memberships=memberships, patient_secret=patient_id_key(settings.data_dir, settings.database()),
-        )  # fmt: skip
-    except GatewayError as exc:
-        raise click.ClickException(exc.message) from exc
-    finally:
-        bar.close()
-        gateway.close()
-    click.echo(f"indexed {report.indexed}, caught up {report.caught_up}, skipped {report.skipped}")
-    click.echo(f"now serving from: {', '.join(report.new_indices)}")
-
-
 main.add_command(dataset)
 main.add_command(catalogue)
 main.add_command(daa)
@@ -313,6 +277,7 @@ main.add_command(quarantine)
 main.add_command(instance)
 main.add_command(pull)
 main.add_command(studies)
+main.add_command(reindex)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from server import tracing
 from server.cli.config import load_settings
 
 if TYPE_CHECKING:
@@ -259,7 +260,8 @@ def pull(dataset: str | None, url: str | None, studies: tuple[str, ...], patient
         click.echo(f"job {job.id}: {source.name} -> dataset {dataset}", err=True)
         bar = _Bar(enabled=not quiet and sys.stderr.isatty())
         try:
-            summary = service.run(job, source, bar)
+            with tracing.job("pull", settings.tracing.enabled):
+                summary = service.run(job, source, bar)
         except Exception as exc:
             from server.errors import GatewayError
 

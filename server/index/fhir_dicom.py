@@ -24,6 +24,7 @@ from server.core.fhir.search import (
 from server.errors import InvalidQuery
 from server.index.fhir_sql import date_sql, fetch_page, keyset
 from server.index.sqlite_db import SqliteDatabase
+from server.metrics import metered
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SNOMED = "http://snomed.info/sct"
@@ -50,6 +51,7 @@ class StudyPage:
     previous_cursor: PagePosition | None
 
 
+@metered("sqlite")  # as the Elasticsearch queries: latency, errors and a span per call
 class DicomFhirQueries:
     def __init__(
         self, db: SqliteDatabase, endpoint_id: str, body_part_terms: Callable[[str], list[str]]

@@ -5,7 +5,8 @@ What an export holds is what the caller's FHIR search shows, narrowed the same w
 (download or in-situ processing agreements): remote-processing callers are refused at
 kick-off. Workers are threads (``BulkSettings.concurrency``) of a niced process of their
 own (``server.export_process``) or of the server process; they read the index page by
-page and append NDJSON to files, so memory holds one page. Jobs live in a
+page and append NDJSON to files, so memory holds one page. Finished files stay in the
+data directory or go to the blob store's bucket (``server.services.export_outputs``). Jobs live in a
 :class:`JobStore`; a job whose worker stopped renewing its lease
 (a restart, a crash) is taken over and re-run from the start.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import orjson
 
+from server import tracing
 from server.core.fhir import bundle
 from server.core.fhir.bulk import (
     ExportRequest,
@@ -42,6 +43,7 @@ from server.security.audit import AuditLog
 from server.security.audit_event import AccessRecord
 from server.security.model import Action, Condition, Grant, Party, Principal
 from server.services.bulk_jobs import Job, JobState, JobStore
+from server.services.export_outputs import ExportOutputs
 from server.services.fhir import FhirReadService
 from server.services.fhir_access import narrow
 from server.settings import BulkSettings
@@ -86,7 +88,7 @@ class BulkExportService:
         fhir_store: FhirStore,
         audit: AuditLog,
         settings: BulkSettings,
-        root: Path,
+        outputs: ExportOutputs,
         failpoint: str | None = None,
     ) -> None:
         self.jobs = jobs
@@ -94,7 +96,7 @@ class BulkExportService:
         self.fhir_store = fhir_store
         self.audit = audit
         self.settings = settings
-        self.root = root
+        self.outputs = outputs  # the data directory's folder, or the blob store's bucket
         self.failpoint = failpoint  # tests: "bulk_after_first_page" kills the process there
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -162,18 +164,20 @@ class BulkExportService:
         """DELETE on the status URL: the job stops, its files go (202; later polls 404)."""
         job = self.job_of(job_id, principal)
         self.jobs.remove(job.id)
-        shutil.rmtree(self.root / job.id, ignore_errors=True)
+        self.outputs.remove(job.id)
 
-    def file(self, job_id: str, name: str, principal: Principal) -> tuple[Job, Path]:
+    def file(
+        self, job_id: str, name: str, principal: Principal
+    ) -> tuple[Job, Path | Iterator[bytes]]:
+        """A finished job's file: a local path, or its bytes from the bucket."""
         job = self.job_of(job_id, principal)
         names = {f["name"] for f in (*job.output, *job.errors)}
         if job.state is not JobState.COMPLETE or name not in names:
             raise NotFound("no such export file")
-        return job, self.root / job.id / name
+        return job, self.outputs.open(job.id, name)
 
     # -- workers -----------------------------------------------------------
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         self.clean()
         for n in range(self.settings.concurrency):
             thread = threading.Thread(target=self._loop, name=f"bulk-export-{n}", daemon=True)
@@ -191,11 +195,10 @@ class BulkExportService:
         """Remove expired jobs with their files, and directories of jobs that are gone."""
         for job_id in self.jobs.expired(time.time()):
             self.jobs.remove(job_id)
-            shutil.rmtree(self.root / job_id, ignore_errors=True)
+            self.outputs.remove(job_id)
         known = self.jobs.ids()
-        for path in self.root.iterdir() if self.root.exists() else ():
-            if path.is_dir() and path.name not in known:
-                shutil.rmtree(path, ignore_errors=True)
+        for job_id in self.outputs.job_ids() - known:
+            self.outputs.remove(job_id)
 
     def _loop(self) -> None:
         worker = f"{uuid.uuid4().hex}"
@@ -216,14 +219,13 @@ class BulkExportService:
 
     def run(self, job: Job, worker: str) -> None:
         """Write every file of ``job`` (from scratch); record the outcome if still ours."""
-        folder = self.root / job.id
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        folder = self.outputs.folder(job.id)
         job.transaction_time = now_instant()
         try:
-            outputs = self._write(job, worker, folder)
+            with tracing.span("job export", **{"gateway.job": "export"}):
+                outputs = self._write(job, worker, folder)
         except _Cancelled:
-            shutil.rmtree(folder, ignore_errors=True)
+            self.outputs.remove(job.id)
             return
         except _Stopped:  # re-run from the start by the worker that takes the lease over
             return
@@ -235,10 +237,11 @@ class BulkExportService:
             job.errors = [self._error_file(folder, job.message or "the export failed")]
         else:
             job.state, job.output = JobState.COMPLETE, outputs
+        self.outputs.publish(job.id, [f["name"] for f in (*job.output, *job.errors)])
         job.expires = time.time() + self.settings.expiry_seconds
         job.progress = "complete"
         if not self.jobs.finish(job, worker):
-            shutil.rmtree(folder, ignore_errors=True)  # cancelled meanwhile
+            self.outputs.remove(job.id)  # cancelled meanwhile
             return
         self._audit(job, sum(f["count"] for f in job.output))
 

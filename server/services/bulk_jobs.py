@@ -57,6 +57,7 @@ class JobStore(Protocol):
     def expired(self, now: float) -> list[str]: ...
     def active_of(self, owner: str) -> int: ...
     def ids(self) -> set[str]: ...
+    def counts(self) -> dict[str, int]: ...
     def close(self) -> None: ...
 
 
@@ -169,3 +170,8 @@ class SqlJobStore:
 
     def ids(self) -> set[str]:
         return {r[0] for r in self.db.reader().execute("SELECT id FROM bulk_job")}
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by state (every replica's: the store is shared)."""
+        rows = self.db.reader().execute("SELECT state, count(*) FROM bulk_job GROUP BY state")
+        return {r[0]: int(r[1]) for r in rows}

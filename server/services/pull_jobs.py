@@ -130,3 +130,26 @@ class PullJobs:
             (jid,),
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    def job_states(self) -> dict[str, int]:
+        """Jobs by state for /metrics (``done`` reported as ``complete``); a pull killed
+        mid-way stays ``running`` until it is run again."""
+        rows = self._db.reader().execute("SELECT state, count(*) FROM pull_job GROUP BY state")
+        found: dict[str, int] = {}
+        for state, count in rows:
+            label = "complete" if state == "done" else state
+            found[label] = found.get(label, 0) + int(count)
+        return found
+
+    def running_items_done(self) -> int:
+        """Instances stored (or found present) so far by the jobs that are running."""
+        row = (
+            self._db.reader()
+            .execute(
+                "SELECT count(*) FROM pull_item i JOIN pull_job j ON i.job = j.id"
+                " WHERE j.state = 'running' AND i.state IN (?, ?)",
+                DONE,
+            )
+            .fetchone()
+        )
+        return int(row[0])

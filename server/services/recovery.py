@@ -23,6 +23,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from server.core.blobkeys import parse_blob_key
 from server.core.records import InstanceRecord, UnreadableInstance, read_instance
@@ -49,6 +50,14 @@ def sha256_of(store: BlobStore, key: str) -> str:
     return digest.hexdigest()
 
 
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def record_from_blob(
     store: BlobStore, key: str, patient_secret: bytes, dataset: str | None = None
 ) -> InstanceRecord:
@@ -56,11 +65,12 @@ def record_from_blob(
     name = parse_blob_key(key)
     if name is None:
         raise BadBlob("not a blob name")
-    sha256 = sha256_of(store, key)
+    local = store.path(key)  # S3: one download into the read cache; hashed and parsed there
+    sha256 = _sha256_file(local)
     if not sha256.startswith(name.content_hash):
         raise BadBlob(f"content SHA-256 {sha256[:16]}... does not match the key")
     try:
-        record = read_instance(store.path(key), sha256, patient_secret=patient_secret)
+        record = read_instance(local, sha256, patient_secret=patient_secret)
     except UnreadableInstance as exc:
         raise BadBlob(f"unreadable: {exc.message}") from exc
     if not name.matches(record.sop_uid, sha256):

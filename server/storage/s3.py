@@ -36,6 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,7 @@ class S3Config:
     ca_file: Path | None = None
     prefix: str = ""
     part_size: int = 8 * 1024 * 1024
+    upload_concurrency: int = 4  # parts of one multipart upload in flight at once
     cache_bytes: int = 2 * 1024**3
     timeout: float = 30.0
     abandoned_after: float = ABANDONED_AFTER
@@ -79,6 +81,7 @@ class S3Config:
             bucket=s.bucket or "", endpoint_url=s.endpoint_url, region=s.region,
             access_key_id=s.access_key_id, secret_access_key=secret, ca_file=s.ca_file,
             prefix=s.prefix, part_size=s.part_size_mb * 1024 * 1024,
+            upload_concurrency=s.upload_concurrency,
             cache_bytes=s.cache_mb * 1024 * 1024, timeout=s.timeout,
             abandoned_after=s.abandon_uploads_after,
         )  # fmt: skip
@@ -187,22 +190,30 @@ class S3BlobStore:
         source.unlink(missing_ok=True)
 
     def _multipart(self, target: str, f: BinaryIO, size: int) -> None:
+        """Parts read in order and sent ``upload_concurrency`` at a time (memory: that many
+        parts plus the one being read); any failure aborts the upload."""
         upload = self.client.create_multipart_upload(
             Bucket=self.bucket, Key=target, ContentType="application/dicom"
         )["UploadId"]
         try:
-            parts: list[dict[str, Any]] = []
-            sent = 0
-            while chunk := f.read(self.part_size):
-                number = len(parts) + 1
-                answer = self.client.upload_part(
-                    Bucket=self.bucket, Key=target, UploadId=upload, PartNumber=number,
-                    Body=chunk, ContentMD5=_md5(chunk),
-                )  # fmt: skip
-                parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-                sent += len(chunk)
+            etags: dict[int, str] = {}
+            sent, number = 0, 0
+            width = max(1, self.config.upload_concurrency)
+            with ThreadPoolExecutor(width, thread_name_prefix="s3-part") as pool:
+                pending: set[Future[None]] = set()
+                while chunk := f.read(self.part_size):
+                    number += 1
+                    sent += len(chunk)
+                    if len(pending) >= width:  # bounded: wait for a slot
+                        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            future.result()  # the first failure stops the upload
+                    pending.add(pool.submit(self._part, target, upload, number, chunk, etags))
+                for future in pending:
+                    future.result()
             if sent != size:  # the spool changed under us: never complete a short object
                 raise S3WriteError(f"spooled file changed during upload ({sent} of {size} bytes)")
+            parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=target, UploadId=upload,
                 MultipartUpload={"Parts": parts},
@@ -211,6 +222,15 @@ class S3BlobStore:
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=target, UploadId=upload)
             raise
+
+    def _part(
+        self, target: str, upload: str, number: int, chunk: bytes, etags: dict[int, str]
+    ) -> None:
+        answer = self.client.upload_part(
+            Bucket=self.bucket, Key=target, UploadId=upload, PartNumber=number,
+            Body=chunk, ContentMD5=_md5(chunk),
+        )  # fmt: skip
+        etags[number] = answer["ETag"]
 
     def sync(self) -> None:
         """Nothing to do: every put returned after the server acknowledged the object."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from server.core.fhir.search import parse_search
-from server.errors import PreconditionFailed
+from server.errors import Conflict, PreconditionFailed
 from server.index.federation_noise import NoiseStore
 from server.index.fhir_store import FhirStore
 from server.peers.base import RemoteInstance
@@ -26,6 +26,7 @@ from server.security.clients import AeTitleInUse, ClientRegistry, DicomNode
 from server.security.throttle import FailureThrottle, Limits
 from server.services.bulk_jobs import Job, JobState, SqlJobStore
 from server.services.pull_jobs import PullJobs
+from server.services.reindex_jobs import ReindexJobs, ReindexState
 
 ENGINES = ["sqlite", "postgresql"]
 
@@ -249,6 +250,34 @@ def test_bulk_jobs_claim_lease_and_take_over(engine: Engine) -> None:
 # -- pull jobs ----------------------------------------------------------------------------------
 
 
+def test_reindex_jobs_one_unfinished_one_holder_and_take_over_with_its_checkpoint(
+    engine: Engine,
+) -> None:
+    jobs = ReindexJobs(engine.data_dir, engine.url)
+    try:
+        job = jobs.start(keep_old=False, started_by="cli")
+        with pytest.raises(Conflict):  # one unfinished job at a time
+            jobs.start(keep_old=True, started_by="admin")
+        held = jobs.claim("w1", 30)
+        assert held is not None and held.id == job.id and held.attempts == 1
+        assert jobs.claim("w2", 30) is None and jobs.claim("w2", 30, job.id) is None
+        held.report.indexed, held.report.cursor, held.report.phase = 4, "k4", "load"
+        assert jobs.save(held)
+        with jobs.db.write() as conn:  # w1 died: its lease ran out
+            conn.execute("UPDATE reindex_job SET lease_until = 0 WHERE id = ?", (job.id,))
+        taken = jobs.claim("w2", 30, job.id)
+        assert taken is not None and taken.attempts == 2
+        assert (taken.report.indexed, taken.report.cursor, taken.report.phase) == (4, "k4", "load")
+        assert not jobs.save(held) and not jobs.renew(held, 30)  # w1 no longer holds it
+        taken.state = ReindexState.COMPLETE
+        assert jobs.save(taken) and jobs.active() is None
+        assert jobs.counts() == {"complete": 1}
+        assert [j.id for j in jobs.latest()] == [job.id]
+        assert jobs.start(keep_old=False, started_by="cli").id != job.id  # a new one may start
+    finally:
+        jobs.close()
+
+
 def test_pull_jobs_resume_and_count(engine: Engine) -> None:
     engine.data_dir.mkdir(parents=True, exist_ok=True)
     jobs = PullJobs(engine.data_dir, engine.url)
@@ -262,11 +291,13 @@ def test_pull_jobs_resume_and_count(engine: Engine) -> None:
         assert jobs.counts(job.id) == {"pending": 1, "stored": 1, "failed": 1}
         assert jobs.done(job.id, "1.2") == {"1.2.1.0"}
         assert jobs.failures(job.id) == [("1.2", "1.2.1.1", "refused")]
+        assert jobs.job_states() == {"running": 1} and jobs.running_items_done() == 1  # /metrics
         again = jobs.open("http://pacs/dicom-web", "d1", {"study": "1.2"}, {"x": 1})
         assert again.id == job.id and again.options == {"x": 1}
         jobs.finish(job.id, "done")
         got = jobs.get(job.id)
         assert got is not None and got.state == "done"
+        assert jobs.job_states() == {"complete": 1} and jobs.running_items_done() == 0
     finally:
         jobs.close()
 

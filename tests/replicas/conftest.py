@@ -126,6 +126,7 @@ def start_cluster(data_dir: Path, count: int, **extra: str) -> Cluster:
         GATEWAY_PUBLIC_BASE_URL=balancer.url,
         GATEWAY_AUTH__AGREEMENT_CACHE_SECONDS="1",
         GATEWAY_BULK__PROCESS="true",  # as shipped: export workers in a process of their own
+        GATEWAY_REINDEX__POLL_SECONDS="0.5",  # queued reindex jobs are claimed soon
         **extra,
     )
     replicas = [LiveServer(data_dir, extra_env=dict(env), name=f"replica{i}") for i in range(count)]

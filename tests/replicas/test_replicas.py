@@ -229,6 +229,54 @@ def test_an_export_started_on_one_replica_is_polled_and_downloaded_through_the_o
         lines += got.text.splitlines()
     expected = {s.study_uid for s in w.studies}
     assert expected <= {line.split('"id":"')[1].split('"')[0] for line in lines}
+    if w.s3 is not None:  # the production shape: the files are served from the bucket
+        job = location.path.rsplit("/", 1)[-1]
+        listed = w.s3.client().list_objects_v2(Bucket=w.shape["GATEWAY_S3__BUCKET"],
+                                               Prefix=f"exports/{job}/")  # fmt: skip
+        names = {item["Key"].rsplit("/", 1)[-1] for item in listed.get("Contents", [])}
+        assert names == {
+            urlsplit(item["url"]).path.rsplit("/", 1)[-1] for item in manifest["output"]
+        }
+        assert not any(one.data_dir.rglob("*.ndjson"))  # nothing on the (shared) data volume
+
+
+def test_a_reindex_started_through_one_replica_is_followed_and_finished_through_the_others(
+    world: World,
+) -> None:
+    """The job lives in the shared database: queued through one replica's admin API, run by
+    whichever replica's runner claims it, polled through the others and ``reindex --status``."""
+    w = world
+    one, two, three = w.cluster.replicas
+    if one.env().get("GATEWAY_INDEX") != "elasticsearch":
+        pytest.skip("reindex rebuilds an Elasticsearch index (the ES and PostgreSQL passes)")
+    if not w.studies:
+        w.studies.append(store_study(one, A, token(one, w.pusher)))
+    refused = httpx.post(
+        f"{one.url}/admin/reindex", headers=bearer(token(one, w.reader)), timeout=30
+    )
+    assert refused.status_code == 403, refused.text
+    admin = token(one, w.admin)
+    started = httpx.post(f"{one.url}/admin/reindex", headers=bearer(admin), timeout=30)
+    assert started.status_code == 202, started.text
+    job = started.json()
+    seen: set[str] = set()
+    state = job
+    deadline = time.monotonic() + 180
+    for attempt in range(100000):
+        replica = (two, three)[attempt % 2]
+        state = w.on(replica, f"/admin/reindex/{job['id']}", admin).json()
+        seen.add(state["state"])
+        if state["state"] not in ("queued", "running") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert state["state"] == "complete", state
+    assert state["indexed"] >= len(w.studies) and state["attempts"] == 1, state
+    status = cli_ok(three, "reindex", "--status")
+    assert f"{job['id']}  complete" in status, status
+    for replica in (two, three):  # every replica reads through the switched aliases
+        found = w.on(replica, "/dicom-web/studies", token(replica, w.reader),
+                     params={"StudyInstanceUID": w.studies[0].study_uid})  # fmt: skip
+        assert found.status_code == 200 and len(found.json()) == 1, found.text
 
 
 def test_kill_9_of_one_replica_during_stow_loses_no_acknowledged_instance(world: World) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from pathlib import Path
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 
 from server.api.deps import audit_note, gateway, principal
 from server.api.fhir.router import FHIR_JSON, fhir_base, fhir_body
@@ -133,7 +134,9 @@ async def export_file(request: Request, job_id: str, name: str) -> Response:
     accepted = [r.type for r in parse_accept(request.headers.get("accept"))]
     if accepted and not any(t in ("*/*", "application/*", NDJSON, "application/ndjson") for t in accepted):  # fmt: skip
         raise NotAcceptable(f"export files are {NDJSON}")
-    job, path = await run_in_threadpool(_service(request).file, job_id, name, principal(request))
+    job, found = await run_in_threadpool(_service(request).file, job_id, name, principal(request))
     audit_note(request, entities=(f"export:{job.id}", f"export-file:{name}"))
     request.state.audit_note["action"] = "export-download"
-    return FileResponse(path, media_type=NDJSON)
+    if isinstance(found, Path):
+        return FileResponse(found, media_type=NDJSON)
+    return StreamingResponse(found, media_type=NDJSON)  # from the bucket

@@ -379,7 +379,7 @@ def elasticsearch_index(settings: Settings) -> Index:
     if es.ca_file:
         options["ca_certs"] = str(es.ca_file)
     client = Elasticsearch(es.hosts, **options)
-    return ElasticsearchIndex(client, es.index_prefix, es.shards, es.replicas)
+    return ElasticsearchIndex(client, es.index_prefix, es.shards, es.replicas, es.refresh)
 
 
 def body_part_terms(conformance: Conformance) -> Callable[[str], list[str]]:

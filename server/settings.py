@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from server.core.deid.policy import Profile
 from server.core.limits import PixelLimits
+from server.index.es_refresh import RefreshMode
 from server.logs import FORMATS as LOG_FORMATS
 from server.logs import LEVELS as LOG_LEVELS
 
@@ -278,6 +279,10 @@ class ElasticsearchSettings(BaseModel):
     shards: int = Field(default=1, ge=1)
     replicas: int = Field(default=0, ge=0)
     request_timeout: float = 30.0
+    # What an acknowledged write guarantees (server/index/es_refresh.py): "immediate"
+    # (searchable at once, a refresh shared by concurrent writers), "wait_for" (searchable
+    # at once, answers at the next periodic refresh), "none" (searchable within 1 s).
+    refresh: RefreshMode = "immediate"
 
 
 class S3Settings(BaseModel):

@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,12 +58,10 @@ BATCH = 2000
 
 def _cluster(data: Path, count: int, es_url: str, prefix: str, shape: dict[str, str]) -> Cluster:
     os.environ["GATEWAY_TEST_ES_URL"] = ""  # the bench names its own index prefix
-    cluster = start_cluster(
-        data, count, GATEWAY_INDEX="elasticsearch",
-        GATEWAY_ELASTICSEARCH__HOSTS=f'["{es_url}"]',
-        GATEWAY_ELASTICSEARCH__INDEX_PREFIX=prefix, GATEWAY_LOG_LEVEL="warning", **shape,
-    )  # fmt: skip
-    return cluster
+    env = {"GATEWAY_INDEX": "elasticsearch", "GATEWAY_ELASTICSEARCH__HOSTS": f'["{es_url}"]',
+           "GATEWAY_ELASTICSEARCH__INDEX_PREFIX": prefix, "GATEWAY_LOG_LEVEL": "warning",
+           **shape}  # fmt: skip
+    return start_cluster(data, count, **env)
 
 
 def _bodies(count: int, rows: int, parts: int) -> list[tuple[str, bytes]]:
@@ -158,11 +157,38 @@ def _stow(
 _BODIES: list[tuple[str, bytes]] = []
 
 
+def _documents(index: Any, batch: list[Any]) -> list[dict[str, Any]]:
+    """The index documents of a batch of whole patients as plain index operations: what the
+    gateway's per-instance upserts converge to (study sets and first-study values included),
+    without its duplicate checks and read-modify-writes (a bulk load, not an ingest)."""
+    from server.index.elasticsearch import _STUDY_SETS, _study_facts
+    from server.index.federation_es import _first_values, first_facts
+
+    sets: dict[str, dict[str, list[str]]] = {}
+    patients: dict[str, dict[str, Any]] = {}
+    for rec in batch:
+        study = sets.setdefault(rec.study_uid, {name: [] for name in _STUDY_SETS})
+        for name, value in _study_facts(rec).items():
+            study[name] = sorted({*study[name], *([value] if value else [])})
+        patients.setdefault(rec.patient_key, {})[rec.study_uid] = first_facts(rec)
+    first = {uid: _first_values(list(studies.values()))
+             for studies in patients.values() for uid in studies}  # fmt: skip
+    docs: dict[tuple[str, str], dict[str, Any]] = {}
+    for rec in batch:  # a study's last instance carries its complete sets
+        for action in index._actions(rec, sets[rec.study_uid], first[rec.study_uid]):
+            source = action.get("upsert", action.get("_source"))
+            docs[(action["_index"], action["_id"])] = {
+                "_op_type": "index", "_index": action["_index"], "_id": action["_id"],
+                "_source": source,
+            }  # fmt: skip
+    return list(docs.values())
+
+
 def _load(data: Path, es_url: str, prefix: str, instances: int, tmp: Path) -> int:
     """Bulk-load ``instances`` records into the index ``prefix`` (not through STOW). An
     index of that prefix already holding them (an earlier run on the same Elasticsearch)
     is reused as it is: the corpus is deterministic."""
-    from elasticsearch import Elasticsearch
+    from elasticsearch import Elasticsearch, helpers
 
     from server.index.elasticsearch import ElasticsearchIndex
 
@@ -176,14 +202,19 @@ def _load(data: Path, es_url: str, prefix: str, instances: int, tmp: Path) -> in
     if held:  # a load cut short: start again
         es.indices.delete(index=",".join(es.indices.get(index=f"{prefix}-*")))
     index = ElasticsearchIndex(es, prefix, refresh=False)
+    names = list(index.names.values())
+    es.indices.put_settings(index=names, settings={"refresh_interval": "-1"})
     template = _template(tmp)
     rng = random.Random(0)
     started = time.perf_counter()
-    for first in range(0, instances, BATCH):
+    for first in range(0, instances, BATCH):  # whole patients per batch (40 instances)
         batch = [dataclasses.replace(_clone(template, n, 10, 20, rng), dataset="bench")
                  for n in range(first, min(instances, first + BATCH))]  # fmt: skip
-        index.add_instances(batch, overwrite=False)
-    index.es.indices.refresh(index=f"{prefix}-*")
+        helpers.bulk(es, _documents(index, batch), chunk_size=1500, max_retries=5)
+        if first % 100_000 == 0:
+            print(f"{first:,} instances loaded, {time.perf_counter() - started:.0f} s", flush=True)
+    es.indices.put_settings(index=names, settings={"refresh_interval": "1s"})
+    es.indices.refresh(index=names)
     print(f"loaded {instances:,} instances in {time.perf_counter() - started:.0f} s", flush=True)
     return instances // 40  # patients
 
@@ -259,19 +290,24 @@ def _shape(args: argparse.Namespace, tmp: Path, stops: list[object]) -> dict[str
     stops.append(stop_pg)
     endpoint, stop_s3 = ensure_s3(tmp / "s3")
     stops.append(stop_s3)
+    _S3.append(endpoint)
     env["GATEWAY_DATABASE_URL"] = new_database(admin_url)
     env.update(endpoint.env(endpoint.new_bucket()))
     return env
 
 
+_S3: list[Any] = []
+
+
 def _fresh(env: dict[str, str]) -> dict[str, str]:
-    """Another empty database (and bucket) on the same engines, for one STOW cluster."""
+    """Another empty database and bucket on the same engines, for one STOW cluster (the
+    same bodies are sent to each: a bucket holding them would make duplicates cheap)."""
     if "GATEWAY_DATABASE_URL" not in env:
         return {}
     from tests.pg_server import new_database
 
     admin = env["GATEWAY_DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
-    return {"GATEWAY_DATABASE_URL": new_database(admin)}
+    return {"GATEWAY_DATABASE_URL": new_database(admin), **_S3[0].env(_S3[0].new_bucket())}
 
 
 def main() -> None:
@@ -291,8 +327,10 @@ def main() -> None:
                         help="production: PostgreSQL + S3 (+ Elasticsearch, nginx)")  # fmt: skip
     parser.add_argument("--pg-port", type=int, default=18650)
     parser.add_argument(
-        "--refresh", default="", help="GATEWAY_ELASTICSEARCH__REFRESH for the STOW runs"
-    )
+        "--stow-index", default="immediate",
+        help="STOW runs, side by side: GATEWAY_ELASTICSEARCH__REFRESH values (immediate, "
+        "wait_for, none) and/or sqlite (the embedded index, shared by the replicas)",
+    )  # fmt: skip
     args = parser.parse_args()
     counts = [int(c) for c in args.replicas.split(",")]
     stow_clients = [int(c) for c in args.stow_clients.split(",")]
@@ -304,14 +342,18 @@ def main() -> None:
         shape = _shape(args, tmp, stops)
         if "stow" not in args.skip:
             _BODIES.extend(_bodies(args.bodies, args.rows, args.parts))
-            refresh = {"GATEWAY_ELASTICSEARCH__REFRESH": args.refresh} if args.refresh else {}
             for clients in stow_clients:
                 for c in counts:
-                    row: dict[str, object] = {"part": "STOW", "replicas": c, "clients": clients}
-                    fresh = {**shape, **_fresh(shape)}
-                    row.update(_stow(args, tmp, es_url, c, clients, fresh, refresh))
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    for kind in args.stow_index.split(","):
+                        index = ({"GATEWAY_INDEX": "sqlite"} if kind == "sqlite"
+                                 else {"GATEWAY_ELASTICSEARCH__REFRESH": kind})  # fmt: skip
+                        row: dict[str, object] = {
+                            "part": "STOW", "index": kind, "replicas": c, "clients": clients,
+                        }  # fmt: skip
+                        fresh = {**shape, **_fresh(shape)}
+                        row.update(_stow(args, tmp, es_url, c, clients, fresh, index))
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
         if "qido" not in args.skip:
             data = tmp / "qido" / "data"
             prefix = f"rqido{args.instances}"  # the same corpus at each size: reused

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -362,14 +363,13 @@ def blob_store(settings: Settings) -> BlobStore:
 def public_datasets(store: FhirStore) -> set[str]:
     """Datasets whose access rights are PUBLIC (readable without a token when allowed)."""
     out = set()
-    for rid in store.ids("ResearchStudy"):
-        resource, _ = store.read("ResearchStudy", rid)
-        for ext in (resource or {}).get("extension", []):
+    for resource in store.current("ResearchStudy"):  # one query, not one per dataset
+        for ext in resource.get("extension", []):
             if (
                 ext.get("url", "").endswith("/dataset-access-rights")
                 and ext.get("valueCode") == "PUBLIC"
             ):
-                out.add(rid)
+                out.add(str(resource["id"]))
     return out
 
 
@@ -380,12 +380,16 @@ class TtlValue:
         self._compute, self._ttl = compute, ttl
         self._value: Any = None
         self._at = -1.0e18
+        self._lock = threading.Lock()
 
     def get(self) -> Any:
         now = time.monotonic()
-        if now - self._at > self._ttl:
-            self._value, self._at = self._compute(), now
-        return self._value
+        if now - self._at <= self._ttl:
+            return self._value
+        with self._lock:  # one reload when it expires, not one per request waiting on it
+            if time.monotonic() - self._at > self._ttl:
+                self._value, self._at = self._compute(), time.monotonic()
+            return self._value
 
     def invalidate(self) -> None:
         self._at = -1.0e18
@@ -412,8 +416,9 @@ def elasticsearch_index(settings: Settings) -> Index:
         options["ca_certs"] = str(es.ca_file)
     client = Elasticsearch(es.hosts, **options)
     return ElasticsearchIndex(
-        client, es.index_prefix, es.shards, es.replicas, cache_seconds=es.instance_cache_seconds
-    )
+        client, es.index_prefix, es.shards, es.replicas, es.refresh,
+        cache_seconds=es.instance_cache_seconds,
+    )  # fmt: skip
 
 
 def body_part_terms(conformance: Conformance) -> Callable[[str], list[str]]:

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from server.core.deid.policy import Profile
 from server.core.limits import PixelLimits
+from server.index.es_refresh import RefreshMode
 from server.logs import FORMATS as LOG_FORMATS
 from server.logs import LEVELS as LOG_LEVELS
 
@@ -292,6 +293,10 @@ class ElasticsearchSettings(BaseModel):
     # Retrieval reuses an instance's location and a study's dataset this long (seconds) per
     # process; a delete or replace through another replica is seen within it (0: never reused)
     instance_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # What an acknowledged write guarantees (server/index/es_refresh.py): "immediate"
+    # (searchable at once, a refresh shared by concurrent writers), "wait_for" (searchable
+    # at once, answers at the next periodic refresh), "none" (searchable within 1 s).
+    refresh: RefreshMode = "immediate"
 
 
 class S3Settings(BaseModel):

@@ -1,7 +1,8 @@
 """Elasticsearch index backend: the Index protocol on one index per level.
 
-Writes go through the bulk API with ``refresh=wait_for`` (a STOW answer means the
-instance is searchable); 429/503 are retried with backoff by the client; when the
+Writes go through the bulk API; by default a write answers once an explicit refresh shared
+with concurrent writers is done (a STOW answer means the instance is searchable: see
+es_refresh.py for the modes); 429/503 are retried with backoff by the client; when the
 cluster cannot be reached the caller gets ServiceUnavailable (STOW answers 503 with
 Retry-After, and no instance is acknowledged but unindexed: its blob is reconciled by
 ``imaging-gateway check --repair``). Computed attributes come from aggregations, so
@@ -44,6 +45,7 @@ from server.index.es_mapping import (
 )
 from server.index.es_outage import outage_is_unavailable
 from server.index.es_query import qido_query
+from server.index.es_refresh import SharedRefresh
 from server.index.federation_es import (
     FirstStudies,
     Patient,
@@ -79,13 +81,17 @@ class ElasticsearchIndex:
         prefix: str = "imaging",
         shards: int = 1,
         replicas: int = 0,
-        refresh: Any = "wait_for",
+        refresh: Any = "immediate",
         names: dict[Level, str] | None = None,
         cache_seconds: float = 0.0,
     ) -> None:
         self.es = client
-        # "wait_for": a write returns once searchable (default); True forces a refresh (tests).
+        # A write returns once searchable: "immediate" (an explicit refresh shared by
+        # concurrent writers; default), "wait_for" (the next periodic refresh) or True (a
+        # refresh per request, tests); "none": once durable, searchable within the refresh
+        # interval; False: bulk loads (reindex), which refresh and backfill at the end.
         self.refresh: Any = refresh
+        self._es_refresh: Any = refresh if refresh in ("wait_for", True) else False
         self.shards, self.replicas = shards, replicas
         # Per level an alias over a versioned index, so `reindex` can switch atomically.
         self.names = names or {level: f"{prefix}-{name}" for level, name in LEVEL_INDEX.items()}
@@ -96,6 +102,9 @@ class ElasticsearchIndex:
         self.recent_instances: ShortLived[tuple[str, str | None, str], StoredInstance]
         self.recent_instances = ShortLived(cache_seconds)
         self.recent_studies: ShortLived[str, str | None] = ShortLived(cache_seconds)
+        self.shared_refresh = SharedRefresh(
+            lambda: self.es.indices.refresh(index=list(self.names.values()))
+        )
         if names is None:  # (an unreachable cluster is ServiceUnavailable: es_outage)
             for level, alias in self.names.items():
                 if not self.es.indices.exists(index=alias):
@@ -154,10 +163,25 @@ class ElasticsearchIndex:
         for rec, sets in accepted:
             actions += self._actions(rec, sets, first.get(rec.study_uid, {}))
         if actions:
-            helpers.bulk(self.es, actions, refresh=self.refresh, max_retries=5, initial_backoff=1)
+            helpers.bulk(
+                self.es, actions, refresh=self._es_refresh, max_retries=5, initial_backoff=1
+            )
             if self.refresh is not False:  # bulk loads (reindex) backfill after their refresh
-                self.first_studies.recompute({r.patient_key for r, _ in accepted}, self.refresh)
+                self._visible()
+                self._recompute({r.patient_key for r, _ in accepted})
         return results
+
+    def _visible(self, *, always: bool = False) -> None:
+        """What this process wrote so far is searchable once this returns ("immediate"; in
+        every mode when ``always``: a delete counts what is left)."""
+        if self.refresh == "immediate":
+            self.shared_refresh.wait()
+        elif always and self._es_refresh is False:
+            self.es.indices.refresh(index=list(self.names.values()))
+
+    def _recompute(self, patients: set[str]) -> None:
+        if self.first_studies.recompute(patients, self._es_refresh):
+            self._visible()
 
     def _first_values(
         self, written: list[InstanceRecord]
@@ -278,16 +302,17 @@ class ElasticsearchIndex:
         actions = [
             {"_op_type": "delete", "_index": self.names[Level.INSTANCE], "_id": s} for s in sops
         ]
-        helpers.bulk(self.es, actions, refresh=self.refresh, raise_on_error=False)
+        helpers.bulk(self.es, actions, refresh=self._es_refresh, raise_on_error=False)
+        self._visible(always=True)  # the counts below must not see the deleted instances
         for uid in series:
             if self._count(Level.INSTANCE, {"term": {"seriesinstanceuid": uid}}) == 0:
                 self.es.options(ignore_status=404).delete(
-                    index=self.names[Level.SERIES], id=uid, refresh=self.refresh
+                    index=self.names[Level.SERIES], id=uid, refresh=self._es_refresh
                 )
         for uid in studies:
             if self._count(Level.INSTANCE, {"term": {"studyinstanceuid": uid}}) == 0:
                 self.es.options(ignore_status=404).delete(
-                    index=self.names[Level.STUDY], id=uid, refresh=self.refresh
+                    index=self.names[Level.STUDY], id=uid, refresh=self._es_refresh
                 )
             else:
                 facts: dict[str, Any] = {
@@ -298,10 +323,11 @@ class ElasticsearchIndex:
                     ["modality", "bodypartexamined", "manufacturer"])})  # fmt: skip
                 facts.update(series_facts=tuples, fed_series=series_objects(tuples))
                 self.es.update(
-                    index=self.names[Level.STUDY], id=uid, doc=facts, refresh=self.refresh
+                    index=self.names[Level.STUDY], id=uid, doc=facts, refresh=self._es_refresh
                 )
+        self._visible()
         if patients:  # a deleted study may have been its patient's first
-            self.first_studies.recompute(patients, self.refresh)
+            self._recompute(patients)
 
     # -- reads -------------------------------------------------------------
     def find_by_sop(self, sop_uid: str) -> StoredInstance | None:

@@ -147,6 +147,15 @@ class FhirStore:
         )
         return [_version(r) for r in rows]
 
+    def current(self, rtype: str) -> list[dict[str, Any]]:
+        """Every current (not deleted) resource of a type, by id: one query, so caches
+        that reload a whole type (agreements, datasets) cost one database round trip,
+        not one per resource."""
+        rows = self.db.reader().execute(
+            "SELECT id, content FROM resource WHERE type = ? AND deleted = 0", (rtype,)
+        )
+        return [orjson.loads(content) for _, content in sorted(rows, key=lambda r: str(r[0]))]
+
     def ids(self, rtype: str) -> list[str]:
         return [
             r[0]

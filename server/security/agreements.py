@@ -343,13 +343,8 @@ def new_contract(
 
 # -- loading and caching -----------------------------------------------------
 def load_contracts(store: FhirStore) -> list[dict[str, Any]]:
-    """Every Contract in the store that is not deleted (current versions)."""
-    out: list[dict[str, Any]] = []
-    for rid in store.ids("Contract"):
-        resource, _ = store.read("Contract", rid)
-        if resource is not None:
-            out.append(resource)
-    return out
+    """Every Contract in the store that is not deleted (current versions), in one query."""
+    return store.current("Contract")
 
 
 def _keys(party: Party) -> list[tuple[str, ...]]:

@@ -96,9 +96,8 @@ class CatalogueService:
 
     def _listed(self) -> list[Description]:
         out = []
-        for rid in sorted(self.store.ids("ResearchStudy")):
-            resource, _ = self.store.read("ResearchStudy", rid)
-            if resource is not None and (desc := describe(resource)).listed:
+        for resource in self.store.current("ResearchStudy"):  # by id, one query
+            if (desc := describe(resource)).listed:
                 out.append(desc)
         return out
 

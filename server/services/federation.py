@@ -108,9 +108,8 @@ class FederatedSearch:
 
     def answering(self) -> list[ds.Answering]:
         out = []
-        for rid in sorted(self.fhir_store.ids("ResearchStudy")):
-            resource, _ = self.fhir_store.read("ResearchStudy", rid)
-            if resource is not None and ds.answers(resource):
+        for resource in self.fhir_store.current("ResearchStudy"):  # by id, one query
+            if ds.answers(resource):
                 out.append(ds.answering(resource))
         return out
 

@@ -124,6 +124,37 @@ def test_fhir_search_by_string_and_id_pages_without_repeats(fhir: FhirStore) -> 
     assert [r["id"] for r in contains.resources] == ["p2"]
 
 
+def test_fhir_current_is_every_live_resource_of_a_type_by_id_in_one_query(
+    fhir: FhirStore,
+) -> None:
+    for rid in ("c3", "a1", "b2", "gone"):
+        fhir.put(_study(rid, f"T {rid}"))
+    fhir.put(_study("b2", "T b2, second version"))
+    fhir.delete("ResearchStudy", "gone")
+    fhir.put({"resourceType": "Contract", "id": "k1", "status": "executed"})
+    queries: list[str] = []
+    reader = fhir.db.reader
+
+    def counting() -> object:  # the real connection; the statements it runs are counted
+        conn = reader()
+
+        class Counted:
+            def execute(self, sql: str, *args: object) -> object:
+                queries.append(sql)
+                return conn.execute(sql, *args)
+
+        return Counted()
+
+    fhir.db.reader = counting  # type: ignore[method-assign]
+    try:
+        found = fhir.current("ResearchStudy")
+    finally:
+        fhir.db.reader = reader  # type: ignore[method-assign]
+    assert [r["id"] for r in found] == ["a1", "b2", "c3"]  # no deleted one, no Contract
+    assert found[1]["title"] == "T b2, second version" and found[1]["meta"]["versionId"] == "2"
+    assert len(queries) == 1  # a cache reload is one round trip, whatever the count
+
+
 def test_fhir_concurrent_updates_of_one_resource_get_distinct_versions(fhir: FhirStore) -> None:
     fhir.put(_study("c1", "start"))
     errors: list[BaseException] = []

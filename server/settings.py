@@ -425,6 +425,9 @@ class Settings(BaseSettings):
     # Server processes; 0 = one per CPU, at most 4. Each process is a full gateway
     # sharing the data directory (SQLite serialises writers across processes).
     workers: int = Field(default=0, ge=0, le=64)
+    # Stored files of WADO-RS responses sent by os.sendfile (zero-copy) on the asyncio
+    # loop; false: uvicorn's default loop (uvloop) and every byte read by Python.
+    zero_copy: bool = True
     # Dataset (ResearchStudy id) that instances stored without naming one belong to.
     default_dataset: str | None = None
     index: str = "sqlite"

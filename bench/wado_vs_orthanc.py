@@ -1,10 +1,11 @@
 """WADO-RS retrieval: this gateway vs Orthanc vs nginx serving the same bytes, one run.
 
 Starts, on fixed loopback ports (``--port-base``, default 18600: Orthanc HTTP +0 and
-DICOM +1, the gateway +2, nginx +3), Orthanc 1.x with its DICOMweb plugin (Debian
+DICOM +1, the gateway +2, nginx +3, a second gateway +4), Orthanc 1.x with its DICOMweb plugin (Debian
 packages, default SQLite index and file storage, authentication off), the gateway
 (``imaging-gateway serve``, ``--workers`` processes, development mode: authorisation off
-like Orthanc's, de-identification off) and nginx (``sendfile on``, ``--workers``
+like Orthanc's, de-identification off; the same data served a second time with
+``GATEWAY_ZERO_COPY=false``, column "no zero-copy") and nginx (``sendfile on``, ``--workers``
 processes) serving, as one static file per series, the exact multipart body the gateway
 answers for that series. The same synthetic CT series (``--instances`` slices of
 256x256 and of 512x512, 16-bit, Explicit VR LE) go into both archives.
@@ -208,7 +209,11 @@ def main() -> None:
         gateway.start()
         (work / "static").mkdir()
         nginx = _start_nginx(work, port + 3, args.workers)
-        bases = {"orthanc": f"http://127.0.0.1:{port}/dicom-web", "gateway": gateway.dicomweb}
+        plain = LiveServer(work / "gw", port=port + 4, name="plain", extra_env={
+            "GATEWAY_WORKERS": str(args.workers), "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_ZERO_COPY": "false"})  # fmt: skip
+        bases = {"orthanc": f"http://127.0.0.1:{port}/dicom-web", "gateway": gateway.dicomweb,
+                 "plain": plain.dicomweb}  # fmt: skip
         try:
             for s in series:
                 for base in bases.values():
@@ -216,6 +221,7 @@ def main() -> None:
                 body = httpx.get(f"{gateway.dicomweb}/studies/{s.study}/series/{s.series}",
                                  headers={"Accept": SERIES_ACCEPT}, timeout=300).content  # fmt: skip
                 (work / "static" / s.series).write_bytes(body)
+            plain.start()
             urls = {name: {s.name: f"{b}/studies/{s.study}/series/{s.series}" for s in series}
                     for name, b in bases.items()}  # fmt: skip
             urls["nginx"] = {s.name: f"http://127.0.0.1:{port + 3}/{s.series}" for s in series}
@@ -228,12 +234,12 @@ def main() -> None:
             for _ in range(args.rounds):
                 for s in series[:2]:
                     for streams in (1, 4):
-                        for name in ("orthanc", "gateway", "nginx"):
+                        for name in ("orthanc", "gateway", "plain", "nginx"):
                             mbs = _curl_parallel(
                                 urls[name][s.name], SERIES_ACCEPT, streams, args.repeats
                             )
                             record((f"{s.name} series, {streams} stream(s), curl MB/s", name), mbs)
-                for name in ("orthanc", "gateway"):
+                for name in ("orthanc", "gateway", "plain"):
                     client = DICOMwebClient(bases[name])
                     s = series[1]
                     size = sum(len(f) for f in s.files)
@@ -260,6 +266,7 @@ def main() -> None:
                                _p50_ms(lambda http=http, meta=meta: http.get(meta).raise_for_status()))  # fmt: skip
             load_after = os.getloadavg()
         finally:
+            plain.stop()
             gateway.stop()
             for p in (orthanc, nginx):
                 p.terminate()
@@ -267,19 +274,21 @@ def main() -> None:
     print(f"load average before {tuple(round(x, 1) for x in load_before)}, after "
           f"{tuple(round(x, 1) for x in load_after)}; {args.instances} slices a series, "
           f"{args.rounds} rounds, gateway and nginx with {args.workers} workers")  # fmt: skip
-    print("| measure | Orthanc | gateway | nginx | gateway/Orthanc | gateway/nginx |")
-    print("|---|---|---|---|---|---|")
+    print("| measure | Orthanc | gateway | no zero-copy | nginx | gateway/Orthanc"
+          " | gateway/nginx | gateway/no zero-copy |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for measure in dict.fromkeys(k for k, _ in results):
         row = {
             name: statistics.median(results[(measure, name)])
-            for name in ("orthanc", "gateway", "nginx")
+            for name in ("orthanc", "gateway", "plain", "nginx")
             if (measure, name) in results
         }
-        o, g, n = row.get("orthanc"), row.get("gateway"), row.get("nginx")
+        o, g, p, n = (row.get(k) for k in ("orthanc", "gateway", "plain", "nginx"))
         ratio_o = (o / g if "ms" in measure else g / o) if o and g else None
+        ratio_p = (p / g if "ms" in measure else g / p) if p and g else None
         ratio_n = g / n if n and g else None
-        cells = [f"{v:.1f}" if v is not None else "" for v in (o, g, n)]
-        cells += [f"{r:.2f}" if r is not None else "" for r in (ratio_o, ratio_n)]
+        cells = [f"{v:.1f}" if v is not None else "" for v in (o, g, p, n)]
+        cells += [f"{r:.2f}" if r is not None else "" for r in (ratio_o, ratio_n, ratio_p)]
         print(f"| {measure} | " + " | ".join(cells) + " |")
 
 

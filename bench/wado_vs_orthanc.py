@@ -216,7 +216,7 @@ def main() -> None:
                  "plain": plain.dicomweb}  # fmt: skip
         try:
             for s in series:
-                for base in bases.values():
+                for base in (bases["orthanc"], bases["gateway"]):  # "plain": the same data
                     _stow(base, s.files)
                 body = httpx.get(f"{gateway.dicomweb}/studies/{s.study}/series/{s.series}",
                                  headers={"Accept": SERIES_ACCEPT}, timeout=300).content  # fmt: skip

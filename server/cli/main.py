@@ -79,7 +79,7 @@ def serve(
 
     from server.app import build_gateway, create_app
     from server.cli.loader import load_demo
-    from server.serving import LOOP, PROTOCOL
+    from server.serving import PROTOCOL
 
     settings = load_settings(data_dir)
     settings.host = host or settings.host
@@ -120,8 +120,8 @@ def serve(
         "proxy_headers": False,
         "server_header": False,
     }
-    if settings.zero_copy:  # httptools plus zero-copy file bodies (os.sendfile), on the
-        options.update(http=PROTOCOL, loop=LOOP)  # asyncio loop: uvloop has no sendfile
+    if settings.zero_copy:  # httptools plus zero-copy file bodies (os.sendfile)
+        options["http"] = PROTOCOL
     dimse = _start_dimse(settings)
     try:
         if workers == 1:

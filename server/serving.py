@@ -18,8 +18,10 @@ in hand). The rest of the cycle (keep-alive, flow control, length checks) is uvi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -34,9 +36,15 @@ PROTOCOL = "server.serving:ZeroCopyHttpToolsProtocol"  # uvicorn's ``http`` opti
 class ZeroCopyCycle(RequestResponseCycle):
     """uvicorn's request/response cycle, answering ``http.response.zerocopysend`` too."""
 
+    corked = (
+        False  # TCP_CORK on: framing and file bytes leave in full segments (nginx's tcp_nopush)
+    )
+
     async def send(self, message: Any) -> None:
         if message["type"] != ZEROCOPY:
             await super().send(message)
+            if self.corked and (self.response_complete or self.disconnected):
+                self._cork(False)  # the last bytes go now
             return
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
@@ -69,6 +77,8 @@ class ZeroCopyCycle(RequestResponseCycle):
                 transport.write(os.pread(file.fileno(), count, offset))  # TLS: bytes in hand
                 sent, mode = count, "copy"
             else:
+                if not self.corked:
+                    self._cork(True)
                 await self._drained()  # what uvicorn wrote before must leave first
                 if self.disconnected:
                     raise ConnectionResetError("client went away")
@@ -83,6 +93,14 @@ class ZeroCopyCycle(RequestResponseCycle):
             raise RuntimeError(f"file body ended after {sent} of {count} bytes")
         observe_file_bytes(mode, count)
         return True
+
+    def _cork(self, on: bool) -> None:
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or self.transport.is_closing():
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
+            self.corked = on
 
     async def _drained(self) -> None:
         """Until the transport's write buffer is empty (uvicorn's flow control, low water 0)."""

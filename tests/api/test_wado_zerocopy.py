@@ -224,3 +224,21 @@ def test_a_blob_gone_before_the_response_leaves_out_its_part_and_the_length_agre
         assert response.content.count(b"Content-Type: application/dicom") == 2
     finally:
         (tmp_path / "aside").rename(newest)
+
+
+def test_every_worker_process_of_serve_sends_by_sendfile(tmp_path: Path) -> None:
+    env = {"GATEWAY_WORKERS": "2", "GATEWAY_METRICS__ALLOW": '["127.0.0.0/8"]'}
+    server = LiveServer(tmp_path / "data", extra_env=env).start()
+    try:
+        sets = cohort(instances_per_series=3, rows=128, columns=128)
+        assert stow(server, [part10(ds) for ds in sets]).status_code == 200
+        url = f"{server.dicomweb}/studies/{sets[0].StudyInstanceUID}"
+        size = 0
+        for _ in range(12):  # new connections: the kernel spreads them over both workers
+            response = httpx.get(url, headers={"Accept": ANY}, timeout=60)
+            assert response.status_code == 200
+            size = len(response.content)
+        assert _metric(server, SENDFILE) > 12 * (size - 2000)  # the files, not the framing
+        assert _metric(server, COPY) == 0
+    finally:
+        server.stop()

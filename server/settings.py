@@ -425,9 +425,10 @@ class Settings(BaseSettings):
     # Server processes; 0 = one per CPU, at most 4. Each process is a full gateway
     # sharing the data directory (SQLite serialises writers across processes).
     workers: int = Field(default=0, ge=0, le=64)
-    # Stored files of WADO-RS responses sent by os.sendfile (zero-copy) on the asyncio
-    # loop; false: uvicorn's default loop (uvloop) and every byte read by Python.
-    zero_copy: bool = True
+    # Stored files of WADO-RS responses sent by os.sendfile (zero-copy, server/serving.py).
+    # Off by default: it halves the server's CPU per MB, but a client on the same host
+    # pays more per MB and fetched 0.5-0.9x as fast in bench/wado_vs_orthanc.py (README).
+    zero_copy: bool = False
     # Dataset (ResearchStudy id) that instances stored without naming one belong to.
     default_dataset: str | None = None
     index: str = "sqlite"

@@ -1,10 +1,10 @@
 """WADO-RS instances sent as stored go out by os.sendfile, with the same bytes as without.
 
-Two gateways serve one data directory: one as shipped (zero-copy: each stored file by a
-``http.response.zerocopysend`` message that the server answers with ``os.sendfile``), one
-with ``GATEWAY_ZERO_COPY=false`` (uvloop, the files read by Python). Every accept the
+Two gateways serve one data directory: one with ``GATEWAY_ZERO_COPY=true`` (each stored
+file by a ``http.response.zerocopysend`` message that the server answers with
+``os.sendfile``), one as shipped (the files read by Python). Every accept the
 instance routes answer must give byte-identical bodies on both (boundaries aside); the
-shipped one must really have used sendfile (``gateway_http_file_bytes_total``), keep the
+zero-copy one must really have used sendfile (``gateway_http_file_bytes_total``), keep the
 connection alive, count the bytes in its access log, and survive a client that hangs up in
 the middle of a body.
 """
@@ -53,7 +53,7 @@ class Pair:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     data = tmp_path_factory.mktemp("zerocopy") / "data"
     env = {"GATEWAY_METRICS__ALLOW": '["127.0.0.0/8"]', "GATEWAY_LOG_LEVEL": "info"}
-    zerocopy = LiveServer(data, extra_env=env).start()
+    zerocopy = LiveServer(data, extra_env={**env, "GATEWAY_ZERO_COPY": "true"}).start()
     plain = LiveServer(data, extra_env={**env, "GATEWAY_ZERO_COPY": "false"}, name="plain")
     try:
         small = cohort(instances_per_series=5, rows=128, columns=128)  # 32 kB each: sendfile
@@ -227,7 +227,8 @@ def test_a_blob_gone_before_the_response_leaves_out_its_part_and_the_length_agre
 
 
 def test_every_worker_process_of_serve_sends_by_sendfile(tmp_path: Path) -> None:
-    env = {"GATEWAY_WORKERS": "2", "GATEWAY_METRICS__ALLOW": '["127.0.0.0/8"]'}
+    env = {"GATEWAY_WORKERS": "2", "GATEWAY_METRICS__ALLOW": '["127.0.0.0/8"]',
+           "GATEWAY_ZERO_COPY": "true"}  # fmt: skip
     server = LiveServer(tmp_path / "data", extra_env=env).start()
     try:
         sets = cohort(instances_per_series=3, rows=128, columns=128)

@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from server.core.multipart import coalesce
-from server.services.retrieve import BATCH, StoredFile
+from server.services.retrieve import BATCH, CHUNK, StoredFile
 from server.serving import ZEROCOPY
 
 log = logging.getLogger("gateway.retrieve")
@@ -47,22 +47,48 @@ def file_body_response(scope: Scope, pieces: Sequence[Piece], media_type: str) -
                              headers=headers)  # fmt: skip
 
 
+def _changed(piece: StoredFile) -> FileBodyChanged:
+    log.error("stored file %s changed during a response; response abandoned", piece.path.name)
+    return FileBodyChanged(piece.path.name)
+
+
 def _read(piece: StoredFile) -> bytes:
+    """A small file whole (ZeroCopyResponse inlines those)."""
     try:
         with open(piece.path, "rb") as f:
             data = f.read(piece.size + 1)
     except FileNotFoundError:
         data = b""
     if len(data) != piece.size:
-        log.error("stored file %s changed during a response; response abandoned", piece.path.name)
-        raise FileBodyChanged(piece.path.name)
+        raise _changed(piece)
     return data
+
+
+def _chunks(piece: StoredFile) -> Iterator[bytes]:
+    """A file in pieces of at most ``CHUNK`` bytes (a big instance never whole in memory)."""
+    try:
+        f = open(piece.path, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise _changed(piece) from None
+    with f:
+        left = piece.size
+        while left > 0:
+            data = f.read(min(CHUNK, left))
+            if not data:
+                raise _changed(piece)
+            left -= len(data)
+            yield data
+        if f.read(1):
+            raise _changed(piece)
 
 
 def read_pieces(pieces: Sequence[Piece]) -> Iterator[bytes]:
     """The body's bytes, files read (the path without zero-copy)."""
     for piece in pieces:
-        yield piece if isinstance(piece, bytes) else _read(piece)
+        if isinstance(piece, bytes):
+            yield piece
+        else:
+            yield from _chunks(piece)
 
 
 class ZeroCopyResponse(Response):
@@ -93,9 +119,7 @@ class ZeroCopyResponse(Response):
             f = None
         try:
             if f is None or os.fstat(f.fileno()).st_size != piece.size:
-                log.error("stored file %s changed during a response; response abandoned",
-                          piece.path.name)  # fmt: skip
-                raise FileBodyChanged(piece.path.name)
+                raise _changed(piece)
             if before:
                 await send({"type": "http.response.body", "body": before, "more_body": True})
             await send({"type": ZEROCOPY, "file": f, "offset": 0, "count": piece.size,

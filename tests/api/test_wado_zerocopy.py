@@ -243,3 +243,15 @@ def test_every_worker_process_of_serve_sends_by_sendfile(tmp_path: Path) -> None
         assert _metric(server, COPY) == 0
     finally:
         server.stop()
+
+
+def test_an_instance_bigger_than_one_read_chunk_is_the_same_on_both_paths(pair: Pair) -> None:
+    sets = cohort(instances_per_series=1, rows=1536, columns=1536)  # 4.7 MB: read in pieces
+    assert stow(pair.zerocopy, [part10(ds) for ds in sets]).status_code == 200
+    ds = sets[0]
+    path = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    a = httpx.get(f"{pair.zerocopy.url}{path}", headers={"Accept": ANY}, timeout=60)
+    b = httpx.get(f"{pair.plain.url}{path}", headers={"Accept": ANY}, timeout=60)
+    assert a.status_code == b.status_code == 200
+    assert int(b.headers["content-length"]) == len(b.content) > 1536 * 1536 * 2
+    assert _normalized(a) == _normalized(b)

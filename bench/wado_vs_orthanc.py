@@ -1,10 +1,11 @@
 """WADO-RS retrieval: this gateway vs Orthanc vs nginx serving the same bytes, one run.
 
 Starts, on fixed loopback ports (``--port-base``, default 18600: Orthanc HTTP +0 and
-DICOM +1, the gateway +2, nginx +3), Orthanc 1.x with its DICOMweb plugin (Debian
+DICOM +1, the gateway +2, nginx +3, a second gateway +4), Orthanc 1.x with its DICOMweb plugin (Debian
 packages, default SQLite index and file storage, authentication off), the gateway
 (``imaging-gateway serve``, ``--workers`` processes, development mode: authorisation off
-like Orthanc's, de-identification off) and nginx (``sendfile on``, ``--workers``
+like Orthanc's, de-identification off; the same data served a second time with
+``GATEWAY_ZERO_COPY=true``, column "zero-copy") and nginx (``sendfile on``, ``--workers``
 processes) serving, as one static file per series, the exact multipart body the gateway
 answers for that series. The same synthetic CT series (``--instances`` slices of
 256x256 and of 512x512, 16-bit, Explicit VR LE) go into both archives.
@@ -13,7 +14,9 @@ Then, rounds interleaved server by server so that load from other jobs hits all 
 
 * series retrieval with curl (``transfer-syntax=*``) at 1 and 4 parallel streams, each
   stream fetching the series ``--repeats`` times: MB/s of body;
-* the same at 1 stream through dicomweb-client (``retrieve_series``, parsed datasets);
+* the same at 1 stream through dicomweb-client (``retrieve_series``, parsed datasets),
+  and that client's own CPU time per MB (whether the server's framing makes it work more);
+* at 1 stream, CPU time per MB of the server's processes (``/proc``) and of curl;
 * frames: frame 1 of every instance of the 512x512 series, one curl process, one kept-alive
   connection, ``application/octet-stream; transfer-syntax=*``: frames/s;
 * metadata of a ``--metadata-instances`` series (default 600): p50 over 30 requests.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -145,8 +149,34 @@ def _wait(url: str) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its children (workers)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _curl_parallel(url: str, accept: str, streams: int, repeats: int) -> float:
-    """MB/s of body over ``streams`` curl processes, each fetching ``url`` ``repeats`` times."""
+    """MB/s of body over ``streams`` curl processes, each fetching ``url`` ``repeats`` times
+    (the MB fetched in ``_last_mb``)."""
     args = ["curl", "-s", "-H", f"Accept: {accept}", "-w", "%{http_code} %{size_download}\\n"]
     for _ in range(repeats):
         args += ["-o", "/dev/null", url]
@@ -160,7 +190,11 @@ def _curl_parallel(url: str, accept: str, streams: int, repeats: int) -> float:
                 code, size = line.split()
                 assert code == "200", line
                 total += int(size)
+    _last_mb[0] = total / 1e6
     return total / (time.perf_counter() - start) / 1e6
+
+
+_last_mb = [0.0]
 
 
 def _curl_frames(urls: list[str], work: Path) -> float:
@@ -208,17 +242,26 @@ def main() -> None:
         gateway.start()
         (work / "static").mkdir()
         nginx = _start_nginx(work, port + 3, args.workers)
-        bases = {"orthanc": f"http://127.0.0.1:{port}/dicom-web", "gateway": gateway.dicomweb}
+        zerocopy = LiveServer(work / "gw", port=port + 4, name="zerocopy", extra_env={
+            "GATEWAY_WORKERS": str(args.workers), "GATEWAY_LOG_LEVEL": "warning",
+            "GATEWAY_ZERO_COPY": "true"})  # fmt: skip
+        bases = {"orthanc": f"http://127.0.0.1:{port}/dicom-web", "gateway": gateway.dicomweb,
+                 "zerocopy": zerocopy.dicomweb}  # fmt: skip
         try:
             for s in series:
-                for base in bases.values():
+                for base in (bases["orthanc"], bases["gateway"]):  # "zerocopy": the same data
                     _stow(base, s.files)
                 body = httpx.get(f"{gateway.dicomweb}/studies/{s.study}/series/{s.series}",
                                  headers={"Accept": SERIES_ACCEPT}, timeout=300).content  # fmt: skip
                 (work / "static" / s.series).write_bytes(body)
+            zerocopy.start()
             urls = {name: {s.name: f"{b}/studies/{s.study}/series/{s.series}" for s in series}
                     for name, b in bases.items()}  # fmt: skip
             urls["nginx"] = {s.name: f"http://127.0.0.1:{port + 3}/{s.series}" for s in series}
+            pids = {"orthanc": orthanc.pid, "nginx": nginx.pid}
+            for name, live in (("gateway", gateway), ("zerocopy", zerocopy)):
+                assert live.process is not None
+                pids[name] = live.process.pid
             load_before = os.getloadavg()
             results: dict[tuple[str, str], list[float]] = {}
 
@@ -228,16 +271,25 @@ def main() -> None:
             for _ in range(args.rounds):
                 for s in series[:2]:
                     for streams in (1, 4):
-                        for name in ("orthanc", "gateway", "nginx"):
+                        for name in ("orthanc", "gateway", "zerocopy", "nginx"):
+                            server_cpu, before = _tree_cpu(pids[name]), _children_cpu()
                             mbs = _curl_parallel(
                                 urls[name][s.name], SERIES_ACCEPT, streams, args.repeats
                             )
                             record((f"{s.name} series, {streams} stream(s), curl MB/s", name), mbs)
-                for name in ("orthanc", "gateway"):
+                            if streams == 1:  # CPU per MB: lower is better
+                                mb = _last_mb[0]
+                                server_ms = (_tree_cpu(pids[name]) - server_cpu) * 1000 / mb
+                                client_ms = (_children_cpu() - before) * 1000 / mb
+                                record((f"{s.name} series, 1 stream, server CPU ms per MB", name),
+                                       server_ms)  # fmt: skip
+                                record((f"{s.name} series, 1 stream, curl CPU ms per MB", name),
+                                       client_ms)  # fmt: skip
+                for name in ("orthanc", "gateway", "zerocopy"):
                     client = DICOMwebClient(bases[name])
                     s = series[1]
                     size = sum(len(f) for f in s.files)
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     assert len(
                         client.retrieve_series(
                             s.study, s.series, media_types=(("application/dicom", "*"),)
@@ -246,6 +298,10 @@ def main() -> None:
                     record(
                         ("CT 512 series, 1 stream, dicomweb-client MB/s", name),
                         size / (time.perf_counter() - start) / 1e6,
+                    )
+                    record(  # the client's own CPU (parsing, pydicom): lower is better
+                        ("CT 512 series, dicomweb-client CPU ms per MB", name),
+                        (time.process_time() - cpu) * 1000 / (size / 1e6),
                     )
                     frame_urls = [
                         f"{urls[name]['CT 512']}/instances/{sop}/frames/1" for sop in s.sops
@@ -260,6 +316,7 @@ def main() -> None:
                                _p50_ms(lambda http=http, meta=meta: http.get(meta).raise_for_status()))  # fmt: skip
             load_after = os.getloadavg()
         finally:
+            zerocopy.stop()
             gateway.stop()
             for p in (orthanc, nginx):
                 p.terminate()
@@ -267,19 +324,23 @@ def main() -> None:
     print(f"load average before {tuple(round(x, 1) for x in load_before)}, after "
           f"{tuple(round(x, 1) for x in load_after)}; {args.instances} slices a series, "
           f"{args.rounds} rounds, gateway and nginx with {args.workers} workers")  # fmt: skip
-    print("| measure | Orthanc | gateway | nginx | gateway/Orthanc | gateway/nginx |")
-    print("|---|---|---|---|---|---|")
+    print("(rows in ms: the ratios are the other's / the gateway's, so above 1 is the gateway"
+          " doing better, as on the other rows)")  # fmt: skip
+    print("| measure | Orthanc | gateway | zero-copy | nginx | gateway/Orthanc"
+          " | gateway/nginx | zero-copy/gateway |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for measure in dict.fromkeys(k for k, _ in results):
         row = {
             name: statistics.median(results[(measure, name)])
-            for name in ("orthanc", "gateway", "nginx")
+            for name in ("orthanc", "gateway", "zerocopy", "nginx")
             if (measure, name) in results
         }
-        o, g, n = row.get("orthanc"), row.get("gateway"), row.get("nginx")
+        o, g, p, n = (row.get(k) for k in ("orthanc", "gateway", "zerocopy", "nginx"))
         ratio_o = (o / g if "ms" in measure else g / o) if o and g else None
-        ratio_n = g / n if n and g else None
-        cells = [f"{v:.1f}" if v is not None else "" for v in (o, g, n)]
-        cells += [f"{r:.2f}" if r is not None else "" for r in (ratio_o, ratio_n)]
+        ratio_p = (g / p if "ms" in measure else p / g) if p and g else None
+        ratio_n = (n / g if "ms" in measure else g / n) if n and g else None
+        cells = [f"{v:.1f}" if v is not None else "" for v in (o, g, p, n)]
+        cells += [f"{r:.2f}" if r is not None else "" for r in (ratio_o, ratio_n, ratio_p)]
         print(f"| {measure} | " + " | ".join(cells) + " |")
 
 

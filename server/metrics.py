@@ -40,6 +40,7 @@ class _Metrics:
     backend_latency: Histogram
     backend_errors: Counter
     job_items: Counter
+    file_bytes: Counter
 
 
 @functools.cache
@@ -78,6 +79,12 @@ def _m() -> _Metrics:
             "gateway_job_items_total", "Items processed by background jobs (export, reindex, pull)",
             ["job", "outcome"],
         ),
+        file_bytes=Counter(
+            "gateway_http_file_bytes_total",
+            "Response bytes sent from stored files by zero-copy sends, by how they went"
+            " (sendfile: kernel to socket; copy: read and written by the server)",
+            ["mode"],
+        ),
     )  # fmt: skip
 
 
@@ -93,6 +100,10 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
     m = _m()
     m.http_requests.labels(route, method, str(status)).inc()
     m.http_latency.labels(route, method).observe(seconds)
+
+
+def observe_file_bytes(mode: str, count: int) -> None:
+    _m().file_bytes.labels(mode).inc(count)
 
 
 def observe_ingest(sizes: Sequence[int], failures: Sequence[int | None]) -> None:

@@ -26,6 +26,7 @@ from server.metrics import observe_request
 
 log = logging.getLogger("gateway.access")
 HEADER = "X-Request-ID"
+_BODY = ("http.response.body", "http.response.zerocopysend")  # the latter: server/serving.py
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 
@@ -106,8 +107,10 @@ class AccessLogMiddleware:
                 seen["status"] = int(message["status"])
                 scope["state"]["_status"] = seen["status"]
                 MutableHeaders(scope=message)[HEADER] = rid
-            elif message["type"] == "http.response.body":
-                seen["bytes"] = int(seen["bytes"]) + len(message.get("body", b""))
+            elif message["type"] in _BODY:
+                seen["bytes"] = int(seen["bytes"]) + (
+                    len(message.get("body", b"")) if "body" in message else message["count"]
+                )
                 if not message.get("more_body", False):
                     self._log(scope, rid, seen, started)
             await send(message)

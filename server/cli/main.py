@@ -81,6 +81,7 @@ def serve(
 
     from server.app import build_gateway, create_app
     from server.cli.loader import load_demo
+    from server.serving import PROTOCOL
 
     settings = load_settings(data_dir)
     settings.host = host or settings.host
@@ -121,6 +122,8 @@ def serve(
         "proxy_headers": False,
         "server_header": False,
     }
+    if settings.zero_copy:  # httptools plus zero-copy file bodies (os.sendfile)
+        options["http"] = PROTOCOL
     dimse = _start_dimse(settings)
     try:
         if workers == 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -32,6 +33,14 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 CHUNK = 4 * 1024 * 1024
 BATCH = 1024 * 1024  # bytes per chunk handed to the server, at least (see coalesce)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A whole stored file that goes out as it is (the server may send it without a copy)."""
+
+    path: Path
+    size: int
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,31 @@ class RetrieveService:
         """
         return coalesce(self._parts(instances, boundary, transfer_syntax), BATCH)
 
+    def instance_pieces(
+        self, instances: list[StoredInstance], boundary: str, transfer_syntax: str | None
+    ) -> list[bytes | StoredFile] | None:
+        """The body :meth:`stream_instances` streams, as framing bytes and whole stored files,
+        so that its length is known before the first byte; None unless every instance goes
+        out as stored, from a file on this machine. A blob missing now leaves out its part,
+        as in the stream (and the length does not count it)."""
+        if not all(self._wanted(inst, transfer_syntax) is None for inst in instances):
+            return None
+        files = self.store.local_files([inst.blob_key for inst in instances])
+        if files is None:
+            return None
+        pieces: list[bytes | StoredFile] = []
+        tail = b""
+        for inst, found in zip(instances, files, strict=True):
+            if found is None:
+                log.error("blob %s of %s is missing; run 'check'", inst.blob_key, inst.sop_uid)
+                continue
+            ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax}"
+            pieces.append(tail + write_part_header(boundary, ctype, found[1]))
+            pieces.append(StoredFile(*found))
+            tail = b"\r\n"
+        pieces.append(tail + close_delimiter(boundary))
+        return pieces
+
     def _parts(
         self, instances: list[StoredInstance], boundary: str, transfer_syntax: str | None
     ) -> Iterator[bytes]:
@@ -138,10 +172,8 @@ class RetrieveService:
     ) -> tuple[bytes | None, str]:
         """Bytes re-encoded for the wanted syntax, or None to send the stored bytes."""
         ts = inst.transfer_syntax
-        wanted = EXPLICIT_LE if transfer_syntax is None else transfer_syntax
-        if transfer_syntax is None and is_lossy(ts):
-            wanted = ts  # PS3.18 8.7.3.5.2: lossy data may be sent as received
-        if wanted in ("*", ts):
+        wanted = self._wanted(inst, transfer_syntax)
+        if wanted is None:
             return None, ts
         path = self.store.path(inst.blob_key)
         if wanted in encode.TARGETS:  # checked by check_syntax before the response started
@@ -153,6 +185,15 @@ class RetrieveService:
         implicit = wanted == IMPLICIT_LE
         data = transcode_to_explicit_le(path, implicit)
         return (data, wanted if implicit else EXPLICIT_LE) if data is not None else (None, ts)
+
+    @staticmethod
+    def _wanted(inst: StoredInstance, transfer_syntax: str | None) -> str | None:
+        """The syntax ``inst`` must be converted to for ``transfer_syntax``; None: as stored."""
+        ts = inst.transfer_syntax
+        wanted = EXPLICIT_LE if transfer_syntax is None else transfer_syntax
+        if transfer_syntax is None and is_lossy(ts):
+            wanted = ts  # PS3.18 8.7.3.5.2: lossy data may be sent as received
+        return None if wanted in ("*", ts) else wanted
 
     def check_syntax(self, instances: list[StoredInstance], transfer_syntax: str | None) -> None:
         """PS3.18 8.7.3.5: NotAcceptable (406) before any byte is sent unless every instance

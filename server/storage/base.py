@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -22,6 +22,10 @@ class BlobStore(Protocol):
         """A local path for readers that need one (pydicom decoding)."""
 
     def size(self, key: str) -> int: ...
+
+    def local_files(self, keys: Sequence[str]) -> list[tuple[Path, int] | None] | None:
+        """Each blob's file on this machine and its size (None: missing), for responses the
+        server sends from the file itself; None when the store keeps no such files."""
 
     def quarantine(self, key: str, reason: str) -> Path | None:
         """Move ``key`` aside with ``reason`` noted (never deleted); None if it was gone."""

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -120,6 +120,16 @@ class FilesystemBlobStore:
 
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
+
+    def local_files(self, keys: Sequence[str]) -> list[tuple[Path, int] | None] | None:
+        found: list[tuple[Path, int] | None] = []
+        for key in keys:
+            path = self.path(key)
+            try:
+                found.append((path, os.stat(path).st_size))
+            except FileNotFoundError:
+                found.append(None)
+        return found
 
     def quarantine(self, key: str, reason: str) -> Path | None:
         """Move a blob to ``quarantine/`` with a ``.reason`` note beside it; never deletes."""

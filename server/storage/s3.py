@@ -35,7 +35,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -297,6 +297,9 @@ class S3BlobStore:
                 return False
             raise
         return True
+
+    def local_files(self, keys: Sequence[str]) -> list[tuple[Path, int] | None] | None:
+        return None  # objects live in the bucket; the read cache is not the store
 
     def size(self, key: str) -> int:
         try:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from server.api.deps import audit_note, dicomweb_root, gateway, principal
+from server.api.filebody import file_body_response
 from server.core import pixels, rendering
 from server.core.mediatypes import (
     DICOM_JSON,
@@ -65,8 +66,11 @@ def _retrieve(request: Request, scope: Scope) -> Response:
     found = gw.retrieve.instances(scope)
     gw.retrieve.check_syntax(found, transfer_syntax)
     boundary = uuid.uuid4().hex
-    body = gw.retrieve.stream_instances(found, boundary, transfer_syntax)
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    pieces = gw.retrieve.instance_pieces(found, boundary, transfer_syntax)
+    if pieces is not None:  # as stored, from local files: length known, zero-copy if offered
+        return file_body_response(request.scope, pieces, media)
+    body = gw.retrieve.stream_instances(found, boundary, transfer_syntax)
     return StreamingResponse(body, media_type=media)
 
 

@@ -177,3 +177,18 @@ def test_readers_never_see_a_partial_blob_while_a_big_one_is_written(
 
 def test_ready_reports_a_usable_store(store: BlobStore) -> None:
     assert store.ready() is None
+
+
+def test_local_files_are_the_blobs_bytes_or_none_for_a_store_without_local_files(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    data = os.urandom(50_000)
+    key = put(store, tmp_path, data)
+    missing = key_of(b"never stored", "gone")
+    found = store.local_files([key, missing])
+    if found is None:  # objects live elsewhere (S3): responses stream them instead
+        return
+    first, second = found
+    assert first is not None and second is None
+    path, size = first
+    assert size == len(data) and path.read_bytes() == data

@@ -7,7 +7,9 @@ Both servers receive the same files from the same dcmtk clients on the same mach
    over one association and over ``--parallel`` associations. The gateway stores
    into a dataset with de-identification policy ``none`` and, separately, ``basic``;
    Orthanc runs with its default SQLite index and file storage, StorageCompression
-   off. Every pass starts a fresh server on an empty folder, stores a separate
+   off; the gateway runs its DIMSE listener in ``--dimse-processes`` processes
+   (serve's default: one per HTTP worker) and its server CPU is the sum over them.
+   Every pass starts a fresh server on an empty folder, stores a separate
    warm-up set, then times the corpus; the order of the passes alternates between
    rounds. Production durability defaults stay on (gateway: fsync of every stored
    file, SQLite ``synchronous=FULL``; Orthanc: its defaults).
@@ -177,7 +179,7 @@ def start_orthanc(work: Path, bulk_load: bool = False) -> Target:
     return target
 
 
-def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
+def start_gateway(work: Path, policy: str, bulk_load: bool = False, processes: int = 1) -> Target:
     folder = work / "gateway"
     port = free_port()
     no_sync = {"GATEWAY_STOW__FSYNC": "false"} if bulk_load else {}
@@ -189,6 +191,7 @@ def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
             "GATEWAY_DIMSE__PORT": str(port),
             "GATEWAY_DIMSE__AE_TITLE": GATEWAY_AE,
             "GATEWAY_DIMSE__MAX_ASSOCIATIONS": "16",
+            "GATEWAY_DIMSE__PROCESSES": str(processes),
             **no_sync,
         },
     )
@@ -230,10 +233,13 @@ def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
     )
 
 
+DIMSE_PROCESSES = [min(os.cpu_count() or 1, 4)]  # serve's default: one per HTTP worker
+
+
 def start(kind: str, work: Path, bulk_load: bool = False) -> Target:
     if kind == "orthanc":
         return start_orthanc(work, bulk_load)
-    return start_gateway(work, kind.split("/")[1], bulk_load)
+    return start_gateway(work, kind.split("/")[1], bulk_load, DIMSE_PROCESSES[0])
 
 
 # ---------------------------------------------------------------------------- clients
@@ -276,15 +282,22 @@ def storescu(target: Target, files: list[Path], associations: int) -> tuple[floa
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of ``pid`` and its running descendants (the DIMSE listener processes)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def store_pass(kind: str, data: list[Path], warm: list[Path], associations: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dimse-bench-", dir=CACHE) as tmp:
         target = start(kind, Path(tmp))
         try:
-            _, warm_failures = storescu(target, warm, 1)
+            # every listener process warmed up (one association each, least busy first)
+            _, warm_failures = storescu(target, warm, max(associations, DIMSE_PROCESSES[0]))
             cpu0 = cpu_seconds(target.pid)
             seconds, failures = storescu(target, data, associations)
             cpu = cpu_seconds(target.pid) - cpu0
@@ -415,7 +428,14 @@ def main() -> None:
     parser.add_argument("--find-load-parallel", type=int, default=8)
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-find", action="store_true")
+    parser.add_argument(
+        "--dimse-processes",
+        type=int,
+        default=DIMSE_PROCESSES[0],
+        help="the gateway's GATEWAY_DIMSE__PROCESSES (default: serve's, one per CPU, at most 4)",
+    )
     args = parser.parse_args()
+    DIMSE_PROCESSES[0] = args.dimse_processes
     CACHE.mkdir(parents=True, exist_ok=True)
     gateways = [f"gateway/{p}" for p in args.policies.split(",")]
     report: dict[str, Any] = {

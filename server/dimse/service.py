@@ -30,6 +30,7 @@ from server.dimse.reactor import install as install_wakeups
 from server.dimse.reactor import on_connection_close, on_connection_open
 from server.dimse.session import REFUSED_NOT_AUTHORISED, SUCCESS, audit, calling_ae
 from server.dimse.store import OUT_OF_RESOURCES, handle_store
+from server.dimse.store import on_connection_close as store_closed
 from server.settings import DimseSettings
 
 if TYPE_CHECKING:
@@ -225,6 +226,7 @@ class DimseService:
             (evt.EVT_C_GET, partial(handle_get, gateway=gw)),
             (evt.EVT_REJECTED, partial(_on_rejected, gateway=gw)),
             (evt.EVT_ACCEPTED, partial(_on_accepted, gateway=gw)),
+            (evt.EVT_CONN_CLOSE, partial(store_closed, gateway=gw)),
             *(
                 [(evt.EVT_CONN_OPEN, on_connection_open), (evt.EVT_CONN_CLOSE, on_connection_close)]
                 if self.wakeups

@@ -6,6 +6,12 @@ journal and handed to ``IngestService.store_instances`` like one STOW part: vali
 de-identification, atomic write, index and audit all apply. One C-STORE is one ingest
 call, so an association that dies half-way leaves every earlier instance complete and
 nothing of the one in flight.
+
+Audit: as PS3.15 A.5.3.7 ("DICOM Instances Transferred") has it, the instances an
+association stores into one study are one audit event (study, dataset and every SOP
+Instance UID), written when the association moves on to another study, when it ends
+(release, abort, a dead peer), or after ``AUDIT_BATCH_SECONDS`` / ``AUDIT_BATCH_SIZE``
+instances, whichever comes first; a refused or failed C-STORE is audited at once.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from server.dimse.session import (
@@ -32,6 +41,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.dimse")
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
+AUDIT_BATCH_SECONDS = 2.0
+AUDIT_BATCH_SIZE = 500
+_BATCH, _CLOSED = "_gateway_stored", "_gateway_closed"
+_flush_lock = threading.Lock()
+
+
+@dataclass
+class _Transferred:
+    """Instances one association stored into one study, not audited yet."""
+
+    caller: Caller
+    dataset: str
+    study: str
+    since: float = field(default_factory=time.monotonic)
+    instances: list[str] = field(default_factory=list)
 
 
 def target_dataset(gateway: Gateway, caller: Caller) -> str | None:
@@ -61,11 +85,54 @@ def handle_store(event: Any, gateway: Gateway) -> Any:
         reason = "no store dataset for this AE (clients add --store DATASET)"
         return _status(REFUSED_NOT_AUTHORISED, reason)
     status, comment, study = _ingest(gateway, event, dataset or None)
+    if status == SUCCESS and study and sop_uid:
+        _transferred(gateway, event, caller, dataset, study, sop_uid)
+        return _status(status, comment)
     if study:
         entities = (f"study:{study}", *entities)
     audit(gateway, event, caller, action="store", method="C-STORE", status=status,
           datasets=(dataset,) if dataset else (), entities=entities)  # fmt: skip
     return _status(status, comment)
+
+
+def _transferred(
+    gateway: Gateway, event: Any, caller: Caller, dataset: str, study: str, sop_uid: str
+) -> None:
+    """Add a stored instance to its association's audit batch (see the module docstring)."""
+    batch: _Transferred | None = getattr(event.assoc, _BATCH, None)
+    if batch is not None and (
+        batch.study != study
+        or batch.dataset != dataset
+        or batch.caller.node.client_id != caller.node.client_id
+        or len(batch.instances) >= AUDIT_BATCH_SIZE
+        or time.monotonic() - batch.since > AUDIT_BATCH_SECONDS
+    ):
+        flush_transferred(event, gateway)
+        batch = None
+    if batch is None:
+        batch = _Transferred(caller, dataset, study)
+        setattr(event.assoc, _BATCH, batch)
+    batch.instances.append(sop_uid)
+    if getattr(event.assoc, _CLOSED, False):
+        flush_transferred(event, gateway)
+
+
+def on_connection_close(event: Any, gateway: Gateway) -> None:
+    """EVT_CONN_CLOSE: the batch is audited; a store still finishing is audited alone."""
+    setattr(event.assoc, _CLOSED, True)
+    flush_transferred(event, gateway)
+
+
+def flush_transferred(event: Any, gateway: Gateway) -> None:
+    """Audit the association's batch of stored instances, if any."""
+    with _flush_lock:  # the association's thread and its connection's close may both flush
+        batch: _Transferred | None = getattr(event.assoc, _BATCH, None)
+        setattr(event.assoc, _BATCH, None)
+    if batch is None:
+        return
+    entities = (f"study:{batch.study}", *(f"instance:{uid}" for uid in batch.instances))
+    audit(gateway, event, batch.caller, action="store", method="C-STORE", status=SUCCESS,
+          datasets=(batch.dataset,) if batch.dataset else (), entities=entities)  # fmt: skip
 
 
 def _ingest(gateway: Gateway, event: Any, dataset: str | None) -> tuple[int, str, str | None]:

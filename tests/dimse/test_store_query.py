@@ -5,6 +5,7 @@ matching, and the presentation contexts the SCP accepts (every storage SOP class
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -22,7 +23,9 @@ from tests.dimse.conftest import (
     read_responses,
     wait_for_audit,
     with_new_uids,
+    write_files,
 )
+from tests.helpers import cohort
 from tests.security.conftest import bearer, token
 
 # pydicom's test files, one per transfer syntax it ships, and the storescu option proposing it
@@ -106,6 +109,28 @@ def test_store_is_audited_with_dataset_and_study(
     assert "ResearchStudy/pacs-a" in entities
     names = [e.get("name", "") for e in event["entity"]]
     assert f"study:{stored['rle'].StudyInstanceUID}" in names
+
+
+def test_instances_stored_in_one_association_are_one_audit_event_per_study(
+    peers: Peers, tmp_path: Path
+) -> None:
+    """PS3.15 A.5.3.7: the instances an association stored into a study, in one event."""
+    first, second = cohort(instances_per_series=3), cohort(instances_per_series=2)
+    files = write_files(first + second, tmp_path / "files")
+    done = peers.gateway.run("storescu", calling="MODALITY", files=files)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for study in (first, second):
+        uid = study[0].StudyInstanceUID
+
+        def about(event: dict[str, Any], uid: str = uid) -> bool:
+            names = [e.get("name", "") for e in event.get("entity", [])]
+            return dimse_event("C-STORE", "MODALITY")(event) and f"study:{uid}" in names
+
+        event = wait_for_audit(peers.gateway.live, about)
+        names = {e.get("name", "") for e in event["entity"]}
+        assert {f"instance:{ds.SOPInstanceUID}" for ds in study} <= names
+        other = first if study is second else second
+        assert not names & {f"instance:{ds.SOPInstanceUID}" for ds in other}
 
 
 def _find(

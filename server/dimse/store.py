@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from server.dimse.session import (
     REFUSED_NOT_AUTHORISED,
@@ -139,10 +142,21 @@ def _ingest(gateway: Gateway, event: Any, dataset: str | None) -> tuple[int, str
     spool = gateway.journal.spool_dir()
     try:
         path = spool / "instance.dcm"
-        data = event.encoded_dataset(include_meta=True)
-        path.write_bytes(data)
-        item = IngestItem(path, hashlib.sha256(data).hexdigest())
-        del data
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID or "")
+        sop_instance = str(request.AffectedSOPInstanceUID or "")
+        head = PREAMBLE + file_meta(sop_class, sop_instance, str(event.context.transfer_syntax))
+        body = request.DataSet.getvalue()  # the data set as received, not decoded
+        with path.open("wb") as f:
+            f.write(head)
+            f.write(body)
+        sha256 = None
+        if gateway.ingest.keeps_sent_bytes(dataset):  # stored as sent: its hash is its ETag
+            digest = hashlib.sha256(head)
+            digest.update(body)
+            sha256 = digest.hexdigest()
+        del body
+        item = IngestItem(path, sha256, sent_uids=(sop_class, sop_instance))
         outcome = gateway.ingest.store_instances([item], None, dataset)[0]
     except ServiceUnavailable:
         return OUT_OF_RESOURCES, "the index is unavailable; try again later", None
@@ -157,6 +171,37 @@ def _ingest(gateway: Gateway, event: Any, dataset: str | None) -> tuple[int, str
     if outcome.failure is not None:
         return int(outcome.failure), (outcome.message or "")[:64], outcome.study_uid
     return SUCCESS, "", outcome.study_uid
+
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element of the File Meta Information (PS3.5 7.1.2)."""
+    tag = struct.pack("<HH", group_element >> 16, group_element & 0xFFFF)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def _even(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """The File Meta Information pynetdicom writes for a received C-STORE (PS3.10 7.1),
+    encoded directly: the same bytes as ``Event.encoded_dataset(include_meta=True)`` puts
+    before the data set, without building and writing a pydicom data set per instance."""
+    elements = b"".join((
+        _element(0x00020001, b"OB", b"\x00\x01"),
+        _element(0x00020002, b"UI", _even(sop_class, b"\x00")),
+        _element(0x00020003, b"UI", _even(sop_instance, b"\x00")),
+        _element(0x00020010, b"UI", _even(transfer_syntax, b"\x00")),
+        _element(0x00020012, b"UI", _even(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+        _element(0x00020013, b"SH", _even(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+    ))  # fmt: skip
+    return _element(0x00020000, b"UL", struct.pack("<I", len(elements))) + elements
 
 
 def _status(code: int, comment: str) -> Any:

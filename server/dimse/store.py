@@ -205,10 +205,11 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
 
 
 def _status(code: int, comment: str) -> Any:
+    if code == SUCCESS or not comment:
+        return code  # pynetdicom takes a bare status: no data set to build per instance
     from pydicom import Dataset
 
     status = Dataset()
     status.Status = code
-    if comment and code != SUCCESS:
-        status.ErrorComment = comment[:64]  # LO
+    status.ErrorComment = comment[:64]  # LO
     return status

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.dimse")
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
-AUDIT_BATCH_SECONDS = 2.0
+AUDIT_BATCH_SECONDS = 5.0  # as the audit log's own queue, a crash may lose this much
 AUDIT_BATCH_SIZE = 500
 _BATCH, _CLOSED = "_gateway_stored", "_gateway_closed"
 _flush_lock = threading.Lock()

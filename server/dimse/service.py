@@ -24,6 +24,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from server.dimse.find import handle_find
+from server.dimse.identifiers import install as install_identifiers
 from server.dimse.move import handle_get, handle_move
 from server.dimse.processes import SLOT_ATTR, SharedLoad, on_close, on_open, wait_for_turn
 from server.dimse.reactor import install as install_wakeups
@@ -215,6 +216,7 @@ class DimseService:
         self.server: ThreadedAssociationServer | None = None
         # pynetdicom's reactors wait for work instead of polling every millisecond
         self.wakeups = install_wakeups()
+        install_identifiers()  # C-FIND answers encoded from index rows pass through as they are
 
     def handlers(self) -> list[Any]:
         gw = self.gateway

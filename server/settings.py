@@ -242,7 +242,8 @@ class DimseSettings(BaseModel):
     # Listener processes sharing the port (associations spread over them, least busy
     # first); 0 (default) = as many as the HTTP workers (GATEWAY_WORKERS).
     processes: int = Field(default=0, ge=0, le=64)
-    max_pdu: int = Field(default=65536, ge=4096, le=2**24)  # 0 (unlimited) is not offered
+    # 1 MiB: a 512x512 CT slice arrives in one P-DATA PDU, not nine (each decoded in Python)
+    max_pdu: int = Field(default=1_048_576, ge=4096, le=2**24)  # 0 (unlimited) is not offered
     idle_timeout: float = Field(default=60.0, gt=0, le=3600)  # no PDU from the peer
     acse_timeout: float = Field(default=30.0, gt=0, le=600)  # association negotiation/release
     dimse_timeout: float = Field(default=60.0, gt=0, le=3600)  # a DIMSE message in progress

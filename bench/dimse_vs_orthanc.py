@@ -7,15 +7,21 @@ Both servers receive the same files from the same dcmtk clients on the same mach
    over one association and over ``--parallel`` associations. The gateway stores
    into a dataset with de-identification policy ``none`` and, separately, ``basic``;
    Orthanc runs with its default SQLite index and file storage, StorageCompression
-   off. Every pass starts a fresh server on an empty folder, stores a separate
+   off; the gateway runs its DIMSE listener in ``--dimse-processes`` processes
+   (serve's default: one per HTTP worker) and its server CPU is the sum over them.
+   Every pass starts a fresh server on an empty folder, stores a separate
    warm-up set, then times the corpus; the order of the passes alternates between
    rounds. Production durability defaults stay on (gateway: fsync of every stored
    file, SQLite ``synchronous=FULL``; Orthanc: its defaults).
 2. C-FIND: ``--find-instances`` small instances are stored into both (C-STORE,
    ``--find-load-parallel`` associations; file syncs off on both while loading, which
-   changes what a query costs not at all and the loading time a lot), then ``findscu`` study-level queries (PatientID,
-   StudyDate range, ModalitiesInStudy, PatientName prefix wildcard) are timed one
-   by one (one process and association per query, as a workstation does).
+   changes what a query costs not at all and the loading time a lot), once: the loaded
+   servers' folders stay in ``bench/.work/find-loaded-N/`` and later runs start both on
+   them again. Then both run at once and ``findscu`` study-level queries (PatientID,
+   StudyDate range, ModalitiesInStudy, PatientName prefix wildcard) are timed one by
+   one, interleaved (each query on one server, then on the other, who goes first
+   alternating: both meet the same load), one process and association per query, as
+   a workstation does.
 
     .venv/bin/python bench/dimse_vs_orthanc.py                      # full run
     .venv/bin/python bench/dimse_vs_orthanc.py --instances 300 --rounds 1 \\
@@ -131,7 +137,7 @@ class Target:
 
 def start_orthanc(work: Path, bulk_load: bool = False) -> Target:
     folder = work / "orthanc"
-    (folder / "db").mkdir(parents=True)
+    (folder / "db").mkdir(parents=True, exist_ok=True)  # a loaded corpus is started again
     http_port, dicom_port = free_port(), free_port()
     config = {
         "Name": "bench-orthanc",
@@ -177,7 +183,9 @@ def start_orthanc(work: Path, bulk_load: bool = False) -> Target:
     return target
 
 
-def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
+def start_gateway(
+    work: Path, policy: str, bulk_load: bool = False, processes: int = 1, setup: bool = True
+) -> Target:
     folder = work / "gateway"
     port = free_port()
     no_sync = {"GATEWAY_STOW__FSYNC": "false"} if bulk_load else {}
@@ -189,6 +197,7 @@ def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
             "GATEWAY_DIMSE__PORT": str(port),
             "GATEWAY_DIMSE__AE_TITLE": GATEWAY_AE,
             "GATEWAY_DIMSE__MAX_ASSOCIATIONS": "16",
+            "GATEWAY_DIMSE__PROCESSES": str(processes),
             **no_sync,
         },
     )
@@ -199,30 +208,33 @@ def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
             raise RuntimeError(f"{args}: {done.stdout} {done.stderr}")
         return done.stdout
 
-    cli(
-        "dataset",
-        "create",
-        "bench",
-        "--title",
-        "bench",
-        "--cancer-type",
-        "lung",
-        "--deidentify",
-        policy,
-    )
-    out = cli("clients", "add", "--name", "bench-scu", "--ae-title", CALLING, "--store", "bench")
-    client_id = next(line.split()[-1] for line in out.splitlines() if "client_id:" in line)
-    cli(
-        "daa",
-        "create",
-        "bench-daa",
-        "--dataset",
-        "bench",
-        "--condition",
-        "download",
-        "--client",
-        client_id,
-    )
+    if setup:  # not again on a data directory loaded before
+        cli(
+            "dataset",
+            "create",
+            "bench",
+            "--title",
+            "bench",
+            "--cancer-type",
+            "lung",
+            "--deidentify",
+            policy,
+        )
+        out = cli(
+            "clients", "add", "--name", "bench-scu", "--ae-title", CALLING, "--store", "bench"
+        )
+        client_id = next(line.split()[-1] for line in out.splitlines() if "client_id:" in line)
+        cli(
+            "daa",
+            "create",
+            "bench-daa",
+            "--dataset",
+            "bench",
+            "--condition",
+            "download",
+            "--client",
+            client_id,
+        )
     live.start()
     assert live.process is not None
     return Target(
@@ -230,10 +242,13 @@ def start_gateway(work: Path, policy: str, bulk_load: bool = False) -> Target:
     )
 
 
-def start(kind: str, work: Path, bulk_load: bool = False) -> Target:
+DIMSE_PROCESSES = [min(os.cpu_count() or 1, 4)]  # serve's default: one per HTTP worker
+
+
+def start(kind: str, work: Path, bulk_load: bool = False, setup: bool = True) -> Target:
     if kind == "orthanc":
         return start_orthanc(work, bulk_load)
-    return start_gateway(work, kind.split("/")[1], bulk_load)
+    return start_gateway(work, kind.split("/")[1], bulk_load, DIMSE_PROCESSES[0], setup)
 
 
 # ---------------------------------------------------------------------------- clients
@@ -276,15 +291,22 @@ def storescu(target: Target, files: list[Path], associations: int) -> tuple[floa
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of ``pid`` and its running descendants (the DIMSE listener processes)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def store_pass(kind: str, data: list[Path], warm: list[Path], associations: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dimse-bench-", dir=CACHE) as tmp:
         target = start(kind, Path(tmp))
         try:
-            _, warm_failures = storescu(target, warm, 1)
+            # every listener process warmed up (one association each, least busy first)
+            _, warm_failures = storescu(target, warm, max(associations, DIMSE_PROCESSES[0]))
             cpu0 = cpu_seconds(target.pid)
             seconds, failures = storescu(target, data, associations)
             cpu = cpu_seconds(target.pid) - cpu0
@@ -365,36 +387,68 @@ def pct(values: list[float], p: float) -> float:
 
 
 def find_pass(
-    kind: str,
+    kinds: list[str],
     files: list[Path],
     queries: list[tuple[str, dict[str, str]]],
     associations: int,
     warmup: int,
-) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="dimse-bench-", dir=CACHE) as tmp:
-        target = start(kind, Path(tmp), bulk_load=True)
-        try:
-            seconds, failures = storescu(target, files, associations)
-            log(f"{kind}: loaded {len(files)} instances in {seconds:.0f} s ({failures} failures)")
-            for _, keys in queries[:warmup]:
-                findscu(target, keys)
-            times: dict[str, list[float]] = {}
-            counts: dict[str, list[int]] = {}
-            for kind_name, keys in queries:
-                took, found = findscu(target, keys)
-                times.setdefault(kind_name, []).append(took * 1000)
-                counts.setdefault(kind_name, []).append(found)
-        finally:
+) -> dict[str, dict[str, Any]]:
+    """Both servers up at once on their loaded corpus, the queries interleaved one by one
+    (who goes first alternating), so that both meet the same load.
+
+    Each server is loaded once into ``bench/.work/find-loaded-N/`` and started on it again
+    by later runs (a ``loaded`` marker; delete the folder to load again)."""
+    work = CACHE / f"find-loaded-{len(files)}"
+    targets: dict[str, Target] = {}
+    loaded: dict[str, dict[str, Any]] = {}
+    try:
+        for kind in kinds:
+            folder = work / kind.replace("/", "-")
+            marker = folder / "loaded"
+            fresh = not marker.exists()
+            if fresh:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+            target = start(kind, folder, bulk_load=True, setup=fresh)
+            targets[kind] = target
+            if fresh:
+                seconds, failures = storescu(target, files, associations)
+                log(
+                    f"{kind}: loaded {len(files)} instances in {seconds:.0f} s ({failures} failures)"
+                )
+                if failures == 0:
+                    marker.write_text(json.dumps({"seconds": seconds}))
+                loaded[kind] = {"load_seconds": seconds, "load_failures": failures}
+            else:
+                loaded[kind] = {**json.loads(marker.read_text()), "reused": True}
+        for n, (_, keys) in enumerate(queries[:warmup]):
+            for kind in kinds if n % 2 == 0 else kinds[::-1]:
+                findscu(targets[kind], keys)
+        times: dict[str, dict[str, list[float]]] = {k: {} for k in kinds}
+        counts: dict[str, dict[str, list[int]]] = {k: {} for k in kinds}
+        loads: list[float] = []
+        for n, (kind_name, keys) in enumerate(queries):
+            for kind in kinds if n % 2 == 0 else kinds[::-1]:
+                took, found = findscu(targets[kind], keys)
+                times[kind].setdefault(kind_name, []).append(took * 1000)
+                counts[kind].setdefault(kind_name, []).append(found)
+            loads.append(float(load_average().split()[0]))
+    finally:
+        for target in targets.values():
             target.stop()
-    result: dict[str, Any] = {"load_seconds": seconds, "load_failures": failures, "kinds": {}}
-    for kind_name, values in times.items():
-        result["kinds"][kind_name] = {
-            "p50_ms": pct(values, 50),
-            "p95_ms": pct(values, 95),
-            "matches": sum(counts[kind_name]),
-        }
-    log(f"{kind}: C-FIND {json.dumps(result['kinds'])} (load {load_average()})")
-    return result
+    results: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        result: dict[str, Any] = {**loaded[kind], "kinds": {}}
+        for kind_name, values in times[kind].items():
+            result["kinds"][kind_name] = {
+                "p50_ms": pct(values, 50),
+                "p95_ms": pct(values, 95),
+                "matches": sum(counts[kind][kind_name]),
+            }
+        result["load_during_queries"] = f"{min(loads):.1f}-{max(loads):.1f}"
+        log(f"{kind}: C-FIND {json.dumps(result['kinds'])} (load {result['load_during_queries']})")
+        results[kind] = result
+    return results
 
 
 # ------------------------------------------------------------------------------- main
@@ -415,7 +469,14 @@ def main() -> None:
     parser.add_argument("--find-load-parallel", type=int, default=8)
     parser.add_argument("--skip-store", action="store_true")
     parser.add_argument("--skip-find", action="store_true")
+    parser.add_argument(
+        "--dimse-processes",
+        type=int,
+        default=DIMSE_PROCESSES[0],
+        help="the gateway's GATEWAY_DIMSE__PROCESSES (default: serve's, one per CPU, at most 4)",
+    )
     args = parser.parse_args()
+    DIMSE_PROCESSES[0] = args.dimse_processes
     CACHE.mkdir(parents=True, exist_ok=True)
     gateways = [f"gateway/{p}" for p in args.policies.split(",")]
     report: dict[str, Any] = {
@@ -460,14 +521,14 @@ def main() -> None:
         small = corpus("find16", args.find_instances, 16, 5, None)
         studies = study_keys(small)
         queries = make_queries(studies, args.queries, seed=7)
-        found = {
-            kind: find_pass(kind, small, queries, args.find_load_parallel, warmup=20)
-            for kind in ("orthanc", gateways[0])
-        }
+        found = find_pass(
+            ["orthanc", gateways[0]], small, queries, args.find_load_parallel, warmup=20
+        )
         report["find"] = found
         lines += [
             f"C-FIND (findscu, study level), {args.find_instances} instances"
-            f" ({len(studies)} studies), {args.queries} queries per kind, ms",
+            f" ({len(studies)} studies), {args.queries} queries per kind, interleaved, ms"
+            f" (load average during the queries {found['orthanc']['load_during_queries']})",
             "",
             "| query | orthanc p50 / p95 | gateway p50 / p95 | gateway/orthanc p50 | matches"
             " orthanc / gateway |",

@@ -73,7 +73,7 @@ class ExportProcess:
             self._watcher.join(timeout=5)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -85,7 +85,7 @@ def main() -> None:
     from server.app import build_gateway
     from server.logs import configure
 
-    _die_with_parent()
+    die_with_parent()
     parent = int(os.environ.get("GATEWAY_BULK_PARENT_PID", "0"))
     settings = Settings()
     configure(settings.log_level, settings.log_format)

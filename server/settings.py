@@ -250,8 +250,12 @@ class DimseSettings(BaseModel):
     port: int | None = Field(default=None, ge=0, le=65535)
     host: str | None = None  # bind address; default: GATEWAY_HOST
     ae_title: str = Field(default="GATEWAY", min_length=1, max_length=16)
-    max_associations: int = Field(default=10, ge=1, le=1000)
-    max_pdu: int = Field(default=65536, ge=4096, le=2**24)  # 0 (unlimited) is not offered
+    max_associations: int = Field(default=10, ge=1, le=1000)  # across all listener processes
+    # Listener processes sharing the port (associations spread over them, least busy
+    # first); 0 (default) = as many as the HTTP workers (GATEWAY_WORKERS).
+    processes: int = Field(default=0, ge=0, le=64)
+    # 1 MiB: a 512x512 CT slice arrives in one P-DATA PDU, not nine (each decoded in Python)
+    max_pdu: int = Field(default=1_048_576, ge=4096, le=2**24)  # 0 (unlimited) is not offered
     idle_timeout: float = Field(default=60.0, gt=0, le=3600)  # no PDU from the peer
     acse_timeout: float = Field(default=30.0, gt=0, le=600)  # association negotiation/release
     dimse_timeout: float = Field(default=60.0, gt=0, le=3600)  # a DIMSE message in progress

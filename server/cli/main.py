@@ -27,6 +27,7 @@ from server.cli.studies import studies
 
 if TYPE_CHECKING:
     from server.app import Gateway
+    from server.dimse.processes import DimseProcesses
     from server.dimse.service import DimseService
     from server.services.check import CheckPlan
     from server.settings import Settings
@@ -124,7 +125,7 @@ def serve(
     }
     if settings.zero_copy:  # httptools plus zero-copy file bodies (os.sendfile)
         options["http"] = PROTOCOL
-    dimse = _start_dimse(settings)
+    dimse = _start_dimse(settings, workers)
     try:
         if workers == 1:
             uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
@@ -133,26 +134,35 @@ def serve(
             uvicorn.run("server.app:app_from_environment", factory=True, workers=workers, **options)  # type: ignore[arg-type]
     finally:
         if dimse is not None:
-            dimse.stop()
-            dimse.gateway.close()
+            dimse.close()
 
 
-def _start_dimse(settings: Settings) -> DimseService | None:
-    """The DIMSE listener (GATEWAY_DIMSE__PORT), in this process, with its own components."""
+def _start_dimse(settings: Settings, workers: int) -> DimseService | DimseProcesses | None:
+    """The DIMSE listener (GATEWAY_DIMSE__PORT), with its own components: in this process,
+    or in GATEWAY_DIMSE__PROCESSES listener processes (default: one per HTTP worker)."""
     if settings.dimse.port is None:
         return None
     from server.app import build_gateway
+    from server.dimse.processes import DimseProcesses
     from server.dimse.service import DimseService
 
-    service = DimseService(build_gateway(settings))
+    processes = settings.dimse.processes or workers
     try:
-        service.start()
+        if processes > 1:
+            group = DimseProcesses(settings, processes)
+            group.start()
+            return group
+        service = DimseService(build_gateway(settings))
+        try:
+            service.start()
+        except OSError:
+            service.gateway.close()
+            raise
+        return service
     except OSError as exc:
-        service.gateway.close()
         raise click.ClickException(
             f"the DIMSE port {settings.dimse.port} cannot be opened: {exc}"
         ) from exc
-    return service
 
 
 @main.command("import")

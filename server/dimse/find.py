@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 
 from server.core.attributes import MATCHING_BY_TAG, MODALITIES_IN_STUDY, Level
 from server.core.qido import QidoQuery, parse_query
+from server.dimse.identifiers import encode_row
 from server.dimse.session import (
     IDENTIFIER_DOES_NOT_MATCH,
     REFUSED_NOT_AUTHORISED,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from server.app import Gateway
 
 PENDING, CANCEL = 0xFF00, 0xFE00
+EXPLICIT_LE, IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 RETRIEVE_URL = "00081190"
 LEVELS = {
     "PATIENT": Level.STUDY,
@@ -165,11 +167,18 @@ def handle_find(event: Any, gateway: Gateway) -> Iterator[tuple[Any, Dataset | N
         rows = search_all(gateway, request.query, caller.principal)
         if request.level_name == "PATIENT":
             rows = patients(rows)
+        ae_title = gateway.settings.dimse.ae_title
+        syntax = str(event.context.transfer_syntax)
+        direct = syntax in (EXPLICIT_LE, IMPLICIT_LE)  # what the SCP accepts for queries
         for row in rows:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, response(row, request, gateway.settings.dimse.ae_title)
+            encoded = None
+            if direct:
+                encoded = encode_row(row, request.requested, request.level_name, ae_title,
+                                     implicit=syntax == IMPLICIT_LE)  # fmt: skip
+            yield PENDING, encoded if encoded is not None else response(row, request, ae_title)
     except ServiceUnavailable as exc:  # the index cannot answer: not the peer's fault
         audit(gateway, event, caller, action="search", method="C-FIND",
               status=OUT_OF_RESOURCES, query=text)  # fmt: skip

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import socket
 import ssl
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +24,14 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from server.dimse.find import handle_find
+from server.dimse.identifiers import install as install_identifiers
 from server.dimse.move import handle_get, handle_move
+from server.dimse.processes import SLOT_ATTR, SharedLoad, on_close, on_open, wait_for_turn
 from server.dimse.reactor import install as install_wakeups
 from server.dimse.reactor import on_connection_close, on_connection_open
 from server.dimse.session import REFUSED_NOT_AUTHORISED, SUCCESS, audit, calling_ae
 from server.dimse.store import OUT_OF_RESOURCES, handle_store
+from server.dimse.store import on_connection_close as store_closed
 from server.settings import DimseSettings
 
 if TYPE_CHECKING:
@@ -97,9 +103,58 @@ def cheap_copies(contexts: list[PresentationContext]) -> None:
         context.__class__ = _SupportedContext
 
 
-def build_ae(gateway: Gateway) -> AE:
+class SharedLimitAE(RegisteredPeersAE):
+    """An AE whose association limit is the shared slots' (one of several listener processes).
+
+    pynetdicom rejects an association (transient, local limit exceeded) when its own
+    process has more acceptors than ``maximum_associations``; it asks from the
+    association's thread, so the answer here is that association's: unlimited if it
+    holds a shared slot (``processes.on_open``), none if every slot was taken.
+    """
+
+    @property
+    def maximum_associations(self) -> int:
+        holds = getattr(threading.current_thread(), SLOT_ATTR, None) is not None
+        return 1_000_000 if holds else 0
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        pass  # the shared slots decide (GATEWAY_DIMSE__MAX_ASSOCIATIONS of them)
+
+
+class _SharedSocketServer(ThreadedAssociationServer):
+    """An association server on a listening socket shared with other processes."""
+
+    shared: socket.socket
+    load: SharedLoad
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made: the shared one replaces it
+        self.socket = self.shared
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # already listening
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        if not wait_for_turn(self.shared, self.load):
+            raise BlockingIOError("a less busy process took the connection")
+        client, address = self.shared.accept()  # BlockingIOError if another process was first
+        client.setblocking(True)
+        self.load.accepted()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+    def server_close(self) -> None:
+        pass  # the socket belongs to the serving process: other processes still accept on it
+
+
+def build_ae(gateway: Gateway, shared_limit: bool = False) -> AE:
     settings = gateway.settings.dimse
-    ae = RegisteredPeersAE(gateway, settings.ae_title)
+    ae_class = SharedLimitAE if shared_limit else RegisteredPeersAE
+    ae = ae_class(gateway, settings.ae_title)
     ae.require_called_aet = True
     ae.maximum_associations = settings.max_associations
     ae.maximum_pdu_size = settings.max_pdu
@@ -143,6 +198,7 @@ def _on_rejected(event: Any, gateway: Gateway) -> None:
 
 
 def _on_accepted(event: Any, gateway: Gateway) -> None:
+    log.info("association from %r accepted (process %d)", calling_ae(event), os.getpid())
     audit(gateway, event, None, action="associate", method="A-ASSOCIATE", status=SUCCESS)
 
 
@@ -153,12 +209,14 @@ def _echo(event: Any) -> int:
 class DimseService:
     """Start and stop the listener (non-blocking; associations run in their own threads)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, load: SharedLoad | None = None) -> None:
         self.gateway = gateway
-        self.ae = build_ae(gateway)
+        self.load = load  # one of several listener processes (server.dimse.processes)
+        self.ae = build_ae(gateway, shared_limit=load is not None)
         self.server: ThreadedAssociationServer | None = None
         # pynetdicom's reactors wait for work instead of polling every millisecond
         self.wakeups = install_wakeups()
+        install_identifiers()  # C-FIND answers encoded from index rows pass through as they are
 
     def handlers(self) -> list[Any]:
         gw = self.gateway
@@ -170,28 +228,64 @@ class DimseService:
             (evt.EVT_C_GET, partial(handle_get, gateway=gw)),
             (evt.EVT_REJECTED, partial(_on_rejected, gateway=gw)),
             (evt.EVT_ACCEPTED, partial(_on_accepted, gateway=gw)),
+            (evt.EVT_CONN_CLOSE, partial(store_closed, gateway=gw)),
             *(
                 [(evt.EVT_CONN_OPEN, on_connection_open), (evt.EVT_CONN_CLOSE, on_connection_close)]
                 if self.wakeups
                 else []
             ),
+            *(
+                [
+                    (evt.EVT_CONN_OPEN, partial(on_open, load=self.load)),
+                    (evt.EVT_CONN_CLOSE, partial(on_close, load=self.load)),
+                ]
+                if self.load is not None
+                else []
+            ),
         ]
 
-    def start(self) -> tuple[str, int]:
+    def start(self, listener: socket.socket | None = None) -> tuple[str, int]:
+        """Listen on the DICOM port, or accept on ``listener`` (shared with other processes)."""
         settings = self.gateway.settings
         assert settings.dimse.port is not None
         host = settings.dimse.host or settings.host
-        self.server = self.ae.start_server(
-            (host, settings.dimse.port), block=False, evt_handlers=self.handlers(),
-            ssl_context=tls_context(settings.dimse),
-        )  # fmt: skip
+        if listener is None:
+            self.server = self.ae.start_server(
+                (host, settings.dimse.port), block=False, evt_handlers=self.handlers(),
+                ssl_context=tls_context(settings.dimse),
+            )  # fmt: skip
+        else:
+            assert self.load is not None
+            server_class = type(
+                "SharedSocketServer",
+                (_SharedSocketServer,),
+                {"shared": listener, "load": self.load},
+            )
+            self.server = self.ae.make_server(
+                (host, settings.dimse.port), evt_handlers=self.handlers(),
+                ssl_context=tls_context(settings.dimse), server_class=server_class,
+            )  # fmt: skip
+            threading.Thread(
+                target=self.server.serve_forever, name="AcceptorServer", daemon=True
+            ).start()
+            self.ae._servers.append(self.server)
         assert self.server is not None
         cheap_copies(self.server.contexts)
         address = self.server.server_address
-        log.info("DIMSE AE %s listening on %s:%d", settings.dimse.ae_title, address[0], address[1])
+        log.info("DIMSE AE %s listening on %s:%d (process %d)",
+                 settings.dimse.ae_title, address[0], address[1], os.getpid())  # fmt: skip
         return str(address[0]), int(address[1])
 
-    def stop(self) -> None:
+    def stop(self, abort: bool = False) -> None:
+        """Stop accepting; with ``abort``, abort the open associations too."""
         if self.server is not None:
+            if abort:
+                for assoc in self.server.active_associations:
+                    assoc.abort()
             self.server.shutdown()
             self.server = None
+
+    def close(self) -> None:
+        """Stop, and close the gateway this service was built with."""
+        self.stop()
+        self.gateway.close()

@@ -92,6 +92,10 @@ class IngestItem:
     path: Path
     sha256: str | None  # of the sent bytes; None: not taken while spooling (hashed if kept)
     content_type: str = "application/dicom"
+    # SOP Class and Instance UIDs the sender named beside the bytes (a C-STORE request's
+    # Affected SOP Class/Instance UID): with no study to match, the header is not parsed
+    # once more just to name them in an outcome
+    sent_uids: tuple[str, str] | None = None
 
 
 @dataclass
@@ -221,7 +225,9 @@ class IngestService:
             outcome.message = exc.message
             log.info("refused part: %s", exc.message)
             return None
-        if not policy.active:  # the engine parses the header once and hands it over
+        if not policy.active and study_uid is None and item.sent_uids is not None:
+            outcome.sop_class_uid, outcome.sop_uid = item.sent_uids
+        elif not policy.active:  # the engine parses the header once and hands it over
             sent_study = _sent_uids(item.path, outcome)
             if _study_mismatch(study_uid, sent_study, outcome):
                 return None

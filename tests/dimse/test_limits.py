@@ -1,5 +1,6 @@
 """Limits: a C-STORE association killed half-way leaves nothing half-stored; a silent peer
-neither blocks others nor keeps its slot; associations beyond the maximum are rejected."""
+neither blocks others nor keeps its slot; associations beyond the maximum are rejected.
+Each runs with the listener in one process and in two (the maximum holds across them)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ from tests.helpers import cohort
 from tests.security.conftest import add_client, bearer, cli_ok, token
 
 
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DimseGateway, str]]:
+@pytest.fixture(scope="module", params=["1", "2"], ids=["one-process", "two-processes"])
+def limited(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[DimseGateway, str]]:
     gw = start_dimse_gateway(
         tmp_path_factory.mktemp("limits") / "data",
+        GATEWAY_DIMSE__PROCESSES=request.param,
         GATEWAY_DIMSE__MAX_ASSOCIATIONS="2",
         GATEWAY_DIMSE__ACSE_TIMEOUT="2",
         GATEWAY_DIMSE__IDLE_TIMEOUT="6",  # short, but a loaded machine may pause a sender for seconds

@@ -4,7 +4,9 @@ matching, and the presentation contexts the SCP accepts (every storage SOP class
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -17,12 +19,15 @@ from server.dimse.service import STORAGE_TRANSFER_SYNTAXES
 from tests.dimse.conftest import (
     GATEWAY_AE,
     Peers,
+    audit_events,
     dataset_bytes,
     dimse_event,
     read_responses,
     wait_for_audit,
     with_new_uids,
+    write_files,
 )
+from tests.helpers import cohort
 from tests.security.conftest import bearer, token
 
 # pydicom's test files, one per transfer syntax it ships, and the storescu option proposing it
@@ -106,6 +111,38 @@ def test_store_is_audited_with_dataset_and_study(
     assert "ResearchStudy/pacs-a" in entities
     names = [e.get("name", "") for e in event["entity"]]
     assert f"study:{stored['rle'].StudyInstanceUID}" in names
+
+
+def test_instances_stored_in_one_association_are_one_audit_event_per_study(
+    peers: Peers, tmp_path: Path
+) -> None:
+    """PS3.15 A.5.3.7: the instances an association stored into a study, in one event
+    (or a few: a batch is written after 5 s at the latest)."""
+    first, second = cohort(instances_per_series=4), cohort(instances_per_series=2)
+    files = write_files(first + second, tmp_path / "files")
+    done = peers.gateway.run("storescu", calling="MODALITY", files=files)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for study, other in ((first, second), (second, first)):
+        uid = study[0].StudyInstanceUID
+
+        def about(event: dict[str, Any], uid: str = uid) -> bool:
+            names = [e.get("name", "") for e in event.get("entity", [])]
+            return dimse_event("C-STORE", "MODALITY")(event) and f"study:{uid}" in names
+
+        wait_for_audit(peers.gateway.live, about)
+        deadline = time.monotonic() + 15
+        while True:
+            events = [e for e in audit_events(peers.gateway.live) if about(e)]
+            listed = [
+                e["name"] for ev in events for e in ev["entity"]
+                if e.get("name", "").startswith("instance:")
+            ]  # fmt: skip
+            if len(listed) >= len(study) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sorted(listed) == sorted(f"instance:{ds.SOPInstanceUID}" for ds in study)
+        assert not set(listed) & {f"instance:{ds.SOPInstanceUID}" for ds in other}
+        assert len(events) < len(study), "one audit event per instance, not per study"
 
 
 def _find(

@@ -8,10 +8,11 @@ call, so an association that dies half-way leaves every earlier instance complet
 nothing of the one in flight.
 
 Audit: as PS3.15 A.5.3.7 ("DICOM Instances Transferred") has it, the instances an
-association stores into one study are one audit event (study, dataset and every SOP
-Instance UID), written when the association moves on to another study, when it ends
-(release, abort, a dead peer), or after ``AUDIT_BATCH_SECONDS`` / ``AUDIT_BATCH_SIZE``
-instances, whichever comes first; a refused or failed C-STORE is audited at once.
+association stores into one study are audited together: the first one at once (study,
+dataset, its SOP Instance UID), the later ones as one event written when the association
+moves on to another study, when it ends (release, abort, a dead peer), or after
+``AUDIT_BATCH_SECONDS`` / ``AUDIT_BATCH_SIZE`` instances, whichever comes first; a
+refused or failed C-STORE is audited at once.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.dimse")
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
-AUDIT_BATCH_SECONDS = 5.0  # as the audit log's own queue, a crash may lose this much
+AUDIT_BATCH_SECONDS = 5.0  # a crash may lose this much of a study's instance list
 AUDIT_BATCH_SIZE = 500
 _BATCH, _CLOSED = "_gateway_stored", "_gateway_closed"
 _flush_lock = threading.Lock()
@@ -113,8 +114,14 @@ def _transferred(
         flush_transferred(event, gateway)
         batch = None
     if batch is None:
+        # the first instance of a study on this association is audited at once, so that a
+        # crash can lose at most the list of the study's later instances, never the access
         batch = _Transferred(caller, dataset, study)
         setattr(event.assoc, _BATCH, batch)
+        audit(gateway, event, caller, action="store", method="C-STORE", status=SUCCESS,
+              datasets=(dataset,) if dataset else (),
+              entities=(f"study:{study}", f"instance:{sop_uid}"))  # fmt: skip
+        return
     batch.instances.append(sop_uid)
     if getattr(event.assoc, _CLOSED, False):
         flush_transferred(event, gateway)
@@ -131,7 +138,7 @@ def flush_transferred(event: Any, gateway: Gateway) -> None:
     with _flush_lock:  # the association's thread and its connection's close may both flush
         batch: _Transferred | None = getattr(event.assoc, _BATCH, None)
         setattr(event.assoc, _BATCH, None)
-    if batch is None:
+    if batch is None or not batch.instances:
         return
     entities = (f"study:{batch.study}", *(f"instance:{uid}" for uid in batch.instances))
     audit(gateway, event, batch.caller, action="store", method="C-STORE", status=SUCCESS,

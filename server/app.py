@@ -472,7 +472,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(gateway.recover)
         exporter = ExportProcess(settings) if settings.bulk.process else None
         if exporter is not None:  # export workers: a niced process of their own
-            gateway.bulk.clean()  # expired exports go now, not when that process is up
+            gateway.bulk.clean_at_start()  # expired exports go now, not when that process is up
             exporter.start()
         else:  # or threads of this process, never on the event loop
             gateway.bulk.start()

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from server.api.deps import audit_note, gateway, principal
-from server.errors import NotFound
+from server.errors import BadRequest, NotFound
 from server.security.enforce import require_admin
 
 router = APIRouter(prefix="/admin", tags=["Administration"])
@@ -32,6 +32,10 @@ async def start_reindex(
     keep_old: bool = Query(False, alias="keepOld", description="Keep the replaced indices."),
 ) -> JSONResponse:
     who = await _admin(request)
+    # the operation takes no body: one is read (and so capped like every body, 413 past the
+    # limit) and refused before anything is queued
+    if await request.body():
+        raise BadRequest("POST /admin/reindex takes no body (use the keepOld parameter)")
     runner = gateway(request).reindexer
     job = await run_in_threadpool(runner.queue, keep_old=keep_old, started_by=who)
     audit_note(request, entities=(f"reindex:{job.id}",))

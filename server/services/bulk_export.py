@@ -177,8 +177,16 @@ class BulkExportService:
         return job, self.outputs.open(job.id, name)
 
     # -- workers -----------------------------------------------------------
+    def clean_at_start(self) -> None:
+        """``clean``, but a store or database that cannot be reached now does not stop a
+        start (``/readyz`` names it; the workers clean again every 30 s)."""
+        try:
+            self.clean()
+        except Exception as exc:  # any backend's error: logged, retried by the workers
+            log.warning("bulk export clean-up postponed: %s", exc.__class__.__name__)
+
     def start(self) -> None:
-        self.clean()
+        self.clean_at_start()
         for n in range(self.settings.concurrency):
             thread = threading.Thread(target=self._loop, name=f"bulk-export-{n}", daemon=True)
             thread.start()

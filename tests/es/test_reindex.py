@@ -142,6 +142,10 @@ def test_a_reindex_queued_through_the_admin_api_runs_on_a_serving_gateway_and_re
     try:
         assert stow(live, [part10(ds) for ds in cohort(instances_per_series=5)]).status_code == 200
         before = _studies(live)
+        # the operation takes no body: one is refused and queues nothing
+        refused = httpx.post(f"{live.url}/admin/reindex", content=b'{"keepOld": true}')
+        assert refused.status_code == 400 and "no body" in refused.text, refused.text
+        assert httpx.get(f"{live.url}/admin/reindex").json()["jobs"] == []
         queued = httpx.post(f"{live.url}/admin/reindex")
         assert queued.status_code == 202, queued.text
         job = queued.json()

@@ -61,16 +61,22 @@ class ExportProcess:
 
     def stop(self) -> None:
         self._stop.set()
-        child = self._child
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        end_processes([self._child] if self._child is not None else [])
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+
+
+def end_processes(children: list[subprocess.Popen[bytes]], grace: float = 15) -> None:
+    """Terminate the children still running, wait ``grace`` seconds each, then kill."""
+    live = [child for child in children if child.poll() is None]
+    for child in live:
+        child.terminate()
+    for child in live:
+        try:
+            child.wait(grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
 
 def die_with_parent() -> None:

@@ -40,6 +40,7 @@ import threading
 import time
 from typing import Any
 
+from server.export_process import end_processes
 from server.settings import Settings
 
 log = logging.getLogger("gateway.dimse")
@@ -238,15 +239,7 @@ class DimseProcesses:
 
     def stop(self) -> None:
         self._stop.set()
-        live = [c for c in self._children if c is not None and c.poll() is None]
-        for child in live:
-            child.terminate()
-        for child in live:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        end_processes([c for c in self._children if c is not None])
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         if self.listener is not None:

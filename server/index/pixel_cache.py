@@ -23,6 +23,7 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
+ENTRY_OVERHEAD = 100  # an OrderedDict entry, its key object and a small value, roughly
 V = TypeVar("V")
 
 
@@ -43,24 +44,31 @@ class PixelIndexCache:
             self._entries.move_to_end(blob_key)
             return True, self._entries[blob_key]
 
+    @staticmethod
+    def _cost(blob_key: str, value: bytes | None) -> int:
+        """Bytes an entry holds: its value, its key and the entry itself (so that the
+        many ``None`` entries of instances without a table are bounded too)."""
+        return len(value or b"") + len(blob_key) + ENTRY_OVERHEAD
+
     def put(self, blob_key: str, value: bytes | None) -> None:
-        size = len(value or b"")
+        size = self._cost(blob_key, value)
         if size > self.max_bytes:
             return
         with self._lock:
-            old = self._entries.pop(blob_key, None)
-            self._bytes -= len(old or b"")
+            if blob_key in self._entries:
+                self._bytes -= self._cost(blob_key, self._entries.pop(blob_key))
             self._entries[blob_key] = value
             self._bytes += size
             while self._bytes > self.max_bytes and self._entries:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= len(dropped or b"")
+                key, dropped = self._entries.popitem(last=False)
+                self._bytes -= self._cost(key, dropped)
 
     def forget(self, blob_keys: list[str]) -> None:
         """Drop entries of blobs this process deleted (memory only: they are unreachable)."""
         with self._lock:
             for key in blob_keys:
-                self._bytes -= len(self._entries.pop(key, None) or b"")
+                if key in self._entries:
+                    self._bytes -= self._cost(key, self._entries.pop(key))
 
     def __len__(self) -> int:
         return len(self._entries)

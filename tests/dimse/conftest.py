@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pydicom.uid import generate_uid
 from server.security.audit import tail
 from server.synthetic import to_part10_bytes
 from tests.live import LiveServer, free_port
-from tests.security.conftest import Registered, add_client, cli_ok
+from tests.security.conftest import Registered, add_client, cli_ok, token
 
 GATEWAY_AE = "GATEWAY"
 TOOLS = ("echoscu", "storescu", "storescp", "findscu", "movescu", "getscu")
@@ -60,6 +61,21 @@ def start_dimse_gateway(data_dir: Path, **extra: str) -> DimseGateway:
         },
     )
     return DimseGateway(live, port)
+
+
+@contextmanager
+def site_gateway(data_dir: Path, **extra: str) -> Iterator[tuple[DimseGateway, str]]:
+    """A started DIMSE gateway with dataset "site", the AE MODALITY storing into it, and
+    an administrator's token; stopped afterwards."""
+    gw = start_dimse_gateway(data_dir, **extra)
+    cli_ok(gw.live, "dataset", "create", "site", "--title", "site", "--cancer-type", "lung")
+    add_client(gw.live, "modality", "--ae-title", "MODALITY", "--store", "site")
+    admin = add_client(gw.live, "admin", "--admin")
+    gw.live.start()
+    try:
+        yield gw, token(gw.live, admin)
+    finally:
+        gw.live.stop()
 
 
 @dataclass

@@ -14,30 +14,25 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.dimse.conftest import GATEWAY_AE, DimseGateway, start_dimse_gateway, write_files
+from tests.dimse.conftest import GATEWAY_AE, DimseGateway, site_gateway, write_files
 from tests.helpers import cohort
-from tests.security.conftest import add_client, bearer, cli_ok, token
+from tests.security.conftest import bearer
 
 
 @pytest.fixture(scope="module", params=["1", "2"], ids=["one-process", "two-processes"])
 def limited(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[DimseGateway, str]]:
-    gw = start_dimse_gateway(
-        tmp_path_factory.mktemp("limits") / "data",
-        GATEWAY_DIMSE__PROCESSES=request.param,
-        GATEWAY_DIMSE__MAX_ASSOCIATIONS="2",
-        GATEWAY_DIMSE__ACSE_TIMEOUT="2",
-        GATEWAY_DIMSE__IDLE_TIMEOUT="6",  # short, but a loaded machine may pause a sender for seconds
-    )
-    cli_ok(gw.live, "dataset", "create", "site", "--title", "site", "--cancer-type", "lung")
-    add_client(gw.live, "modality", "--ae-title", "MODALITY", "--store", "site")
-    admin = add_client(gw.live, "admin", "--admin")
-    gw.live.start()
-    try:
-        yield gw, token(gw.live, admin)
-    finally:
-        gw.live.stop()
+    with (
+        site_gateway(
+            tmp_path_factory.mktemp("limits") / "data",
+            GATEWAY_DIMSE__PROCESSES=request.param,
+            GATEWAY_DIMSE__MAX_ASSOCIATIONS="2",
+            GATEWAY_DIMSE__ACSE_TIMEOUT="2",
+            GATEWAY_DIMSE__IDLE_TIMEOUT="6",  # short, but a loaded machine may pause a sender for seconds
+        ) as started
+    ):
+        yield started
 
 
 def _counts(gw: DimseGateway, admin_token: str) -> dict[str, int]:

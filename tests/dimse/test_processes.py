@@ -16,9 +16,15 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from tests.dimse.conftest import GATEWAY_AE, DimseGateway, start_dimse_gateway, write_files
+from tests.dimse.conftest import (
+    GATEWAY_AE,
+    DimseGateway,
+    site_gateway,
+    start_dimse_gateway,
+    write_files,
+)
 from tests.helpers import cohort
-from tests.security.conftest import add_client, bearer, cli_ok, token
+from tests.security.conftest import bearer
 
 PROCESSES = 2
 _LISTENING = re.compile(r"DIMSE AE \S+ listening on \S+ \(process (\d+)\)")
@@ -27,18 +33,9 @@ _ACCEPTED = re.compile(r"association from 'MODALITY' accepted \(process (\d+)\)"
 
 @pytest.fixture(scope="module")
 def spread(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DimseGateway, str]]:
-    gw = start_dimse_gateway(
-        tmp_path_factory.mktemp("processes") / "data",
-        GATEWAY_DIMSE__PROCESSES=str(PROCESSES),
-    )
-    cli_ok(gw.live, "dataset", "create", "site", "--title", "site", "--cancer-type", "lung")
-    add_client(gw.live, "modality", "--ae-title", "MODALITY", "--store", "site")
-    admin = add_client(gw.live, "admin", "--admin")
-    gw.live.start()
-    try:
-        yield gw, token(gw.live, admin)
-    finally:
-        gw.live.stop()
+    data = tmp_path_factory.mktemp("processes") / "data"
+    with site_gateway(data, GATEWAY_DIMSE__PROCESSES=str(PROCESSES)) as started:
+        yield started
 
 
 def _log(gw: DimseGateway) -> str:

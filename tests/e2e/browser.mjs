@@ -13,7 +13,7 @@
 //   }
 // Prints one JSON object on stdout; diagnostics go to stderr.
 
-import { launch, pngStats, skipTour, waitForTexts } from './browser_common.mjs';
+import { launch, pngStats, recordRequests, skipTour, waitForTexts } from './browser_common.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -47,30 +47,7 @@ try {
   browser = await launch(spec, outDir, timeoutMs, result);
   const { context, page } = browser;
 
-  context.on('request', req => {
-    if (!isDicomweb(req.url())) return;
-    const h = req.headers();
-    result.requests.push({
-      method: req.method(),
-      url: req.url(),
-      accept: h['accept'] ?? null,
-      resourceType: req.resourceType(),
-      atMs: Date.now() - t0,
-    });
-  });
-  context.on('requestfinished', async req => {
-    if (!isDicomweb(req.url())) return;
-    const resp = await req.response().catch(() => null);
-    const entry = result.requests.findLast(r => r.url === req.url() && r.status === undefined);
-    if (entry && resp) {
-      entry.status = resp.status();
-      const rh = await resp.allHeaders().catch(() => ({}));
-      entry.contentType = rh['content-type'] ?? null;
-    }
-  });
-  context.on('requestfailed', req => {
-    result.failedRequests.push({ url: req.url(), failure: req.failure()?.errorText ?? null });
-  });
+  recordRequests(context, result, isDicomweb, t0);
 
   // 1. study list
   const listStart = Date.now();

@@ -101,3 +101,31 @@ export async function pngStats(page, buf) {
     };
   }, buf.toString('base64'));
 }
+
+// Record the context's requests whose URL passes keep(url) in result.requests (method,
+// URL, Accept, resource type, time since t0; status and Content-Type once answered) and
+// every failed request in result.failedRequests.
+export function recordRequests(context, result, keep, t0) {
+  context.on('request', req => {
+    if (!keep(req.url())) return;
+    result.requests.push({
+      method: req.method(),
+      url: req.url(),
+      accept: req.headers()['accept'] ?? null,
+      resourceType: req.resourceType(),
+      atMs: Date.now() - t0,
+    });
+  });
+  context.on('requestfinished', async req => {
+    if (!keep(req.url())) return;
+    const resp = await req.response().catch(() => null);
+    const entry = result.requests.findLast(r => r.url === req.url() && r.status === undefined);
+    if (entry && resp) {
+      entry.status = resp.status();
+      entry.contentType = (await resp.allHeaders().catch(() => ({})))['content-type'] ?? null;
+    }
+  });
+  context.on('requestfailed', req => {
+    result.failedRequests.push({ url: req.url(), failure: req.failure()?.errorText ?? null });
+  });
+}

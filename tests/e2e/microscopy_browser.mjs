@@ -14,7 +14,7 @@
 // taken once the tiles are drawn (or at the time-out).
 // Chromium is started as browser.mjs starts it.
 
-import { launch, pngStats, skipTour } from './browser_common.mjs';
+import { launch, pngStats, recordRequests, skipTour } from './browser_common.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -30,23 +30,7 @@ let browser;
 try {
   browser = await launch(spec, spec.outDir, timeoutMs, result);
   const { context, page } = browser;
-  context.on('request', req => {
-    if (isDicomweb(req.url())) {
-      result.requests.push({ method: req.method(), url: req.url(), accept: req.headers()['accept'] ?? null });
-    }
-  });
-  context.on('requestfinished', async req => {
-    if (!isDicomweb(req.url())) return;
-    const resp = await req.response().catch(() => null);
-    const entry = result.requests.findLast(r => r.url === req.url() && r.status === undefined);
-    if (entry && resp) {
-      entry.status = resp.status();
-      entry.contentType = (await resp.allHeaders().catch(() => ({})))['content-type'] ?? null;
-    }
-  });
-  context.on('requestfailed', req => {
-    result.failedRequests.push({ url: req.url(), failure: req.failure()?.errorText ?? null });
-  });
+  recordRequests(context, result, isDicomweb, t0);
 
   await page.goto(spec.url, { waitUntil: 'domcontentloaded' });
   log('page loaded');

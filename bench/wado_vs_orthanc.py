@@ -1,14 +1,16 @@
 """WADO-RS retrieval: this gateway vs Orthanc vs nginx serving the same bytes, one run.
 
 Starts, on fixed loopback ports (``--port-base``, default 18600: Orthanc HTTP +0 and
-DICOM +1, the gateway +2, nginx +3, a second gateway +4), Orthanc 1.x with its DICOMweb plugin (Debian
-packages, default SQLite index and file storage, authentication off), the gateway
-(``imaging-gateway serve``, ``--workers`` processes, development mode: authorisation off
-like Orthanc's, de-identification off; the same data served a second time with
-``GATEWAY_ZERO_COPY=true``, column "zero-copy") and nginx (``sendfile on``, ``--workers``
-processes) serving, as one static file per series, the exact multipart body the gateway
-answers for that series. The same synthetic CT series (``--instances`` slices of
-256x256 and of 512x512, 16-bit, Explicit VR LE) go into both archives.
+DICOM +1, the gateway +2, nginx +3, a second gateway +4), Orthanc 1.x with its DICOMweb
+plugin (Debian packages, default SQLite index and file storage, authentication off), the
+gateway (``imaging-gateway serve``, ``--workers`` processes, development mode:
+authorisation off like Orthanc's, de-identification off; as shipped, so stored files go
+out by ``os.sendfile``; the same data served a second time with
+``GATEWAY_ZERO_COPY=false``, column "copying": the path taken behind TLS) and nginx
+(``sendfile on``, ``--workers`` processes) serving, as one static file per series at the
+same path, the exact multipart body the gateway answers for that series, with its
+Content-Type. The same synthetic CT series (``--instances`` slices of 256x256 and of
+512x512, 16-bit, Explicit VR LE) go into both archives.
 
 Then, rounds interleaved server by server so that load from other jobs hits all alike:
 
@@ -16,6 +18,7 @@ Then, rounds interleaved server by server so that load from other jobs hits all 
   stream fetching the series ``--repeats`` times: MB/s of body;
 * the same at 1 stream through dicomweb-client (``retrieve_series``, parsed datasets),
   and that client's own CPU time per MB (whether the server's framing makes it work more);
+  nginx too, whose static answer is the bound of what any server can give this client;
 * at 1 stream, CPU time per MB of the server's processes (``/proc``) and of curl;
 * frames: frame 1 of every instance of the 512x512 series, one curl process, one kept-alive
   connection, ``application/octet-stream; transfer-syntax=*``: frames/s;
@@ -110,9 +113,16 @@ def _start_orthanc(work: Path, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
-def _start_nginx(work: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+def _start_nginx(
+    work: Path, port: int, workers: int, types: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """nginx serving ``work/static``; ``types``: a Content-Type for some paths (each series
+    body with its boundary, so that dicomweb-client can read it as a WADO-RS answer)."""
     root = work / "static"
     conf = work / "nginx.conf"
+    locations = "".join(
+        f"    location = {path} {{ default_type '{ctype}'; }}\n" for path, ctype in types.items()
+    )
     conf.write_text(f"""
 worker_processes {workers};
 daemon off;
@@ -130,7 +140,9 @@ http {{
     scgi_temp_path {work}/nginx-tmp;
     types {{ }}
     default_type application/octet-stream;
-    server {{ listen 127.0.0.1:{port}; root {root}; }}
+    server {{
+    listen 127.0.0.1:{port}; root {root};
+{locations}    }}
 }}
 """)
     process = subprocess.Popen(["nginx", "-c", str(conf)], start_new_session=True)
@@ -240,26 +252,30 @@ def main() -> None:
         gateway = LiveServer(work / "gw", port=port + 2, extra_env={
             "GATEWAY_WORKERS": str(args.workers), "GATEWAY_LOG_LEVEL": "warning"})  # fmt: skip
         gateway.start()
-        (work / "static").mkdir()
-        nginx = _start_nginx(work, port + 3, args.workers)
-        zerocopy = LiveServer(work / "gw", port=port + 4, name="zerocopy", extra_env={
+        copying = LiveServer(work / "gw", port=port + 4, name="copying", extra_env={
             "GATEWAY_WORKERS": str(args.workers), "GATEWAY_LOG_LEVEL": "warning",
-            "GATEWAY_ZERO_COPY": "true"})  # fmt: skip
+            "GATEWAY_ZERO_COPY": "false"})  # fmt: skip
         bases = {"orthanc": f"http://127.0.0.1:{port}/dicom-web", "gateway": gateway.dicomweb,
-                 "zerocopy": zerocopy.dicomweb}  # fmt: skip
+                 "copying": copying.dicomweb, "nginx": f"http://127.0.0.1:{port + 3}"}  # fmt: skip
+        nginx = None
         try:
+            types = {}
             for s in series:
-                for base in (bases["orthanc"], bases["gateway"]):  # "zerocopy": the same data
+                for base in (bases["orthanc"], bases["gateway"]):  # "copying": the same data
                     _stow(base, s.files)
-                body = httpx.get(f"{gateway.dicomweb}/studies/{s.study}/series/{s.series}",
-                                 headers={"Accept": SERIES_ACCEPT}, timeout=300).content  # fmt: skip
-                (work / "static" / s.series).write_bytes(body)
-            zerocopy.start()
+                path = f"/studies/{s.study}/series/{s.series}"
+                answer = httpx.get(f"{gateway.dicomweb}{path}", headers={"Accept": SERIES_ACCEPT},
+                                   timeout=300)  # fmt: skip
+                static = work / "static" / path.lstrip("/")
+                static.parent.mkdir(parents=True, exist_ok=True)
+                static.write_bytes(answer.content)
+                types[path] = answer.headers["content-type"]
+            nginx = _start_nginx(work, port + 3, args.workers, types)
+            copying.start()
             urls = {name: {s.name: f"{b}/studies/{s.study}/series/{s.series}" for s in series}
                     for name, b in bases.items()}  # fmt: skip
-            urls["nginx"] = {s.name: f"http://127.0.0.1:{port + 3}/{s.series}" for s in series}
             pids = {"orthanc": orthanc.pid, "nginx": nginx.pid}
-            for name, live in (("gateway", gateway), ("zerocopy", zerocopy)):
+            for name, live in (("gateway", gateway), ("copying", copying)):
                 assert live.process is not None
                 pids[name] = live.process.pid
             load_before = os.getloadavg()
@@ -271,7 +287,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for s in series[:2]:
                     for streams in (1, 4):
-                        for name in ("orthanc", "gateway", "zerocopy", "nginx"):
+                        for name in ("orthanc", "gateway", "copying", "nginx"):
                             server_cpu, before = _tree_cpu(pids[name]), _children_cpu()
                             mbs = _curl_parallel(
                                 urls[name][s.name], SERIES_ACCEPT, streams, args.repeats
@@ -285,7 +301,7 @@ def main() -> None:
                                        server_ms)  # fmt: skip
                                 record((f"{s.name} series, 1 stream, curl CPU ms per MB", name),
                                        client_ms)  # fmt: skip
-                for name in ("orthanc", "gateway", "zerocopy"):
+                for name in ("orthanc", "gateway", "copying", "nginx"):
                     client = DICOMwebClient(bases[name])
                     s = series[1]
                     size = sum(len(f) for f in s.files)
@@ -303,6 +319,8 @@ def main() -> None:
                         ("CT 512 series, dicomweb-client CPU ms per MB", name),
                         (time.process_time() - cpu) * 1000 / (size / 1e6),
                     )
+                    if name == "nginx":  # (the static files are whole series only)
+                        continue
                     frame_urls = [
                         f"{urls[name]['CT 512']}/instances/{sop}/frames/1" for sop in s.sops
                     ]
@@ -316,28 +334,29 @@ def main() -> None:
                                _p50_ms(lambda http=http, meta=meta: http.get(meta).raise_for_status()))  # fmt: skip
             load_after = os.getloadavg()
         finally:
-            zerocopy.stop()
+            copying.stop()
             gateway.stop()
             for p in (orthanc, nginx):
-                p.terminate()
-                p.wait(30)
+                if p is not None:
+                    p.terminate()
+                    p.wait(30)
     print(f"load average before {tuple(round(x, 1) for x in load_before)}, after "
           f"{tuple(round(x, 1) for x in load_after)}; {args.instances} slices a series, "
           f"{args.rounds} rounds, gateway and nginx with {args.workers} workers")  # fmt: skip
     print("(rows in ms: the ratios are the other's / the gateway's, so above 1 is the gateway"
           " doing better, as on the other rows)")  # fmt: skip
-    print("| measure | Orthanc | gateway | zero-copy | nginx | gateway/Orthanc"
-          " | gateway/nginx | zero-copy/gateway |")  # fmt: skip
+    print("| measure | Orthanc | gateway | copying | nginx | gateway/Orthanc"
+          " | gateway/nginx | copying/gateway |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for measure in dict.fromkeys(k for k, _ in results):
         row = {
             name: statistics.median(results[(measure, name)])
-            for name in ("orthanc", "gateway", "zerocopy", "nginx")
+            for name in ("orthanc", "gateway", "copying", "nginx")
             if (measure, name) in results
         }
-        o, g, p, n = (row.get(k) for k in ("orthanc", "gateway", "zerocopy", "nginx"))
+        o, g, p, n = (row.get(k) for k in ("orthanc", "gateway", "copying", "nginx"))
         ratio_o = (o / g if "ms" in measure else g / o) if o and g else None
-        ratio_p = (g / p if "ms" in measure else p / g) if p and g else None
+        ratio_p = (g / p if "ms" in measure else p / g) if p and g else None  # copying / gateway
         ratio_n = (n / g if "ms" in measure else g / n) if n and g else None
         cells = [f"{v:.1f}" if v is not None else "" for v in (o, g, p, n)]
         cells += [f"{r:.2f}" if r is not None else "" for r in (ratio_o, ratio_n, ratio_p)]

@@ -450,10 +450,10 @@ class Settings(BaseSettings):
     # Server processes; 0 = one per CPU, at most 4. Each process is a full gateway
     # sharing the data directory (SQLite serialises writers across processes).
     workers: int = Field(default=0, ge=0, le=64)
-    # Stored files of WADO-RS responses sent by os.sendfile (zero-copy, server/serving.py).
-    # Off by default: it halves the server's CPU per MB, but a client on the same host
-    # pays more per MB: 0.44-1.33x as fast in bench/wado_vs_orthanc.py, mostly below 1 (README).
-    zero_copy: bool = False
+    # Stored files of WADO-RS responses sent by os.sendfile (zero-copy, server/serving.py):
+    # less server CPU per MB and faster downloads (bench/wado_vs_orthanc.py, README). Off:
+    # Python reads and writes the bytes (as behind TLS, where sendfile cannot be used).
+    zero_copy: bool = True
     # Dataset (ResearchStudy id) that instances stored without naming one belong to.
     default_dataset: str | None = None
     index: str = "sqlite"

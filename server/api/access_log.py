@@ -26,7 +26,7 @@ from server.metrics import observe_request
 
 log = logging.getLogger("gateway.access")
 HEADER = "X-Request-ID"
-_BODY = ("http.response.body", "http.response.zerocopysend")  # the latter: server/serving.py
+_BODY = ("http.response.body", "gateway.http.response.files")  # the latter: server/serving.py
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 
 
@@ -112,7 +112,11 @@ class AccessLogMiddleware:
                     len(message.get("body", b"")) if "body" in message else message["count"]
                 )
                 if not message.get("more_body", False):
-                    self._log(scope, rid, seen, started)
+                    try:
+                        await send(message)
+                    finally:
+                        self._log(scope, rid, seen, started)  # the time includes the body
+                    return
             await send(message)
 
         try:

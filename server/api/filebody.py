@@ -1,10 +1,11 @@
 """Responses whose body is framing bytes and whole stored files, its length known up front.
 
 With a ``Content-Length`` the server writes each body message as it is (no chunked
-framing, which copies every chunk). Where the server offers the ASGI
-``http.response.zerocopysend`` extension (``server/serving.py``), each file goes by a
-zero-copy send and Python never touches its bytes; elsewhere (another ASGI server, the
-test client) the files are read in a worker thread and streamed.
+framing, which copies every chunk). Where the server offers the gateway's
+``gateway.http.response.files`` extension (``server/serving.py``: ``serve`` with
+``GATEWAY_ZERO_COPY``, plain TCP), the whole body is one message and every file goes by
+``os.sendfile``, Python never touching its bytes; elsewhere (TLS, another ASGI server,
+the test client) the files are read in a worker thread and streamed.
 
 A file that vanished or changed size after the length was computed cannot keep the promise
 of the header: the response is abandoned (the connection closes, so the client sees a short
@@ -22,10 +23,9 @@ from starlette.types import Receive, Scope, Send
 
 from server.core.multipart import coalesce
 from server.services.retrieve import BATCH, CHUNK, StoredFile
-from server.serving import ZEROCOPY
+from server.serving import FILES
 
 log = logging.getLogger("gateway.retrieve")
-INLINE = 16 * 1024  # files this small are read and sent with the framing around them
 
 Piece = bytes | StoredFile
 
@@ -41,27 +41,16 @@ def body_length(pieces: Sequence[Piece]) -> int:
 def file_body_response(scope: Scope, pieces: Sequence[Piece], media_type: str) -> Response:
     """The body of ``pieces`` with its Content-Length: zero-copy if the server offers it."""
     headers = {"Content-Length": str(body_length(pieces))}
-    if ZEROCOPY in (scope.get("extensions") or {}):
-        return ZeroCopyResponse(pieces, media_type, headers)
+    if FILES in (scope.get("extensions") or {}):
+        return FilesResponse(pieces, media_type, headers)
     return StreamingResponse(coalesce(read_pieces(pieces), BATCH), media_type=media_type,
                              headers=headers)  # fmt: skip
 
 
 def _changed(piece: StoredFile) -> FileBodyChanged:
-    log.error("stored file %s changed during a response; response abandoned", piece.path.name)
-    return FileBodyChanged(piece.path.name)
-
-
-def _read(piece: StoredFile) -> bytes:
-    """A small file whole (ZeroCopyResponse inlines those)."""
-    try:
-        with open(piece.path, "rb") as f:
-            data = f.read(piece.size + 1)
-    except FileNotFoundError:
-        data = b""
-    if len(data) != piece.size:
-        raise _changed(piece)
-    return data
+    name = os.path.basename(piece.path)
+    log.error("stored file %s changed during a response; response abandoned", name)
+    return FileBodyChanged(name)
 
 
 def _chunks(piece: StoredFile) -> Iterator[bytes]:
@@ -91,39 +80,14 @@ def read_pieces(pieces: Sequence[Piece]) -> Iterator[bytes]:
             yield from _chunks(piece)
 
 
-class ZeroCopyResponse(Response):
-    """Framing bytes as body messages, each file as one ``zerocopysend`` message."""
+class FilesResponse(Response):
+    """The whole body as one ``gateway.http.response.files`` message (server/serving.py)."""
 
     def __init__(self, pieces: Sequence[Piece], media_type: str, headers: dict[str, str]):
-        self.pieces = pieces
+        self.pieces = pieces  # StoredFile is a (path, size) tuple, as the server wants
+        self.count = body_length(pieces)
         super().__init__(None, 200, headers, media_type)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        pending: list[bytes] = []
-        for piece in self.pieces:
-            if isinstance(piece, bytes):
-                pending.append(piece)
-            elif piece.size <= INLINE:
-                pending.append(_read(piece))
-            else:
-                await self._send_file(send, piece, b"".join(pending))
-                pending = []
-        await send({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
-
-    @staticmethod
-    async def _send_file(send: Send, piece: StoredFile, before: bytes) -> None:
-        try:
-            f = open(piece.path, "rb")  # noqa: SIM115 (closed below)
-        except FileNotFoundError:
-            f = None
-        try:
-            if f is None or os.fstat(f.fileno()).st_size != piece.size:
-                raise _changed(piece)
-            if before:
-                await send({"type": "http.response.body", "body": before, "more_body": True})
-            await send({"type": ZEROCOPY, "file": f, "offset": 0, "count": piece.size,
-                        "more_body": True})  # fmt: skip
-        finally:
-            if f is not None:
-                f.close()
+        await send({"type": FILES, "pieces": self.pieces, "count": self.count})

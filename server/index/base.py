@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from server.core.federation.plan import Expr
 from server.core.qido import QidoQuery
@@ -27,9 +27,9 @@ class AddResult:
     replaced_blob_key: str | None = None
 
 
-@dataclass(frozen=True)
-class StoredInstance:
-    """What retrieval needs to find and serve one instance's bytes."""
+class StoredInstance(NamedTuple):
+    """What retrieval needs to find and serve one instance's bytes (a named tuple: a series
+    of thousands is built per request, and a tuple is several times cheaper to make)."""
 
     study_uid: str
     series_uid: str

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -395,7 +394,7 @@ class ElasticsearchIndex:
             return None
         cached, pixel_index = self.pixel_indexes.get(source["blob_key"])
         if cached:
-            return replace(_stored(head), pixel_index=pixel_index)
+            return _stored(head)._replace(pixel_index=pixel_index)
         try:
             full = _stored(
                 dict(self.es.get(index=index, id=sop_uid, source_includes=_INSTANCE_FIELDS))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -35,11 +34,11 @@ CHUNK = 4 * 1024 * 1024
 BATCH = 1024 * 1024  # bytes per chunk handed to the server, at least (see coalesce)
 
 
-@dataclass(frozen=True)
-class StoredFile:
-    """A whole stored file that goes out as it is (the server may send it without a copy)."""
+class StoredFile(NamedTuple):
+    """A whole stored file that goes out as it is (the server may send it without a copy);
+    a plain (path, size) tuple for the server (``server/serving.py``)."""
 
-    path: Path
+    path: str
     size: int
 
 
@@ -124,19 +123,26 @@ class RetrieveService:
         so that its length is known before the first byte; None unless every instance goes
         out as stored, from a file on this machine. A blob missing now leaves out its part,
         as in the stream (and the length does not count it)."""
-        if not all(self._wanted(inst, transfer_syntax) is None for inst in instances):
+        if transfer_syntax != "*" and not all(
+            self._wanted(inst, transfer_syntax) is None for inst in instances
+        ):
             return None
         files = self.store.local_files([inst.blob_key for inst in instances])
         if files is None:
             return None
         pieces: list[bytes | StoredFile] = []
+        heads: dict[tuple[str, int], bytes] = {}  # the slices of a series mostly share both
         tail = b""
         for inst, found in zip(instances, files, strict=True):
             if found is None:
                 log.error("blob %s of %s is missing; run 'check'", inst.blob_key, inst.sop_uid)
                 continue
-            ctype = f"application/dicom; transfer-syntax={inst.transfer_syntax}"
-            pieces.append(tail + write_part_header(boundary, ctype, found[1]))
+            key = (inst.transfer_syntax, found[1])
+            head = heads.get(key)
+            if head is None:
+                ctype = f"application/dicom; transfer-syntax={key[0]}"
+                head = heads[key] = b"\r\n" + write_part_header(boundary, ctype, key[1])
+            pieces.append(head if tail else head[2:])
             pieces.append(StoredFile(*found))
             tail = b"\r\n"
         pieces.append(tail + close_delimiter(boundary))

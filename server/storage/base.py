@@ -23,7 +23,7 @@ class BlobStore(Protocol):
 
     def size(self, key: str) -> int: ...
 
-    def local_files(self, keys: Sequence[str]) -> list[tuple[Path, int] | None] | None:
+    def local_files(self, keys: Sequence[str]) -> list[tuple[str, int] | None] | None:
         """Each blob's file on this machine and its size (None: missing), for responses the
         server sends from the file itself; None when the store keeps no such files."""
 

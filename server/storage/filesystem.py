@@ -121,12 +121,18 @@ class FilesystemBlobStore:
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 
-    def local_files(self, keys: Sequence[str]) -> list[tuple[Path, int] | None] | None:
-        found: list[tuple[Path, int] | None] = []
+    def local_files(self, keys: Sequence[str]) -> list[tuple[str, int] | None] | None:
+        """Plain string paths, checked like :meth:`path` (which, being public, is metered:
+        a series of thousands of files would pay that per file)."""
+        found: list[tuple[str, int] | None] = []
+        base = str(self.blobs)
+        stat = os.stat
         for key in keys:
-            path = self.path(key)
+            if "/" in key or "\\" in key or key.startswith(".") or not key:
+                raise ValueError(f"invalid blob key {key!r}")
+            path = f"{base}/{key[:2]}/{key[2:4]}/{key}"
             try:
-                found.append((path, os.stat(path).st_size))
+                found.append((path, stat(path).st_size))
             except FileNotFoundError:
                 found.append(None)
         return found

@@ -298,7 +298,7 @@ class S3BlobStore:
             raise
         return True
 
-    def local_files(self, keys: Sequence[str]) -> list[tuple[Path, int] | None] | None:
+    def local_files(self, keys: Sequence[str]) -> list[tuple[str, int] | None] | None:
         return None  # objects live in the bucket; the read cache is not the store
 
     def size(self, key: str) -> int:

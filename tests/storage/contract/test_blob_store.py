@@ -191,4 +191,4 @@ def test_local_files_are_the_blobs_bytes_or_none_for_a_store_without_local_files
     first, second = found
     assert first is not None and second is None
     path, size = first
-    assert size == len(data) and path.read_bytes() == data
+    assert size == len(data) and Path(path).read_bytes() == data

@@ -41,6 +41,7 @@ class _Metrics:
     backend_errors: Counter
     job_items: Counter
     file_bytes: Counter
+    body_cache: Counter
 
 
 @functools.cache
@@ -85,6 +86,12 @@ def _m() -> _Metrics:
             " (sendfile: kernel to socket; copy: read and written by the server)",
             ["mode"],
         ),
+        body_cache=Counter(
+            "gateway_wado_body_cache_total",
+            "WADO-RS bodies kept as one file: hit, miss, kept, evicted, purged (a blob deleted),"
+            " abandoned (a blob gone while writing), skipped (disk nearly full)",
+            ["outcome"],
+        ),
     )  # fmt: skip
 
 
@@ -104,6 +111,10 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 def observe_file_bytes(mode: str, count: int) -> None:
     _m().file_bytes.labels(mode).inc(count)
+
+
+def observe_body_cache(outcome: str, count: int = 1) -> None:
+    _m().body_cache.labels(outcome).inc(count)
 
 
 def observe_ingest(sizes: Sequence[int], failures: Sequence[int | None]) -> None:

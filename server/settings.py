@@ -68,6 +68,13 @@ class PixelSettings(BaseModel):
     inline_binary_max_bytes: int = Field(default=256, ge=0, le=65536)
 
 
+class WadoSettings(BaseModel):
+    # Whole WADO-RS bodies (a study or series sent as stored, from local files) kept as one
+    # file each under data_dir/bodies, at most this many MiB: a body asked for again goes out
+    # in one sendfile. Forgotten when one of its instances is deleted. 0: off.
+    body_cache_mb: int = Field(default=2048, ge=0)
+
+
 class QidoSettings(BaseModel):
     default_limit: int = Field(default=1000, ge=1)
     max_limit: int = Field(default=10000, ge=1)
@@ -463,6 +470,7 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     stow: StowSettings = StowSettings()
     qido: QidoSettings = QidoSettings()
+    wado: WadoSettings = WadoSettings()
     pixels: PixelSettings = PixelSettings()
     fhir: FhirSettings = FhirSettings()
     bulk: BulkSettings = BulkSettings()

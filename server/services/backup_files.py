@@ -64,7 +64,8 @@ def is_sqlite(path: Path) -> bool:
 def classify(data_dir: Path, rel: PurePosixPath) -> Kind:
     """The kind of the file ``data_dir/rel`` (see the module docstring)."""
     top, name = rel.parts[0], rel.name
-    if top in ("spool", "trash", "metrics"):  # metrics: per-process Prometheus values
+    # metrics: per-process Prometheus values; bodies: WADO-RS bodies made of blobs (derived)
+    if top in ("spool", "trash", "metrics", "bodies"):
         return Kind.transient
     if top == "blobs":
         return Kind.blob if len(rel.parts) == 4 else Kind.unclassified

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -26,6 +27,7 @@ from server.index.base import Index, Scope, SearchPage, StoredInstance
 from server.security.enforce import require
 from server.security.model import Action, Principal
 from server.storage.base import BlobStore
+from server.storage.bodies import body_key
 
 log = logging.getLogger("gateway.retrieve")
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -115,6 +117,33 @@ class RetrieveService:
         event loop); an instance larger than ``CHUNK`` is read in pieces of that size.
         """
         return coalesce(self._parts(instances, boundary, transfer_syntax), BATCH)
+
+    def stored_body(
+        self, instances: list[StoredInstance], transfer_syntax: str | None
+    ) -> tuple[str, list[bytes | StoredFile]] | None:
+        """(boundary, pieces) of the body :meth:`stream_instances` would stream, as framing
+        bytes and whole stored files (:meth:`instance_pieces`), or one kept body file
+        (``server/storage/bodies.py``) when the same instances were sent so before; None
+        unless every instance goes out as stored, from a file on this machine."""
+        if transfer_syntax != "*" and not all(
+            self._wanted(inst, transfer_syntax) is None for inst in instances
+        ):
+            return None
+        bodies = self.store.kept_bodies()
+        key = None
+        if bodies is not None and len(instances) > 1:
+            key = body_key((inst.blob_key, inst.transfer_syntax) for inst in instances)
+            kept = bodies.get(key)
+            if kept is not None:
+                return kept.boundary, [StoredFile(kept.path, kept.size)]
+        boundary = uuid.uuid4().hex
+        pieces = self.instance_pieces(instances, boundary, "*")
+        if pieces is None:
+            return None
+        whole = len(pieces) == 2 * len(instances) + 1  # no blob missing
+        if bodies is not None and key is not None and whole and bodies.want(key):
+            bodies.put_later(key, pieces, [inst.blob_key for inst in instances])
+        return boundary, pieces
 
     def instance_pieces(
         self, instances: list[StoredInstance], boundary: str, transfer_syntax: str | None

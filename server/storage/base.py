@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from server.storage.bodies import BodyCache
 
 
 class BlobStore(Protocol):
@@ -26,6 +29,10 @@ class BlobStore(Protocol):
     def local_files(self, keys: Sequence[str]) -> list[tuple[str, int] | None] | None:
         """Each blob's file on this machine and its size (None: missing), for responses the
         server sends from the file itself; None when the store keeps no such files."""
+
+    def kept_bodies(self) -> BodyCache | None:
+        """Whole WADO-RS bodies kept as files beside the blobs (``server/storage/bodies.py``),
+        forgotten when one of their blobs is deleted or quarantined; None: not kept."""
 
     def quarantine(self, key: str, reason: str) -> Path | None:
         """Move ``key`` aside with ``reason`` noted (never deleted); None if it was gone."""

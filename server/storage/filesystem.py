@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from server.errors import NotFound
 from server.metrics import metered
+from server.storage.bodies import BodyCache
 
 
 def _load_syncfs() -> Callable[[int], int] | None:
@@ -53,8 +54,9 @@ def _fsync_path(path: Path) -> None:
 
 @metered("filesystem")
 class FilesystemBlobStore:
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, body_cache_bytes: int = 0) -> None:
         self.root = root
+        self._bodies = BodyCache(root / "bodies", body_cache_bytes)
         self.blobs = root / "blobs"
         self.quarantine_dir = root / "quarantine"
         self._spool = root / "spool"
@@ -137,6 +139,9 @@ class FilesystemBlobStore:
                 found.append(None)
         return found
 
+    def kept_bodies(self) -> BodyCache | None:
+        return self._bodies if self._bodies.enabled else None
+
     def quarantine(self, key: str, reason: str) -> Path | None:
         """Move a blob to ``quarantine/`` with a ``.reason`` note beside it; never deletes."""
         source = self.path(key)
@@ -145,11 +150,14 @@ class FilesystemBlobStore:
             os.replace(source, target)
         except FileNotFoundError:
             return None
+        finally:
+            self._bodies.forget([key])  # no copy of its bytes stays in a kept body
         target.with_name(target.name + ".reason").write_text(reason + "\n")
         return target
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+        self._bodies.forget([key])  # nor in a kept body
 
     def keys(self) -> Iterator[str]:
         for first in sorted(self.blobs.iterdir()):

@@ -301,6 +301,9 @@ class S3BlobStore:
     def local_files(self, keys: Sequence[str]) -> list[tuple[str, int] | None] | None:
         return None  # objects live in the bucket; the read cache is not the store
 
+    def kept_bodies(self) -> None:
+        return None  # bodies are kept only beside local blob files
+
     def size(self, key: str) -> int:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))

@@ -65,13 +65,17 @@ def _retrieve(request: Request, scope: Scope) -> Response:
     transfer_syntax = negotiate_instances(request.headers.get("accept"))
     found = gw.retrieve.instances(scope)
     gw.retrieve.check_syntax(found, transfer_syntax)
+    planned = gw.retrieve.stored_body(found, transfer_syntax)
+    if planned is not None:  # as stored, from local files: length known, zero-copy if offered
+        boundary, pieces = planned
+        return file_body_response(request.scope, pieces, _multipart_dicom(boundary))
     boundary = uuid.uuid4().hex
-    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    pieces = gw.retrieve.instance_pieces(found, boundary, transfer_syntax)
-    if pieces is not None:  # as stored, from local files: length known, zero-copy if offered
-        return file_body_response(request.scope, pieces, media)
     body = gw.retrieve.stream_instances(found, boundary, transfer_syntax)
-    return StreamingResponse(body, media_type=media)
+    return StreamingResponse(body, media_type=_multipart_dicom(boundary))
+
+
+def _multipart_dicom(boundary: str) -> str:
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 def _zip(request: Request, scope: Scope, wanted: ZipRequest) -> Response:

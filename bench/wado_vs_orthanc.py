@@ -4,9 +4,10 @@ Starts, on fixed loopback ports (``--port-base``, default 18600: Orthanc HTTP +0
 DICOM +1, the gateway +2, nginx +3, a second gateway +4), Orthanc 1.x with its DICOMweb
 plugin (Debian packages, default SQLite index and file storage, authentication off), the
 gateway (``imaging-gateway serve``, ``--workers`` processes, development mode:
-authorisation off like Orthanc's, de-identification off; as shipped, so stored files go
-out by ``os.sendfile``; the same data served a second time with
-``GATEWAY_ZERO_COPY=false``, column "copying": the path taken behind TLS) and nginx
+authorisation off like Orthanc's, de-identification off; as shipped: stored files go out by
+``os.sendfile`` and a series asked for twice is kept as one file), a second gateway on a
+copy of its data (``--second``: "parts", no kept bodies, every answer part by part as a
+first retrieval goes; or "copying", also ``GATEWAY_ZERO_COPY=false``, the path behind TLS) and nginx
 (``sendfile on``, ``--workers`` processes) serving, as one static file per series at the
 same path, the exact multipart body the gateway answers for that series, with its
 Content-Type. The same synthetic CT series (``--instances`` slices of 256x256 and of
@@ -57,6 +58,9 @@ from bench.run import ensure_orthanc  # noqa: E402
 from server.synthetic import generate_cohort, to_part10_bytes  # noqa: E402
 from tests.live import LiveServer  # noqa: E402
 
+# The second gateway (a copy of the first's data): every answer part by part, as a first
+# retrieval goes ("parts"), or also read and written by Python, as behind TLS ("copying").
+SECOND = {"parts": {}, "copying": {"GATEWAY_ZERO_COPY": "false"}}
 SERIES_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -239,6 +243,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="fetches per stream per round")
     parser.add_argument("--workers", type=int, default=2, help="gateway and nginx processes")
     parser.add_argument("--port-base", type=int, default=18600)
+    parser.add_argument("--second", choices=sorted(SECOND), default="parts",
+                        help="the second gateway: no kept bodies (parts), or also no zero-copy")  # fmt: skip
     args = parser.parse_args()
     if not shutil.which("nginx") or not shutil.which("curl"):
         raise SystemExit("needs nginx and curl (apt-get install nginx-light curl)")
@@ -252,16 +258,16 @@ def main() -> None:
         gateway = LiveServer(work / "gw", port=port + 2, extra_env={
             "GATEWAY_WORKERS": str(args.workers), "GATEWAY_LOG_LEVEL": "warning"})  # fmt: skip
         gateway.start()
-        copying = LiveServer(work / "gw", port=port + 4, name="copying", extra_env={
+        second = LiveServer(work / "gw2", port=port + 4, name="second", extra_env={
             "GATEWAY_WORKERS": str(args.workers), "GATEWAY_LOG_LEVEL": "warning",
-            "GATEWAY_ZERO_COPY": "false"})  # fmt: skip
+            "GATEWAY_WADO__BODY_CACHE_MB": "0", **SECOND[args.second]})  # fmt: skip
         bases = {"orthanc": f"http://127.0.0.1:{port}/dicom-web", "gateway": gateway.dicomweb,
-                 "copying": copying.dicomweb, "nginx": f"http://127.0.0.1:{port + 3}"}  # fmt: skip
+                 "second": second.dicomweb, "nginx": f"http://127.0.0.1:{port + 3}"}  # fmt: skip
         nginx = None
         try:
             types = {}
             for s in series:
-                for base in (bases["orthanc"], bases["gateway"]):  # "copying": the same data
+                for base in (bases["orthanc"], bases["gateway"]):  # "second": a copy of the data
                     _stow(base, s.files)
                 path = f"/studies/{s.study}/series/{s.series}"
                 answer = httpx.get(f"{gateway.dicomweb}{path}", headers={"Accept": SERIES_ACCEPT},
@@ -271,11 +277,14 @@ def main() -> None:
                 static.write_bytes(answer.content)
                 types[path] = answer.headers["content-type"]
             nginx = _start_nginx(work, port + 3, args.workers, types)
-            copying.start()
+            gateway.stop()  # the second gateway gets a copy of the data directory
+            shutil.copytree(work / "gw", work / "gw2")
+            gateway.start()
+            second.start()
             urls = {name: {s.name: f"{b}/studies/{s.study}/series/{s.series}" for s in series}
                     for name, b in bases.items()}  # fmt: skip
             pids = {"orthanc": orthanc.pid, "nginx": nginx.pid}
-            for name, live in (("gateway", gateway), ("copying", copying)):
+            for name, live in (("gateway", gateway), ("second", second)):
                 assert live.process is not None
                 pids[name] = live.process.pid
             load_before = os.getloadavg()
@@ -287,7 +296,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for s in series[:2]:
                     for streams in (1, 4):
-                        for name in ("orthanc", "gateway", "copying", "nginx"):
+                        for name in ("orthanc", "gateway", "second", "nginx"):
                             server_cpu, before = _tree_cpu(pids[name]), _children_cpu()
                             mbs = _curl_parallel(
                                 urls[name][s.name], SERIES_ACCEPT, streams, args.repeats
@@ -301,7 +310,7 @@ def main() -> None:
                                        server_ms)  # fmt: skip
                                 record((f"{s.name} series, 1 stream, curl CPU ms per MB", name),
                                        client_ms)  # fmt: skip
-                for name in ("orthanc", "gateway", "copying", "nginx"):
+                for name in ("orthanc", "gateway", "second", "nginx"):
                     client = DICOMwebClient(bases[name])
                     s = series[1]
                     size = sum(len(f) for f in s.files)
@@ -334,7 +343,7 @@ def main() -> None:
                                _p50_ms(lambda http=http, meta=meta: http.get(meta).raise_for_status()))  # fmt: skip
             load_after = os.getloadavg()
         finally:
-            copying.stop()
+            second.stop()
             gateway.stop()
             for p in (orthanc, nginx):
                 if p is not None:
@@ -345,21 +354,23 @@ def main() -> None:
           f"{args.rounds} rounds, gateway and nginx with {args.workers} workers")  # fmt: skip
     print("(rows in ms: the ratios are the other's / the gateway's, so above 1 is the gateway"
           " doing better, as on the other rows)")  # fmt: skip
-    print("| measure | Orthanc | gateway | copying | nginx | gateway/Orthanc"
-          " | gateway/nginx | copying/gateway |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| measure | Orthanc | gateway | {args.second} | nginx | gateway/Orthanc"
+          f" | gateway/nginx | {args.second}/gateway | {args.second}/Orthanc |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for measure in dict.fromkeys(k for k, _ in results):
         row = {
             name: statistics.median(results[(measure, name)])
-            for name in ("orthanc", "gateway", "copying", "nginx")
+            for name in ("orthanc", "gateway", "second", "nginx")
             if (measure, name) in results
         }
-        o, g, p, n = (row.get(k) for k in ("orthanc", "gateway", "copying", "nginx"))
+        o, g, p, n = (row.get(k) for k in ("orthanc", "gateway", "second", "nginx"))
         ratio_o = (o / g if "ms" in measure else g / o) if o and g else None
-        ratio_p = (g / p if "ms" in measure else p / g) if p and g else None  # copying / gateway
+        ratio_p = (g / p if "ms" in measure else p / g) if p and g else None  # second / gateway
+        ratio_po = (o / p if "ms" in measure else p / o) if p and o else None  # second / Orthanc
         ratio_n = (n / g if "ms" in measure else g / n) if n and g else None
         cells = [f"{v:.1f}" if v is not None else "" for v in (o, g, p, n)]
-        cells += [f"{r:.2f}" if r is not None else "" for r in (ratio_o, ratio_n, ratio_p)]
+        ratios = (ratio_o, ratio_n, ratio_p, ratio_po)
+        cells += [f"{r:.2f}" if r is not None else "" for r in ratios]
         print(f"| {measure} | " + " | ".join(cells) + " |")
 
 

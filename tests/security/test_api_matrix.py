@@ -193,6 +193,43 @@ def test_retrieval_needs_download(world: World, kind: str) -> None:
         expect(w.get(_retrieve_paths(hidden)[kind], w.x_token), 404, w.hidden)
 
 
+def test_a_body_kept_for_one_caller_goes_to_no_caller_without_the_grant(world: World) -> None:
+    """The hidden dataset's series, fetched twice by an administrator, is kept as one file
+    (server/storage/bodies.py); X, Z and the in-situ grant still get 404/403, leaking
+    nothing, and the administrator's next answer is that file."""
+    w = world
+    admin = token(w.live, w.admin)
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    for hidden in (w.c, w.b):
+        series = f"/dicom-web/studies/{hidden.study_uid}/series/{hidden.series_uid}"
+        bodies: list[bytes] = []
+        for _ in range(2):
+            got = httpx.get(f"{w.live.url}{series}", headers={**bearer(admin), **accept})
+            assert got.status_code == 200, got.text
+            bodies.append(got.content)
+        folder = w.live.data_dir / "bodies"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            p.is_file() and hidden.sop_uid.encode() in p.read_bytes()
+            for p in folder.glob("[0-9a-f]" * 8 + "*")
+        ):
+            time.sleep(0.05)
+        kept = [
+            p
+            for p in folder.glob("[0-9a-f]" * 8 + "*")
+            if hidden.sop_uid.encode() in p.read_bytes()
+        ]
+        assert len(kept) == 1, "the series body was not kept"
+        for caller in (w.x_token, token(w.live, w.z), None):
+            answer = httpx.get(f"{w.live.url}{series}", headers={**bearer(caller), **accept})
+            assert answer.status_code in (401, 403, 404), answer.status_code
+            assert hidden.sop_uid.encode() not in answer.content
+            if caller == w.x_token:  # X: C is not granted (404), B is in situ only (403)
+                expect(answer, 404 if hidden is w.c else 403, w.hidden)
+        again = httpx.get(f"{w.live.url}{series}", headers={**bearer(admin), **accept})
+        assert again.content == kept[0].read_bytes()
+
+
 @pytest.mark.parametrize("level", ["study", "series", "instance"])
 def test_metadata_with_download_or_in_situ(world: World, level: str) -> None:
     w = world

@@ -45,7 +45,7 @@ DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 # Files a backup deliberately leaves out, decided here independently of the code under test:
 # SQLite sidecars (their content is in the snapshot), lock files, unfinished writes.
 NOT_STATE = ("-wal", "-shm", "-journal", ".lock")
-NOT_STATE_FOLDERS = ("spool", "trash")
+NOT_STATE_FOLDERS = ("spool", "trash", "bodies")  # bodies: WADO-RS bodies made of blobs
 
 
 @dataclass
@@ -126,7 +126,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         suspect[0].BurnedInAnnotation = "YES"  # held in deid-quarantine/: state to back up
         assert stow_into(live, HELD, push, suspect).status_code == 409
         assert any((live.data_dir / "deid-quarantine").iterdir())
-        admin = token(live, w.admin)  # a FHIR write: the dataset's description
+        admin = token(live, w.admin)
+        first = w.stored[0].ds  # a series sent twice: its body is kept under bodies/
+        series = f"{live.url}/dicom-web/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+        for _ in range(2):
+            got = httpx.get(series, headers={"Accept": DICOM_ANY, **bearer(admin)}, timeout=30)
+            assert got.status_code == 200, got.text
+        deadline = time.monotonic() + 20
+        while not list((live.data_dir / "bodies").glob("[0-9a-f]" * 16 + "*")):
+            assert time.monotonic() < deadline, "no body kept"
+            time.sleep(0.05)
+        # a FHIR write: the dataset's description
         study = httpx.get(f"{live.url}/fhir/ResearchStudy/{A}", headers=bearer(admin)).json()
         study["description"] = "edited over FHIR before the backup"
         put = httpx.put(f"{live.url}/fhir/ResearchStudy/{A}", json=study,
@@ -160,6 +170,7 @@ def test_backup_covers_every_file_of_the_data_dir(world: World, quiet_backup: Pa
     manifest = _manifest(quiet_backup)
     listed = _paths(manifest)
     assert manifest["unclassified"] == [], "a file of an unknown kind: decide how to back it up"
+    assert not [p for p in listed if p.startswith("data/bodies/")]  # derived, made again
     data = world.live.data_dir
     left_out = []
     for path in sorted(p for p in data.rglob("*") if p.is_file()):

@@ -52,7 +52,11 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     data = tmp_path_factory.mktemp("zerocopy") / "data"
-    env = {"GATEWAY_METRICS__ALLOW": '["127.0.0.0/8"]', "GATEWAY_LOG_LEVEL": "info"}
+    env = {
+        "GATEWAY_METRICS__ALLOW": '["127.0.0.0/8"]',
+        "GATEWAY_LOG_LEVEL": "info",
+        "GATEWAY_WADO__BODY_CACHE_MB": "0",
+    }  # part by part here: kept bodies have their own tests
     zerocopy = LiveServer(data, extra_env={**env, "GATEWAY_ZERO_COPY": "true"}).start()
     plain = LiveServer(data, extra_env={**env, "GATEWAY_ZERO_COPY": "false"}, name="plain")
     try:

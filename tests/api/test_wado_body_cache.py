@@ -89,6 +89,19 @@ def _series(
     return f"/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}", files
 
 
+def _stored_and_kept(data: Path) -> tuple[LiveServer, str, list[bytes], Path]:
+    """A gateway on ``data`` (stopped again) that stored a series and kept its body."""
+    live = LiveServer(data, extra_env=METRICS).start()
+    try:
+        path, files = _series(live)
+        for _ in range(2):
+            _get(live, path)
+        (kept,) = _wait_kept(live, 1)
+    finally:
+        live.stop()
+    return live, path, files, kept
+
+
 def test_a_series_asked_for_twice_is_kept_and_then_sent_from_one_file_with_the_same_bytes(
     live: LiveServer,
 ) -> None:
@@ -160,14 +173,7 @@ def test_kept_bodies_stay_within_the_limit_the_least_recently_sent_going_first(
 
 
 def test_turning_the_cache_off_removes_what_was_kept(tmp_path: Path) -> None:
-    live = LiveServer(tmp_path / "data", extra_env=METRICS).start()
-    try:
-        path, _ = _series(live)
-        for _ in range(2):
-            _get(live, path)
-        _wait_kept(live, 1)
-    finally:
-        live.stop()
+    _, path, _, _ = _stored_and_kept(tmp_path / "data")
     off = LiveServer(tmp_path / "data", extra_env={**METRICS, "GATEWAY_WADO__BODY_CACHE_MB": "0"})
     off.start()
     try:
@@ -181,14 +187,7 @@ def test_turning_the_cache_off_removes_what_was_kept(tmp_path: Path) -> None:
 
 
 def test_a_write_cut_short_by_a_crash_is_cleared_at_start_and_never_sent(tmp_path: Path) -> None:
-    live = LiveServer(tmp_path / "data", extra_env=METRICS).start()
-    try:
-        path, files = _series(live)
-        for _ in range(2):
-            _get(live, path)
-        (kept,) = _wait_kept(live, 1)
-    finally:
-        live.stop()
+    live, path, files, kept = _stored_and_kept(tmp_path / "data")
     partial = kept.with_name(f"{kept.name}.4242.17.tmp")
     partial.write_bytes(kept.read_bytes()[:1000])
     kept.write_bytes(b"not a body")  # damaged by hand: no delimiter line

@@ -358,7 +358,8 @@ def blob_store(settings: Settings) -> BlobStore:
         cache = settings.data_dir / "s3-cache"
         return S3BlobStore(S3Config.from_settings(settings.s3), cache)
     return FilesystemBlobStore(settings.data_dir, fsync=settings.stow.fsync,
-                               body_cache_bytes=settings.wado.body_cache_mb * 1024**2)  # fmt: skip
+                               body_cache_bytes=settings.wado.body_cache_mb * 1024**2,
+                               body_cache_min_free=settings.wado.body_cache_min_free_percent / 100)  # fmt: skip
 
 
 def public_datasets(store: FhirStore) -> set[str]:

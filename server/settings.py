@@ -73,6 +73,8 @@ class WadoSettings(BaseModel):
     # file each under data_dir/bodies, at most this many MiB: a body asked for again goes out
     # in one sendfile. Forgotten when one of its instances is deleted. 0: off.
     body_cache_mb: int = Field(default=2048, ge=0)
+    # A body is not kept when writing it would leave less than this share of the volume free.
+    body_cache_min_free_percent: float = Field(default=10.0, ge=0, le=100)
 
 
 class QidoSettings(BaseModel):

@@ -164,6 +164,9 @@ class LiveServer:
             # default) costs every gateway start another interpreter; the export suites
             # (tests/fhir/test_bulk_export*.py, tests/replicas) run the default.
             "GATEWAY_BULK__PROCESS": "false",
+            # WADO-RS bodies are kept on a test machine's disk however full it is (the
+            # production floor, 10% free, would make the suites depend on the machine).
+            "GATEWAY_WADO__BODY_CACHE_MIN_FREE_PERCENT": "0",
             **backend,
             **self.extra_env,
         }

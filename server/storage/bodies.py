@@ -27,7 +27,8 @@ Erasure
 Size
     At most ``limit`` bytes in all: the least recently sent bodies (file modification time,
     touched on every hit) are removed first; a body larger than a quarter of the limit,
-    or one that would leave less than 10% of the volume free, is not kept. ``limit`` 0
+    or one that would leave less than ``min_free`` of the volume free (10%), is not kept.
+    ``limit`` 0
     turns the cache off.
 """
 
@@ -74,9 +75,10 @@ def body_key(parts: Iterable[tuple[str, str]]) -> str:
 
 
 class BodyCache:
-    def __init__(self, root: Path, limit: int) -> None:
+    def __init__(self, root: Path, limit: int, min_free: float = 0.1) -> None:
         self.root = root
         self.limit = limit
+        self.min_free = min_free  # share of the volume a write must leave free
         self._missed: OrderedDict[str, None] = OrderedDict()
         self._building: set[str] = set()
         self._lock = threading.Lock()
@@ -172,7 +174,7 @@ class BodyCache:
 
     def _write(self, key: str, pieces: list[Piece], blobs: list[str], size: int) -> None:
         free = os.statvfs(self.root)
-        if (free.f_bavail * free.f_frsize - size) < 0.1 * free.f_blocks * free.f_frsize:
+        if (free.f_bavail * free.f_frsize - size) < self.min_free * free.f_blocks * free.f_frsize:
             observe_body_cache("skipped")
             return
         self._make_room(size)

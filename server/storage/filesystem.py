@@ -54,9 +54,16 @@ def _fsync_path(path: Path) -> None:
 
 @metered("filesystem")
 class FilesystemBlobStore:
-    def __init__(self, root: Path, *, fsync: bool = True, body_cache_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        body_cache_bytes: int = 0,
+        body_cache_min_free: float = 0.1,
+    ) -> None:
         self.root = root
-        self._bodies = BodyCache(root / "bodies", body_cache_bytes)
+        self._bodies = BodyCache(root / "bodies", body_cache_bytes, body_cache_min_free)
         self.blobs = root / "blobs"
         self.quarantine_dir = root / "quarantine"
         self._spool = root / "spool"

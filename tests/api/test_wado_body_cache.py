@@ -202,3 +202,19 @@ def test_a_write_cut_short_by_a_crash_is_cleared_at_start_and_never_sent(tmp_pat
         assert not kept.exists()  # ...and is removed
     finally:
         live.stop()
+
+
+def test_no_body_is_kept_when_it_would_leave_the_volume_under_its_floor(tmp_path: Path) -> None:
+    floor = {**METRICS, "GATEWAY_WADO__BODY_CACHE_MIN_FREE_PERCENT": "100"}
+    live = LiveServer(tmp_path / "data", extra_env=floor).start()
+    try:
+        path, files = _series(live)
+        for _ in range(3):
+            assert _parts(_get(live, path)) == files
+        deadline = time.monotonic() + 10
+        while _metric(live, "skipped") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _metric(live, "skipped") >= 1
+        assert _kept(live) == [] and _metric(live, "hit") == 0
+    finally:
+        live.stop()

@@ -68,10 +68,8 @@ class Body(NamedTuple):
 
 def body_key(parts: Iterable[tuple[str, str]]) -> str:
     """The key of the body made of ``parts`` ((blob key, stored transfer syntax), in order)."""
-    digest = hashlib.sha256(b"wado-body-1")
-    for blob_key, transfer_syntax in parts:
-        digest.update(f"\n{blob_key} {transfer_syntax}".encode())
-    return digest.hexdigest()
+    text = "".join(f"\n{blob_key} {transfer_syntax}" for blob_key, transfer_syntax in parts)
+    return hashlib.sha256(b"wado-body-1" + text.encode()).hexdigest()
 
 
 class BodyCache:

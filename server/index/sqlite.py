@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,33 @@ MIGRATIONS = [Migration(FIRST_STUDY_MIGRATION, first_study_schema, first_study_b
 _REFUSED = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET, AddOutcome.IDENTICAL)
 
 
+class _Memo:
+    """One reader's remembered :meth:`SqliteIndex.instances` answers, valid while the
+    index's ``data_version`` is ``version``; at most ``ROWS`` instances in all."""
+
+    ROWS = 50_000
+
+    def __init__(self, conn: sqlite3.Connection, version: int) -> None:
+        self.conn = conn
+        self.version = version
+        self.entries: OrderedDict[Scope, list[StoredInstance]] = OrderedDict()
+        self.rows = 0
+
+    def keep(self, scope: Scope, found: list[StoredInstance]) -> None:
+        if len(found) > self.ROWS:
+            return
+        self.entries[scope] = found
+        self.rows += len(found)
+        while self.rows > self.ROWS:
+            _, gone = self.entries.popitem(last=False)
+            self.rows -= len(gone)
+
+
 @metered("sqlite")
 class SqliteIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._local = threading.local()
         fresh = not _has_study_table(path)
         self.db = SqliteDatabase(path, create_statements())
         with self.db.write() as conn:
@@ -282,13 +307,28 @@ class SqliteIndex:
         return (True, row[0]) if row else (False, None)
 
     def instances(self, scope: Scope) -> list[StoredInstance]:
+        """The instances at ``scope``, in retrieval order.
+
+        Answers are remembered per reader connection (one per thread) until anything is
+        committed to the index by any connection of any process, which SQLite's
+        ``PRAGMA data_version`` of that reader tells exactly (readers never write): a
+        series retrieved again, unchanged, costs one pragma instead of its rows."""
+        conn = self._reader()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        memo: _Memo | None = getattr(self._local, "memo", None)
+        if memo is None or memo.conn is not conn or memo.version != version:
+            memo = self._local.memo = _Memo(conn, version)  # (versions of one connection only)
+        found = memo.entries.get(scope)
+        if found is not None:
+            memo.entries.move_to_end(scope)
+            return list(found)
         where, params = _scope_where(scope)
-        rows = (
-            self._reader()
-            .execute(f"SELECT {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE {where} {_ORDER}", params)
-            .fetchall()
-        )
-        return [StoredInstance(*r) for r in rows]
+        rows = conn.execute(
+            f"SELECT {_INSTANCE_FIELDS} FROM {_SCOPE_FROM} WHERE {where} {_ORDER}", params
+        ).fetchall()
+        result = [StoredInstance(*r) for r in rows]
+        memo.keep(scope, result)
+        return list(result)
 
     def metadata(self, scope: Scope) -> Iterator[bytes]:
         where, params = _scope_where(scope)

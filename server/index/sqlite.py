@@ -46,9 +46,10 @@ _REFUSED = (AddOutcome.CONFLICT, AddOutcome.HIERARCHY, AddOutcome.DATASET, AddOu
 
 class _Memo:
     """One reader's remembered :meth:`SqliteIndex.instances` answers, valid while the
-    index's ``data_version`` is ``version``; at most ``ROWS`` instances in all."""
+    index's ``data_version`` is ``version``; at most ``ROWS`` instances in all (under 1 kB
+    each: a few MB per worker thread at most)."""
 
-    ROWS = 50_000
+    ROWS = 5_000
 
     def __init__(self, conn: sqlite3.Connection, version: int) -> None:
         self.conn = conn

@@ -149,7 +149,9 @@ WORD = re.compile(r"[0-9a-z]{4,}")
 MARKER = re.compile(r"phiq[a-z][0-9]?[0-9a-f]{8}")
 TIME = re.compile(r"134209\.1[0-9]{5}")
 UID_SHAPE = re.compile(r"(?<![0-9.])[0-9]+(?:\.[0-9]+){2,}")
-DATE_SHAPE = re.compile(r"(?<![0-9])(?:[0-9]{8}|[0-9]{4}-[0-9]{2}-[0-9]{2})")
+# Eight digits (a DA, or the date of a DT: at most 14 digits before its fraction) or ISO; a
+# run of 15 or more digits is no date (a hash-made UID component may start with one).
+DATE_SHAPE = re.compile(r"(?<![0-9])(?:[0-9]{8}(?![0-9]{7})|[0-9]{4}-[0-9]{2}-[0-9]{2})")
 
 
 class Needles:

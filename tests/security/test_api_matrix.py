@@ -9,9 +9,12 @@ not exist.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -193,6 +196,17 @@ def test_retrieval_needs_download(world: World, kind: str) -> None:
         expect(w.get(_retrieve_paths(hidden)[kind], w.x_token), 404, w.hidden)
 
 
+def _kept_bodies(folder: Path, uid: str) -> list[Path]:
+    """Whole kept bodies holding ``uid`` (not files still being written)."""
+    found = []
+    for path in folder.iterdir():
+        if re.fullmatch(r"[0-9a-f]{64}", path.name):
+            with contextlib.suppress(FileNotFoundError):
+                if uid.encode() in path.read_bytes():
+                    found.append(path)
+    return found
+
+
 def test_a_body_kept_for_one_caller_goes_to_no_caller_without_the_grant(world: World) -> None:
     """The hidden dataset's series, fetched twice by an administrator, is kept as one file
     (server/storage/bodies.py); X, Z and the in-situ grant still get 404/403, leaking
@@ -208,17 +222,11 @@ def test_a_body_kept_for_one_caller_goes_to_no_caller_without_the_grant(world: W
             assert got.status_code == 200, got.text
             bodies.append(got.content)
         folder = w.live.data_dir / "bodies"
+
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not any(
-            p.is_file() and hidden.sop_uid.encode() in p.read_bytes()
-            for p in folder.glob("[0-9a-f]" * 8 + "*")
-        ):
+        while time.monotonic() < deadline and not _kept_bodies(folder, hidden.sop_uid):
             time.sleep(0.05)
-        kept = [
-            p
-            for p in folder.glob("[0-9a-f]" * 8 + "*")
-            if hidden.sop_uid.encode() in p.read_bytes()
-        ]
+        kept = _kept_bodies(folder, hidden.sop_uid)
         assert len(kept) == 1, "the series body was not kept"
         for caller in (w.x_token, token(w.live, w.z), None):
             answer = httpx.get(f"{w.live.url}{series}", headers={**bearer(caller), **accept})

@@ -34,6 +34,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,14 +46,15 @@ from server.metrics import observe_file_bytes
 log = logging.getLogger("gateway.serving")
 FILES = "gateway.http.response.files"
 PROTOCOL = "server.serving:ZeroCopyHttpToolsProtocol"  # uvicorn's ``http`` option
-PATIENCE_MS = 200  # a pumping thread waits this long for room before the event loop takes over
+PATIENCE = 0.05  # s of waiting for room a pump run may spend before the event loop takes over
 _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-sendfile")
 
 Piece = bytes | tuple[str, int]  # framing bytes, or (path, size) of a whole file
 
 
 class FileChanged(RuntimeError):
-    """A file of the body is gone or has another size than the response promised."""
+    """A file of the body is gone or has another size than the response promised (the
+    response is abandoned: the connection closes, a short body, never a wrong one)."""
 
 
 class _Pump:
@@ -68,13 +70,17 @@ class _Pump:
         self.stop = threading.Event()  # set when the client is gone
 
     def run(self) -> bool:
-        """Send until done (True) or until the socket stays full (False); in a thread."""
+        """Send until done (True) or until ``PATIENCE`` seconds in all were spent waiting for
+        room (False); in a thread. The bound is on the whole run, not each wait, so a client
+        that reads a trickle at a time cannot hold a thread of the pool."""
         poller = select.poll()
         poller.register(self.sock, select.POLLOUT)
+        deadline = time.monotonic() + PATIENCE
         while not self.step():
             if self.stop.is_set():
                 raise ConnectionResetError("client went away")
-            if not poller.poll(PATIENCE_MS):
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
                 return False  # a slow reader: the event loop waits, not this thread
         return True
 
@@ -93,7 +99,7 @@ class _Pump:
                         self.fd = _open(path)
                     n = os.sendfile(sock, self.fd, self.offset, size - self.offset)
                     if n == 0:  # shorter than promised
-                        raise _changed(path)
+                        raise file_changed(path)
                     self.offset += n
                     self.file_bytes += n
             except BlockingIOError:
@@ -115,10 +121,11 @@ def _open(path: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise _changed(path) from None
+        raise file_changed(path) from None
 
 
-def _changed(path: str) -> FileChanged:
+def file_changed(path: str) -> FileChanged:
+    """The error (logged) for a stored file gone or changed while its response is sent."""
     name = os.path.basename(path)
     log.error("stored file %s changed during a response; response abandoned", name)
     return FileChanged(name)

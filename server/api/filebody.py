@@ -14,8 +14,6 @@ body, never a wrong one) and the error logged.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator, Sequence
 
 from starlette.responses import Response, StreamingResponse
@@ -23,15 +21,9 @@ from starlette.types import Receive, Scope, Send
 
 from server.core.multipart import coalesce
 from server.services.retrieve import BATCH, CHUNK, StoredFile
-from server.serving import FILES
-
-log = logging.getLogger("gateway.retrieve")
+from server.serving import FILES, file_changed
 
 Piece = bytes | StoredFile
-
-
-class FileBodyChanged(RuntimeError):
-    """A stored file is gone or has another size than when the response was planned."""
 
 
 def body_length(pieces: Sequence[Piece]) -> int:
@@ -47,28 +39,22 @@ def file_body_response(scope: Scope, pieces: Sequence[Piece], media_type: str) -
                              headers=headers)  # fmt: skip
 
 
-def _changed(piece: StoredFile) -> FileBodyChanged:
-    name = os.path.basename(piece.path)
-    log.error("stored file %s changed during a response; response abandoned", name)
-    return FileBodyChanged(name)
-
-
 def _chunks(piece: StoredFile) -> Iterator[bytes]:
     """A file in pieces of at most ``CHUNK`` bytes (a big instance never whole in memory)."""
     try:
         f = open(piece.path, "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
-        raise _changed(piece) from None
+        raise file_changed(piece.path) from None
     with f:
         left = piece.size
         while left > 0:
             data = f.read(min(CHUNK, left))
             if not data:
-                raise _changed(piece)
+                raise file_changed(piece.path)
             left -= len(data)
             yield data
         if f.read(1):
-            raise _changed(piece)
+            raise file_changed(piece.path)
 
 
 def read_pieces(pieces: Sequence[Piece]) -> Iterator[bytes]:

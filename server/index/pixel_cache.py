@@ -23,8 +23,8 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
-ENTRY_OVERHEAD = 100  # an OrderedDict entry, its key object and a small value, roughly
 V = TypeVar("V")
+ENTRY_OVERHEAD = 100  # an OrderedDict entry, its key object and a small value, roughly
 
 
 class PixelIndexCache:

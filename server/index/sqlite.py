@@ -58,13 +58,15 @@ class _Memo:
         self.rows = 0
 
     def keep(self, scope: Scope, found: list[StoredInstance]) -> None:
-        if len(found) > self.ROWS:
+        """Remember ``found``; an entry costs one row more than it holds, so that empty
+        answers (a caller probing UIDs that do not exist) are bounded too."""
+        if len(found) >= self.ROWS:
             return
         self.entries[scope] = found
-        self.rows += len(found)
+        self.rows += len(found) + 1
         while self.rows > self.ROWS:
             _, gone = self.entries.popitem(last=False)
-            self.rows -= len(gone)
+            self.rows -= len(gone) + 1
 
 
 @metered("sqlite")

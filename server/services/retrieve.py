@@ -122,7 +122,7 @@ class RetrieveService:
         self, instances: list[StoredInstance], transfer_syntax: str | None
     ) -> tuple[str, list[bytes | StoredFile]] | None:
         """(boundary, pieces) of the body :meth:`stream_instances` would stream, as framing
-        bytes and whole stored files (:meth:`instance_pieces`), or one kept body file
+        bytes and whole stored files, or one kept body file
         (``server/storage/bodies.py``) when the same instances were sent so before; None
         unless every instance goes out as stored, from a file on this machine."""
         if transfer_syntax != "*" and not all(
@@ -137,7 +137,7 @@ class RetrieveService:
             if kept is not None:
                 return kept.boundary, [StoredFile(kept.path, kept.size)]
         boundary = uuid.uuid4().hex
-        pieces = self.instance_pieces(instances, boundary, "*")
+        pieces = self._pieces(instances, boundary)
         if pieces is None:
             return None
         whole = len(pieces) == 2 * len(instances) + 1  # no blob missing
@@ -145,17 +145,13 @@ class RetrieveService:
             bodies.put_later(key, pieces, [inst.blob_key for inst in instances])
         return boundary, pieces
 
-    def instance_pieces(
-        self, instances: list[StoredInstance], boundary: str, transfer_syntax: str | None
+    def _pieces(
+        self, instances: list[StoredInstance], boundary: str
     ) -> list[bytes | StoredFile] | None:
-        """The body :meth:`stream_instances` streams, as framing bytes and whole stored files,
-        so that its length is known before the first byte; None unless every instance goes
-        out as stored, from a file on this machine. A blob missing now leaves out its part,
-        as in the stream (and the length does not count it)."""
-        if transfer_syntax != "*" and not all(
-            self._wanted(inst, transfer_syntax) is None for inst in instances
-        ):
-            return None
+        """The body of ``instances`` as stored, as framing bytes and whole stored files, so
+        that its length is known before the first byte; None unless every file is on this
+        machine. A blob missing now leaves out its part, as in the stream (and the length
+        does not count it)."""
         files = self.store.local_files([inst.blob_key for inst in instances])
         if files is None:
             return None

@@ -17,7 +17,9 @@ When
     A body is written the second time one process misses it within ``REMEMBER`` keys
     (one-off downloads never cost a copy), by a background thread: written to a temporary
     file, ``fsync``'d and renamed, so a reader finds a whole body or none, and a crash
-    leaves only a temporary file, removed at the next start.
+    leaves only a temporary file, removed at the next start of any process (or by a delete
+    of one of its blobs before that); a write in progress in another process at that start
+    is abandoned, and made again at a later miss.
 Erasure
     Every blob delete or quarantine of the store calls :meth:`BodyCache.forget`: each body
     holding one of those blobs is removed (the map of bodies to blobs is a small SQLite
@@ -28,8 +30,7 @@ Size
     At most ``limit`` bytes in all: the least recently sent bodies (file modification time,
     touched on every hit) are removed first; a body larger than a quarter of the limit,
     or one that would leave less than ``min_free`` of the volume free (10%), is not kept.
-    ``limit`` 0
-    turns the cache off.
+    ``limit`` 0 turns the cache off and removes what an earlier run kept.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -51,6 +53,7 @@ from server.metrics import observe_body_cache
 
 log = logging.getLogger("gateway.bodies")
 REMEMBER = 4096  # missed keys a process remembers, to write a body on its second miss
+_KEY = re.compile(r"[0-9a-f]{64}")  # a body's file name
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS body_blob (body TEXT NOT NULL, blob TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS ix_body_blob_blob ON body_blob (blob);
@@ -212,7 +215,7 @@ class BodyCache:
         """Remove the least recently sent bodies until ``size`` more fit in the limit."""
         kept = []
         for entry in os.scandir(self.root):
-            if entry.name.endswith((".tmp", ".sqlite", ".sqlite-wal", ".sqlite-shm")):
+            if not _KEY.fullmatch(entry.name):  # the map, its WAL, writes in progress
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = entry.stat()
@@ -245,6 +248,9 @@ class BodyCache:
         }
         if bodies:
             self._remove(sorted(bodies))
+            for key in bodies:  # and a write of one in progress (or left by a killed process)
+                for partial in self.root.glob(f"{key}.*.tmp"):
+                    partial.unlink(missing_ok=True)
             observe_body_cache("purged", len(bodies))
         return len(bodies)
 

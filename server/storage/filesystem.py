@@ -52,6 +52,13 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _checked(key: str) -> str:
+    """``key`` if it names a file inside the store (no separator, not hidden, not empty)."""
+    if "/" in key or "\\" in key or key.startswith(".") or not key:
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
 @metered("filesystem")
 class FilesystemBlobStore:
     def __init__(
@@ -83,9 +90,7 @@ class FilesystemBlobStore:
         return None
 
     def path(self, key: str) -> Path:
-        if "/" in key or "\\" in key or key.startswith(".") or not key:
-            raise ValueError(f"invalid blob key {key!r}")
-        return self.blobs / key[:2] / key[2:4] / key
+        return self.blobs / _checked(key)[:2] / key[2:4] / key
 
     def put_file(self, key: str, source: Path) -> None:
         target = self.path(key)
@@ -137,9 +142,7 @@ class FilesystemBlobStore:
         base = str(self.blobs)
         stat = os.stat
         for key in keys:
-            if "/" in key or "\\" in key or key.startswith(".") or not key:
-                raise ValueError(f"invalid blob key {key!r}")
-            path = f"{base}/{key[:2]}/{key[2:4]}/{key}"
+            path = f"{base}/{_checked(key)[:2]}/{key[2:4]}/{key}"
             try:
                 found.append((path, stat(path).st_size))
             except FileNotFoundError:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,6 +210,46 @@ def test_client_hanging_up_mid_body_leaves_the_worker_serving(pair: Pair) -> Non
     log = Path(server.log_path).read_text()
     assert "Exception in ASGI application" not in log
     assert "Traceback" not in log
+
+
+def test_clients_reading_a_trickle_hold_no_thread_that_others_need(pair: Pair) -> None:
+    """More slow readers than the sending threads (16): each keeps taking a little, so
+    every wait for room is short; the sends must still go back to the event loop, and a
+    normal download must not queue behind them (it waited for them when a thread kept a
+    send as long as each single wait was short)."""
+    server = pair.zerocopy
+    parts = urlsplit(server.url)
+    study = httpx.get(f"{server.dicomweb}/series", params={"SeriesInstanceUID": pair.big_series})
+    path = f"/dicom-web/studies/{study.json()[0]['0020000D']['Value'][0]}/series/{pair.big_series}"
+    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: {ANY}\r\n\r\n".encode()
+    stop = threading.Event()
+    slow = []
+    for _ in range(24):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((parts.hostname, parts.port))
+        sock.sendall(request)
+        slow.append(sock)
+
+    def trickle(sock: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                sock.recv(512)
+            except OSError:
+                return
+            time.sleep(0.04)
+
+    readers = [threading.Thread(target=trickle, args=(s,), daemon=True) for s in slow]
+    for reader in readers:
+        reader.start()
+    try:
+        time.sleep(1)  # every slow send has started
+        full = httpx.get(f"{server.url}{path}", headers={"Accept": ANY}, timeout=20)
+        assert full.status_code == 200 and len(full.content) > 60 * 128 * 1024
+    finally:
+        stop.set()
+        for sock in slow:
+            sock.close()
 
 
 def test_a_blob_gone_before_the_response_leaves_out_its_part_and_the_length_agrees(

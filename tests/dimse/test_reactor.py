@@ -22,6 +22,12 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_per_second(pid: int, seconds: float) -> float:
+    before, began = _cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (_cpu_seconds(pid) - before) / (time.monotonic() - began)
+
+
 def _scu() -> AE:
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(VERIFICATION)
@@ -35,15 +41,20 @@ def test_an_idle_association_costs_the_gateway_almost_no_cpu(peers: Peers) -> No
     assert assoc.is_established
     try:
         assert assoc.send_c_echo().Status == 0x0000
-        before, began = _cpu_seconds(live.process.pid), time.monotonic()
-        time.sleep(3)
-        used = (_cpu_seconds(live.process.pid) - before) / (time.monotonic() - began)
+        windows = [_cpu_per_second(live.process.pid, 1.0) for _ in range(4)]
         assert assoc.send_c_echo().Status == 0x0000  # still alive and answering
     finally:
         assoc.release()
-    # two threads polling every millisecond cost 0.07-0.2 CPU-seconds a second here;
-    # waiting for the socket or a queue, about 0.005 (the process's other threads)
-    assert used < 0.03, f"{used:.3f} CPU-seconds per second with one idle association"
+    # Two threads polling every millisecond cost 0.07-0.2 CPU-seconds in *every* second
+    # here; waiting for the socket or a queue, about 0.005 (the process's other threads).
+    # The quietest second is compared: work of the process's own that happens to fall
+    # in one window (a collection, a late start-up task, a busy machine's stall) is not
+    # the association's, while a polling loop costs the same in each window.
+    used = min(windows)
+    assert used < 0.03, (
+        f"{used:.3f} CPU-seconds per second with one idle association "
+        f"(windows: {', '.join(f'{w:.3f}' for w in windows)})"
+    )
 
 
 def test_requests_on_a_waiting_association_are_answered_at_once(peers: Peers) -> None:

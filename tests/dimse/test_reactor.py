@@ -9,6 +9,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE
 
@@ -91,13 +92,18 @@ def test_each_association_copies_the_supported_contexts_cheaply_and_independentl
             cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
         )
     contexts = ae.supported_contexts
-    began = time.perf_counter()
-    plain = copy.deepcopy(contexts)
-    plain_seconds = time.perf_counter() - began
+
+    def fastest_copy() -> tuple[float, list[Any]]:  # of three: a busy machine's stall is noise
+        times = []
+        for _ in range(3):
+            began = time.perf_counter()
+            copied = copy.deepcopy(contexts)
+            times.append(time.perf_counter() - began)
+        return min(times), copied
+
+    plain_seconds, plain = fastest_copy()
     cheap_copies(contexts)
-    began = time.perf_counter()
-    copied = copy.deepcopy(contexts)
-    cheap_seconds = time.perf_counter() - began
+    cheap_seconds, copied = fastest_copy()
     assert cheap_seconds < plain_seconds / 5, (cheap_seconds, plain_seconds)
     assert [(c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role) for c in copied] == [
         (c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role) for c in plain

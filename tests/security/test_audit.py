@@ -430,7 +430,9 @@ def test_ten_thousand_records_do_not_wait_for_the_disk(log: AuditLog) -> None:
     for record in records:
         log.record(record)
     elapsed = time.perf_counter() - started
-    assert elapsed < 0.5, f"record() took {elapsed:.3f}s for 10,000 events"
+    # A queue hand-off each: ~20 ms in all on a quiet machine; one write and fsync each
+    # would take 10 s or more. The bound leaves room for a busy machine (CI).
+    assert elapsed < 2.0, f"record() took {elapsed:.3f}s for 10,000 events"
     log.flush()
     assert log.count() == 10_000
     assert verify(log.path).ok

@@ -1,10 +1,13 @@
 """The deployment files say what the gateway reads: every ``GATEWAY_*`` variable that the
 compose files, the example env files and the Helm chart (rendered by a real helm binary)
-set names a setting; the chart lints, renders the production shape, and refuses the
-shapes that would lose data or split state."""
+set names a setting; the example env file names every setting and reads the same in each
+of its readers (systemd, docker, a shell), as written and with every example uncommented;
+the chart lints, renders the production shape, and refuses the shapes that would lose
+data or split state."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from functools import cache
@@ -14,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from server.settings import unknown_variables
+from server.settings import Settings, unknown_variables
+from tests.test_readme import settings_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -65,6 +69,56 @@ def test_every_gateway_variable_in_the_deployment_files_names_a_setting(path: Pa
     names = _env_file_names(path) if path.name.endswith(".example") else _compose_names(path)
     assert names, f"{path.name} sets no GATEWAY_ variable: the parser is wrong"
     assert unknown_variables(dict.fromkeys(names, "x")) == []
+
+
+EXAMPLE = DEPLOY / "gateway.env.example"
+_ASSIGNMENT = re.compile(r"(#\s*)?(GATEWAY_[A-Z0-9_]+)=(.*)")
+
+
+def _example() -> list[tuple[bool, str, str]]:
+    """(active, name, value as written) of each assignment line, commented ones too."""
+    found = [_ASSIGNMENT.fullmatch(line) for line in EXAMPLE.read_text().splitlines()]
+    return [(not m[1], m[2], m[3]) for m in found if m]
+
+
+def test_the_example_env_file_names_every_setting() -> None:
+    named = {name for _, name, _ in _example()}
+    assert sorted(set(settings_variables()) - named) == []
+
+
+def test_each_line_of_the_example_env_file_means_the_same_to_systemd_docker_and_a_shell() -> None:
+    """systemd's EnvironmentFile= and ``docker run --env-file`` keep a ``# ...`` after a
+    value, and docker keeps quotes, as part of the value: only a plain value reads the same
+    everywhere. The active lines are also read by a real shell and compared."""
+    lines = _example()
+    for _, name, value in lines:
+        assert not re.search(r"\s#", value), f"{name}: a comment after the value is part of it"
+        assert value == value.strip(), f"{name}: white space around the value"
+        assert value[:1] not in ("'", '"'), f"{name}: docker keeps quotes as part of the value"
+    active = {name: value for on, name, value in lines if on}
+    shell = subprocess.run(
+        ["env", "-i", "sh", "-c", f"set -a; . {EXAMPLE}; env"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    read = dict(line.split("=", 1) for line in shell.stdout.splitlines() if "=" in line)
+    assert {name: read.get(name) for name in active} == active
+
+
+@pytest.mark.parametrize("examples", [False, True], ids=["as-written", "every-example-uncommented"])
+def test_the_example_env_file_is_a_valid_configuration(
+    examples: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the literal readers (systemd, docker) give the gateway validates, and so does
+    each commented example value once uncommented (all at once: some go together)."""
+    for name in [n for n in os.environ if n.startswith("GATEWAY_")]:
+        monkeypatch.delenv(name)
+    for active, name, value in _example():
+        if active or examples:
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.environment.value == "production"
+    if examples:
+        assert settings.auth.oidc.issuer and settings.catalogue.publisher_name
 
 
 @cache

@@ -95,6 +95,7 @@ def test_each_line_of_the_example_env_file_means_the_same_to_systemd_docker_and_
         assert not re.search(r"\s#", value), f"{name}: a comment after the value is part of it"
         assert value == value.strip(), f"{name}: white space around the value"
         assert value[:1] not in ("'", '"'), f"{name}: docker keeps quotes as part of the value"
+        assert not re.search(r"[$`\\]", value), f"{name}: a shell and compose expand $, ` and \\"
     active = {name: value for on, name, value in lines if on}
     shell = subprocess.run(
         ["env", "-i", "sh", "-c", f"set -a; . {EXAMPLE}; env"],

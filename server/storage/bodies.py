@@ -69,6 +69,13 @@ class Body(NamedTuple):
     boundary: str
 
 
+def body_files(root: Path) -> list[Path]:
+    """The whole kept bodies in ``root`` (not the map, its journal, or writes in progress)."""
+    if not root.is_dir():
+        return []
+    return [root / e.name for e in os.scandir(root) if _KEY.fullmatch(e.name)]
+
+
 def body_key(parts: Iterable[tuple[str, str]]) -> str:
     """The key of the body made of ``parts`` ((blob key, stored transfer syntax), in order)."""
     text = "".join(f"\n{blob_key} {transfer_syntax}" for blob_key, transfer_syntax in parts)
@@ -214,12 +221,10 @@ class BodyCache:
     def _make_room(self, size: int) -> None:
         """Remove the least recently sent bodies until ``size`` more fit in the limit."""
         kept = []
-        for entry in os.scandir(self.root):
-            if not _KEY.fullmatch(entry.name):  # the map, its WAL, writes in progress
-                continue
+        for path in body_files(self.root):
             with contextlib.suppress(FileNotFoundError):
-                st = entry.stat()
-                kept.append((st.st_mtime, st.st_size, entry.name))
+                st = path.stat()
+                kept.append((st.st_mtime, st.st_size, path.name))
         total = sum(k[1] for k in kept)
         kept.sort()
         evict = []

@@ -18,6 +18,7 @@ import httpx
 import pydicom
 import pytest
 
+from server.storage.bodies import body_files
 from tests.helpers import cohort, part10, stow
 from tests.live import LiveServer
 
@@ -30,10 +31,7 @@ METRICS = {
 
 
 def _kept(live: LiveServer) -> list[Path]:
-    folder = live.data_dir / "bodies"
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name))
+    return sorted(body_files(live.data_dir / "bodies"))
 
 
 def _wait_kept(live: LiveServer, count: int) -> list[Path]:

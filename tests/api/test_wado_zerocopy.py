@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from server.serving import _Pump
 from tests.helpers import cohort, part10, stow
 from tests.live import LiveServer
 
@@ -213,10 +214,10 @@ def test_client_hanging_up_mid_body_leaves_the_worker_serving(pair: Pair) -> Non
 
 
 def test_clients_reading_a_trickle_hold_no_thread_that_others_need(pair: Pair) -> None:
-    """More slow readers than the sending threads (16): each keeps taking a little, so
-    every wait for room is short; the sends must still go back to the event loop, and a
-    normal download must not queue behind them (it waited for them when a thread kept a
-    send as long as each single wait was short)."""
+    """More slow readers than the sending threads (16), each taking a little at a time: a
+    normal download is still answered whole meanwhile, the slow sends waiting on the event
+    loop. (What bounds a thread's wait is proved, deterministically, by the next test: this
+    one passed with the earlier bound on each wait too, whose delay was ~3 s here.)"""
     server = pair.zerocopy
     parts = urlsplit(server.url)
     study = httpx.get(f"{server.dicomweb}/series", params={"SeriesInstanceUID": pair.big_series})
@@ -250,6 +251,47 @@ def test_clients_reading_a_trickle_hold_no_thread_that_others_need(pair: Pair) -
         stop.set()
         for sock in slow:
             sock.close()
+
+
+def test_a_send_gives_its_thread_back_after_its_patience_however_little_the_reader_takes(
+    tmp_path: Path,
+) -> None:
+    """The sending thread's bound, on a real TCP connection: a reader that frees a little
+    room every few milliseconds makes every single wait short, yet the run must end (not
+    done) once ``PATIENCE`` seconds of waiting are spent in all, instead of keeping the
+    thread until the whole body is out (what a bound on each wait did: ~3 s here)."""
+    size = 8 << 20
+    body = tmp_path / "body"
+    body.write_bytes(bytes(size))
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    sending, _ = listener.accept()
+    sending.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    sending.setblocking(False)
+    stop = threading.Event()
+
+    def read_a_little() -> None:
+        while not stop.is_set():
+            try:
+                if not client.recv(16384):
+                    return
+            except OSError:
+                return
+            time.sleep(0.005)
+
+    reader = threading.Thread(target=read_a_little, daemon=True)
+    reader.start()
+    pump = _Pump(sending.fileno(), [(str(body), size)])
+    try:
+        done = pump.run()
+    finally:
+        stop.set()
+        pump.close_file()
+        for sock in (client, sending, listener):
+            sock.close()
+        reader.join(5)
+    assert not done, "the thread kept the send until the whole body was out"
+    assert 0 < pump.file_bytes < size
 
 
 def test_a_blob_gone_before_the_response_leaves_out_its_part_and_the_length_agrees(

@@ -23,6 +23,7 @@ import httpx
 import pydicom
 import pytest
 
+from server.storage.bodies import body_files
 from tests.helpers import cohort, part10
 from tests.live import LiveServer
 from tests.security.conftest import (
@@ -133,7 +134,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             got = httpx.get(series, headers={"Accept": DICOM_ANY, **bearer(admin)}, timeout=30)
             assert got.status_code == 200, got.text
         deadline = time.monotonic() + 20
-        while not list((live.data_dir / "bodies").glob("[0-9a-f]" * 64)):  # whole bodies
+        while not body_files(live.data_dir / "bodies"):
             assert time.monotonic() < deadline, "no body kept"
             time.sleep(0.05)
         # a FHIR write: the dataset's description

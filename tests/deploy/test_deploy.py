@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_each_line_of_the_example_env_file_means_the_same_to_systemd_docker_and_
         assert not re.search(r"[$`\\]", value), f"{name}: a shell and compose expand $, ` and \\"
     active = {name: value for on, name, value in lines if on}
     shell = subprocess.run(
-        ["env", "-i", "sh", "-c", f"set -a; . {EXAMPLE}; env"],
+        ["env", "-i", "sh", "-c", f"set -a; . {shlex.quote(str(EXAMPLE))}; env"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     read = dict(line.split("=", 1) for line in shell.stdout.splitlines() if "=" in line)

@@ -10,7 +10,6 @@ not exist.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from server.storage.bodies import body_files
 from tests.live import LiveServer
 from tests.security.conftest import (
     AS_SENT,
@@ -199,11 +199,10 @@ def test_retrieval_needs_download(world: World, kind: str) -> None:
 def _kept_bodies(folder: Path, uid: str) -> list[Path]:
     """Whole kept bodies holding ``uid`` (not files still being written)."""
     found = []
-    for path in folder.iterdir():
-        if re.fullmatch(r"[0-9a-f]{64}", path.name):
-            with contextlib.suppress(FileNotFoundError):
-                if uid.encode() in path.read_bytes():
-                    found.append(path)
+    for path in body_files(folder):
+        with contextlib.suppress(FileNotFoundError):
+            if uid.encode() in path.read_bytes():
+                found.append(path)
     return found
 
 
